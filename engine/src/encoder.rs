@@ -1,0 +1,386 @@
+//! The encoder: texts in, unit vectors out, batched by a token budget.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::model::bert::{pool, BertModel};
+use crate::model::checkpoint::ModelFiles;
+use crate::model::config::BertConfig;
+use crate::text::{
+    load_tokenizer, Doc, InputFormat, Kind, TextEncoder, Tokens, SIMLM_PASSAGE_MAX_LEN,
+    SIMLM_QUERY_MAX_LEN,
+};
+
+/// How the last hidden states become one vector (always L2-normalised afterwards).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The `[CLS]` state (SimLM; no pooler layer).
+    Cls,
+    /// The mean over non-padding tokens (sentence-transformers).
+    Mean,
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cls" => Ok(Pooling::Cls),
+            "mean" => Ok(Pooling::Mean),
+            _ => Err(format!("unknown pooling `{s}` (cls | mean)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Pooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pooling::Cls => "cls",
+            Pooling::Mean => "mean",
+        })
+    }
+}
+
+/// Float type of the forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "f16" | "fp16" => Ok(Precision::F16),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("unknown precision `{s}` (f32 | f16 | bf16)")),
+        }
+    }
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        _ => {
+            let ordinal = match s.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest
+                    .strip_prefix(':')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        Error::Msg(format!("unknown device `{s}` (cpu | cuda | cuda:N)"))
+                    })?,
+                None => {
+                    return Err(Error::Msg(format!(
+                        "unknown device `{s}` (cpu | cuda | cuda:N)"
+                    )))
+                }
+            };
+            cuda_device(ordinal)
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    Device::new_cuda(ordinal).map_err(|e| {
+        Error::Msg(format!(
+            "cannot open CUDA device {ordinal}: {e} (is an NVIDIA GPU and its driver present?)"
+        ))
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(_ordinal: usize) -> Result<Device> {
+    Err(Error::Msg(
+        "this binary was built without CUDA support: rebuild with `--features cuda` \
+         (scripts/build-cuda.sh), or use --device cpu"
+            .into(),
+    ))
+}
+
+/// Everything that decides an encoder besides its checkpoint.
+#[derive(Debug, Clone)]
+pub struct EncoderOptions {
+    pub format: InputFormat,
+    /// `None`: the format's default (simlm: cls; sentence-transformers: the folder's pooling config).
+    pub pooling: Option<Pooling>,
+    pub precision: Precision,
+    pub device: Device,
+    /// Upper bound on `batch size x longest sequence` of one forward pass.
+    pub batch_tokens: usize,
+    /// Upper bound on the number of sequences of one forward pass.
+    pub max_batch: usize,
+}
+
+impl Default for EncoderOptions {
+    fn default() -> Self {
+        EncoderOptions {
+            format: InputFormat::Simlm,
+            pooling: None,
+            precision: Precision::F32,
+            device: Device::Cpu,
+            batch_tokens: 8192,
+            max_batch: 512,
+        }
+    }
+}
+
+pub struct Encoder {
+    model: BertModel,
+    text: TextEncoder,
+    pooling: Pooling,
+    files: ModelFiles,
+    batch_tokens: usize,
+    max_batch: usize,
+}
+
+fn read_json(p: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(p).at(p)?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::invalid(p, Some(e.line()), format!("not valid JSON: {e}")))
+}
+
+/// The pooling a sentence-transformers folder declares (`1_Pooling/config.json`), if any.
+fn folder_pooling(files: &ModelFiles) -> Result<Option<Pooling>> {
+    let Some(p) = &files.pooling_config else {
+        return Ok(None);
+    };
+    let v = read_json(p)?;
+    let on = |k: &str| v.get(k).and_then(|b| b.as_bool()).unwrap_or(false);
+    if on("pooling_mode_cls_token") {
+        Ok(Some(Pooling::Cls))
+    } else if on("pooling_mode_mean_tokens") {
+        Ok(Some(Pooling::Mean))
+    } else {
+        Err(Error::Unsupported {
+            path: p.clone(),
+            msg: "only pooling_mode_cls_token and pooling_mode_mean_tokens are implemented".into(),
+        })
+    }
+}
+
+impl Encoder {
+    /// Loads a checkpoint (folder or hub id) for the given options.
+    pub fn load(spec: &str, opts: &EncoderOptions) -> Result<Self> {
+        Self::from_files(ModelFiles::resolve(spec)?, opts)
+    }
+
+    pub fn from_files(files: ModelFiles, opts: &EncoderOptions) -> Result<Self> {
+        let config = BertConfig::from_file(&files.config)?;
+        let tok = load_tokenizer(&files.tokenizer, files.tokenizer_config.as_deref())?;
+        let (qmax, pmax) = match opts.format {
+            InputFormat::Simlm => (SIMLM_QUERY_MAX_LEN, SIMLM_PASSAGE_MAX_LEN),
+            InputFormat::SentenceTransformers => {
+                let m = match &files.sentence_bert_config {
+                    Some(p) => read_json(p)?
+                        .get("max_seq_length")
+                        .and_then(|m| m.as_u64())
+                        .map(|m| m as usize)
+                        .ok_or_else(|| {
+                            Error::invalid(p, None, "missing integer field `max_seq_length`")
+                        })?,
+                    None => config.max_position_embeddings,
+                };
+                (m, m)
+            }
+        };
+        let max_pos = config.max_position_embeddings;
+        if qmax > max_pos || pmax > max_pos {
+            return Err(Error::Unsupported {
+                path: files.config.clone(),
+                msg: format!("max_position_embeddings = {max_pos} is shorter than the input format's {} tokens", qmax.max(pmax)),
+            });
+        }
+        let text = TextEncoder::new(tok, opts.format, qmax, pmax, &files.tokenizer)?;
+        let pooling = match (opts.pooling, opts.format) {
+            (Some(p), _) => p,
+            (None, InputFormat::Simlm) => Pooling::Cls,
+            (None, InputFormat::SentenceTransformers) => {
+                folder_pooling(&files)?.unwrap_or(Pooling::Mean)
+            }
+        };
+        let weights = files.load_weights()?;
+        let model = BertModel::from_weights(
+            weights,
+            &config,
+            &files.weights,
+            opts.precision.dtype(),
+            &opts.device,
+        )?;
+        Ok(Encoder {
+            model,
+            text,
+            pooling,
+            files,
+            batch_tokens: opts.batch_tokens.max(1),
+            max_batch: opts.max_batch.max(1),
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.model.config().hidden_size
+    }
+
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    pub fn format(&self) -> InputFormat {
+        self.text.format()
+    }
+
+    pub fn files(&self) -> &ModelFiles {
+        &self.files
+    }
+
+    pub fn model(&self) -> &BertModel {
+        &self.model
+    }
+
+    pub fn tokenize(&self, kind: Kind, docs: &[Doc]) -> Result<Vec<Tokens>> {
+        self.text.tokenize(kind, docs)
+    }
+
+    /// Unit vectors of `docs`, row-major `(docs.len(), dim)`, in input order.
+    pub fn encode(&self, kind: Kind, docs: &[Doc]) -> Result<Vec<f32>> {
+        let toks = self.tokenize(kind, docs)?;
+        self.encode_tokens(&toks)
+    }
+
+    /// Unit vectors of already tokenised texts, in input order. Texts are sorted by length and cut
+    /// into batches of at most `batch_tokens` padded tokens, so padding stays small.
+    pub fn encode_tokens(&self, toks: &[Tokens]) -> Result<Vec<f32>> {
+        let dim = self.dim();
+        let mut out = vec![0f32; toks.len() * dim];
+        for batch in length_batches(toks, self.batch_tokens, self.max_batch) {
+            let vecs = self.forward_batch(&batch.iter().map(|&i| &toks[i]).collect::<Vec<_>>())?;
+            for (row, &i) in batch.iter().enumerate() {
+                out[i * dim..(i + 1) * dim].copy_from_slice(&vecs[row * dim..(row + 1) * dim]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One forward pass over texts padded to the longest of them.
+    pub fn forward_batch(&self, toks: &[&Tokens]) -> Result<Vec<f32>> {
+        if toks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let b = toks.len();
+        let s = toks.iter().map(|t| t.ids.len()).max().unwrap_or(0).max(1);
+        let pad = self.model.config().pad_token_id;
+        let mut ids = vec![pad; b * s];
+        let mut types = vec![0u32; b * s];
+        let mut mask = vec![0u32; b * s];
+        for (r, t) in toks.iter().enumerate() {
+            let n = t.ids.len();
+            ids[r * s..r * s + n].copy_from_slice(&t.ids);
+            types[r * s..r * s + n].copy_from_slice(&t.type_ids);
+            mask[r * s..r * s + n].iter_mut().for_each(|m| *m = 1);
+        }
+        let dev = self.model.device();
+        let ids = Tensor::from_vec(ids, (b, s), dev)?;
+        let types = Tensor::from_vec(types, (b, s), dev)?;
+        let mask = Tensor::from_vec(mask, (b, s), dev)?;
+        let hidden = self.model.forward(&ids, &types, &mask)?;
+        let pooled = pool(&hidden, &mask, self.pooling)?;
+        Ok(pooled
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+}
+
+/// Cuts texts into batches, longest first: each batch is a run of the length-sorted order whose
+/// `count x longest` stays within `batch_tokens` (a single text longer than that is a batch alone).
+pub fn length_batches(toks: &[Tokens], batch_tokens: usize, max_batch: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..toks.len()).collect();
+    // Stable sort: equal lengths keep input order, so batching is deterministic.
+    order.sort_by_key(|&i| std::cmp::Reverse(toks[i].ids.len()));
+    let mut batches = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    let mut longest = 0;
+    for i in order {
+        let len = toks[i].ids.len().max(1);
+        let new_longest = longest.max(len);
+        if !cur.is_empty()
+            && (cur.len() >= max_batch || (cur.len() + 1) * new_longest > batch_tokens)
+        {
+            batches.push(std::mem::take(&mut cur));
+            longest = 0;
+        }
+        longest = longest.max(len);
+        cur.push(i);
+    }
+    if !cur.is_empty() {
+        batches.push(cur);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(n: usize) -> Tokens {
+        Tokens {
+            ids: vec![1; n],
+            type_ids: vec![0; n],
+        }
+    }
+
+    #[test]
+    fn batches_respect_the_budget_and_cover_every_text_once() {
+        let toks: Vec<Tokens> = [5, 100, 7, 33, 100, 2, 64, 9]
+            .iter()
+            .map(|&n| t(n))
+            .collect();
+        let batches = length_batches(&toks, 200, 3);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..toks.len()).collect::<Vec<_>>());
+        for b in &batches {
+            let longest = b.iter().map(|&i| toks[i].ids.len()).max().unwrap();
+            assert!(b.len() <= 3);
+            assert!(b.len() == 1 || b.len() * longest <= 200, "{b:?}");
+        }
+        // Longest first.
+        assert_eq!(batches[0], vec![1, 4]);
+    }
+
+    #[test]
+    fn a_text_over_budget_is_a_batch_alone() {
+        let toks = vec![t(500), t(3)];
+        assert_eq!(length_batches(&toks, 100, 8), vec![vec![0], vec![1]]);
+    }
+
+    #[test]
+    fn devices_parse() {
+        assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
+        assert!(parse_device("tpu").is_err());
+        #[cfg(not(feature = "cuda"))]
+        assert!(parse_device("cuda:0")
+            .unwrap_err()
+            .to_string()
+            .contains("without CUDA"));
+    }
+}

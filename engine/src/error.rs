@@ -1,0 +1,64 @@
+//! The engine's one error type. Every variant says which file (and line, where there is one) is at
+//! fault, so that the binaries can print it as it is and exit non-zero.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An operating-system error while reading or writing `path`.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file whose content is wrong: `line` is 1-based where the file is line-oriented.
+    #[error("{}{}: {msg}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Invalid {
+        path: PathBuf,
+        line: Option<usize>,
+        msg: String,
+    },
+    /// A model configuration this engine cannot run.
+    #[error("{path}: unsupported model configuration: {msg}")]
+    Unsupported { path: PathBuf, msg: String },
+    /// A model that cannot be found or fetched.
+    #[error("{0}")]
+    ModelNotFound(String),
+    /// A failure inside the tensor library.
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// Anything else, with its explanation.
+    #[error("{0}")]
+    Msg(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn invalid(path: impl AsRef<Path>, line: Option<usize>, msg: impl Into<String>) -> Self {
+        Error::Invalid {
+            path: path.as_ref().to_path_buf(),
+            line,
+            msg: msg.into(),
+        }
+    }
+}
+
+/// Adds the file name to an `io::Result`.
+pub trait IoContext<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

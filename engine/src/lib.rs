@@ -1,0 +1,13 @@
+//! The engine of the SimLM dense-retrieval search engine: BERT checkpoints, SimLM's input format, the
+//! forward pass on candle, pooling, corpus readers, the memory-mapped vector store, exact search and the
+//! HNSW graph.
+
+pub mod encoder;
+pub mod error;
+pub mod model;
+pub mod text;
+
+pub use encoder::{parse_device, Encoder, EncoderOptions, Pooling, Precision};
+pub use error::{Error, Result};
+pub use model::checkpoint::{ModelFiles, DEFAULT_MODEL};
+pub use text::{Doc, InputFormat, Kind, Tokens};

@@ -1,0 +1,297 @@
+//! The BERT encoder forward, written on candle-core / candle-nn.
+//!
+//! Why not candle-transformers' `BertModel`: it builds its attention mask from `f32::MIN`, which
+//! overflows to `-inf`/NaN in f16 and bf16, and the GPU path needs half precision. Here the mask is an
+//! additive bias of `-10000`, finite in every float type, and exactly zero after `exp` in f32.
+//!
+//! Layout choices for speed: activations are kept as a `(batch * seq, hidden)` matrix so that every
+//! projection is one large GEMM; Q, K and V are one fused projection; LayerNorm and softmax are candle's
+//! fused kernels.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+
+use super::config::{Activation, BertConfig};
+use crate::error::{Error, Result};
+
+/// The additive attention bias of a padding key.
+const MASK_BIAS: f64 = -10000.0;
+
+struct Linear {
+    /// `(in, out)`, contiguous, so that `x @ weight` is a plain row-major GEMM.
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.matmul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+struct Layer {
+    qkv: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: LayerNorm,
+}
+
+/// A loaded BERT encoder (no pooler: SimLM and sentence-transformers use the last hidden states).
+pub struct BertModel {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    emb_norm: LayerNorm,
+    layers: Vec<Layer>,
+    config: BertConfig,
+    dtype: DType,
+    device: Device,
+}
+
+/// Where the weights came from, for error messages.
+struct Weights<'a> {
+    map: HashMap<String, Tensor>,
+    path: &'a Path,
+    dtype: DType,
+    device: &'a Device,
+}
+
+impl Weights<'_> {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.map.remove(name).ok_or_else(|| {
+            Error::invalid(
+                self.path,
+                None,
+                format!("weight `{name}` is missing (is this a BERT checkpoint?)"),
+            )
+        })?;
+        if t.dims() != shape {
+            return Err(Error::invalid(
+                self.path,
+                None,
+                format!(
+                    "weight `{name}` has shape {:?}, config.json implies {:?}",
+                    t.dims(),
+                    shape
+                ),
+            ));
+        }
+        Ok(t.to_dtype(self.dtype)?.to_device(self.device)?)
+    }
+
+    fn linear(&mut self, prefix: &str, inp: usize, out: usize) -> Result<Linear> {
+        let w = self.take(&format!("{prefix}.weight"), &[out, inp])?;
+        let b = self.take(&format!("{prefix}.bias"), &[out])?;
+        Ok(Linear {
+            weight: w.t()?.contiguous()?,
+            bias: b,
+        })
+    }
+
+    fn layer_norm(&mut self, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: self.take(&format!("{prefix}.weight"), &[dim])?,
+            bias: self.take(&format!("{prefix}.bias"), &[dim])?,
+            eps: eps as f32,
+        })
+    }
+}
+
+/// Normalises a checkpoint's weight names: drops a leading `bert.` (BertForXxx checkpoints) and maps
+/// the old TensorFlow-era `gamma`/`beta` LayerNorm names to `weight`/`bias`.
+pub fn normalise_weight_names(map: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    map.into_iter()
+        .map(|(k, v)| {
+            let k = k.strip_prefix("bert.").unwrap_or(&k).to_string();
+            let k = if let Some(p) = k.strip_suffix("LayerNorm.gamma") {
+                format!("{p}LayerNorm.weight")
+            } else if let Some(p) = k.strip_suffix("LayerNorm.beta") {
+                format!("{p}LayerNorm.bias")
+            } else {
+                k
+            };
+            (k, v)
+        })
+        .collect()
+}
+
+impl BertModel {
+    /// Builds the model from a name -> tensor map (names as in Hugging Face checkpoints, with or
+    /// without the `bert.` prefix). `path` names the weight file in errors.
+    pub fn from_weights(
+        map: HashMap<String, Tensor>,
+        config: &BertConfig,
+        path: &Path,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut w = Weights {
+            map: normalise_weight_names(map),
+            path,
+            dtype,
+            device,
+        };
+        let h = config.hidden_size;
+        let eps = config.layer_norm_eps;
+        let word = w.take("embeddings.word_embeddings.weight", &[config.vocab_size, h])?;
+        let position = w.take(
+            "embeddings.position_embeddings.weight",
+            &[config.max_position_embeddings, h],
+        )?;
+        let token_type = w.take(
+            "embeddings.token_type_embeddings.weight",
+            &[config.type_vocab_size, h],
+        )?;
+        let emb_norm = w.layer_norm("embeddings.LayerNorm", h, eps)?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            let q = w.linear(&format!("{p}.attention.self.query"), h, h)?;
+            let k = w.linear(&format!("{p}.attention.self.key"), h, h)?;
+            let v = w.linear(&format!("{p}.attention.self.value"), h, h)?;
+            let qkv = Linear {
+                weight: Tensor::cat(&[&q.weight, &k.weight, &v.weight], 1)?.contiguous()?,
+                bias: Tensor::cat(&[&q.bias, &k.bias, &v.bias], 0)?,
+            };
+            layers.push(Layer {
+                qkv,
+                attn_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
+                attn_norm: w.layer_norm(&format!("{p}.attention.output.LayerNorm"), h, eps)?,
+                intermediate: w.linear(
+                    &format!("{p}.intermediate.dense"),
+                    h,
+                    config.intermediate_size,
+                )?,
+                output: w.linear(&format!("{p}.output.dense"), config.intermediate_size, h)?,
+                out_norm: w.layer_norm(&format!("{p}.output.LayerNorm"), h, eps)?,
+            });
+        }
+        Ok(BertModel {
+            word,
+            position,
+            token_type,
+            emb_norm,
+            layers,
+            config: config.clone(),
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Last hidden states, `(batch, seq, hidden)` in the model's dtype. `input_ids`,
+    /// `token_type_ids` and `attention_mask` are `(batch, seq)` u32 tensors on the model's device.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, s) = input_ids.dims2()?;
+        let h = self.config.hidden_size;
+        let heads = self.config.num_attention_heads;
+        let hd = self.config.head_dim();
+        if s > self.config.max_position_embeddings {
+            return Err(Error::Msg(format!(
+                "sequence of {s} tokens exceeds max_position_embeddings = {}",
+                self.config.max_position_embeddings
+            )));
+        }
+
+        let ids = input_ids.flatten_all()?;
+        let types = token_type_ids.flatten_all()?;
+        let words = self.word.index_select(&ids, 0)?.reshape((b, s, h))?;
+        let types = self
+            .token_type
+            .index_select(&types, 0)?
+            .reshape((b, s, h))?;
+        let pos = self.position.narrow(0, 0, s)?;
+        let x = (words + types)?.broadcast_add(&pos)?.reshape((b * s, h))?;
+        let mut x = self.emb_norm.forward(&x)?;
+
+        // (b, 1, 1, s): 0 for real tokens, MASK_BIAS for padding.
+        let bias =
+            ((attention_mask.to_dtype(self.dtype)? - 1.0)? * -MASK_BIAS)?.reshape((b, 1, 1, s))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+
+        for layer in &self.layers {
+            let qkv = layer.qkv.forward(&x)?.reshape((b, s, 3, heads, hd))?;
+            let q = (qkv.narrow(2, 0, 1)?.squeeze(2)?.transpose(1, 2)? * scale)?.contiguous()?;
+            let k = qkv
+                .narrow(2, 1, 1)?
+                .squeeze(2)?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let v = qkv
+                .narrow(2, 2, 1)?
+                .squeeze(2)?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let ctx = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b * s, h))?;
+            let attn = layer.attn_out.forward(&ctx)?;
+            x = layer.attn_norm.forward(&(attn + &x)?)?;
+            let inter = layer.intermediate.forward(&x)?;
+            let inter = match self.config.hidden_act {
+                Activation::GeluErf => inter.gelu_erf()?,
+                Activation::GeluTanh => inter.gelu()?,
+                Activation::Relu => candle_nn::Activation::Relu.forward(&inter)?,
+            };
+            let out = layer.output.forward(&inter)?;
+            x = layer.out_norm.forward(&(out + &x)?)?;
+        }
+        Ok(x.reshape((b, s, h))?)
+    }
+}
+
+/// The pooled vector of each sequence, L2-normalised, as f32 `(batch, hidden)`.
+pub fn pool(hidden: &Tensor, attention_mask: &Tensor, pooling: crate::Pooling) -> Result<Tensor> {
+    let hidden = hidden.to_dtype(DType::F32)?;
+    let pooled = match pooling {
+        crate::Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+        crate::Pooling::Mean => {
+            let m = attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+            let sum = hidden.broadcast_mul(&m)?.sum(1)?;
+            let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+            sum.broadcast_div(&count)?
+        }
+    };
+    let norm = pooled
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
+    Ok(pooled.broadcast_div(&norm)?)
+}

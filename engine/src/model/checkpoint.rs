@@ -1,0 +1,271 @@
+//! Finding a checkpoint's files: a local folder in Hugging Face layout, or a hub id resolved through
+//! the hf-hub cache (downloading only when online).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use candle_core::{Device, Tensor};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, IoContext, Result};
+
+/// SimLM's fine-tuned bi-encoder on the Hugging Face hub.
+pub const DEFAULT_MODEL: &str = "intfloat/simlm-base-msmarco-finetuned";
+
+/// The files of one checkpoint.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// What the user named: a folder or a hub id.
+    pub spec: String,
+    pub config: PathBuf,
+    /// `tokenizer.json`, or `vocab.txt` for checkpoints that ship only a WordPiece vocabulary.
+    pub tokenizer: PathBuf,
+    pub tokenizer_config: Option<PathBuf>,
+    /// `model.safetensors` or `pytorch_model.bin`.
+    pub weights: PathBuf,
+    pub sentence_bert_config: Option<PathBuf>,
+    pub pooling_config: Option<PathBuf>,
+}
+
+const WEIGHT_FILES: &[&str] = &["model.safetensors", "pytorch_model.bin"];
+const TOKENIZER_FILES: &[&str] = &["tokenizer.json", "vocab.txt"];
+
+fn looks_like_hub_id(spec: &str) -> bool {
+    let parts: Vec<&str> = spec.split('/').collect();
+    parts.len() == 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p != &"."
+                && p != &".."
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+}
+
+impl ModelFiles {
+    /// Resolves `spec`: an existing folder is read as it is; otherwise a hub id (`owner/name`) is looked
+    /// up in the Hugging Face cache (`HF_HOME`, `HF_HUB_CACHE`), and downloaded when missing unless
+    /// `HF_HUB_OFFLINE=1`.
+    pub fn resolve(spec: &str) -> Result<Self> {
+        let path = Path::new(spec);
+        if path.exists() {
+            return Self::from_folder(path);
+        }
+        if !looks_like_hub_id(spec) {
+            return Err(Error::ModelNotFound(format!(
+                "model folder `{spec}` does not exist (give a folder with config.json, tokenizer.json and \
+                 model.safetensors or pytorch_model.bin, or a Hugging Face hub id such as `{DEFAULT_MODEL}`)"
+            )));
+        }
+        Self::from_hub(spec)
+    }
+
+    pub fn from_folder(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::ModelNotFound(format!(
+                "{}: not a folder (a model is a folder in Hugging Face layout: config.json, tokenizer.json, \
+                 model.safetensors or pytorch_model.bin)",
+                dir.display()
+            )));
+        }
+        let find = |names: &[&str]| names.iter().map(|n| dir.join(n)).find(|p| p.is_file());
+        let config = dir.join("config.json");
+        if !config.is_file() {
+            return Err(Error::ModelNotFound(format!(
+                "{}: config.json is missing from the model folder",
+                dir.display()
+            )));
+        }
+        let tokenizer = find(TOKENIZER_FILES).ok_or_else(|| {
+            Error::ModelNotFound(format!(
+                "{}: neither tokenizer.json nor vocab.txt is in the model folder",
+                dir.display()
+            ))
+        })?;
+        let weights = find(WEIGHT_FILES).ok_or_else(|| {
+            Error::ModelNotFound(format!(
+                "{}: no weights in the model folder (expected model.safetensors or pytorch_model.bin)",
+                dir.display()
+            ))
+        })?;
+        let opt = |n: &str| Some(dir.join(n)).filter(|p| p.is_file());
+        Ok(ModelFiles {
+            spec: dir.display().to_string(),
+            config,
+            tokenizer,
+            tokenizer_config: opt("tokenizer_config.json"),
+            weights,
+            sentence_bert_config: opt("sentence_bert_config.json"),
+            pooling_config: opt("1_Pooling/config.json"),
+        })
+    }
+
+    fn from_hub(id: &str) -> Result<Self> {
+        let cache = hf_hub::Cache::from_env();
+        let repo = cache.model(id.to_string());
+        let cached = |names: &[&str]| names.iter().find_map(|n| repo.get(n));
+        let from_cache = || -> Option<ModelFiles> {
+            Some(ModelFiles {
+                spec: id.to_string(),
+                config: repo.get("config.json")?,
+                tokenizer: cached(TOKENIZER_FILES)?,
+                tokenizer_config: repo.get("tokenizer_config.json"),
+                weights: cached(WEIGHT_FILES)?,
+                sentence_bert_config: repo.get("sentence_bert_config.json"),
+                pooling_config: repo.get("1_Pooling/config.json"),
+            })
+        };
+        if let Some(files) = from_cache() {
+            return Ok(files);
+        }
+        let how_to = format!(
+            "model `{id}` is not in the Hugging Face cache ({}). On a machine with internet run \
+             `huggingface-cli download {id}` and copy the cache folder here (or set HF_HOME to it), or \
+             download config.json, tokenizer.json (or vocab.txt) and model.safetensors (or pytorch_model.bin) \
+             from https://huggingface.co/{id} into a folder and pass that folder as --model",
+            cache.path().display()
+        );
+        let offline = std::env::var("HF_HUB_OFFLINE")
+            .map(|v| !v.is_empty() && v != "0")
+            .unwrap_or(false);
+        if offline {
+            return Err(Error::ModelNotFound(format!(
+                "{how_to} (HF_HUB_OFFLINE is set)"
+            )));
+        }
+        download(id)
+            .map_err(|e| Error::ModelNotFound(format!("{how_to}; the download failed: {e}")))?;
+        from_cache().ok_or_else(|| Error::ModelNotFound(how_to))
+    }
+
+    /// Loads every weight tensor (to the CPU, in the file's dtype).
+    pub fn load_weights(&self) -> Result<HashMap<String, Tensor>> {
+        let p = &self.weights;
+        let is_bin = p.extension().is_some_and(|e| e == "bin");
+        let res = if is_bin {
+            candle_core::pickle::read_all(p).map(|v| v.into_iter().collect())
+        } else {
+            candle_core::safetensors::load(p, &Device::Cpu)
+        };
+        res.map_err(|e| {
+            Error::invalid(
+                p,
+                None,
+                format!(
+                    "cannot read the weights ({e}); the file may be truncated or damaged: download it again"
+                ),
+            )
+        })
+    }
+
+    /// A SHA-256 over the weights and tokenizer files, which identifies the model an index was built with.
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut h = Sha256::new();
+        for p in [&self.weights, &self.tokenizer, &self.config] {
+            let mut f = std::fs::File::open(p).at(p)?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf).at(p)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+        }
+        Ok(format!("sha256:{:x}", h.finalize()))
+    }
+}
+
+/// Downloads a hub repository's files into the cache; the first request is bounded in time so that a
+/// machine without a route to the hub fails quickly instead of hanging.
+fn download(id: &str) -> std::result::Result<(), String> {
+    let id = id.to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let res = (|| -> std::result::Result<(), String> {
+            let api = hf_hub::api::sync::ApiBuilder::from_env()
+                .with_progress(true)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let repo = api.model(id.clone());
+            repo.get("config.json").map_err(|e| e.to_string())?;
+            tx.send(Ok(())).ok();
+            let mut got_tok = false;
+            for n in TOKENIZER_FILES {
+                if repo.get(n).is_ok() {
+                    got_tok = true;
+                    break;
+                }
+            }
+            if !got_tok {
+                return Err("the repository has neither tokenizer.json nor vocab.txt".into());
+            }
+            let _ = repo.get("tokenizer_config.json");
+            let mut got_w = false;
+            for n in WEIGHT_FILES {
+                if repo.get(n).is_ok() {
+                    got_w = true;
+                    break;
+                }
+            }
+            if !got_w {
+                return Err(
+                    "the repository has neither model.safetensors nor pytorch_model.bin".into(),
+                );
+            }
+            let _ = repo.get("sentence_bert_config.json");
+            let _ = repo.get("1_Pooling/config.json");
+            Ok(())
+        })();
+        tx.send(res).ok();
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err("no answer from the hub within 30 s (offline?)".into()),
+    }
+    // The first file arrived: the rest may take long (hundreds of MB), so wait without a bound.
+    rx.recv().unwrap_or(Err("download thread ended".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_ids_and_paths_are_told_apart() {
+        assert!(looks_like_hub_id("intfloat/simlm-base-msmarco-finetuned"));
+        assert!(!looks_like_hub_id("./models/x"));
+        assert!(!looks_like_hub_id("models/x/y"));
+        assert!(!looks_like_hub_id("/abs/x"));
+        assert!(!looks_like_hub_id("../x"));
+    }
+
+    #[test]
+    fn offline_uncached_hub_id_errors_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::env::set_var("HF_HOME", tmp.path());
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+        let e = ModelFiles::resolve("intfloat/simlm-base-msmarco-finetuned")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("huggingface-cli download intfloat/simlm-base-msmarco-finetuned"),
+            "{e}"
+        );
+        assert!(e.contains("--model"), "{e}");
+    }
+
+    #[test]
+    fn missing_folder_is_named() {
+        let e = ModelFiles::resolve("./no/such/folder")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("./no/such/folder") && e.contains("does not exist"),
+            "{e}"
+        );
+    }
+}
