@@ -1,0 +1,92 @@
+//! The `simlm-eval` binary on good and bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_simlm-eval"))
+}
+
+fn shared() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn json_output_has_the_documented_fields() {
+    let d = shared().join("data/msmarco");
+    let o = run(&[
+        "--qrels",
+        d.join("dl19.qrels.txt").to_str().unwrap(),
+        "--run",
+        d.join("runs/bm25.dl19.top100.trec").to_str().unwrap(),
+        "--rel-level",
+        "2",
+        "--json",
+        "--per-query",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["queries"], 43);
+    assert_eq!(v["missing"], 0);
+    // Anserini's published BM25 (k1=0.9, b=0.4) nDCG@10 on DL19 is 0.5058.
+    let ndcg = v["metrics"]["nDCG@10"].as_f64().unwrap();
+    assert!((ndcg - 0.5058).abs() < 5e-5, "{ndcg}");
+    assert_eq!(v["per_query"].as_object().unwrap().len(), 43);
+    for m in ["MRR@10", "R@50", "R@1000", "nDCG@10"] {
+        assert!(v["metrics"][m].is_number(), "{m}");
+    }
+}
+
+#[test]
+fn compare_mode_reports_differences_and_a_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = write(dir.path(), "q", "1 0 a 1\n2 0 b 1\n3 0 c 1\n");
+    let a = write(dir.path(), "a", "1 Q0 x 1 2 t\n1 Q0 a 2 1 t\n2 Q0 b 1 1 t\n3 Q0 y 1 2 t\n3 Q0 c 2 1 t\n");
+    let b = write(dir.path(), "b", "1 Q0 a 1 2 t\n2 Q0 b 1 1 t\n3 Q0 c 1 2 t\n");
+    let o = run(&["--qrels", &q, "--run", &a, "--compare", &b, "--metric", "MRR@10", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let m = &v["metrics"]["MRR@10"];
+    assert!((m["a"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
+    assert_eq!(m["b"].as_f64().unwrap(), 1.0);
+    assert_eq!(m["up"], 2);
+    assert_eq!(m["down"], 0);
+    let p = m["p_value"].as_f64().unwrap();
+    assert!(p > 0.0 && p <= 1.0);
+}
+
+#[test]
+fn bad_input_names_file_and_line_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = write(dir.path(), "qrels.txt", "1 0 a 1\n");
+    let cases: Vec<(String, String, &str)> = vec![
+        (q.clone(), write(dir.path(), "malformed.trec", "1 Q0 a 1 1.0 t\n1 Q0 b 2\n"), "malformed.trec, line 2"),
+        (q.clone(), write(dir.path(), "score.trec", "1 Q0 a 1 high t\n"), "score.trec, line 1"),
+        (write(dir.path(), "label.txt", "1 0 a 1\n1 0 b yes\n"), write(dir.path(), "ok.trec", "1 Q0 a 1 1 t\n"), "label.txt, line 2"),
+        (q.clone(), write(dir.path(), "empty.trec", ""), "empty.trec: the run file holds no results"),
+        (write(dir.path(), "empty.qrels", "\n"), write(dir.path(), "ok2.trec", "1 Q0 a 1 1 t\n"), "empty.qrels: the qrels file holds no judgments"),
+        (q.clone(), dir.path().join("nope.trec").to_str().unwrap().to_string(), "nope.trec"),
+        (q.clone(), write(dir.path(), "dup.trec", "1 Q0 a 1 1 t\n1 Q0 a 2 0.5 t\n"), "dup.trec, line 2"),
+    ];
+    for (qrels, run_file, want) in cases {
+        let o = run(&["--qrels", &qrels, "--run", &run_file]);
+        assert!(!o.status.success(), "{run_file} was accepted");
+        let e = stderr(&o);
+        assert!(e.contains(want), "expected `{want}` in: {e}");
+        assert!(!e.contains("panicked"), "{e}");
+    }
+}
