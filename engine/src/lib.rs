@@ -2,9 +2,13 @@
 //! forward pass on candle, pooling, corpus readers, the memory-mapped vector store, exact search and the
 //! HNSW graph.
 
+pub mod corpus;
 pub mod encoder;
 pub mod error;
+pub mod index;
 pub mod model;
+pub mod search;
+pub mod store;
 pub mod text;
 
 pub use encoder::{parse_device, Encoder, EncoderOptions, Pooling, Precision};

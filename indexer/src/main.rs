@@ -1,1 +1,306 @@
-fn main() {}
+//! `simlm-index`: encode a collection into an index folder (vectors, ids, HNSW graph, manifest), and
+//! export raw vectors.
+
+mod progress;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use engine::corpus::ReadOptions;
+use engine::index::{self, BuildOptions};
+use engine::search::hnsw::HnswParams;
+use engine::store::manifest::Manifest;
+use engine::store::npy::{self, Dtype};
+use engine::{Doc, Encoder, EncoderOptions, InputFormat, Kind, Pooling, Precision};
+
+#[derive(Parser)]
+#[command(name = "simlm-index", version, about = "Encode passage collections into dense-retrieval indexes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Encode a collection into an index folder: vectors, ids, HNSW graph, manifest.
+    Build(BuildArgs),
+    /// Encode JSON lines {"text": ..., "title": ...} into a float32 .npy (lines x dim).
+    Embed(EmbedArgs),
+    /// Build (or rebuild) the HNSW graph of an existing index.
+    Hnsw {
+        dir: PathBuf,
+        #[command(flatten)]
+        graph: GraphArgs,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Print an index's manifest and the size of each part.
+    Info { dir: PathBuf },
+    /// Check an index's files against the manifest's checksums.
+    Verify { dir: PathBuf },
+    /// Join shard folders (built with --shard i/N) into one index.
+    Merge {
+        /// The shard folders, in any order.
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        graph: GraphArgs,
+        /// Skip the HNSW graph.
+        #[arg(long)]
+        no_hnsw: bool,
+        /// Replace a finished index at --out.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct EncoderArgs {
+    /// Model folder (Hugging Face layout) or hub id.
+    #[arg(long, default_value = engine::DEFAULT_MODEL)]
+    model: String,
+    /// Input format: simlm | sentence-transformers.
+    #[arg(long, default_value = "simlm")]
+    format: InputFormat,
+    /// Pooling: cls | mean (default: cls for simlm, the model folder's setting for sentence-transformers).
+    #[arg(long)]
+    pooling: Option<Pooling>,
+    /// cpu | cuda | cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Forward precision: f32 | f16 | bf16 (default: f32 on cpu, f16 on cuda).
+    #[arg(long)]
+    precision: Option<Precision>,
+    /// Token budget of one forward pass (batch size x longest sequence).
+    #[arg(long, default_value_t = 8192)]
+    batch_tokens: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Clone, Copy)]
+struct GraphArgs {
+    /// HNSW neighbours per node.
+    #[arg(long, default_value_t = HnswParams::default().m)]
+    hnsw_m: usize,
+    /// HNSW ef at construction.
+    #[arg(long, default_value_t = HnswParams::default().ef_construction)]
+    ef_construction: usize,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    #[command(flatten)]
+    enc: EncoderArgs,
+    /// The collection: MS MARCO TSV (pid<TAB>text) or JSONL (id/_id, title, text/contents); .gz allowed.
+    #[arg(long)]
+    collection: PathBuf,
+    /// Titles file `pid<TAB>title`, in the collection's order (RocketQA para.title.txt).
+    #[arg(long)]
+    titles: Option<PathBuf>,
+    /// Repair the latin-1/UTF-8 mojibake of the raw MS MARCO text.
+    #[arg(long)]
+    fix_encoding: bool,
+    /// Skip and count malformed lines instead of stopping.
+    #[arg(long)]
+    skip_bad: bool,
+    /// The index folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Vector type on disk: f32 | f16.
+    #[arg(long, default_value = "f32")]
+    dtype: Dtype,
+    #[command(flatten)]
+    graph: GraphArgs,
+    /// Skip the HNSW graph (exact search only).
+    #[arg(long)]
+    no_hnsw: bool,
+    /// Encode only shard i of N (0-based), e.g. --shard 0/4; join shards with `simlm-index merge`.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Rebuild even if a finished index (or an unfinished build with other settings) is there.
+    #[arg(long)]
+    force: bool,
+    /// Passages per resumable chunk.
+    #[arg(long, default_value_t = 4096)]
+    chunk_rows: usize,
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    #[command(flatten)]
+    enc: EncoderArgs,
+    /// query | passage.
+    #[arg(long)]
+    kind: Kind,
+    /// JSON lines with "text" and optional "title".
+    #[arg(long)]
+    input: PathBuf,
+    /// Output .npy (float32, lines x dim).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn set_threads(threads: Option<usize>) {
+    if let Some(t) = threads {
+        // candle and rayon both read RAYON_NUM_THREADS; set before either starts its pool.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+    }
+}
+
+fn load_encoder(a: &EncoderArgs) -> anyhow::Result<Encoder> {
+    set_threads(a.threads);
+    let device = engine::parse_device(&a.device)?;
+    let precision = a.precision.unwrap_or(if device.is_cuda() { Precision::F16 } else { Precision::F32 });
+    let opts = EncoderOptions {
+        format: a.format,
+        pooling: a.pooling,
+        precision,
+        device,
+        batch_tokens: a.batch_tokens,
+        ..Default::default()
+    };
+    Ok(Encoder::load(&a.model, &opts)?)
+}
+
+fn read_jsonl_docs(path: &Path) -> anyhow::Result<Vec<Doc>> {
+    let r = engine::corpus::open_lines(path)?;
+    let mut docs = Vec::new();
+    for (i, line) in r.split(b'\n').enumerate() {
+        let no = i + 1;
+        let line = line.with_context(|| format!("{}", path.display()))?;
+        let line = std::str::from_utf8(&line)
+            .map_err(|_| anyhow::anyhow!("{}, line {no}: not valid UTF-8", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let doc: Doc = serde_json::from_str(line).map_err(|e| {
+            anyhow::anyhow!("{}, line {no}: expected {{\"text\": ..., \"title\": ...}}: {e}", path.display())
+        })?;
+        docs.push(doc);
+    }
+    Ok(docs)
+}
+
+fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
+    let bad = || anyhow::anyhow!("--shard {s}: expected i/N with 0 <= i < N, e.g. 0/4");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.1} kB", b / 1e3)
+    }
+}
+
+fn info(dir: &Path) -> anyhow::Result<()> {
+    let m = Manifest::read(dir)?;
+    println!("{}", serde_json::to_string_pretty(&m)?);
+    println!();
+    let n = m.count.max(1) as f64;
+    println!("{:<20} {:>12} {:>16}", "file", "size", "bytes/passage");
+    let mut total = 0;
+    for f in &m.files {
+        total += f.size;
+        println!("{:<20} {:>12} {:>16.1}", f.path, human(f.size), f.size as f64 / n);
+    }
+    println!("{:<20} {:>12} {:>16.1}", "total", human(total), total as f64 / n);
+    if m.hnsw.is_some() {
+        let vec_bytes = (m.dim * m.dtype.size()) as f64;
+        println!(
+            "\nThe graph's data file holds the vectors a second time (hnsw_rs stores them with the graph): \
+             {:.0} bytes/passage, {:.1} GB at 8.8M x 768 f32. Searching with the graph keeps that copy \
+             in memory; exact search only maps vectors.npy.",
+            vec_bytes.max(m.dim as f64 * 4.0),
+            8_841_823.0 * 768.0 * 4.0 / 1e9
+        );
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let progress = progress::Bars::new();
+    match cli.command {
+        Command::Embed(a) => {
+            let docs = read_jsonl_docs(&a.input)?;
+            if docs.is_empty() {
+                bail!("{}: no lines to encode", a.input.display());
+            }
+            let enc = load_encoder(&a.enc)?;
+            let vecs = enc.encode(a.kind, &docs)?;
+            npy::write_f32(&a.out, &vecs, docs.len(), enc.dim())?;
+            eprintln!("wrote {} x {} vectors to {}", docs.len(), enc.dim(), a.out.display());
+        }
+        Command::Build(a) => {
+            let shard = a.shard.as_deref().map(parse_shard).transpose()?;
+            let enc = load_encoder(&a.enc)?;
+            let opts = BuildOptions {
+                collection: a.collection,
+                read: ReadOptions { titles: a.titles, fix_encoding: a.fix_encoding, skip_bad: a.skip_bad },
+                out: a.out.clone(),
+                dtype: a.dtype,
+                // A shard's graph is built after the merge.
+                hnsw: (!a.no_hnsw && shard.is_none())
+                    .then_some(HnswParams { m: a.graph.hnsw_m, ef_construction: a.graph.ef_construction }),
+                shard,
+                force: a.force,
+                chunk_rows: a.chunk_rows.max(1),
+            };
+            let m = index::build(&enc, &opts, &progress)?;
+            if m.sources.skipped_lines > 0 {
+                eprintln!("skipped {} malformed lines (--skip-bad)", m.sources.skipped_lines);
+            }
+            eprintln!("index of {} passages ({} x {} {:?}) written to {}", m.count, m.count, m.dim, m.dtype, a.out.display());
+        }
+        Command::Hnsw { dir, graph, threads } => {
+            set_threads(threads);
+            let params = HnswParams { m: graph.hnsw_m, ef_construction: graph.ef_construction };
+            index::rebuild_graph(&dir, params, &progress)?;
+            eprintln!("HNSW graph written to {}", dir.display());
+        }
+        Command::Info { dir } => info(&dir)?,
+        Command::Verify { dir } => {
+            let problems = index::verify(&dir)?;
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("{p}");
+                }
+                bail!("{}: {} file(s) fail verification", dir.display(), problems.len());
+            }
+            println!("{}: all files match the manifest", dir.display());
+        }
+        Command::Merge { shards, out, graph, no_hnsw, force } => {
+            let params = (!no_hnsw).then_some(HnswParams { m: graph.hnsw_m, ef_construction: graph.ef_construction });
+            let m = index::merge(&shards, &out, params, force, &progress)?;
+            eprintln!("merged {} shards: {} passages in {}", shards.len(), m.count, out.display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("simlm-index: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Exact inner-product search: every query against every row. The matrix is cut into blocks that
+//! the workers take in parallel; each block is scored against the whole query batch with one GEMM, so
+//! the matrix is streamed once per batch, and every worker keeps its own top-k per query.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use rayon::prelude::*;
+
+use super::{sort_hits, Hit};
+use crate::store::npy::NpyMatrix;
+
+/// Rows scored per GEMM.
+const BLOCK_ROWS: usize = 8192;
+
+/// A heap entry whose `Ord` puts the *worst* hit on top: lowest score, then highest row.
+#[derive(Clone, Copy)]
+struct Worst(Hit);
+
+impl PartialEq for Worst {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Worst {}
+impl PartialOrd for Worst {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Worst {
+    fn cmp(&self, o: &Self) -> Ordering {
+        // Greater = worse: lower score, or equal score and higher row.
+        o.0.score.total_cmp(&self.0.score).then(self.0.row.cmp(&o.0.row))
+    }
+}
+
+/// The k best hits seen so far.
+#[derive(Clone)]
+pub struct TopK {
+    k: usize,
+    heap: BinaryHeap<Worst>,
+}
+
+impl TopK {
+    pub fn new(k: usize) -> Self {
+        TopK { k, heap: BinaryHeap::with_capacity(k + 1) }
+    }
+
+    #[inline]
+    pub fn push(&mut self, row: usize, score: f32) {
+        if self.k == 0 {
+            return;
+        }
+        if self.heap.len() < self.k {
+            self.heap.push(Worst(Hit { row, score }));
+            return;
+        }
+        let worst = self.heap.peek().unwrap().0;
+        if score > worst.score || (score == worst.score && row < worst.row) {
+            self.heap.pop();
+            self.heap.push(Worst(Hit { row, score }));
+        }
+    }
+
+    /// The lowest score a new hit must beat (−inf until k hits are held).
+    #[inline]
+    pub fn threshold(&self) -> f32 {
+        if self.heap.len() < self.k {
+            f32::NEG_INFINITY
+        } else {
+            self.heap.peek().unwrap().0.score
+        }
+    }
+
+    pub fn merge(&mut self, other: TopK) {
+        for w in other.heap {
+            self.push(w.0.row, w.0.score);
+        }
+    }
+
+    pub fn into_sorted(self) -> Vec<Hit> {
+        let mut v: Vec<Hit> = self.heap.into_iter().map(|w| w.0).collect();
+        sort_hits(&mut v);
+        v
+    }
+}
+
+/// `scores[q * n + r] = queries[q] . rows[r]`, for `nq` queries and `n` rows of width `dim`.
+pub fn score_block(queries: &[f32], nq: usize, rows: &[f32], n: usize, dim: usize, scores: &mut [f32]) {
+    assert!(queries.len() >= nq * dim && rows.len() >= n * dim && scores.len() >= nq * n);
+    // Safety: the asserts above bound every access gemm makes: dst is nq x n (row stride n), lhs is
+    // nq x dim (row stride dim), rhs is the transpose of the n x dim row block (element (k, j) at
+    // j * dim + k).
+    unsafe {
+        gemm::gemm(
+            nq,
+            n,
+            dim,
+            scores.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            queries.as_ptr(),
+            1,
+            dim as isize,
+            rows.as_ptr(),
+            dim as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// The top `k` rows of `matrix` for each of the `queries` (row-major, `nq x dim`), exactly.
+pub fn search(matrix: &NpyMatrix, queries: &[f32], k: usize) -> Vec<Vec<Hit>> {
+    search_rows(matrix, 0, matrix.rows(), queries, k)
+}
+
+/// Exact search restricted to rows `[start, end)`.
+pub fn search_rows(matrix: &NpyMatrix, start: usize, end: usize, queries: &[f32], k: usize) -> Vec<Vec<Hit>> {
+    let dim = matrix.cols();
+    let nq = queries.len() / dim;
+    if nq == 0 {
+        return Vec::new();
+    }
+    let blocks: Vec<(usize, usize)> =
+        (start..end).step_by(BLOCK_ROWS).map(|a| (a, (a + BLOCK_ROWS).min(end))).collect();
+    let merged = blocks
+        .par_iter()
+        .fold(
+            || (vec![TopK::new(k); nq], Vec::<f32>::new()),
+            |(mut tops, mut scores), &(a, b)| {
+                let rows = matrix.rows_f32(a, b);
+                let n = b - a;
+                scores.resize(nq * n, 0.0);
+                score_block(queries, nq, &rows, n, dim, &mut scores);
+                for (q, top) in tops.iter_mut().enumerate() {
+                    let s = &scores[q * n..(q + 1) * n];
+                    let mut thr = top.threshold();
+                    for (i, &v) in s.iter().enumerate() {
+                        // Equal scores go through push(), which applies the lower-row rule.
+                        if v >= thr {
+                            top.push(a + i, v);
+                            thr = top.threshold();
+                        }
+                    }
+                }
+                (tops, scores)
+            },
+        )
+        .map(|(tops, _)| tops)
+        .reduce(
+            || vec![TopK::new(k); nq],
+            |mut x, y| {
+                for (a, b) in x.iter_mut().zip(y) {
+                    a.merge(b);
+                }
+                x
+            },
+        );
+    merged.into_iter().map(TopK::into_sorted).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_prefers_higher_scores_then_lower_rows() {
+        let mut t = TopK::new(2);
+        for (r, s) in [(5, 0.5), (1, 0.5), (3, 0.9), (0, 0.5)] {
+            t.push(r, s);
+        }
+        let v = t.into_sorted();
+        assert_eq!(v.iter().map(|h| h.row).collect::<Vec<_>>(), [3, 0]);
+    }
+
+    #[test]
+    fn gemm_block_equals_dot_products() {
+        let dim = 5;
+        let q: Vec<f32> = (0..2 * dim).map(|i| i as f32 * 0.1).collect();
+        let rows: Vec<f32> = (0..3 * dim).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut s = vec![0.0; 6];
+        score_block(&q, 2, &rows, 3, dim, &mut s);
+        for qi in 0..2 {
+            for r in 0..3 {
+                let want: f32 = (0..dim).map(|j| q[qi * dim + j] * rows[r * dim + j]).sum();
+                assert!((s[qi * 3 + r] - want).abs() < 1e-5);
+            }
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! numpy `.npy` files (format 1.0): a header that `numpy.load(path, mmap_mode="r")` reads, then the
+//! raw little-endian rows. Written incrementally (rows appended, the header fixed in size up front) and
+//! read back memory-mapped.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use memmap2::Mmap;
+
+use crate::error::{Error, IoContext, Result};
+
+/// Element type of a vector file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    F32,
+    F16,
+}
+
+impl Dtype {
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 => 2,
+        }
+    }
+
+    fn descr(self) -> &'static str {
+        match self {
+            Dtype::F32 => "<f4",
+            Dtype::F16 => "<f2",
+        }
+    }
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" | "float32" => Ok(Dtype::F32),
+            "f16" | "float16" => Ok(Dtype::F16),
+            _ => Err(format!("unknown dtype `{s}` (f32 | f16)")),
+        }
+    }
+}
+
+/// Every header is padded to this many bytes, so a header for any row count has the same length and
+/// can be rewritten in place when rows are appended.
+pub const HEADER_LEN: usize = 128;
+
+/// The header bytes for `rows x cols` of `dtype` (or a 1-D array of `rows` when `cols` is None).
+pub fn header(dtype: Dtype, rows: usize, cols: Option<usize>) -> Vec<u8> {
+    let shape = match cols {
+        Some(c) => format!("({rows}, {c})"),
+        None => format!("({rows},)"),
+    };
+    let dict = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", dtype.descr());
+    let mut h = Vec::with_capacity(HEADER_LEN);
+    h.extend_from_slice(b"\x93NUMPY\x01\x00");
+    let body_len = HEADER_LEN - 10;
+    h.extend_from_slice(&(body_len as u16).to_le_bytes());
+    h.extend_from_slice(dict.as_bytes());
+    while h.len() < HEADER_LEN - 1 {
+        h.push(b' ');
+    }
+    h.push(b'\n');
+    h
+}
+
+/// Parsed header of an `.npy` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NpyHeader {
+    pub dtype: Dtype,
+    pub rows: usize,
+    pub cols: usize,
+    /// Where the data starts.
+    pub data_offset: usize,
+}
+
+pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
+    let bad = |m: &str| Error::invalid(path, None, format!("not a usable .npy file: {m}"));
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("the magic bytes are missing"));
+    }
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        v => return Err(bad(&format!("format version {v} is not supported"))),
+    };
+    let dict = bytes
+        .get(start..start + len)
+        .ok_or_else(|| bad("the header is truncated"))?;
+    let dict = std::str::from_utf8(dict).map_err(|_| bad("the header is not text"))?;
+    let dtype = if dict.contains("'<f4'") {
+        Dtype::F32
+    } else if dict.contains("'<f2'") {
+        Dtype::F16
+    } else {
+        return Err(bad("dtype must be little-endian float32 or float16"));
+    };
+    if dict.contains("'fortran_order': True") {
+        return Err(bad("Fortran order is not supported"));
+    }
+    let shape = dict
+        .split("'shape':")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .map(|s| s.trim().trim_start_matches('('))
+        .ok_or_else(|| bad("no shape"))?;
+    let dims: Vec<usize> = shape
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| bad("bad shape")))
+        .collect::<Result<_>>()?;
+    let (rows, cols) = match dims[..] {
+        [r, c] => (r, c),
+        [r] => (r, 1),
+        _ => return Err(bad("expected a 2-D array")),
+    };
+    Ok(NpyHeader { dtype, rows, cols, data_offset: start + len })
+}
+
+/// Writes a whole f32 matrix atomically (temporary file, then rename).
+pub fn write_f32(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<()> {
+    assert_eq!(data.len(), rows * cols);
+    crate::store::atomic_write(path, |f| {
+        f.write_all(&header(Dtype::F32, rows, Some(cols)))?;
+        write_rows(f, Dtype::F32, data)
+    })
+}
+
+/// Appends rows (given as f32) in `dtype`, little-endian.
+pub fn write_rows(w: &mut impl Write, dtype: Dtype, data: &[f32]) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(data.len() * dtype.size());
+    match dtype {
+        Dtype::F32 => data.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
+        Dtype::F16 => data
+            .iter()
+            .for_each(|x| buf.extend_from_slice(&half::f16::from_f32(*x).to_le_bytes())),
+    }
+    w.write_all(&buf)
+}
+
+/// Rewrites the header of an incrementally written file for its final row count.
+pub fn finish_header(file: &mut File, dtype: Dtype, rows: usize, cols: usize) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(&header(dtype, rows, Some(cols)))?;
+    Ok(())
+}
+
+/// A memory-mapped matrix from an `.npy` file.
+pub struct NpyMatrix {
+    map: Mmap,
+    pub header: NpyHeader,
+}
+
+impl NpyMatrix {
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut f = File::open(path).at(path)?;
+        let mut head = vec![0u8; 4096];
+        let n = read_up_to(&mut f, &mut head).at(path)?;
+        let header = parse_header(&head[..n], path)?;
+        let need = header.data_offset as u64 + (header.rows * header.cols * header.dtype.size()) as u64;
+        let have = f.metadata().at(path)?.len();
+        if have != need {
+            return Err(Error::invalid(
+                path,
+                None,
+                format!(
+                    "the file holds {have} bytes but its header ({} x {} {:?}) needs {need}: it is truncated or damaged; rebuild the index",
+                    header.rows, header.cols, header.dtype
+                ),
+            ));
+        }
+        // Safety: the file is opened read-only; the index folder is not modified while it is searched.
+        let map = unsafe { Mmap::map(&f) }.at(path)?;
+        Ok(NpyMatrix { map, header })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.header.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.header.cols
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[self.header.data_offset..]
+    }
+
+    /// The f32 rows `[start, end)`, converted from f16 when needed. For f32 files whose data is 4-byte
+    /// aligned (always, with this crate's header), this borrows the map without copying.
+    pub fn rows_f32(&self, start: usize, end: usize) -> std::borrow::Cow<'_, [f32]> {
+        let c = self.cols();
+        let sz = self.header.dtype.size();
+        let bytes = &self.bytes()[start * c * sz..end * c * sz];
+        match self.header.dtype {
+            Dtype::F32 => match bytemuck_f32(bytes) {
+                Some(s) => std::borrow::Cow::Borrowed(s),
+                None => std::borrow::Cow::Owned(
+                    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                ),
+            },
+            Dtype::F16 => std::borrow::Cow::Owned(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Views little-endian f32 bytes as `&[f32]` when aligned (x86-64 and aarch64 are little-endian).
+fn bytemuck_f32(bytes: &[u8]) -> Option<&[f32]> {
+    if cfg!(target_endian = "little") && (bytes.as_ptr() as usize) % 4 == 0 && bytes.len() % 4 == 0 {
+        // Safety: alignment and length checked; every bit pattern is a valid f32.
+        Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, bytes.len() / 4) })
+    } else {
+        None
+    }
+}
+
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let k = f.read(&mut buf[n..])?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_and_has_fixed_length() {
+        for rows in [0, 7, 123_456_789] {
+            let h = header(Dtype::F32, rows, Some(768));
+            assert_eq!(h.len(), HEADER_LEN);
+            let p = parse_header(&h, Path::new("x.npy")).unwrap();
+            assert_eq!((p.rows, p.cols, p.dtype, p.data_offset), (rows, 768, Dtype::F32, HEADER_LEN));
+        }
+    }
+
+    #[test]
+    fn truncated_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v.npy");
+        write_f32(&p, &[1.0; 12], 3, 4).unwrap();
+        let m = NpyMatrix::open(&p).unwrap();
+        assert_eq!(&m.rows_f32(1, 2)[..], &[1.0; 4]);
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 3]).unwrap();
+        let e = NpyMatrix::open(&p).err().unwrap().to_string();
+        assert!(e.contains("v.npy") && e.contains("truncated"), "{e}");
+    }
+}
