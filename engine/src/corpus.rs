@@ -24,7 +24,11 @@ impl CorpusFormat {
     /// By extension (`.tsv`, `.txt`, `.jsonl`, `.json`, each optionally `.gz`); otherwise by the first
     /// byte of the first line (`{` means JSONL).
     pub fn detect(path: &Path) -> Result<Self> {
-        let name = path.file_name().unwrap_or_default().to_string_lossy().to_lowercase();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_lowercase();
         let name = name.strip_suffix(".gz").unwrap_or(&name);
         if name.ends_with(".jsonl") || name.ends_with(".json") {
             return Ok(CorpusFormat::Jsonl);
@@ -35,7 +39,11 @@ impl CorpusFormat {
         let mut r = open_lines(path)?;
         let mut first = Vec::new();
         r.read_until(b'\n', &mut first).at(path)?;
-        Ok(if first.trim_ascii_start().first() == Some(&b'{') { CorpusFormat::Jsonl } else { CorpusFormat::Tsv })
+        Ok(if first.trim_ascii_start().first() == Some(&b'{') {
+            CorpusFormat::Jsonl
+        } else {
+            CorpusFormat::Tsv
+        })
     }
 }
 
@@ -46,7 +54,10 @@ pub fn open_lines(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     let n = f.read(&mut magic).at(path)?;
     f.seek(SeekFrom::Start(0)).at(path)?;
     if n == 2 && magic == [0x1f, 0x8b] {
-        Ok(Box::new(BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(f))))
+        Ok(Box::new(BufReader::with_capacity(
+            1 << 20,
+            flate2::read::MultiGzDecoder::new(f),
+        )))
     } else {
         Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
     }
@@ -153,7 +164,9 @@ impl CorpusReader {
     }
 
     fn next_title(&mut self, id: &str) -> Result<Option<String>> {
-        let Some((tpath, r, tline)) = &mut self.titles else { return Ok(None) };
+        let Some((tpath, r, tline)) = &mut self.titles else {
+            return Ok(None);
+        };
         let mut buf = Vec::new();
         loop {
             buf.clear();
@@ -185,7 +198,8 @@ impl CorpusReader {
     }
 
     fn parse(&self, line: &[u8]) -> std::result::Result<(String, Option<String>, String), String> {
-        let line = std::str::from_utf8(line).map_err(|_| "not valid UTF-8 (pass --skip-bad to skip such lines)".to_string())?;
+        let line = std::str::from_utf8(line)
+            .map_err(|_| "not valid UTF-8 (pass --skip-bad to skip such lines)".to_string())?;
         match self.format {
             CorpusFormat::Tsv => {
                 let (id, text) = line
@@ -206,13 +220,20 @@ impl CorpusReader {
                 let id = match id {
                     Value::String(s) if !s.is_empty() => s.clone(),
                     Value::Number(n) => n.to_string(),
-                    _ => return Err(format!("bad id {id}: expected a non-empty string or a number")),
+                    _ => {
+                        return Err(format!(
+                            "bad id {id}: expected a non-empty string or a number"
+                        ))
+                    }
                 };
                 let text = ["text", "contents", "body"]
                     .iter()
                     .find_map(|k| obj.get(*k))
                     .ok_or("missing text (expected `text` or `contents`)")?;
-                let text = text.as_str().ok_or("the text field must be a string")?.to_string();
+                let text = text
+                    .as_str()
+                    .ok_or("the text field must be a string")?
+                    .to_string();
                 let title = match obj.get("title") {
                     None | Some(Value::Null) => None,
                     Some(Value::String(s)) => Some(s.clone()),
@@ -281,11 +302,20 @@ impl Iterator for CorpusReader {
                 Err(e) => return Some(Err(e)),
             };
             let (title, text) = if self.opts.fix_encoding {
-                (title.map(|t| fix_mojibake(&t).into_owned()), fix_mojibake(&text).into_owned())
+                (
+                    title.map(|t| fix_mojibake(&t).into_owned()),
+                    fix_mojibake(&text).into_owned(),
+                )
             } else {
                 (title, text)
             };
-            return Some(Ok(Record { id, title, text, offset: start, line: self.line }));
+            return Some(Ok(Record {
+                id,
+                title,
+                text,
+                offset: start,
+                line: self.line,
+            }));
         }
     }
 }
@@ -311,21 +341,37 @@ pub fn read_record_at(path: &Path, offset: u64, fix_encoding: bool) -> Result<Re
         format,
         lines: Box::new(std::io::empty()),
         titles: None,
-        opts: ReadOptions { fix_encoding, ..Default::default() },
+        opts: ReadOptions {
+            fix_encoding,
+            ..Default::default()
+        },
         line: 0,
         offset,
         buf: Vec::new(),
         skipped: 0,
     };
-    let (id, title, text) = reader
-        .parse(&buf)
-        .map_err(|m| Error::invalid(path, None, format!("at byte {offset}: {m} (has the collection changed?)")))?;
+    let (id, title, text) = reader.parse(&buf).map_err(|m| {
+        Error::invalid(
+            path,
+            None,
+            format!("at byte {offset}: {m} (has the collection changed?)"),
+        )
+    })?;
     let (title, text) = if fix_encoding {
-        (title.map(|t| fix_mojibake(&t).into_owned()), fix_mojibake(&text).into_owned())
+        (
+            title.map(|t| fix_mojibake(&t).into_owned()),
+            fix_mojibake(&text).into_owned(),
+        )
     } else {
         (title, text)
     };
-    Ok(Record { id, title, text, offset, line: 0 })
+    Ok(Record {
+        id,
+        title,
+        text,
+        offset,
+        line: 0,
+    })
 }
 
 #[cfg(test)]
@@ -352,8 +398,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let c = write(d.path(), "c.tsv", "1\tfirst\n2\t\n");
         let t = write(d.path(), "t.tsv", "1\tT1\n2\t\n");
-        let recs: Vec<Record> =
-            CorpusReader::open(&c, ReadOptions { titles: Some(t), ..Default::default() }).unwrap().map(|r| r.unwrap()).collect();
+        let recs: Vec<Record> = CorpusReader::open(
+            &c,
+            ReadOptions {
+                titles: Some(t),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
         assert_eq!(recs[0].title.as_deref(), Some("T1"));
         assert_eq!(recs[1].text, "");
         assert_eq!(recs[1].offset, 8);
@@ -362,8 +416,14 @@ mod tests {
             "c.jsonl",
             "{\"_id\":\"a\",\"title\":\"A\",\"text\":\"x\"}\n{\"id\":7,\"contents\":\"y\"}\n{\"id\":\"b\",\"title\":\"B\",\"text\":\"z\",\"extra\":1}\n",
         );
-        let recs: Vec<Record> = CorpusReader::open(&j, ReadOptions::default()).unwrap().map(|r| r.unwrap()).collect();
-        assert_eq!(recs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a", "7", "b"]);
+        let recs: Vec<Record> = CorpusReader::open(&j, ReadOptions::default())
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(
+            recs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["a", "7", "b"]
+        );
         assert_eq!(recs[1].title, None);
         let back = read_record_at(&j, recs[2].offset, false).unwrap();
         assert_eq!((back.id.as_str(), back.text.as_str()), ("b", "z"));
@@ -373,23 +433,44 @@ mod tests {
     fn malformed_lines_name_file_and_line_or_are_skipped() {
         let d = tempfile::tempdir().unwrap();
         let c = write(d.path(), "c.tsv", "1\tok\nno tab here\n3\tok\n");
-        let e = CorpusReader::open(&c, ReadOptions::default()).unwrap().find_map(|r| r.err()).unwrap().to_string();
+        let e = CorpusReader::open(&c, ReadOptions::default())
+            .unwrap()
+            .find_map(|r| r.err())
+            .unwrap()
+            .to_string();
         assert!(e.contains("c.tsv, line 2") && e.contains("no tab"), "{e}");
-        let mut r = CorpusReader::open(&c, ReadOptions { skip_bad: true, ..Default::default() }).unwrap();
+        let mut r = CorpusReader::open(
+            &c,
+            ReadOptions {
+                skip_bad: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let ids: Vec<String> = r.by_ref().map(|x| x.unwrap().id).collect();
         assert_eq!(ids, ["1", "3"]);
         assert_eq!(r.skipped, 1);
         let bad = d.path().join("bad.tsv");
         std::fs::write(&bad, b"1\tok\n2\t\xff\xfe\n").unwrap();
-        let e = CorpusReader::open(&bad, ReadOptions::default()).unwrap().find_map(|r| r.err()).unwrap().to_string();
-        assert!(e.contains("line 2") && e.contains("UTF-8"), "{e}");
-        let t = write(d.path(), "t.tsv", "1\tA\n9\tB\n3\tC\n");
-        let c2 = write(d.path(), "c2.tsv", "1\tok\n2\tok\n3\tok\n");
-        let e = CorpusReader::open(&c2, ReadOptions { titles: Some(t), ..Default::default() })
+        let e = CorpusReader::open(&bad, ReadOptions::default())
             .unwrap()
             .find_map(|r| r.err())
             .unwrap()
             .to_string();
+        assert!(e.contains("line 2") && e.contains("UTF-8"), "{e}");
+        let t = write(d.path(), "t.tsv", "1\tA\n9\tB\n3\tC\n");
+        let c2 = write(d.path(), "c2.tsv", "1\tok\n2\tok\n3\tok\n");
+        let e = CorpusReader::open(
+            &c2,
+            ReadOptions {
+                titles: Some(t),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .find_map(|r| r.err())
+        .unwrap()
+        .to_string();
         assert!(e.contains("t.tsv, line 2") && e.contains("`9`"), "{e}");
     }
 }

@@ -240,6 +240,10 @@ impl Encoder {
         self.model.config().hidden_size
     }
 
+    pub fn batch_tokens(&self) -> usize {
+        self.batch_tokens
+    }
+
     pub fn pooling(&self) -> Pooling {
         self.pooling
     }

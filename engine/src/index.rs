@@ -20,7 +20,9 @@ use sha2::{Digest, Sha256};
 use crate::corpus::{CorpusReader, ReadOptions};
 use crate::error::{Error, IoContext, Result};
 use crate::search::hnsw::{HnswIndex, HnswParams, GRAPH_BASENAME};
-use crate::store::manifest::{FileSum, Manifest, ModelInfo, Shard, Sources, FORMAT_VERSION, MANIFEST};
+use crate::store::manifest::{
+    FileSum, Manifest, ModelInfo, Shard, Sources, FORMAT_VERSION, MANIFEST,
+};
 use crate::store::npy::{self, Dtype, NpyMatrix};
 use crate::text::{Doc, Kind};
 use crate::Encoder;
@@ -92,7 +94,10 @@ pub fn scan(collection: &Path, read: &ReadOptions, progress: &dyn Progress) -> R
             return Err(Error::invalid(
                 collection,
                 Some(rec.line),
-                format!("duplicate id `{}` (first on line {first}); every passage needs its own id", rec.id),
+                format!(
+                    "duplicate id `{}` (first on line {first}); every passage needs its own id",
+                    rec.id
+                ),
             ));
         }
         if ids.len() % 65_536 == 0 {
@@ -103,14 +108,26 @@ pub fn scan(collection: &Path, read: &ReadOptions, progress: &dyn Progress) -> R
     }
     progress.finish_stage();
     if ids.is_empty() {
-        return Err(Error::invalid(collection, None, "the collection is empty: no passages to index"));
+        return Err(Error::invalid(
+            collection,
+            None,
+            "the collection is empty: no passages to index",
+        ));
     }
-    Ok(Scan { ids, offsets, skipped: reader.skipped })
+    Ok(Scan {
+        ids,
+        offsets,
+        skipped: reader.skipped,
+    })
 }
 
-/// Rows `[start, end)` of shard `i` of `n` over `total` rows.
-pub fn shard_range(i: usize, n: usize, total: usize) -> (usize, usize) {
-    (i * total / n, (i + 1) * total / n)
+/// Rows `[start, end)` of shard `i` of `n` over `total` rows. Shards are cut at multiples of
+/// `chunk_rows`, so each shard encodes exactly the chunks an unsharded build would, and merged shards
+/// are byte-identical to an unsharded build.
+pub fn shard_range(i: usize, n: usize, total: usize, chunk_rows: usize) -> (usize, usize) {
+    let chunks = total.div_ceil(chunk_rows);
+    let at = |c: usize| (c * chunk_rows).min(total);
+    (at(i * chunks / n), at((i + 1) * chunks / n))
 }
 
 fn remove_if_exists(p: &Path) -> Result<()> {
@@ -125,7 +142,11 @@ fn index_files(dir: &Path) -> Vec<PathBuf> {
     [VECTORS, DOCIDS, OFFSETS, PARTIAL, PROGRESS]
         .iter()
         .map(|f| dir.join(f))
-        .chain(["hnsw.graph", "hnsw.data"].iter().map(|e| dir.join(format!("{GRAPH_BASENAME}.{e}"))))
+        .chain(
+            ["hnsw.graph", "hnsw.data"]
+                .iter()
+                .map(|e| dir.join(format!("{GRAPH_BASENAME}.{e}"))),
+        )
         .collect()
 }
 
@@ -152,18 +173,26 @@ pub fn build(encoder: &Encoder, opts: &BuildOptions, progress: &dyn Progress) ->
     let scan = scan(&opts.collection, &opts.read, progress)?;
     let total = scan.ids.len();
     let (start, end) = match opts.shard {
-        Some((i, n)) => shard_range(i, n, total),
+        Some((i, n)) => shard_range(i, n, total, opts.chunk_rows),
         None => (0, total),
     };
     progress.message("checksumming the sources");
     // Absolute paths, so that the searcher finds the text from any working directory.
-    let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+    let absolute = |p: &Path| {
+        std::fs::canonicalize(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
     let collection_sum = FileSum::of(&opts.collection, &absolute(&opts.collection))?;
     let titles_sum = match &opts.read.titles {
         Some(t) => Some(FileSum::of(t, &absolute(t))?),
         None => None,
     };
-    let model = ModelInfo { spec: encoder.files().spec.clone(), fingerprint: encoder.files().fingerprint()? };
+    let model = ModelInfo {
+        spec: encoder.files().spec.clone(),
+        fingerprint: encoder.files().fingerprint()?,
+    };
     let precision = encoder_precision(encoder);
     let dim = encoder.dim();
 
@@ -174,6 +203,8 @@ pub fn build(encoder: &Encoder, opts: &BuildOptions, progress: &dyn Progress) ->
             "precision": precision, "dtype": opts.dtype, "collection": collection_sum.sha256,
             "titles": titles_sum.as_ref().map(|t| t.sha256.clone()), "fix_encoding": opts.read.fix_encoding,
             "skip_bad": opts.read.skip_bad, "rows": [start, end], "chunk_rows": opts.chunk_rows,
+            // The batches, and so the last bits of each vector, depend on the token budget.
+            "batch_tokens": encoder.batch_tokens(),
         });
         format!("{:x}", Sha256::digest(key.to_string().as_bytes()))
     };
@@ -182,18 +213,27 @@ pub fn build(encoder: &Encoder, opts: &BuildOptions, progress: &dyn Progress) ->
     let mut rows_done = 0usize;
     if progress_path.is_file() {
         let text = std::fs::read_to_string(&progress_path).at(&progress_path)?;
-        let p: BuildProgress = serde_json::from_str(&text)
-            .map_err(|e| Error::invalid(&progress_path, None, format!("damaged ({e}); pass --force to start over")))?;
+        let p: BuildProgress = serde_json::from_str(&text).map_err(|e| {
+            Error::invalid(
+                &progress_path,
+                None,
+                format!("damaged ({e}); pass --force to start over"),
+            )
+        })?;
         if p.settings != settings {
             return Err(Error::Msg(format!(
-                "{}: holds an unfinished build made with other settings (model, format, pooling, sources, shard or dtype); \
+                "{}: holds an unfinished build made with other settings (model, format, pooling, sources, shard, \
+                 dtype, chunk rows or batch tokens); \
                  pass --force to discard it, or use another --out folder",
                 out.display()
             )));
         }
         rows_done = p.rows_done.min(end - start);
         if rows_done > 0 {
-            progress.message(&format!("resuming after {rows_done} of {} rows", end - start));
+            progress.message(&format!(
+                "resuming after {rows_done} of {} rows",
+                end - start
+            ));
         }
     }
     let row_bytes = dim * opts.dtype.size();
@@ -204,9 +244,11 @@ pub fn build(encoder: &Encoder, opts: &BuildOptions, progress: &dyn Progress) ->
         .open(&partial_path)
         .at(&partial_path)?;
     // Anything past the last recorded chunk is from an interrupted write: cut it off.
-    file.set_len((npy::HEADER_LEN + rows_done * row_bytes) as u64).at(&partial_path)?;
+    file.set_len((npy::HEADER_LEN + rows_done * row_bytes) as u64)
+        .at(&partial_path)?;
     file.seek(SeekFrom::Start(0)).at(&partial_path)?;
-    file.write_all(&npy::header(opts.dtype, rows_done, Some(dim))).at(&partial_path)?;
+    file.write_all(&npy::header(opts.dtype, rows_done, Some(dim)))
+        .at(&partial_path)?;
     file.seek(SeekFrom::End(0)).at(&partial_path)?;
 
     progress.stage("encoding", Some((end - start) as u64));
@@ -222,7 +264,10 @@ pub fn build(encoder: &Encoder, opts: &BuildOptions, progress: &dyn Progress) ->
                 None => break,
             };
             if row >= first {
-                chunk.push(Doc { title: rec.title, text: rec.text });
+                chunk.push(Doc {
+                    title: rec.title,
+                    text: rec.text,
+                });
             }
             row += 1;
             if chunk.len() == opts.chunk_rows || (row == end && !chunk.is_empty()) {
@@ -234,8 +279,14 @@ pub fn build(encoder: &Encoder, opts: &BuildOptions, progress: &dyn Progress) ->
                 file.sync_data().at(&partial_path)?;
                 rows_done += chunk.len();
                 chunk.clear();
-                let p = BuildProgress { settings: settings.clone(), rows_done };
-                crate::store::atomic_write_str(&progress_path, &serde_json::to_string(&p).unwrap())?;
+                let p = BuildProgress {
+                    settings: settings.clone(),
+                    rows_done,
+                };
+                crate::store::atomic_write_str(
+                    &progress_path,
+                    &serde_json::to_string(&p).unwrap(),
+                )?;
                 progress.set(rows_done as u64);
             }
         }
@@ -243,7 +294,10 @@ pub fn build(encoder: &Encoder, opts: &BuildOptions, progress: &dyn Progress) ->
             return Err(Error::invalid(
                 &opts.collection,
                 None,
-                format!("the collection changed while it was read: {rows_done} of {} rows encoded", end - start),
+                format!(
+                    "the collection changed while it was read: {rows_done} of {} rows encoded",
+                    end - start
+                ),
             ));
         }
     }
@@ -255,7 +309,14 @@ pub fn build(encoder: &Encoder, opts: &BuildOptions, progress: &dyn Progress) ->
     crate::store::sync_dir(&out.join(VECTORS));
 
     write_ids(out, &scan.ids[start..end], &scan.offsets[start..end])?;
-    let shard = opts.shard.map(|(i, n)| Shard { index: i, count: n, start, end, total });
+    let shard = opts.shard.map(|(i, n)| Shard {
+        index: i,
+        count: n,
+        start,
+        end,
+        total,
+        chunk_rows: opts.chunk_rows,
+    });
     let mut manifest = Manifest {
         format_version: FORMAT_VERSION,
         model,
@@ -296,7 +357,9 @@ fn encoder_precision(encoder: &Encoder) -> crate::Precision {
 fn write_ids(out: &Path, ids: &[String], offsets: &[u64]) -> Result<()> {
     for id in ids {
         if id.contains('\n') || id.contains('\r') {
-            return Err(Error::Msg(format!("document id {id:?} contains a line break")));
+            return Err(Error::Msg(format!(
+                "document id {id:?} contains a line break"
+            )));
         }
     }
     crate::store::atomic_write(&out.join(DOCIDS), |w| {
@@ -353,9 +416,16 @@ pub fn verify(dir: &Path) -> Result<Vec<String>> {
         }
         let (size, sum) = crate::store::manifest::sha256_file(&p)?;
         if size != f.size {
-            problems.push(format!("{}: {size} bytes, the manifest says {}", p.display(), f.size));
+            problems.push(format!(
+                "{}: {size} bytes, the manifest says {}",
+                p.display(),
+                f.size
+            ));
         } else if sum != f.sha256 {
-            problems.push(format!("{}: checksum differs from the manifest (the file is damaged)", p.display()));
+            problems.push(format!(
+                "{}: checksum differs from the manifest (the file is damaged)",
+                p.display()
+            ));
         }
     }
     Ok(problems)
@@ -363,15 +433,26 @@ pub fn verify(dir: &Path) -> Result<Vec<String>> {
 
 /// Joins shard folders (any order) into one index at `out`, refusing shards of different models,
 /// formats, sources or settings, and incomplete or overlapping sets.
-pub fn merge(shards: &[PathBuf], out: &Path, hnsw: Option<HnswParams>, force: bool, progress: &dyn Progress) -> Result<Manifest> {
-    let mut ms: Vec<(PathBuf, Manifest)> =
-        shards.iter().map(|d| Manifest::read(d).map(|m| (d.clone(), m))).collect::<Result<_>>()?;
+pub fn merge(
+    shards: &[PathBuf],
+    out: &Path,
+    hnsw: Option<HnswParams>,
+    force: bool,
+    progress: &dyn Progress,
+) -> Result<Manifest> {
+    let mut ms: Vec<(PathBuf, Manifest)> = shards
+        .iter()
+        .map(|d| Manifest::read(d).map(|m| (d.clone(), m)))
+        .collect::<Result<_>>()?;
     if ms.is_empty() {
         return Err(Error::Msg("merge needs at least one shard folder".into()));
     }
     for (d, m) in &ms {
         if m.shard.is_none() {
-            return Err(Error::Msg(format!("{}: not a shard (built without --shard)", d.display())));
+            return Err(Error::Msg(format!(
+                "{}: not a shard (built without --shard)",
+                d.display()
+            )));
         }
     }
     ms.sort_by_key(|(_, m)| m.shard.as_ref().unwrap().index);
@@ -399,16 +480,20 @@ pub fn merge(shards: &[PathBuf], out: &Path, hnsw: Option<HnswParams>, force: bo
             return differ("vector type");
         }
         if m.sources.collection.sha256 != m0.sources.collection.sha256
-            || m.sources.titles.as_ref().map(|t| &t.sha256) != m0.sources.titles.as_ref().map(|t| &t.sha256)
+            || m.sources.titles.as_ref().map(|t| &t.sha256)
+                != m0.sources.titles.as_ref().map(|t| &t.sha256)
             || m.sources.fix_encoding != m0.sources.fix_encoding
         {
             return differ("sources");
         }
-        if s.count != s0.count || s.total != s0.total {
+        if s.count != s0.count || s.total != s0.total || s.chunk_rows != s0.chunk_rows {
             return differ("shard count");
         }
     }
-    let idx: Vec<usize> = ms.iter().map(|(_, m)| m.shard.as_ref().unwrap().index).collect();
+    let idx: Vec<usize> = ms
+        .iter()
+        .map(|(_, m)| m.shard.as_ref().unwrap().index)
+        .collect();
     if idx != (0..s0.count).collect::<Vec<_>>() {
         return Err(Error::Msg(format!(
             "merge needs every shard 0..{} exactly once; got shards {idx:?}",
@@ -418,7 +503,10 @@ pub fn merge(shards: &[PathBuf], out: &Path, hnsw: Option<HnswParams>, force: bo
     std::fs::create_dir_all(out).at(out)?;
     if out.join(MANIFEST).is_file() {
         if !force {
-            return Err(Error::Msg(format!("{}: a finished index is already there; pass --force to replace it", out.display())));
+            return Err(Error::Msg(format!(
+                "{}: a finished index is already there; pass --force to replace it",
+                out.display()
+            )));
         }
         remove_if_exists(&out.join(MANIFEST))?;
     }
@@ -461,17 +549,45 @@ pub fn merge(shards: &[PathBuf], out: &Path, hnsw: Option<HnswParams>, force: bo
 /// The ids and text offsets of an index folder.
 pub fn read_ids(dir: &Path) -> Result<(Vec<String>, Vec<u64>)> {
     let p = dir.join(DOCIDS);
-    let ids: Vec<String> = std::fs::read_to_string(&p).at(&p)?.lines().map(str::to_string).collect();
+    let ids: Vec<String> = std::fs::read_to_string(&p)
+        .at(&p)?
+        .lines()
+        .map(str::to_string)
+        .collect();
     let p = dir.join(OFFSETS);
     let raw = std::fs::read(&p).at(&p)?;
     if raw.len() % 8 != 0 {
-        return Err(Error::invalid(&p, None, "length is not a multiple of 8: the file is damaged"));
+        return Err(Error::invalid(
+            &p,
+            None,
+            "length is not a multiple of 8: the file is damaged",
+        ));
     }
-    let offsets: Vec<u64> = raw.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().unwrap())).collect();
+    let offsets: Vec<u64> = raw
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     if offsets.len() != ids.len() {
-        return Err(Error::invalid(&p, None, format!("{} offsets for {} ids: the index is damaged", offsets.len(), ids.len())));
+        return Err(Error::invalid(
+            &p,
+            None,
+            format!(
+                "{} offsets for {} ids: the index is damaged",
+                offsets.len(),
+                ids.len()
+            ),
+        ));
     }
     Ok((ids, offsets))
+}
+
+/// How to search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchMode {
+    /// Every vector: the reference.
+    Exact,
+    /// The HNSW graph with this search-time `ef`.
+    Hnsw { ef: usize },
 }
 
 /// A finished index, opened for search.
@@ -504,9 +620,24 @@ impl Index {
         }
         let (ids, offsets) = read_ids(dir)?;
         if ids.len() != manifest.count {
-            return Err(Error::invalid(dir.join(DOCIDS), None, format!("{} ids for {} vectors: the index is damaged", ids.len(), manifest.count)));
+            return Err(Error::invalid(
+                dir.join(DOCIDS),
+                None,
+                format!(
+                    "{} ids for {} vectors: the index is damaged",
+                    ids.len(),
+                    manifest.count
+                ),
+            ));
         }
-        Ok(Index { dir: dir.to_path_buf(), manifest, vectors, ids, offsets, graph: std::sync::OnceLock::new() })
+        Ok(Index {
+            dir: dir.to_path_buf(),
+            manifest,
+            vectors,
+            ids,
+            offsets,
+            graph: std::sync::OnceLock::new(),
+        })
     }
 
     /// The HNSW graph, loaded on first use.
@@ -516,6 +647,40 @@ impl Index {
         }
         let g = HnswIndex::load(&self.dir)?;
         Ok(self.graph.get_or_init(|| g))
+    }
+
+    /// The top `k` rows for each query (row-major `nq x dim`), exactly or through the graph.
+    pub fn search(
+        &self,
+        queries: &[f32],
+        k: usize,
+        mode: SearchMode,
+    ) -> Result<Vec<Vec<crate::search::Hit>>> {
+        use rayon::prelude::*;
+        let dim = self.manifest.dim;
+        if queries.len() % dim != 0 {
+            return Err(Error::Msg(format!(
+                "query vectors of width {} do not fit dimension {dim}",
+                queries.len()
+            )));
+        }
+        match mode {
+            SearchMode::Exact => {
+                // Bounded query blocks keep the score buffers small; each block streams the matrix once.
+                let mut out = Vec::with_capacity(queries.len() / dim);
+                for block in queries.chunks(1024 * dim) {
+                    out.extend(crate::search::exact::search(&self.vectors, block, k));
+                }
+                Ok(out)
+            }
+            SearchMode::Hnsw { ef } => {
+                let g = self.graph()?;
+                Ok(queries
+                    .par_chunks(dim)
+                    .map(|q| g.search(&self.vectors, q, k, ef))
+                    .collect())
+            }
+        }
     }
 
     /// The passage behind row `row`, read from the collection through its stored offset.
@@ -531,9 +696,16 @@ impl Index {
                 src.size
             )));
         }
-        let rec = crate::corpus::read_record_at(path, self.offsets[row], self.manifest.sources.fix_encoding)?;
+        let rec = crate::corpus::read_record_at(
+            path,
+            self.offsets[row],
+            self.manifest.sources.fix_encoding,
+        )?;
         if rec.id != self.ids[row] {
-            return Err(Error::Msg(format!("{}: the collection has changed since the index was built", path.display())));
+            return Err(Error::Msg(format!(
+                "{}: the collection has changed since the index was built",
+                path.display()
+            )));
         }
         Ok(rec)
     }
@@ -546,14 +718,17 @@ mod tests {
     #[test]
     fn shards_cover_all_rows_once() {
         for total in [1, 7, 1033] {
-            for n in 1..5 {
-                let mut next = 0;
-                for i in 0..n {
-                    let (a, b) = shard_range(i, n, total);
-                    assert_eq!(a, next);
-                    next = b;
+            for chunk in [1, 4, 64] {
+                for n in 1..5 {
+                    let mut next = 0;
+                    for i in 0..n {
+                        let (a, b) = shard_range(i, n, total, chunk);
+                        assert_eq!(a, next);
+                        assert!(a % chunk == 0 || a == total);
+                        next = b;
+                    }
+                    assert_eq!(next, total);
                 }
-                assert_eq!(next, total);
             }
         }
     }

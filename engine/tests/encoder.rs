@@ -18,12 +18,17 @@ fn a_vector_does_not_depend_on_its_batch() {
     let docs = passages();
     // A small token budget forces many batches of mixed composition.
     for budget in [600, 4096] {
-        let opts = EncoderOptions { batch_tokens: budget, ..Default::default() };
+        let opts = EncoderOptions {
+            batch_tokens: budget,
+            ..Default::default()
+        };
         let enc = Encoder::load(minilm().to_str().unwrap(), &opts).unwrap();
         let all = enc.encode(Kind::Passage, &docs).unwrap();
         let d = enc.dim();
         for (i, doc) in docs.iter().enumerate().step_by(7) {
-            let alone = enc.encode(Kind::Passage, std::slice::from_ref(doc)).unwrap();
+            let alone = enc
+                .encode(Kind::Passage, std::slice::from_ref(doc))
+                .unwrap();
             let diff = max_abs_diff(&all[i * d..(i + 1) * d], &alone);
             assert!(diff <= 1e-5, "passage {i}, budget {budget}: {diff}");
         }
@@ -37,34 +42,58 @@ fn half_precision_is_finite_and_close_to_f32() {
     let want = f32_enc.encode(Kind::Passage, &docs).unwrap();
     let d = f32_enc.dim();
     for precision in [Precision::F16, Precision::Bf16] {
-        let opts = EncoderOptions { precision, ..Default::default() };
+        let opts = EncoderOptions {
+            precision,
+            ..Default::default()
+        };
         let enc = Encoder::load(minilm().to_str().unwrap(), &opts).unwrap();
         let got = enc.encode(Kind::Passage, &docs).unwrap();
-        assert!(got.iter().all(|x| x.is_finite()), "{precision:?} produced a non-finite value");
+        assert!(
+            got.iter().all(|x| x.is_finite()),
+            "{precision:?} produced a non-finite value"
+        );
         let worst = (0..docs.len())
             .map(|i| cosine(&got[i * d..(i + 1) * d], &want[i * d..(i + 1) * d]))
             .fold(1.0, f64::min);
-        println!("{precision:?}: worst cosine to f32 over {} passages = {worst:.6}", docs.len());
+        println!(
+            "{precision:?}: worst cosine to f32 over {} passages = {worst:.6}",
+            docs.len()
+        );
         assert!(worst >= 0.999, "{precision:?}: cosine {worst}");
     }
 }
 
 #[test]
 fn sentence_transformers_format_reads_the_folder_settings() {
-    let opts = EncoderOptions { format: InputFormat::SentenceTransformers, ..Default::default() };
+    let opts = EncoderOptions {
+        format: InputFormat::SentenceTransformers,
+        ..Default::default()
+    };
     let enc = Encoder::load(minilm().to_str().unwrap(), &opts).unwrap();
     assert_eq!(enc.pooling(), engine::Pooling::Mean);
     // One segment (title + " " + text).strip(), for queries and documents alike.
-    let t = enc.tokenize(Kind::Passage, &[Doc::new(Some("Title"), "body text")]).unwrap();
-    let q = enc.tokenize(Kind::Query, &[Doc::query("Title body text")]).unwrap();
+    let t = enc
+        .tokenize(Kind::Passage, &[Doc::new(Some("Title"), "body text")])
+        .unwrap();
+    let q = enc
+        .tokenize(Kind::Query, &[Doc::query("Title body text")])
+        .unwrap();
     assert_eq!(t[0].ids, q[0].ids);
     assert!(t[0].type_ids.iter().all(|&x| x == 0));
     let long = Doc::query(&"word ".repeat(400));
-    assert_eq!(enc.tokenize(Kind::Query, &[long]).unwrap()[0].ids.len(), 256);
+    assert_eq!(
+        enc.tokenize(Kind::Query, &[long]).unwrap()[0].ids.len(),
+        256
+    );
 }
 
 fn copy_model(dir: &std::path::Path) {
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         std::fs::copy(fixtures().join("tiny-bert").join(f), dir.join(f)).unwrap();
     }
 }
@@ -85,18 +114,31 @@ fn damaged_checkpoints_give_errors_naming_the_file() {
     let w = std::fs::read(dir.join("model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &w[..w.len() / 2]).unwrap();
     let e = load_err(dir);
-    assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
     copy_model(dir);
     // A tokenizer.json that does not parse.
     std::fs::write(dir.join("tokenizer.json"), "{ not json").unwrap();
     let e = load_err(dir);
-    assert!(e.contains("tokenizer.json") && e.contains("does not parse"), "{e}");
+    assert!(
+        e.contains("tokenizer.json") && e.contains("does not parse"),
+        "{e}"
+    );
     copy_model(dir);
     // A config without a field.
     let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    std::fs::write(dir.join("config.json"), cfg.replace("\"num_hidden_layers\"", "\"layers\"")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        cfg.replace("\"num_hidden_layers\"", "\"layers\""),
+    )
+    .unwrap();
     let e = load_err(dir);
-    assert!(e.contains("config.json") && e.contains("num_hidden_layers"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("num_hidden_layers"),
+        "{e}"
+    );
     copy_model(dir);
     // An unsupported activation.
     std::fs::write(dir.join("config.json"), cfg.replace("\"gelu\"", "\"silu\"")).unwrap();
@@ -111,13 +153,24 @@ fn damaged_checkpoints_give_errors_naming_the_file() {
 fn a_vocab_txt_checkpoint_tokenizes_like_its_tokenizer_json() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    for f in ["config.json", "model.safetensors", "tokenizer_config.json", "vocab.txt"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer_config.json",
+        "vocab.txt",
+    ] {
         std::fs::copy(minilm().join(f), dir.join(f)).unwrap();
     }
     let a = Encoder::load(minilm().to_str().unwrap(), &EncoderOptions::default()).unwrap();
     let b = Encoder::load(dir.to_str().unwrap(), &EncoderOptions::default()).unwrap();
     let docs = passages();
-    assert_eq!(a.tokenize(Kind::Passage, &docs).unwrap(), b.tokenize(Kind::Passage, &docs).unwrap());
+    assert_eq!(
+        a.tokenize(Kind::Passage, &docs).unwrap(),
+        b.tokenize(Kind::Passage, &docs).unwrap()
+    );
     let q = [Doc::query("Crème brûlée ΑΒΓ 東京 what is qa 🙂")];
-    assert_eq!(a.tokenize(Kind::Query, &q).unwrap(), b.tokenize(Kind::Query, &q).unwrap());
+    assert_eq!(
+        a.tokenize(Kind::Query, &q).unwrap(),
+        b.tokenize(Kind::Query, &q).unwrap()
+    );
 }

@@ -38,13 +38,20 @@ impl SplitMix {
 
 /// Compares two evaluations over the same queries (both from `evaluate` with the same qrels and metrics).
 pub fn compare(a: &Evaluation, b: &Evaluation, trials: usize, seed: u64) -> Comparison {
-    let qids: Vec<&String> = a.per_query.keys().filter(|q| b.per_query.contains_key(*q)).collect();
+    let qids: Vec<&String> = a
+        .per_query
+        .keys()
+        .filter(|q| b.per_query.contains_key(*q))
+        .collect();
     let metrics = a
         .metrics
         .iter()
         .enumerate()
         .map(|(mi, &metric)| {
-            let diffs: Vec<f64> = qids.iter().map(|q| b.per_query[*q][mi] - a.per_query[*q][mi]).collect();
+            let diffs: Vec<f64> = qids
+                .iter()
+                .map(|q| b.per_query[*q][mi] - a.per_query[*q][mi])
+                .collect();
             let n = diffs.len().max(1) as f64;
             let mean_a = qids.iter().map(|q| a.per_query[*q][mi]).sum::<f64>() / n;
             let mean_b = qids.iter().map(|q| b.per_query[*q][mi]).sum::<f64>() / n;
@@ -76,5 +83,9 @@ pub fn compare(a: &Evaluation, b: &Evaluation, trials: usize, seed: u64) -> Comp
             }
         })
         .collect();
-    Comparison { queries: qids.len(), trials, metrics }
+    Comparison {
+        queries: qids.len(),
+        trials,
+        metrics,
+    }
 }

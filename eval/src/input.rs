@@ -74,7 +74,8 @@ fn lines(data: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
 }
 
 fn fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
-    line.split(|b| *b == b' ' || *b == b'\t').filter(|f| !f.is_empty())
+    line.split(|b| *b == b' ' || *b == b'\t')
+        .filter(|f| !f.is_empty())
 }
 
 fn utf8<'a>(path: &Path, no: usize, f: &'a [u8]) -> Result<&'a str, InputError> {
@@ -114,9 +115,15 @@ impl Qrels {
             let label: i32 = match r.parse() {
                 Ok(l) => l,
                 // A BEIR header line (`query-id corpus-id score`) is the only non-numeric label allowed.
-                Err(_) if n == 0 && f.len() == 3 && !r.chars().any(|c| c.is_ascii_digit()) => continue,
+                Err(_) if n == 0 && f.len() == 3 && !r.chars().any(|c| c.is_ascii_digit()) => {
+                    continue
+                }
                 Err(_) => {
-                    return Err(malformed(path, Some(no), format!("relevance label `{r}` is not an integer")))
+                    return Err(malformed(
+                        path,
+                        Some(no),
+                        format!("relevance label `{r}` is not an integer"),
+                    ))
                 }
             };
             n += 1;
@@ -183,7 +190,9 @@ impl Run {
 
     /// A query's ranked document ids.
     pub fn ranking(&self, qid: &str) -> Option<Vec<&str>> {
-        self.queries.get(qid).map(|hs| hs.iter().map(|h| self.docid(h)).collect())
+        self.queries
+            .get(qid)
+            .map(|hs| hs.iter().map(|h| self.docid(h)).collect())
     }
 
     pub fn parse(data: Vec<u8>, path: &Path) -> Result<Self, InputError> {
@@ -191,8 +200,10 @@ impl Run {
         let text = into_utf8(data, path)?;
         // Parse chunks of whole lines in parallel; each chunk groups its lines by query.
         let chunks = line_chunks(text.as_bytes(), 4 * rayon::current_num_threads().max(1));
-        let parsed: Vec<Result<Chunk, InputError>> =
-            chunks.par_iter().map(|&(a, b)| parse_chunk(&text, a, b, path)).collect();
+        let parsed: Vec<Result<Chunk, InputError>> = chunks
+            .par_iter()
+            .map(|&(a, b)| parse_chunk(&text, a, b, path))
+            .collect();
         // Line numbers (for errors): each chunk counts from 1; shift by the lines of earlier chunks.
         let mut offset = 0usize;
         let mut by_q: FxHashMap<&str, usize> = FxHashMap::default();
@@ -201,7 +212,11 @@ impl Run {
         let mut n = 0usize;
         for (chunk, &(a, b)) in parsed.into_iter().zip(&chunks) {
             let chunk = chunk.map_err(|e| match e {
-                InputError::Malformed { path, line, msg } => InputError::Malformed { path, line: line.map(|l| l + offset), msg },
+                InputError::Malformed { path, line, msg } => InputError::Malformed {
+                    path,
+                    line: line.map(|l| l + offset),
+                    msg,
+                },
                 e => e,
             })?;
             for (q, g) in chunk.groups {
@@ -263,7 +278,8 @@ fn lines_of(text: &str, qid: &str, docid: &str) -> Vec<usize> {
         .filter(|(_, l)| {
             let f: Vec<&[u8]> = fields(l).collect();
             f.first() == Some(&qid.as_bytes())
-                && ((f.len() == 6 && f[2] == docid.as_bytes()) || (f.len() == 3 && f[1] == docid.as_bytes()))
+                && ((f.len() == 6 && f[2] == docid.as_bytes())
+                    || (f.len() == 3 && f[1] == docid.as_bytes()))
         })
         .map(|(no, _)| no)
         .collect()
@@ -277,7 +293,9 @@ fn line_chunks(data: &[u8], parts: usize) -> Vec<(usize, usize)> {
     while a < data.len() {
         let mut b = (a + step).min(data.len());
         if b < data.len() {
-            b = memchr::memchr(b'\n', &data[b..]).map(|i| b + i + 1).unwrap_or(data.len());
+            b = memchr::memchr(b'\n', &data[b..])
+                .map(|i| b + i + 1)
+                .unwrap_or(data.len());
         }
         out.push((a, b));
         a = b;
@@ -285,7 +303,12 @@ fn line_chunks(data: &[u8], parts: usize) -> Vec<(usize, usize)> {
     out
 }
 
-fn parse_chunk<'a>(text: &'a str, a: usize, b: usize, path: &Path) -> Result<Chunk<'a>, InputError> {
+fn parse_chunk<'a>(
+    text: &'a str,
+    a: usize,
+    b: usize,
+    path: &Path,
+) -> Result<Chunk<'a>, InputError> {
     let bytes = &text.as_bytes()[a..b];
     let mut groups: Vec<(&'a str, Vec<(&'a str, f64)>)> = Vec::new();
     let mut index: FxHashMap<&'a str, usize> = FxHashMap::default();
@@ -357,12 +380,21 @@ fn find_duplicate<'a>(ranked: &[(&'a str, f64)]) -> Option<&'a str> {
     // MS MARCO ids are integers: compare those as numbers, which is much cheaper than strings.
     let nums: Option<Vec<u64>> = ranked
         .iter()
-        .map(|(d, _)| if d.len() < 20 && !d.starts_with('0') || *d == "0" { d.parse::<u64>().ok() } else { None })
+        .map(|(d, _)| {
+            if d.len() < 20 && !d.starts_with('0') || *d == "0" {
+                d.parse::<u64>().ok()
+            } else {
+                None
+            }
+        })
         .collect();
     if let Some(mut nums) = nums {
         nums.sort_unstable();
         let dup = nums.windows(2).find(|w| w[0] == w[1])?[0];
-        return ranked.iter().map(|(d, _)| *d).find(|d| d.parse::<u64>().ok() == Some(dup));
+        return ranked
+            .iter()
+            .map(|(d, _)| *d)
+            .find(|d| d.parse::<u64>().ok() == Some(dup));
     }
     let mut ids: Vec<&str> = ranked.iter().map(|(d, _)| *d).collect();
     ids.sort_unstable();
@@ -373,7 +405,9 @@ fn find_duplicate<'a>(ranked: &[(&'a str, f64)]) -> Option<&'a str> {
 /// fast path, an exact integer divided by an exact power of ten, which is correctly rounded and so
 /// equal to the standard parser's result; anything else goes to the standard parser.
 fn fast_f64(s: &str) -> Option<f64> {
-    const POW10: [f64; 16] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
     let b = s.as_bytes();
     let (neg, digits) = match b.first() {
         Some(b'-') => (true, &b[1..]),
@@ -436,7 +470,9 @@ mod tests {
 
     #[test]
     fn bad_labels_name_the_line() {
-        let e = Qrels::parse(b"1 0 d1 2\n1 0 d2 x\n", p()).unwrap_err().to_string();
+        let e = Qrels::parse(b"1 0 d1 2\n1 0 d2 x\n", p())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("x.txt, line 2") && e.contains("`x`"), "{e}");
         let e = Qrels::parse(b"", p()).unwrap_err().to_string();
         assert!(e.contains("no judgments"), "{e}");
@@ -444,20 +480,40 @@ mod tests {
 
     #[test]
     fn run_order_is_score_then_docid_descending() {
-        let r = Run::parse(Vec::from(&b"1 Q0 a 1 1.0 t\n1 Q0 b 2 1.0 t\n1 Q0 c 3 2.0 t\n"[..]), p()).unwrap();
+        let r = Run::parse(
+            Vec::from(&b"1 Q0 a 1 1.0 t\n1 Q0 b 2 1.0 t\n1 Q0 c 3 2.0 t\n"[..]),
+            p(),
+        )
+        .unwrap();
         let ids = r.ranking("1").unwrap();
         assert_eq!(ids, ["c", "b", "a"]);
     }
 
     #[test]
     fn fast_float_path_equals_the_standard_parser() {
-        for x in ["0", "1", "-2.5", "12.345678", "0.000001", "123456789.123456", "99.999999999999", "1e5", "3.", ".5",
-                  "-0.0", "1234567890123456789", "0.1234567890123456789", "inf"] {
+        for x in [
+            "0",
+            "1",
+            "-2.5",
+            "12.345678",
+            "0.000001",
+            "123456789.123456",
+            "99.999999999999",
+            "1e5",
+            "3.",
+            ".5",
+            "-0.0",
+            "1234567890123456789",
+            "0.1234567890123456789",
+            "inf",
+        ] {
             assert_eq!(fast_f64(x), x.parse::<f64>().ok(), "{x}");
         }
         let mut v: u64 = 12345;
         for _ in 0..100_000 {
-            v = v.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            v = v
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let s = format!("{}.{:06}", (v >> 40) % 100_000, (v >> 8) % 1_000_000);
             assert_eq!(fast_f64(&s), s.parse::<f64>().ok(), "{s}");
         }
@@ -474,19 +530,30 @@ mod tests {
 
     #[test]
     fn duplicates_and_bad_scores_are_errors_with_lines() {
-        let e = Run::parse(Vec::from(&b"1 Q0 a 1 1.0 t\n2 Q0 a 1 1.0 t\n1 Q0 a 2 0.5 t\n"[..]), p())
+        let e = Run::parse(
+            Vec::from(&b"1 Q0 a 1 1.0 t\n2 Q0 a 1 1.0 t\n1 Q0 a 2 0.5 t\n"[..]),
+            p(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 3") && e.contains("appears twice"), "{e}");
+        let e = Run::parse(Vec::from(&b"1 Q0 a 1 abc t\n"[..]), p())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("line 3") && e.contains("appears twice"), "{e}");
-        let e = Run::parse(Vec::from(&b"1 Q0 a 1 abc t\n"[..]), p()).unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("`abc`"), "{e}");
-        let e = Run::parse(Vec::from(&b"1 Q0 a 1\n"[..]), p()).unwrap_err().to_string();
+        let e = Run::parse(Vec::from(&b"1 Q0 a 1\n"[..]), p())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("found 4"), "{e}");
     }
 
     #[test]
     fn queries_split_across_the_file_are_joined() {
-        let r = Run::parse(Vec::from(&b"1 Q0 a 1 3 t\n2 Q0 a 1 1 t\n1 Q0 b 2 2 t\n"[..]), p()).unwrap();
+        let r = Run::parse(
+            Vec::from(&b"1 Q0 a 1 3 t\n2 Q0 a 1 1 t\n1 Q0 b 2 2 t\n"[..]),
+            p(),
+        )
+        .unwrap();
         assert_eq!(r.queries["1"].len(), 2);
     }
 }

@@ -64,7 +64,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn print_comparison(a: &Evaluation, b: &Evaluation, args: &Args, b_path: &std::path::Path) -> anyhow::Result<()> {
+fn print_comparison(
+    a: &Evaluation,
+    b: &Evaluation,
+    args: &Args,
+    b_path: &std::path::Path,
+) -> anyhow::Result<()> {
     let c = compare(a, b, args.trials, 0x5eed);
     if args.json {
         let m: serde_json::Map<String, serde_json::Value> = c
@@ -121,7 +126,11 @@ fn print_eval(e: &Evaluation, args: &Args) -> anyhow::Result<()> {
         return Ok(());
     }
     if args.per_query {
-        let header: Vec<String> = e.metrics.iter().map(|m| format!("{:>9}", m.to_string())).collect();
+        let header: Vec<String> = e
+            .metrics
+            .iter()
+            .map(|m| format!("{:>9}", m.to_string()))
+            .collect();
         println!("{:<12} {}", "query", header.join(" "));
         for (q, vals) in &e.per_query {
             let cells: Vec<String> = vals.iter().map(|v| format!("{v:>9.4}")).collect();
@@ -129,16 +138,28 @@ fn print_eval(e: &Evaluation, args: &Args) -> anyhow::Result<()> {
         }
         println!();
     }
-    let width = e.metrics.iter().map(|m| m.to_string().len()).max().unwrap_or(6).max(7);
+    let width = e
+        .metrics
+        .iter()
+        .map(|m| m.to_string().len())
+        .max()
+        .unwrap_or(6)
+        .max(7);
     for (m, v) in e.metrics.iter().zip(&e.means) {
         println!("{:<width$}  {v:.4}", m.to_string());
     }
     println!("{:<width$}  {}", "queries", e.queries);
     if e.missing > 0 {
-        println!("{:<width$}  {} (in the qrels, not in the run: scored 0)", "missing", e.missing);
+        println!(
+            "{:<width$}  {} (in the qrels, not in the run: scored 0)",
+            "missing", e.missing
+        );
     }
     if e.ignored > 0 {
-        println!("{:<width$}  {} (run queries without qrels: ignored)", "ignored", e.ignored);
+        println!(
+            "{:<width$}  {} (run queries without qrels: ignored)",
+            "ignored", e.ignored
+        );
     }
     Ok(())
 }

@@ -79,7 +79,12 @@ pub const DEFAULT_METRICS: [Metric; 4] = [
 ];
 
 /// The value of every metric for one query's ranking. `judged` maps docid -> label.
-pub fn score_query(hits: &[&str], judged: &FxHashMap<String, i32>, metrics: &[Metric], rel_level: i32) -> Vec<f64> {
+pub fn score_query(
+    hits: &[&str],
+    judged: &FxHashMap<String, i32>,
+    metrics: &[Metric],
+    rel_level: i32,
+) -> Vec<f64> {
     let num_rel = judged.values().filter(|&&l| l >= rel_level).count();
     // Labels of the ranking, looked up once.
     let labels: Vec<Option<i32>> = hits.iter().map(|h| judged.get(*h).copied()).collect();
@@ -98,7 +103,9 @@ pub fn score_query(hits: &[&str], judged: &FxHashMap<String, i32>, metrics: &[Me
                     (0..hits.len().min(k)).filter(|&i| is_rel(i)).count() as f64 / num_rel as f64
                 }
             }
-            Metric::Precision(k) => (0..hits.len().min(k)).filter(|&i| is_rel(i)).count() as f64 / k as f64,
+            Metric::Precision(k) => {
+                (0..hits.len().min(k)).filter(|&i| is_rel(i)).count() as f64 / k as f64
+            }
             Metric::Map => {
                 if num_rel == 0 {
                     return 0.0;
@@ -154,7 +161,10 @@ pub struct Evaluation {
 
 impl Evaluation {
     pub fn mean(&self, m: Metric) -> Option<f64> {
-        self.metrics.iter().position(|x| *x == m).map(|i| self.means[i])
+        self.metrics
+            .iter()
+            .position(|x| *x == m)
+            .map(|i| self.means[i])
     }
 }
 
@@ -172,8 +182,15 @@ pub fn evaluate(qrels: &Qrels, run: &Run, metrics: &[Metric], rel_level: i32) ->
             ((*q).clone(), score_query(&hits, j, metrics, rel_level))
         })
         .collect();
-    let missing = judged.iter().filter(|(q, _)| !run.queries.contains_key(*q)).count();
-    let ignored = run.queries.keys().filter(|q| !qrels.queries.contains_key(*q)).count();
+    let missing = judged
+        .iter()
+        .filter(|(q, _)| !run.queries.contains_key(*q))
+        .count();
+    let ignored = run
+        .queries
+        .keys()
+        .filter(|q| !qrels.queries.contains_key(*q))
+        .count();
     let n = per_query.len();
     let means = (0..metrics.len())
         .map(|i| {
@@ -220,7 +237,14 @@ mod tests {
     fn hand_computed_values() {
         let h = hits(&["a", "b", "c", "d"]);
         let j = judged(&[("b", 1), ("d", 3), ("z", 2), ("n", 0)]);
-        let m = [Metric::Mrr(10), Metric::Mrr(1), Metric::Recall(2), Metric::Recall(4), Metric::Precision(4), Metric::Map];
+        let m = [
+            Metric::Mrr(10),
+            Metric::Mrr(1),
+            Metric::Recall(2),
+            Metric::Recall(4),
+            Metric::Precision(4),
+            Metric::Map,
+        ];
         let v = score_query(&h, &j, &m, 1);
         assert_eq!(v[0], 0.5);
         assert_eq!(v[1], 0.0);

@@ -55,9 +55,27 @@ fn json_output_has_the_documented_fields() {
 fn compare_mode_reports_differences_and_a_test() {
     let dir = tempfile::tempdir().unwrap();
     let q = write(dir.path(), "q", "1 0 a 1\n2 0 b 1\n3 0 c 1\n");
-    let a = write(dir.path(), "a", "1 Q0 x 1 2 t\n1 Q0 a 2 1 t\n2 Q0 b 1 1 t\n3 Q0 y 1 2 t\n3 Q0 c 2 1 t\n");
-    let b = write(dir.path(), "b", "1 Q0 a 1 2 t\n2 Q0 b 1 1 t\n3 Q0 c 1 2 t\n");
-    let o = run(&["--qrels", &q, "--run", &a, "--compare", &b, "--metric", "MRR@10", "--json"]);
+    let a = write(
+        dir.path(),
+        "a",
+        "1 Q0 x 1 2 t\n1 Q0 a 2 1 t\n2 Q0 b 1 1 t\n3 Q0 y 1 2 t\n3 Q0 c 2 1 t\n",
+    );
+    let b = write(
+        dir.path(),
+        "b",
+        "1 Q0 a 1 2 t\n2 Q0 b 1 1 t\n3 Q0 c 1 2 t\n",
+    );
+    let o = run(&[
+        "--qrels",
+        &q,
+        "--run",
+        &a,
+        "--compare",
+        &b,
+        "--metric",
+        "MRR@10",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let m = &v["metrics"]["MRR@10"];
@@ -74,13 +92,41 @@ fn bad_input_names_file_and_line_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let q = write(dir.path(), "qrels.txt", "1 0 a 1\n");
     let cases: Vec<(String, String, &str)> = vec![
-        (q.clone(), write(dir.path(), "malformed.trec", "1 Q0 a 1 1.0 t\n1 Q0 b 2\n"), "malformed.trec, line 2"),
-        (q.clone(), write(dir.path(), "score.trec", "1 Q0 a 1 high t\n"), "score.trec, line 1"),
-        (write(dir.path(), "label.txt", "1 0 a 1\n1 0 b yes\n"), write(dir.path(), "ok.trec", "1 Q0 a 1 1 t\n"), "label.txt, line 2"),
-        (q.clone(), write(dir.path(), "empty.trec", ""), "empty.trec: the run file holds no results"),
-        (write(dir.path(), "empty.qrels", "\n"), write(dir.path(), "ok2.trec", "1 Q0 a 1 1 t\n"), "empty.qrels: the qrels file holds no judgments"),
-        (q.clone(), dir.path().join("nope.trec").to_str().unwrap().to_string(), "nope.trec"),
-        (q.clone(), write(dir.path(), "dup.trec", "1 Q0 a 1 1 t\n1 Q0 a 2 0.5 t\n"), "dup.trec, line 2"),
+        (
+            q.clone(),
+            write(dir.path(), "malformed.trec", "1 Q0 a 1 1.0 t\n1 Q0 b 2\n"),
+            "malformed.trec, line 2",
+        ),
+        (
+            q.clone(),
+            write(dir.path(), "score.trec", "1 Q0 a 1 high t\n"),
+            "score.trec, line 1",
+        ),
+        (
+            write(dir.path(), "label.txt", "1 0 a 1\n1 0 b yes\n"),
+            write(dir.path(), "ok.trec", "1 Q0 a 1 1 t\n"),
+            "label.txt, line 2",
+        ),
+        (
+            q.clone(),
+            write(dir.path(), "empty.trec", ""),
+            "empty.trec: the run file holds no results",
+        ),
+        (
+            write(dir.path(), "empty.qrels", "\n"),
+            write(dir.path(), "ok2.trec", "1 Q0 a 1 1 t\n"),
+            "empty.qrels: the qrels file holds no judgments",
+        ),
+        (
+            q.clone(),
+            dir.path().join("nope.trec").to_str().unwrap().to_string(),
+            "nope.trec",
+        ),
+        (
+            q.clone(),
+            write(dir.path(), "dup.trec", "1 Q0 a 1 1 t\n1 Q0 a 2 0.5 t\n"),
+            "dup.trec, line 2",
+        ),
     ];
     for (qrels, run_file, want) in cases {
         let o = run(&["--qrels", &qrels, "--run", &run_file]);

@@ -9,7 +9,10 @@ use std::process::Command;
 use simlm_eval::{evaluate, Metric, Qrels, Run};
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn shared() -> PathBuf {
@@ -31,7 +34,16 @@ fn python() -> PathBuf {
     }
 }
 
-const METRICS: &[&str] = &["MRR@10", "R@50", "R@100", "R@1000", "nDCG@10", "P@10", "MAP", "nDCG@1000"];
+const METRICS: &[&str] = &[
+    "MRR@10",
+    "R@50",
+    "R@100",
+    "R@1000",
+    "nDCG@10",
+    "P@10",
+    "MAP",
+    "nDCG@1000",
+];
 
 fn reference(qrels: &Path, run: &Path, rel_level: i32) -> HashMap<String, HashMap<String, f64>> {
     let out = Command::new(python())
@@ -42,7 +54,11 @@ fn reference(qrels: &Path, run: &Path, rel_level: i32) -> HashMap<String, HashMa
         .args(METRICS)
         .output()
         .expect("python3 with pytrec_eval (scripts/setup-python.sh installs it)");
-    assert!(out.status.success(), "pytrec_reference.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pytrec_reference.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -60,10 +76,16 @@ fn agree(qrels_path: &Path, run_path: &Path, rel_level: i32) -> usize {
             assert!(vals.iter().all(|v| *v == 0.0));
             continue;
         }
-        let t = theirs.get(q).unwrap_or_else(|| panic!("pytrec_eval has no query {q}"));
+        let t = theirs
+            .get(q)
+            .unwrap_or_else(|| panic!("pytrec_eval has no query {q}"));
         for (m, v) in METRICS.iter().zip(vals) {
             let r = t[*m];
-            assert!((v - r).abs() <= 1e-9, "{}: query {q} {m}: ours {v}, pytrec_eval {r}", run_path.display());
+            assert!(
+                (v - r).abs() <= 1e-9,
+                "{}: query {q} {m}: ours {v}, pytrec_eval {r}",
+                run_path.display()
+            );
             compared += 1;
         }
     }
@@ -73,7 +95,10 @@ fn agree(qrels_path: &Path, run_path: &Path, rel_level: i32) -> usize {
 #[test]
 fn real_bm25_runs_on_trec_dl() {
     let d = shared().join("data/msmarco");
-    for (qrels, run) in [("dl19.qrels.txt", "runs/bm25.dl19.top100.trec"), ("dl20.qrels.txt", "runs/bm25.dl20.top100.trec")] {
+    for (qrels, run) in [
+        ("dl19.qrels.txt", "runs/bm25.dl19.top100.trec"),
+        ("dl20.qrels.txt", "runs/bm25.dl20.top100.trec"),
+    ] {
         for rel in [1, 2] {
             let n = agree(&d.join(qrels), &d.join(run), rel);
             assert!(n >= 43 * METRICS.len(), "{n}");
@@ -91,7 +116,10 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 }
@@ -133,7 +161,10 @@ fn edge_cases_ties_unjudged_missing_graded_both_formats_gzip() {
     let trec_p = write(dir.path(), "run.trec", &trec);
     let ms_p = write(dir.path(), "run.tsv", &msmarco);
     let gz_p = dir.path().join("run.trec.gz");
-    let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(&gz_p).unwrap(), flate2::Compression::fast());
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz_p).unwrap(),
+        flate2::Compression::fast(),
+    );
     gz.write_all(trec.as_bytes()).unwrap();
     gz.finish().unwrap();
     for rel in [1, 2, 3] {
@@ -142,7 +173,12 @@ fn edge_cases_ties_unjudged_missing_graded_both_formats_gzip() {
         }
     }
     let metrics: Vec<Metric> = vec!["MRR@10".parse().unwrap()];
-    let e = evaluate(&Qrels::read(&qrels_p).unwrap(), &Run::read(&trec_p).unwrap(), &metrics, 1);
+    let e = evaluate(
+        &Qrels::read(&qrels_p).unwrap(),
+        &Run::read(&trec_p).unwrap(),
+        &metrics,
+        1,
+    );
     assert_eq!(e.missing, 5);
     assert_eq!(e.ignored, 1);
 }

@@ -17,7 +17,11 @@ use engine::store::npy::{self, Dtype};
 use engine::{Doc, Encoder, EncoderOptions, InputFormat, Kind, Pooling, Precision};
 
 #[derive(Parser)]
-#[command(name = "simlm-index", version, about = "Encode passage collections into dense-retrieval indexes")]
+#[command(
+    name = "simlm-index",
+    version,
+    about = "Encode passage collections into dense-retrieval indexes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -158,7 +162,11 @@ fn set_threads(threads: Option<usize>) {
 fn load_encoder(a: &EncoderArgs) -> anyhow::Result<Encoder> {
     set_threads(a.threads);
     let device = engine::parse_device(&a.device)?;
-    let precision = a.precision.unwrap_or(if device.is_cuda() { Precision::F16 } else { Precision::F32 });
+    let precision = a.precision.unwrap_or(if device.is_cuda() {
+        Precision::F16
+    } else {
+        Precision::F32
+    });
     let opts = EncoderOptions {
         format: a.format,
         pooling: a.pooling,
@@ -182,7 +190,10 @@ fn read_jsonl_docs(path: &Path) -> anyhow::Result<Vec<Doc>> {
             continue;
         }
         let doc: Doc = serde_json::from_str(line).map_err(|e| {
-            anyhow::anyhow!("{}, line {no}: expected {{\"text\": ..., \"title\": ...}}: {e}", path.display())
+            anyhow::anyhow!(
+                "{}, line {no}: expected {{\"text\": ..., \"title\": ...}}: {e}",
+                path.display()
+            )
         })?;
         docs.push(doc);
     }
@@ -219,16 +230,25 @@ fn info(dir: &Path) -> anyhow::Result<()> {
     let mut total = 0;
     for f in &m.files {
         total += f.size;
-        println!("{:<20} {:>12} {:>16.1}", f.path, human(f.size), f.size as f64 / n);
+        println!(
+            "{:<20} {:>12} {:>16.1}",
+            f.path,
+            human(f.size),
+            f.size as f64 / n
+        );
     }
-    println!("{:<20} {:>12} {:>16.1}", "total", human(total), total as f64 / n);
+    println!(
+        "{:<20} {:>12} {:>16.1}",
+        "total",
+        human(total),
+        total as f64 / n
+    );
     if m.hnsw.is_some() {
-        let vec_bytes = (m.dim * m.dtype.size()) as f64;
         println!(
             "\nThe graph's data file holds the vectors a second time (hnsw_rs stores them with the graph): \
              {:.0} bytes/passage, {:.1} GB at 8.8M x 768 f32. Searching with the graph keeps that copy \
              in memory; exact search only maps vectors.npy.",
-            vec_bytes.max(m.dim as f64 * 4.0),
+            m.dim as f64 * 4.0,
             8_841_823.0 * 768.0 * 4.0 / 1e9
         );
     }
@@ -246,32 +266,60 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let enc = load_encoder(&a.enc)?;
             let vecs = enc.encode(a.kind, &docs)?;
             npy::write_f32(&a.out, &vecs, docs.len(), enc.dim())?;
-            eprintln!("wrote {} x {} vectors to {}", docs.len(), enc.dim(), a.out.display());
+            eprintln!(
+                "wrote {} x {} vectors to {}",
+                docs.len(),
+                enc.dim(),
+                a.out.display()
+            );
         }
         Command::Build(a) => {
             let shard = a.shard.as_deref().map(parse_shard).transpose()?;
             let enc = load_encoder(&a.enc)?;
             let opts = BuildOptions {
                 collection: a.collection,
-                read: ReadOptions { titles: a.titles, fix_encoding: a.fix_encoding, skip_bad: a.skip_bad },
+                read: ReadOptions {
+                    titles: a.titles,
+                    fix_encoding: a.fix_encoding,
+                    skip_bad: a.skip_bad,
+                },
                 out: a.out.clone(),
                 dtype: a.dtype,
                 // A shard's graph is built after the merge.
-                hnsw: (!a.no_hnsw && shard.is_none())
-                    .then_some(HnswParams { m: a.graph.hnsw_m, ef_construction: a.graph.ef_construction }),
+                hnsw: (!a.no_hnsw && shard.is_none()).then_some(HnswParams {
+                    m: a.graph.hnsw_m,
+                    ef_construction: a.graph.ef_construction,
+                }),
                 shard,
                 force: a.force,
                 chunk_rows: a.chunk_rows.max(1),
             };
             let m = index::build(&enc, &opts, &progress)?;
             if m.sources.skipped_lines > 0 {
-                eprintln!("skipped {} malformed lines (--skip-bad)", m.sources.skipped_lines);
+                eprintln!(
+                    "skipped {} malformed lines (--skip-bad)",
+                    m.sources.skipped_lines
+                );
             }
-            eprintln!("index of {} passages ({} x {} {:?}) written to {}", m.count, m.count, m.dim, m.dtype, a.out.display());
+            eprintln!(
+                "index of {} passages ({} x {} {:?}) written to {}",
+                m.count,
+                m.count,
+                m.dim,
+                m.dtype,
+                a.out.display()
+            );
         }
-        Command::Hnsw { dir, graph, threads } => {
+        Command::Hnsw {
+            dir,
+            graph,
+            threads,
+        } => {
             set_threads(threads);
-            let params = HnswParams { m: graph.hnsw_m, ef_construction: graph.ef_construction };
+            let params = HnswParams {
+                m: graph.hnsw_m,
+                ef_construction: graph.ef_construction,
+            };
             index::rebuild_graph(&dir, params, &progress)?;
             eprintln!("HNSW graph written to {}", dir.display());
         }
@@ -282,14 +330,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for p in &problems {
                     eprintln!("{p}");
                 }
-                bail!("{}: {} file(s) fail verification", dir.display(), problems.len());
+                bail!(
+                    "{}: {} file(s) fail verification",
+                    dir.display(),
+                    problems.len()
+                );
             }
             println!("{}: all files match the manifest", dir.display());
         }
-        Command::Merge { shards, out, graph, no_hnsw, force } => {
-            let params = (!no_hnsw).then_some(HnswParams { m: graph.hnsw_m, ef_construction: graph.ef_construction });
+        Command::Merge {
+            shards,
+            out,
+            graph,
+            no_hnsw,
+            force,
+        } => {
+            let params = (!no_hnsw).then_some(HnswParams {
+                m: graph.hnsw_m,
+                ef_construction: graph.ef_construction,
+            });
             let m = index::merge(&shards, &out, params, force, &progress)?;
-            eprintln!("merged {} shards: {} passages in {}", shards.len(), m.count, out.display());
+            eprintln!(
+                "merged {} shards: {} passages in {}",
+                shards.len(),
+                m.count,
+                out.display()
+            );
         }
     }
     Ok(())

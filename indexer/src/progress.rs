@@ -60,11 +60,19 @@ impl Progress for Bars {
             } else {
                 "{prefix:>9} [{bar:40}] {human_pos}/{human_len} ({per_sec}, eta {eta})"
             };
-            bar.set_style(ProgressStyle::with_template(tmpl).unwrap().progress_chars("=> "));
+            bar.set_style(
+                ProgressStyle::with_template(tmpl)
+                    .unwrap()
+                    .progress_chars("=> "),
+            );
             bar.set_prefix(name.to_string());
             s.bar = Some(bar);
         } else {
-            eprintln!("{name}: started ({} {})", total.map(|t| t.to_string()).unwrap_or("?".into()), unit(name));
+            eprintln!(
+                "{name}: started ({} {})",
+                total.map(|t| t.to_string()).unwrap_or("?".into()),
+                unit(name)
+            );
         }
     }
 
@@ -76,7 +84,9 @@ impl Progress for Bars {
         } else if s.last_log.elapsed().as_secs() >= 10 {
             s.last_log = Instant::now();
             let rate = pos as f64 / s.started.elapsed().as_secs_f64().max(1e-9);
-            let eta = s.total.map(|t| (t.saturating_sub(pos)) as f64 / rate.max(1e-9));
+            let eta = s
+                .total
+                .map(|t| (t.saturating_sub(pos)) as f64 / rate.max(1e-9));
             eprintln!(
                 "{}: {pos}/{} {} ({rate:.1}/s{})",
                 s.name,
@@ -94,7 +104,12 @@ impl Progress for Bars {
             b.finish();
         } else {
             let pos = s.total.unwrap_or(s.pos);
-            eprintln!("{}: done in {secs:.1} s ({:.1} {}/s)", s.name, pos as f64 / secs.max(1e-9), unit(&s.name));
+            eprintln!(
+                "{}: done in {secs:.1} s ({:.1} {}/s)",
+                s.name,
+                pos as f64 / secs.max(1e-9),
+                unit(&s.name)
+            );
         }
     }
 

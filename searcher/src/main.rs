@@ -1,1 +1,453 @@
-fn main() {}
+//! `simlm-search`: answer queries against an index built by `simlm-index`: one query, a batch run
+//! file, or an interactive loop.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use engine::index::{Index, SearchMode};
+use engine::search::hnsw::DEFAULT_EF;
+use engine::search::Hit;
+use engine::{Doc, Encoder, EncoderOptions, Kind, ModelFiles};
+
+#[derive(Parser)]
+#[command(
+    name = "simlm-search",
+    version,
+    about = "Search a dense-retrieval index"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer one query: ranked ids, scores and passages.
+    Query {
+        #[command(flatten)]
+        common: Common,
+        /// The query.
+        text: String,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+    },
+    /// Run a query file and write a run file for simlm-eval.
+    Batch {
+        #[command(flatten)]
+        common: Common,
+        /// Queries: `qid<TAB>text` TSV or BEIR queries.jsonl (`_id`, `text`).
+        #[arg(long)]
+        queries: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        k: usize,
+        /// The run file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// trec (6 columns) or msmarco (qid, pid, rank).
+        #[arg(long, value_enum, default_value_t = RunFormat::Trec)]
+        run_format: RunFormat,
+        /// The run's tag (TREC format).
+        #[arg(long, default_value = "simlm")]
+        tag: String,
+    },
+    /// An interactive loop (one query a line when stdin is not a terminal).
+    Repl {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RunFormat {
+    Trec,
+    Msmarco,
+}
+
+#[derive(Args)]
+struct Common {
+    /// The index folder.
+    #[arg(long)]
+    index: PathBuf,
+    /// Search every vector instead of the HNSW graph.
+    #[arg(long, conflicts_with = "ef")]
+    exact: bool,
+    /// HNSW search-time ef.
+    #[arg(long)]
+    ef: Option<usize>,
+    /// Model folder or hub id, overriding the manifest's (it must be the same model).
+    #[arg(long)]
+    model: Option<String>,
+    /// cpu | cuda | cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+struct Searcher {
+    index: Index,
+    encoder: Encoder,
+    mode: SearchMode,
+}
+
+impl Searcher {
+    fn open(c: &Common) -> anyhow::Result<Self> {
+        if let Some(t) = c.threads {
+            std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        }
+        let index = Index::open(&c.index)?;
+        let m = &index.manifest;
+        let files = ModelFiles::resolve(c.model.as_deref().unwrap_or(&m.model.spec))?;
+        let fp = files.fingerprint()?;
+        if fp != m.model.fingerprint {
+            bail!(
+                "model {} is not the one {} was built with ({}; its fingerprint differs): queries must be encoded by the index's model",
+                files.spec,
+                c.index.display(),
+                m.model.spec
+            );
+        }
+        let device = engine::parse_device(&c.device)?;
+        let opts = EncoderOptions {
+            format: m.input_format,
+            pooling: Some(m.pooling),
+            precision: m.precision,
+            device,
+            ..Default::default()
+        };
+        let encoder = Encoder::from_files(files, &opts)?;
+        let mode = if c.exact || m.hnsw.is_none() {
+            SearchMode::Exact
+        } else {
+            SearchMode::Hnsw {
+                ef: c.ef.unwrap_or(DEFAULT_EF),
+            }
+        };
+        Ok(Searcher {
+            index,
+            encoder,
+            mode,
+        })
+    }
+
+    fn search(
+        &self,
+        queries: &[Doc],
+        k: usize,
+        mode: SearchMode,
+    ) -> anyhow::Result<(Vec<Vec<Hit>>, f64, f64)> {
+        let t = Instant::now();
+        let vecs = self.encoder.encode(Kind::Query, queries)?;
+        let enc = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let hits = self.index.search(&vecs, k, mode)?;
+        Ok((hits, enc, t.elapsed().as_secs_f64()))
+    }
+
+    /// Prints ranked results with the passages' text; ids and scores alone (and one warning) when the
+    /// collection cannot be read.
+    fn print_hits(&self, hits: &[Hit], out: &mut impl Write) -> anyhow::Result<()> {
+        let mut warned = false;
+        for (rank, h) in hits.iter().enumerate() {
+            let id = &self.index.ids[h.row];
+            writeln!(out, "{:>3}. {:<12} {:.4}", rank + 1, id, h.score)?;
+            if warned {
+                continue;
+            }
+            match self.index.passage(h.row) {
+                Ok(rec) => {
+                    if let Some(t) = rec.title.as_deref().filter(|t| !t.is_empty()) {
+                        writeln!(out, "     {}", trim(t, 100))?;
+                    }
+                    writeln!(out, "     {}", trim(&rec.text, 240))?;
+                }
+                Err(e) => {
+                    eprintln!("warning: passage text unavailable ({e}); showing ids and scores");
+                    warned = true;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn trim(s: &str, max: usize) -> String {
+    let s = s.trim();
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let cut: String = s.chars().take(max).collect();
+    format!("{}...", cut.trim_end())
+}
+
+/// Reads `qid<TAB>text` TSV or BEIR JSONL queries.
+fn read_queries(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let r = engine::corpus::open_lines(path)?;
+    let mut out = Vec::new();
+    for (i, line) in r.split(b'\n').enumerate() {
+        let no = i + 1;
+        let line = line.with_context(|| path.display().to_string())?;
+        let line = std::str::from_utf8(&line)
+            .map_err(|_| anyhow::anyhow!("{}, line {no}: not valid UTF-8", path.display()))?;
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        if line.trim_start().starts_with('{') {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| anyhow::anyhow!("{}, line {no}: bad JSON: {e}", path.display()))?;
+            let id = v
+                .get("_id")
+                .or_else(|| v.get("id"))
+                .or_else(|| v.get("qid"));
+            let id = match id {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Number(n)) => n.to_string(),
+                _ => bail!("{}, line {no}: missing query id (`_id`)", path.display()),
+            };
+            let text = v
+                .get("text")
+                .or_else(|| v.get("query"))
+                .and_then(|t| t.as_str());
+            let Some(text) = text else {
+                bail!("{}, line {no}: missing `text`", path.display())
+            };
+            out.push((id, text.to_string()));
+        } else {
+            let Some((id, text)) = line.split_once('\t') else {
+                bail!(
+                    "{}, line {no}: expected `qid<TAB>text` or a JSON object",
+                    path.display()
+                );
+            };
+            if id.trim().is_empty() {
+                bail!("{}, line {no}: missing query id", path.display());
+            }
+            out.push((id.trim().to_string(), text.to_string()));
+        }
+    }
+    if out.is_empty() {
+        bail!("{}: no queries", path.display());
+    }
+    Ok(out)
+}
+
+fn batch(
+    s: &Searcher,
+    queries: &Path,
+    k: usize,
+    out: &Path,
+    fmt: RunFormat,
+    tag: &str,
+) -> anyhow::Result<()> {
+    let qs = read_queries(queries)?;
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(qs.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "  queries [{bar:40}] {human_pos}/{human_len} ({per_sec}, eta {eta})",
+            )
+            .unwrap()
+            .progress_chars("=> "),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let t = Instant::now();
+    let mut results: Vec<Vec<Hit>> = Vec::with_capacity(qs.len());
+    for block in qs.chunks(512) {
+        let docs: Vec<Doc> = block.iter().map(|(_, t)| Doc::query(t)).collect();
+        let (hits, _, _) = s.search(&docs, k, s.mode)?;
+        results.extend(hits);
+        if let Some(b) = &bar {
+            b.set_position(results.len() as u64);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    engine::store::atomic_write(out, |w| {
+        for ((qid, _), hits) in qs.iter().zip(&results) {
+            for (rank, h) in hits.iter().enumerate() {
+                let id = &s.index.ids[h.row];
+                match fmt {
+                    RunFormat::Trec => {
+                        writeln!(w, "{qid} Q0 {id} {} {:.6} {tag}", rank + 1, h.score)?
+                    }
+                    RunFormat::Msmarco => writeln!(w, "{qid}\t{id}\t{}", rank + 1)?,
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let mode = match s.mode {
+        SearchMode::Exact => "exact".to_string(),
+        SearchMode::Hnsw { ef } => format!("hnsw ef={ef}"),
+    };
+    eprintln!(
+        "{} queries ({mode}, k={k}) in {secs:.2} s ({:.1} queries/s); run written to {}",
+        qs.len(),
+        qs.len() as f64 / secs.max(1e-9),
+        out.display()
+    );
+    Ok(())
+}
+
+const REPL_HELP: &str = "type a query, or:  :k N   :exact   :hnsw   :ef N   :help   :quit";
+
+/// One line of the interactive loop; returns false to stop.
+fn repl_line(
+    s: &Searcher,
+    line: &str,
+    k: &mut usize,
+    mode: &mut SearchMode,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let line = line.trim();
+    if line.is_empty() {
+        writeln!(out, "(empty query) {REPL_HELP}")?;
+        return Ok(true);
+    }
+    if let Some(cmd) = line.strip_prefix(':') {
+        let mut parts = cmd.split_whitespace();
+        match (parts.next(), parts.next()) {
+            (Some("q" | "quit" | "exit"), _) => return Ok(false),
+            (Some("k"), Some(n)) => match n.parse::<usize>() {
+                Ok(n) if n > 0 => *k = n,
+                _ => writeln!(out, ":k needs a positive number")?,
+            },
+            (Some("exact"), _) => *mode = SearchMode::Exact,
+            (Some("hnsw"), _) => {
+                if s.index.manifest.hnsw.is_none() {
+                    writeln!(
+                        out,
+                        "this index has no HNSW graph (build one with `simlm-index hnsw`)"
+                    )?;
+                } else {
+                    *mode = SearchMode::Hnsw { ef: DEFAULT_EF }
+                }
+            }
+            (Some("ef"), Some(n)) => match (n.parse::<usize>(), s.index.manifest.hnsw.is_some()) {
+                (Ok(n), true) if n > 0 => *mode = SearchMode::Hnsw { ef: n },
+                (_, false) => writeln!(out, "this index has no HNSW graph")?,
+                _ => writeln!(out, ":ef needs a positive number")?,
+            },
+            _ => writeln!(out, "{REPL_HELP}")?,
+        }
+        let m = match mode {
+            SearchMode::Exact => "exact".to_string(),
+            SearchMode::Hnsw { ef } => format!("hnsw ef={ef}"),
+        };
+        writeln!(out, "k={k}, {m}")?;
+        return Ok(true);
+    }
+    let (hits, enc, search) = s.search(&[Doc::query(line)], *k, *mode)?;
+    s.print_hits(&hits[0], out)?;
+    writeln!(
+        out,
+        "     [encode {:.1} ms, search {:.1} ms]",
+        enc * 1e3,
+        search * 1e3
+    )?;
+    Ok(true)
+}
+
+fn repl(s: &Searcher, k: usize) -> anyhow::Result<()> {
+    let mut k = k;
+    let mut mode = s.mode;
+    let mut stdout = std::io::stdout();
+    if !std::io::stdin().is_terminal() {
+        for line in std::io::stdin().lock().lines() {
+            let line = line.context("stdin")?;
+            if !repl_line(s, &line, &mut k, &mut mode, &mut stdout)? {
+                break;
+            }
+        }
+        return Ok(());
+    }
+    let mut rl = rustyline::DefaultEditor::new()?;
+    let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".simlm_search_history"));
+    if let Some(h) = &history {
+        let _ = rl.load_history(h);
+    }
+    println!(
+        "{} passages in {}; {REPL_HELP}",
+        s.index.manifest.count,
+        s.index.dir.display()
+    );
+    loop {
+        match rl.readline("query> ") {
+            Ok(line) => {
+                let _ = rl.add_history_entry(line.as_str());
+                match repl_line(s, &line, &mut k, &mut mode, &mut stdout) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => eprintln!("error: {e:#}"),
+                }
+            }
+            Err(
+                rustyline::error::ReadlineError::Interrupted | rustyline::error::ReadlineError::Eof,
+            ) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(h) = &history {
+        let _ = rl.save_history(h);
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Query { common, text, k } => {
+            if text.trim().is_empty() {
+                bail!("the query is empty: give some text to search for");
+            }
+            let s = Searcher::open(&common)?;
+            let (hits, enc, search) = s.search(&[Doc::query(&text)], k, s.mode)?;
+            let mut out = std::io::stdout().lock();
+            s.print_hits(&hits[0], &mut out)?;
+            writeln!(
+                out,
+                "     [encode {:.1} ms, search {:.1} ms]",
+                enc * 1e3,
+                search * 1e3
+            )?;
+        }
+        Command::Batch {
+            common,
+            queries,
+            k,
+            out,
+            run_format,
+            tag,
+        } => {
+            let s = Searcher::open(&common)?;
+            batch(&s, &queries, k, &out, run_format, &tag)?;
+        }
+        Command::Repl { common, k } => {
+            let s = Searcher::open(&common)?;
+            repl(&s, k)?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("simlm-search: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -31,7 +31,9 @@ impl PartialOrd for Worst {
 impl Ord for Worst {
     fn cmp(&self, o: &Self) -> Ordering {
         // Greater = worse: lower score, or equal score and higher row.
-        o.0.score.total_cmp(&self.0.score).then(self.0.row.cmp(&o.0.row))
+        o.0.score
+            .total_cmp(&self.0.score)
+            .then(self.0.row.cmp(&o.0.row))
     }
 }
 
@@ -44,7 +46,10 @@ pub struct TopK {
 
 impl TopK {
     pub fn new(k: usize) -> Self {
-        TopK { k, heap: BinaryHeap::with_capacity(k + 1) }
+        TopK {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
     }
 
     #[inline]
@@ -87,7 +92,14 @@ impl TopK {
 }
 
 /// `scores[q * n + r] = queries[q] . rows[r]`, for `nq` queries and `n` rows of width `dim`.
-pub fn score_block(queries: &[f32], nq: usize, rows: &[f32], n: usize, dim: usize, scores: &mut [f32]) {
+pub fn score_block(
+    queries: &[f32],
+    nq: usize,
+    rows: &[f32],
+    n: usize,
+    dim: usize,
+    scores: &mut [f32],
+) {
     assert!(queries.len() >= nq * dim && rows.len() >= n * dim && scores.len() >= nq * n);
     // Safety: the asserts above bound every access gemm makes: dst is nq x n (row stride n), lhs is
     // nq x dim (row stride dim), rhs is the transpose of the n x dim row block (element (k, j) at
@@ -123,14 +135,22 @@ pub fn search(matrix: &NpyMatrix, queries: &[f32], k: usize) -> Vec<Vec<Hit>> {
 }
 
 /// Exact search restricted to rows `[start, end)`.
-pub fn search_rows(matrix: &NpyMatrix, start: usize, end: usize, queries: &[f32], k: usize) -> Vec<Vec<Hit>> {
+pub fn search_rows(
+    matrix: &NpyMatrix,
+    start: usize,
+    end: usize,
+    queries: &[f32],
+    k: usize,
+) -> Vec<Vec<Hit>> {
     let dim = matrix.cols();
     let nq = queries.len() / dim;
     if nq == 0 {
         return Vec::new();
     }
-    let blocks: Vec<(usize, usize)> =
-        (start..end).step_by(BLOCK_ROWS).map(|a| (a, (a + BLOCK_ROWS).min(end))).collect();
+    let blocks: Vec<(usize, usize)> = (start..end)
+        .step_by(BLOCK_ROWS)
+        .map(|a| (a, (a + BLOCK_ROWS).min(end)))
+        .collect();
     let merged = blocks
         .par_iter()
         .fold(

@@ -1,8 +1,11 @@
 //! The HNSW graph (hnsw_rs) over the unit vectors, searched by inner product.
 //!
-//! The distance is `max(0, 1 - a.b)`: hnsw_rs's own `DistDot` asserts `1 - a.b >= 0` without tolerance
-//! and panics when a stored vector is searched for itself and rounding makes `a.a` exceed 1. Results
-//! are re-scored with the exact inner product from the matrix, so scores equal exact search's.
+//! The graph's distance is `|a - b|^2 / 2`, which for unit vectors is `1 - a.b`, the inner-product
+//! order, computed without cancellation: a vector's distance to itself is exactly 0, and near-duplicate
+//! passages stay distinguishable. (hnsw_rs's own `DistDot` computes `1 - a.b`, asserts it is >= 0
+//! without tolerance and panics when a stored vector is searched for itself and rounding makes `a.a`
+//! exceed 1.) Results are re-scored with the exact inner product from the matrix, so their scores and
+//! tie order equal exact search's.
 //!
 //! hnsw_rs's dump (`graph.hnsw.graph` + `graph.hnsw.data`) stores the vectors a second time, beside
 //! `vectors.npy`: the data file costs `4 * dim` bytes per passage (27 GiB at 8.8M x 768).
@@ -21,13 +24,13 @@ use crate::store::npy::NpyMatrix;
 /// The basename of hnsw_rs's dump files inside an index folder.
 pub const GRAPH_BASENAME: &str = "graph";
 
-/// `1 - a.b`, clamped at 0, for unit vectors.
+/// `|a - b|^2 / 2`: `1 - a.b` for unit vectors.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct InnerProductDistance;
+pub struct UnitDistance;
 
-impl Distance<f32> for InnerProductDistance {
+impl Distance<f32> for UnitDistance {
     fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        (1.0 - super::simd::dot(a, b)).max(0.0)
+        0.5 * super::simd::l2_sq(a, b)
     }
 }
 
@@ -41,7 +44,10 @@ pub struct HnswParams {
 
 impl Default for HnswParams {
     fn default() -> Self {
-        HnswParams { m: 32, ef_construction: 200 }
+        HnswParams {
+            m: 32,
+            ef_construction: 200,
+        }
     }
 }
 
@@ -49,7 +55,7 @@ impl Default for HnswParams {
 pub const DEFAULT_EF: usize = 128;
 
 pub struct HnswIndex {
-    graph: Hnsw<'static, f32, InnerProductDistance>,
+    graph: Hnsw<'static, f32, UnitDistance>,
 }
 
 const MAX_LAYER: usize = 16;
@@ -57,16 +63,28 @@ const MAX_LAYER: usize = 16;
 impl HnswIndex {
     /// Builds the graph over every row, inserting in parallel (rayon); `progress` is called with the
     /// number of rows inserted so far.
-    pub fn build(matrix: &NpyMatrix, params: HnswParams, progress: &(dyn Fn(usize) + Sync)) -> Self {
+    pub fn build(
+        matrix: &NpyMatrix,
+        params: HnswParams,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Self {
         let n = matrix.rows();
-        let graph = Hnsw::new(params.m, n.max(1), MAX_LAYER, params.ef_construction, InnerProductDistance);
+        let graph = Hnsw::new(
+            params.m,
+            n.max(1),
+            MAX_LAYER,
+            params.ef_construction,
+            UnitDistance,
+        );
         let step = 16_384;
         let mut done = 0;
         for a in (0..n).step_by(step) {
             let b = (a + step).min(n);
             let rows = matrix.rows_f32(a, b);
             let dim = matrix.cols();
-            let items: Vec<(&[f32], usize)> = (a..b).map(|r| (&rows[(r - a) * dim..(r - a + 1) * dim], r)).collect();
+            let items: Vec<(&[f32], usize)> = (a..b)
+                .map(|r| (&rows[(r - a) * dim..(r - a + 1) * dim], r))
+                .collect();
             graph.parallel_insert_slice(&items);
             done += b - a;
             progress(done);
@@ -80,9 +98,12 @@ impl HnswIndex {
         let tmp = dir.join(".graph.tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        self.graph
-            .file_dump(&tmp, GRAPH_BASENAME)
-            .map_err(|e| Error::Msg(format!("{}: cannot write the HNSW graph: {e}", tmp.display())))?;
+        self.graph.file_dump(&tmp, GRAPH_BASENAME).map_err(|e| {
+            Error::Msg(format!(
+                "{}: cannot write the HNSW graph: {e}",
+                tmp.display()
+            ))
+        })?;
         for ext in ["hnsw.graph", "hnsw.data"] {
             let name = format!("{GRAPH_BASENAME}.{ext}");
             let from = tmp.join(&name);
@@ -111,12 +132,20 @@ impl HnswIndex {
         // hnsw_rs asserts on some corrupt inputs: turn a panic into an error.
         let res = std::panic::catch_unwind(|| {
             let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, GRAPH_BASENAME)));
-            io.load_hnsw::<f32, InnerProductDistance>()
+            io.load_hnsw::<f32, UnitDistance>()
         });
         match res {
             Ok(Ok(graph)) => Ok(HnswIndex { graph }),
-            Ok(Err(e)) => Err(Error::invalid(dir.join("graph.hnsw.graph"), None, format!("cannot load the HNSW graph: {e}; rebuild it with `simlm-index hnsw`"))),
-            Err(_) => Err(Error::invalid(dir.join("graph.hnsw.graph"), None, "the HNSW graph is damaged; rebuild it with `simlm-index hnsw`")),
+            Ok(Err(e)) => Err(Error::invalid(
+                dir.join("graph.hnsw.graph"),
+                None,
+                format!("cannot load the HNSW graph: {e}; rebuild it with `simlm-index hnsw`"),
+            )),
+            Err(_) => Err(Error::invalid(
+                dir.join("graph.hnsw.graph"),
+                None,
+                "the HNSW graph is damaged; rebuild it with `simlm-index hnsw`",
+            )),
         }
     }
 
@@ -136,7 +165,10 @@ impl HnswIndex {
             .map(|n| {
                 let row = n.d_id;
                 let v = matrix.rows_f32(row, row + 1);
-                Hit { row, score: super::simd::dot(query, &v) }
+                Hit {
+                    row,
+                    score: super::simd::dot(query, &v),
+                }
             })
             .collect();
         sort_hits(&mut hits);

@@ -26,7 +26,11 @@ pub struct FileSum {
 impl FileSum {
     pub fn of(path: &Path, name: &str) -> Result<Self> {
         let (size, sha256) = sha256_file(path)?;
-        Ok(FileSum { path: name.to_string(), size, sha256 })
+        Ok(FileSum {
+            path: name.to_string(),
+            size,
+            sha256,
+        })
     }
 }
 
@@ -63,6 +67,8 @@ pub struct Shard {
     pub end: usize,
     /// Passages in the whole collection.
     pub total: usize,
+    /// Rows per chunk: shards are cut at chunk boundaries.
+    pub chunk_rows: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,7 +106,10 @@ impl Manifest {
             } else {
                 "is this an index folder made by `simlm-index build`?"
             };
-            return Err(Error::ModelNotFound(format!("{}: no manifest.json ({hint})", dir.display())));
+            return Err(Error::ModelNotFound(format!(
+                "{}: no manifest.json ({hint})",
+                dir.display()
+            )));
         }
         let text = std::fs::read_to_string(&p).at(&p)?;
         let v: serde_json::Value = serde_json::from_str(&text)
@@ -116,7 +125,8 @@ impl Manifest {
                 ),
             ));
         }
-        serde_json::from_value(v).map_err(|e| Error::invalid(&p, None, format!("unexpected content: {e}")))
+        serde_json::from_value(v)
+            .map_err(|e| Error::invalid(&p, None, format!("unexpected content: {e}")))
     }
 
     pub fn write(&self, dir: &Path) -> Result<()> {

@@ -18,7 +18,10 @@ pub fn temp_path(path: &Path) -> PathBuf {
 
 /// Writes `path` atomically: into a temporary file beside it, flushed and synced, then renamed. A
 /// failed write (a full disk, say) is an error and leaves any earlier `path` as it was.
-pub fn atomic_write(path: &Path, f: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> Result<()> {
+pub fn atomic_write(
+    path: &Path,
+    f: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<()> {
     let tmp = temp_path(path);
     let res = (|| -> std::io::Result<()> {
         let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
@@ -39,7 +42,11 @@ pub fn atomic_write(path: &Path, f: impl FnOnce(&mut BufWriter<File>) -> std::io
 /// Makes a rename durable (best effort: not every platform lets a directory be opened).
 pub fn sync_dir(path: &Path) {
     if let Some(dir) = path.parent() {
-        if let Ok(d) = File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
+        if let Ok(d) = File::open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        }) {
             let _ = d.sync_all();
         }
     }

@@ -55,7 +55,10 @@ pub fn header(dtype: Dtype, rows: usize, cols: Option<usize>) -> Vec<u8> {
         Some(c) => format!("({rows}, {c})"),
         None => format!("({rows},)"),
     };
-    let dict = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", dtype.descr());
+    let dict = format!(
+        "{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}",
+        dtype.descr()
+    );
     let mut h = Vec::with_capacity(HEADER_LEN);
     h.extend_from_slice(b"\x93NUMPY\x01\x00");
     let body_len = HEADER_LEN - 10;
@@ -85,7 +88,10 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
     }
     let (len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         v => return Err(bad(&format!("format version {v} is not supported"))),
     };
     let dict = bytes
@@ -119,7 +125,12 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
         [r] => (r, 1),
         _ => return Err(bad("expected a 2-D array")),
     };
-    Ok(NpyHeader { dtype, rows, cols, data_offset: start + len })
+    Ok(NpyHeader {
+        dtype,
+        rows,
+        cols,
+        data_offset: start + len,
+    })
 }
 
 /// Writes a whole f32 matrix atomically (temporary file, then rename).
@@ -135,7 +146,9 @@ pub fn write_f32(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<
 pub fn write_rows(w: &mut impl Write, dtype: Dtype, data: &[f32]) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(data.len() * dtype.size());
     match dtype {
-        Dtype::F32 => data.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
+        Dtype::F32 => data
+            .iter()
+            .for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
         Dtype::F16 => data
             .iter()
             .for_each(|x| buf.extend_from_slice(&half::f16::from_f32(*x).to_le_bytes())),
@@ -144,7 +157,12 @@ pub fn write_rows(w: &mut impl Write, dtype: Dtype, data: &[f32]) -> std::io::Re
 }
 
 /// Rewrites the header of an incrementally written file for its final row count.
-pub fn finish_header(file: &mut File, dtype: Dtype, rows: usize, cols: usize) -> std::io::Result<()> {
+pub fn finish_header(
+    file: &mut File,
+    dtype: Dtype,
+    rows: usize,
+    cols: usize,
+) -> std::io::Result<()> {
     file.seek(SeekFrom::Start(0))?;
     file.write_all(&header(dtype, rows, Some(cols)))?;
     Ok(())
@@ -162,7 +180,8 @@ impl NpyMatrix {
         let mut head = vec![0u8; 4096];
         let n = read_up_to(&mut f, &mut head).at(path)?;
         let header = parse_header(&head[..n], path)?;
-        let need = header.data_offset as u64 + (header.rows * header.cols * header.dtype.size()) as u64;
+        let need =
+            header.data_offset as u64 + (header.rows * header.cols * header.dtype.size()) as u64;
         let have = f.metadata().at(path)?.len();
         if have != need {
             return Err(Error::invalid(
@@ -201,7 +220,10 @@ impl NpyMatrix {
             Dtype::F32 => match bytemuck_f32(bytes) {
                 Some(s) => std::borrow::Cow::Borrowed(s),
                 None => std::borrow::Cow::Owned(
-                    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                    bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect(),
                 ),
             },
             Dtype::F16 => std::borrow::Cow::Owned(
@@ -216,7 +238,8 @@ impl NpyMatrix {
 
 /// Views little-endian f32 bytes as `&[f32]` when aligned (x86-64 and aarch64 are little-endian).
 fn bytemuck_f32(bytes: &[u8]) -> Option<&[f32]> {
-    if cfg!(target_endian = "little") && (bytes.as_ptr() as usize) % 4 == 0 && bytes.len() % 4 == 0 {
+    if cfg!(target_endian = "little") && (bytes.as_ptr() as usize) % 4 == 0 && bytes.len() % 4 == 0
+    {
         // Safety: alignment and length checked; every bit pattern is a valid f32.
         Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, bytes.len() / 4) })
     } else {
@@ -246,7 +269,10 @@ mod tests {
             let h = header(Dtype::F32, rows, Some(768));
             assert_eq!(h.len(), HEADER_LEN);
             let p = parse_header(&h, Path::new("x.npy")).unwrap();
-            assert_eq!((p.rows, p.cols, p.dtype, p.data_offset), (rows, 768, Dtype::F32, HEADER_LEN));
+            assert_eq!(
+                (p.rows, p.cols, p.dtype, p.data_offset),
+                (rows, 768, Dtype::F32, HEADER_LEN)
+            );
         }
     }
 

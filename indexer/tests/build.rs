@@ -1,0 +1,471 @@
+//! `simlm-index` end to end on the Medline collection (1,033 docs) with the tiny BERT fixture.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use engine::index::Index;
+use engine::store::npy::NpyMatrix;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn shared() -> PathBuf {
+    std::env::var_os("SIMLM_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared"))
+}
+
+fn tiny() -> String {
+    shared().join("fixtures/tiny-bert").display().to_string()
+}
+
+fn med() -> String {
+    shared()
+        .join("data/classic/med/docs.jsonl")
+        .display()
+        .to_string()
+}
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SIMLM_PYTHON") {
+        return p.into();
+    }
+    let venv = root().join(".venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        "python3".into()
+    }
+}
+
+fn index_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_simlm-index"));
+    c.args(args);
+    c
+}
+
+fn ok(o: Output) -> Output {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn build(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "build",
+        "--model",
+        &tiny_s(),
+        "--collection",
+        &med_s(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    index_cmd(&args).output().unwrap()
+}
+
+// Owned strings leaked for argument lists (tests only).
+fn tiny_s() -> &'static str {
+    Box::leak(tiny().into_boxed_str())
+}
+fn med_s() -> &'static str {
+    Box::leak(med().into_boxed_str())
+}
+
+fn bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+#[test]
+fn index_vectors_equal_embed_and_numpy_opens_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("med");
+    ok(build(&dir, &[]));
+    let npy = tmp.path().join("embed.npy");
+    ok(index_cmd(&[
+        "embed",
+        "--model",
+        tiny_s(),
+        "--kind",
+        "passage",
+        "--input",
+        med_s(),
+        "--out",
+        npy.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap());
+    let a = NpyMatrix::open(&dir.join("vectors.npy")).unwrap();
+    let b = NpyMatrix::open(&npy).unwrap();
+    assert_eq!((a.rows(), a.cols()), (1033, 32));
+    assert_eq!((b.rows(), b.cols()), (1033, 32));
+    let (va, vb) = (a.rows_f32(0, 1033), b.rows_f32(0, 1033));
+    let worst = va
+        .iter()
+        .zip(vb.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1e-5, "index vs embed: {worst}");
+
+    // numpy reads the file as it is, memory-mapped.
+    let o = ok(Command::new(python())
+        .args(["-c", "import sys, numpy; a = numpy.load(sys.argv[1], mmap_mode='r'); print(a.shape, a.dtype, float(a[5, 3]))"])
+        .arg(dir.join("vectors.npy"))
+        .output()
+        .unwrap());
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.starts_with("(1033, 32) float32"), "{s}");
+    let v: f32 = s.split_whitespace().last().unwrap().parse().unwrap();
+    assert_eq!(v, va[5 * 32 + 3]);
+
+    // A finished index is not rewritten without --force.
+    let o = build(&dir, &[]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
+    ok(index_cmd(&["verify", dir.to_str().unwrap()])
+        .output()
+        .unwrap());
+    let info = ok(index_cmd(&["info", dir.to_str().unwrap()])
+        .output()
+        .unwrap());
+    assert!(String::from_utf8_lossy(&info.stdout).contains("bytes/passage"));
+}
+
+#[test]
+fn a_killed_build_resumes_to_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    ok(build(&whole, &["--no-hnsw", "--chunk-rows", "32"]));
+    let killed = tmp.path().join("killed");
+    let mut child = index_cmd(&[
+        "build",
+        "--model",
+        tiny_s(),
+        "--collection",
+        med_s(),
+        "--out",
+        killed.to_str().unwrap(),
+        "--no-hnsw",
+        "--chunk-rows",
+        "32",
+    ])
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    // Kill it (SIGKILL) once some chunks, but not all, are on disk.
+    let progress = killed.join("build.progress.json");
+    let t = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&progress) {
+            if text.contains("\"rows_done\":") && !text.contains("\"rows_done\":0") {
+                break;
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !killed.join("manifest.json").exists(),
+        "the build finished before it was killed"
+    );
+    assert!(Index::open(&killed).is_err());
+    ok(build(&killed, &["--no-hnsw", "--chunk-rows", "32"]));
+    assert_eq!(
+        bytes(&whole.join("vectors.npy")),
+        bytes(&killed.join("vectors.npy"))
+    );
+    assert_eq!(
+        bytes(&whole.join("docids.txt")),
+        bytes(&killed.join("docids.txt"))
+    );
+    assert!(!killed.join("build.progress.json").exists());
+}
+
+#[test]
+fn merged_shards_equal_an_unsharded_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    ok(build(&whole, &["--no-hnsw", "--chunk-rows", "100"]));
+    let s0 = tmp.path().join("s0");
+    let s1 = tmp.path().join("s1");
+    ok(build(&s1, &["--shard", "1/2", "--chunk-rows", "100"]));
+    ok(build(&s0, &["--shard", "0/2", "--chunk-rows", "100"]));
+    let merged = tmp.path().join("merged");
+    ok(index_cmd(&[
+        "merge",
+        s1.to_str().unwrap(),
+        s0.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+        "--no-hnsw",
+    ])
+    .output()
+    .unwrap());
+    for f in ["vectors.npy", "docids.txt", "offsets.bin"] {
+        assert_eq!(bytes(&whole.join(f)), bytes(&merged.join(f)), "{f}");
+    }
+    // Shards of another model are refused.
+    let other = tmp.path().join("other");
+    let bin = shared().join("fixtures/tiny-bert-bin");
+    ok(index_cmd(&[
+        "build",
+        "--model",
+        bin.to_str().unwrap(),
+        "--collection",
+        med_s(),
+        "--out",
+        other.to_str().unwrap(),
+        "--shard",
+        "1/2",
+        "--chunk-rows",
+        "100",
+    ])
+    .output()
+    .unwrap());
+    let o = index_cmd(&[
+        "merge",
+        s0.to_str().unwrap(),
+        other.to_str().unwrap(),
+        "--out",
+        tmp.path().join("bad").to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("differ in model"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn every_passage_finds_itself_first_through_the_graph() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("med");
+    ok(build(&dir, &[]));
+    let index = Index::open(&dir).unwrap();
+    let g = index.graph().unwrap();
+    let n = index.vectors.rows();
+    let all = index.vectors.rows_f32(0, n);
+    let d = index.vectors.cols();
+    let mut ties = 0;
+    for r in 0..n {
+        let q = &all[r * d..(r + 1) * d];
+        let hits = g.search(&index.vectors, q, 10, engine::search::hnsw::DEFAULT_EF);
+        let own = hits
+            .iter()
+            .find(|h| h.row == r)
+            .unwrap_or_else(|| panic!("row {r} not found: {:?}", &hits[..3]));
+        // First, unless a lower row scores exactly the same (the tie rule of exact search): the
+        // random-weight fixture maps some passages to vectors equal in f32.
+        assert_eq!(own.score, hits[0].score, "row {r}: {:?}", &hits[..3]);
+        assert!(
+            hits[0].row == r || hits[0].row < r,
+            "row {r}: {:?}",
+            &hits[..3]
+        );
+        if hits[0].row != r {
+            ties += 1;
+        }
+    }
+    println!("{n} passages found themselves; {ties} behind a lower row of equal score");
+    assert!(ties < n / 50, "{ties} ties");
+}
+
+fn write(dir: &Path, name: &str, content: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn bad_collections_are_reported_and_leave_no_finished_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: Vec<(String, Vec<&str>, &str)> = vec![
+        (
+            write(tmp.path(), "notab.tsv", b"1\tok\n2 missing tab\n"),
+            vec![],
+            "notab.tsv, line 2",
+        ),
+        (
+            write(tmp.path(), "dup.tsv", b"1\ta\n2\tb\n1\tc\n"),
+            vec![],
+            "dup.tsv, line 3: duplicate id `1`",
+        ),
+        (
+            write(
+                tmp.path(),
+                "bad.jsonl",
+                b"{\"id\":\"1\",\"text\":\"a\"}\n{\"id\":\n",
+            ),
+            vec![],
+            "bad.jsonl, line 2",
+        ),
+        (
+            write(tmp.path(), "noid.jsonl", b"{\"text\":\"a\"}\n"),
+            vec![],
+            "noid.jsonl, line 1: missing id",
+        ),
+        (
+            write(tmp.path(), "latin1.tsv", b"1\tok\n2\tcaf\xe9\n"),
+            vec![],
+            "latin1.tsv, line 2: not valid UTF-8",
+        ),
+        (
+            write(tmp.path(), "empty.tsv", b""),
+            vec![],
+            "empty.tsv: the collection is empty",
+        ),
+    ];
+    for (i, (coll, extra, want)) in cases.into_iter().enumerate() {
+        let out = tmp.path().join(format!("out{i}"));
+        let mut args = vec![
+            "build",
+            "--model",
+            tiny_s(),
+            "--collection",
+            &coll,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = index_cmd(&args).output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{coll} accepted");
+        assert!(e.contains(want), "expected `{want}` in: {e}");
+        assert!(!e.contains("panicked"), "{e}");
+        assert!(!out.join("manifest.json").exists());
+    }
+    // Titles whose ids do not match.
+    let coll = write(tmp.path(), "c.tsv", b"1\ta\n2\tb\n");
+    let titles = write(tmp.path(), "t.tsv", b"1\tA\n3\tB\n");
+    let out = tmp.path().join("titles");
+    let o = index_cmd(&[
+        "build",
+        "--model",
+        tiny_s(),
+        "--collection",
+        &coll,
+        "--titles",
+        &titles,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("t.tsv, line 2"), "{e}");
+    // --skip-bad skips and counts.
+    let coll = write(tmp.path(), "skip.tsv", b"1\ta\nbroken\n3\tc\n");
+    let out = tmp.path().join("skip");
+    let o = ok(index_cmd(&[
+        "build",
+        "--model",
+        tiny_s(),
+        "--collection",
+        &coll,
+        "--out",
+        out.to_str().unwrap(),
+        "--skip-bad",
+    ])
+    .output()
+    .unwrap());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("skipped 1 malformed"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("docids.txt")).unwrap(),
+        "1\n3\n"
+    );
+}
+
+#[test]
+fn embed_rejects_bad_lines_with_their_number() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = write(
+        tmp.path(),
+        "in.jsonl",
+        b"{\"text\":\"ok\"}\n{\"title\":\"no text\"}\n",
+    );
+    let out = tmp.path().join("o.npy");
+    let o = index_cmd(&[
+        "embed",
+        "--model",
+        tiny_s(),
+        "--kind",
+        "query",
+        "--input",
+        &input,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("in.jsonl, line 2"), "{e}");
+    assert!(!out.exists());
+    let input = write(tmp.path(), "bin.jsonl", b"{\"text\":\"\xff\"}\n");
+    let o = index_cmd(&[
+        "embed",
+        "--model",
+        tiny_s(),
+        "--kind",
+        "query",
+        "--input",
+        &input,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("bin.jsonl, line 1: not valid UTF-8"),
+        "{e}"
+    );
+    let good = write(tmp.path(), "good.jsonl", b"{\"text\":\"ok\"}\n");
+    let o = index_cmd(&[
+        "embed",
+        "--model",
+        "/no/such/model",
+        "--kind",
+        "query",
+        "--input",
+        &good,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("/no/such/model") && !e.contains("panicked"),
+        "{e}"
+    );
+}
+
+#[test]
+fn fix_encoding_repairs_passage_421() {
+    let coll = shared().join("data/msmarco/pool/collection.tsv");
+    let rec = engine::corpus::CorpusReader::open(
+        &coll,
+        engine::corpus::ReadOptions {
+            fix_encoding: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .map(|r| r.unwrap())
+    .find(|r| r.id == "421")
+    .unwrap();
+    assert!(rec.text.contains("/ˈwaɪ faɪ/"), "{}", rec.text);
+}
