@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Creates .venv with the Python packages the tests compare against: numpy (reads our .npy files) and
+# pytrec_eval (trec_eval's C code, the reference for simlm-eval). Idempotent.
+# With --bench it adds what the benchmarks run beside the engine: torch, transformers, faiss-cpu, hnswlib.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="$root/.venv"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+pkgs=(numpy pytrec-eval-terrier)
+if [ "${1:-}" = "--bench" ]; then
+  pkgs+=(torch transformers faiss-cpu hnswlib)
+fi
+missing=()
+for p in "${pkgs[@]}"; do
+  mod="${p//-/_}"
+  case "$p" in
+    pytrec-eval-terrier) mod=pytrec_eval ;;
+    faiss-cpu) mod=faiss ;;
+  esac
+  "$venv/bin/python" -c "import $mod" 2>/dev/null || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing into .venv: ${missing[*]}"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${missing[@]}"
+fi
