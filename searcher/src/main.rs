@@ -261,19 +261,21 @@ fn batch(
     } else {
         None
     };
+    // Encode every query first (the bar counts encoding), then search them together, so that exact
+    // search streams the matrix once per block of queries.
     let t = Instant::now();
-    let mut results: Vec<Vec<Hit>> = Vec::with_capacity(qs.len());
-    for block in qs.chunks(512) {
+    let mut vecs: Vec<f32> = Vec::with_capacity(qs.len() * s.index.manifest.dim);
+    for block in qs.chunks(256) {
         let docs: Vec<Doc> = block.iter().map(|(_, t)| Doc::query(t)).collect();
-        let (hits, _, _) = s.search(&docs, k, s.mode)?;
-        results.extend(hits);
+        vecs.extend(s.encoder.encode(Kind::Query, &docs)?);
         if let Some(b) = &bar {
-            b.set_position(results.len() as u64);
+            b.set_position((vecs.len() / s.index.manifest.dim) as u64);
         }
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let results = s.index.search(&vecs, k, s.mode)?;
     let secs = t.elapsed().as_secs_f64();
     engine::store::atomic_write(out, |w| {
         for ((qid, _), hits) in qs.iter().zip(&results) {

@@ -57,7 +57,10 @@ fn queries() -> Vec<(String, String)> {
 }
 
 fn search(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_simlm-search")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_simlm-search"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn stderr(o: &Output) -> String {
@@ -66,7 +69,10 @@ fn stderr(o: &Output) -> String {
 
 fn query_vectors(index: &Index) -> Vec<f32> {
     let enc = Encoder::load(tiny().to_str().unwrap(), &EncoderOptions::default()).unwrap();
-    assert_eq!(enc.files().fingerprint().unwrap(), index.manifest.model.fingerprint);
+    assert_eq!(
+        enc.files().fingerprint().unwrap(),
+        index.manifest.model.fingerprint
+    );
     let docs: Vec<Doc> = queries().iter().map(|(_, t)| Doc::query(t)).collect();
     enc.encode(Kind::Query, &docs).unwrap()
 }
@@ -84,7 +90,16 @@ fn exact_search_equals_a_brute_force_scan() {
         let q = &qv[qi * d..(qi + 1) * d];
         // Brute force in f64: every row's score, sorted by score then row.
         let mut scan: Vec<(f64, usize)> = (0..n)
-            .map(|r| (all[r * d..(r + 1) * d].iter().zip(q).map(|(a, b)| *a as f64 * *b as f64).sum(), r))
+            .map(|r| {
+                (
+                    all[r * d..(r + 1) * d]
+                        .iter()
+                        .zip(q)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum(),
+                    r,
+                )
+            })
             .collect();
         scan.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         assert_eq!(hits.len(), k);
@@ -100,7 +115,10 @@ fn exact_search_equals_a_brute_force_scan() {
         let returned: std::collections::HashSet<usize> = hits.iter().map(|h| h.row).collect();
         for (s, r) in &scan {
             if !returned.contains(r) {
-                assert!(*s <= kth + 1e-6, "query {qi}: row {r} ({s}) left out above the k-th score {kth}");
+                assert!(
+                    *s <= kth + 1e-6,
+                    "query {qi}: row {r} ({s}) left out above the k-th score {kth}"
+                );
             }
         }
     }
@@ -111,7 +129,9 @@ fn hnsw_top10_overlaps_exact_at_the_default_ef() {
     let index = Index::open(med_index()).unwrap();
     let qv = query_vectors(&index);
     let exact = index.search(&qv, 10, SearchMode::Exact).unwrap();
-    let approx = index.search(&qv, 10, SearchMode::Hnsw { ef: DEFAULT_EF }).unwrap();
+    let approx = index
+        .search(&qv, 10, SearchMode::Hnsw { ef: DEFAULT_EF })
+        .unwrap();
     let mut overlap = 0.0;
     for (e, a) in exact.iter().zip(&approx) {
         let es: std::collections::HashSet<usize> = e.iter().map(|h| h.row).collect();
@@ -128,9 +148,22 @@ fn a_batch_run_evaluates_with_simlm_eval() {
     for (fmt, exact) in [("trec", true), ("msmarco", false)] {
         let run = tmp.path().join(format!("run.{fmt}"));
         let mut args = vec![
-            "batch", "--index", med_index().to_str().unwrap(),
-            "--queries", shared().join("data/classic/med/queries.tsv").to_str().unwrap().to_string().leak(),
-            "--k", "100", "--out", run.to_str().unwrap(), "--run-format", fmt,
+            "batch",
+            "--index",
+            med_index().to_str().unwrap(),
+            "--queries",
+            shared()
+                .join("data/classic/med/queries.tsv")
+                .to_str()
+                .unwrap()
+                .to_string()
+                .leak(),
+            "--k",
+            "100",
+            "--out",
+            run.to_str().unwrap(),
+            "--run-format",
+            fmt,
         ];
         if exact {
             args.push("--exact");
@@ -174,12 +207,27 @@ fn the_repl_answers_piped_queries() {
 
 #[test]
 fn query_prints_ids_scores_and_text() {
-    let o = search(&["query", "--index", med_index().to_str().unwrap(), "--k", "2", "--exact", "blood pressure"]);
+    let o = search(&[
+        "query",
+        "--index",
+        med_index().to_str().unwrap(),
+        "--k",
+        "2",
+        "--exact",
+        "blood pressure",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("  1. ") && out.contains("  2. ") && !out.contains("  3. "), "{out}");
+    assert!(
+        out.contains("  1. ") && out.contains("  2. ") && !out.contains("  3. "),
+        "{out}"
+    );
     let o = search(&["query", "--index", med_index().to_str().unwrap(), "  "]);
-    assert!(!o.status.success() && stderr(&o).contains("empty"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("empty"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 fn copy_index(to: &Path) {
@@ -215,20 +263,42 @@ fn damaged_indexes_and_bad_queries_are_clear_errors() {
     let d = tmp.path().join("version");
     copy_index(&d);
     let m = std::fs::read_to_string(d.join("manifest.json")).unwrap();
-    std::fs::write(d.join("manifest.json"), m.replace("\"format_version\": 1", "\"format_version\": 99")).unwrap();
+    std::fs::write(
+        d.join("manifest.json"),
+        m.replace("\"format_version\": 1", "\"format_version\": 99"),
+    )
+    .unwrap();
     check(&d, "format_version 99 is not supported");
     // Another model than the index's.
     let o = search(&[
-        "query", "--index", med_index().to_str().unwrap(), "--model",
-        shared().join("fixtures/tiny-bert-bin").to_str().unwrap().to_string().leak(), "what",
+        "query",
+        "--index",
+        med_index().to_str().unwrap(),
+        "--model",
+        shared()
+            .join("fixtures/tiny-bert-bin")
+            .to_str()
+            .unwrap()
+            .to_string()
+            .leak(),
+        "what",
     ]);
-    assert!(!o.status.success() && stderr(&o).contains("is not the one"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("is not the one"),
+        "{}",
+        stderr(&o)
+    );
     // A queries file with a malformed line.
     let q = tmp.path().join("q.tsv");
     std::fs::write(&q, "1\tfine\nno tab on this line\n").unwrap();
     let o = search(&[
-        "batch", "--index", med_index().to_str().unwrap(), "--queries", q.to_str().unwrap(),
-        "--out", tmp.path().join("run").to_str().unwrap(),
+        "batch",
+        "--index",
+        med_index().to_str().unwrap(),
+        "--queries",
+        q.to_str().unwrap(),
+        "--out",
+        tmp.path().join("run").to_str().unwrap(),
     ]);
     let e = stderr(&o);
     assert!(!o.status.success() && e.contains("q.tsv, line 2"), "{e}");
