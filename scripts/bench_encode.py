@@ -58,7 +58,7 @@ def main():
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/simlm-index"))
-    ap.add_argument("--batch-tokens", type=int, default=8192)
+    ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--torch-batch", type=int, default=128, help="encode_main.py-style batch size")
     ap.add_argument("--st-batch", type=int, default=32, help="sentence-transformers batch size")
     a = ap.parse_args()

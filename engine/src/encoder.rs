@@ -138,7 +138,7 @@ impl Default for EncoderOptions {
             pooling: None,
             precision: Precision::F32,
             device: Device::Cpu,
-            batch_tokens: 8192,
+            batch_tokens: 4096,
             max_batch: 512,
         }
     }
@@ -273,10 +273,23 @@ impl Encoder {
     /// Unit vectors of already tokenised texts, in input order. Texts are sorted by length and cut
     /// into batches of at most `batch_tokens` padded tokens, so padding stays small.
     pub fn encode_tokens(&self, toks: &[Tokens]) -> Result<Vec<f32>> {
+        use rayon::prelude::*;
         let dim = self.dim();
         let mut out = vec![0f32; toks.len() * dim];
-        for batch in length_batches(toks, self.batch_tokens, self.max_batch) {
-            let vecs = self.forward_batch(&batch.iter().map(|&i| &toks[i]).collect::<Vec<_>>())?;
+        let batches = length_batches(toks, self.batch_tokens, self.max_batch);
+        let run = |batch: &Vec<usize>| {
+            self.forward_batch(&batch.iter().map(|&i| &toks[i]).collect::<Vec<_>>())
+        };
+        // On the CPU, whole batches go to the worker threads (each batch's GEMMs then run on one
+        // thread): that scales better than splitting every GEMM. A batch's result does not depend on
+        // the thread that computes it.
+        let results: Vec<Result<Vec<f32>>> = if self.model.device().is_cpu() {
+            batches.par_iter().map(run).collect()
+        } else {
+            batches.iter().map(run).collect()
+        };
+        for (batch, vecs) in batches.iter().zip(results) {
+            let vecs = vecs?;
             for (row, &i) in batch.iter().enumerate() {
                 out[i * dim..(i + 1) * dim].copy_from_slice(&vecs[row * dim..(row + 1) * dim]);
             }

@@ -82,7 +82,7 @@ struct EncoderArgs {
     #[arg(long)]
     precision: Option<Precision>,
     /// Token budget of one forward pass (batch size x longest sequence).
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 4096)]
     batch_tokens: usize,
     /// Worker threads (default: all cores).
     #[arg(long)]
@@ -264,10 +264,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("{}: no lines to encode", a.input.display());
             }
             let enc = load_encoder(&a.enc)?;
+            let t = std::time::Instant::now();
             let vecs = enc.encode(a.kind, &docs)?;
+            let secs = t.elapsed().as_secs_f64();
             npy::write_f32(&a.out, &vecs, docs.len(), enc.dim())?;
             eprintln!(
-                "wrote {} x {} vectors to {}",
+                "encoded {} texts in {secs:.2} s ({:.1} texts/s); wrote {} x {} vectors to {}",
+                docs.len(),
+                docs.len() as f64 / secs.max(1e-9),
                 docs.len(),
                 enc.dim(),
                 a.out.display()

@@ -216,7 +216,6 @@ impl BertModel {
     ) -> Result<Tensor> {
         let (b, s) = input_ids.dims2()?;
         let h = self.config.hidden_size;
-        let heads = self.config.num_attention_heads;
         let hd = self.config.head_dim();
         if s > self.config.max_position_embeddings {
             return Err(Error::Msg(format!(
@@ -234,13 +233,34 @@ impl BertModel {
             .reshape((b, s, h))?;
         let pos = self.position.narrow(0, 0, s)?;
         let x = (words + types)?.broadcast_add(&pos)?.reshape((b * s, h))?;
-        let mut x = self.emb_norm.forward(&x)?;
+        let x = self.emb_norm.forward(&x)?;
+        let scale = 1.0 / (hd as f64).sqrt();
 
+        let x = if self.device.is_cpu() && self.dtype == DType::F32 {
+            self.layers_cpu_f32(x, attention_mask, b, s, scale)?
+        } else {
+            self.layers_generic(x, attention_mask, b, s, scale)?
+        };
+        Ok(x.reshape((b, s, h))?)
+    }
+}
+
+impl BertModel {
+    /// The encoder layers with candle's ops: any device, any float type.
+    fn layers_generic(
+        &self,
+        mut x: Tensor,
+        attention_mask: &Tensor,
+        b: usize,
+        s: usize,
+        scale: f64,
+    ) -> Result<Tensor> {
+        let h = self.config.hidden_size;
+        let heads = self.config.num_attention_heads;
+        let hd = self.config.head_dim();
         // (b, 1, 1, s): 0 for real tokens, MASK_BIAS for padding.
         let bias =
             ((attention_mask.to_dtype(self.dtype)? - 1.0)? * -MASK_BIAS)?.reshape((b, 1, 1, s))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?.reshape((b, s, 3, heads, hd))?;
             let q = (qkv.narrow(2, 0, 1)?.squeeze(2)?.transpose(1, 2)? * scale)?.contiguous()?;
@@ -263,16 +283,68 @@ impl BertModel {
                 .reshape((b * s, h))?;
             let attn = layer.attn_out.forward(&ctx)?;
             x = layer.attn_norm.forward(&(attn + &x)?)?;
-            let inter = layer.intermediate.forward(&x)?;
-            let inter = match self.config.hidden_act {
-                Activation::GeluErf => inter.gelu_erf()?,
-                Activation::GeluTanh => inter.gelu()?,
-                Activation::Relu => candle_nn::Activation::Relu.forward(&inter)?,
-            };
+            let inter = self.activation(&layer.intermediate.forward(&x)?)?;
             let out = layer.output.forward(&inter)?;
             x = layer.out_norm.forward(&(out + &x)?)?;
         }
-        Ok(x.reshape((b, s, h))?)
+        Ok(x)
+    }
+
+    /// The encoder layers with the fused f32 CPU kernels (see `cpu_ops`).
+    fn layers_cpu_f32(
+        &self,
+        mut x: Tensor,
+        attention_mask: &Tensor,
+        b: usize,
+        s: usize,
+        scale: f64,
+    ) -> Result<Tensor> {
+        use super::cpu_ops::{FusedAttention, FusedLinear};
+        let lengths: Vec<usize> = attention_mask
+            .to_dtype(DType::F32)?
+            .sum(1)?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|n| n as usize)
+            .collect();
+        let attention = FusedAttention {
+            batch: b,
+            seq: s,
+            heads: self.config.num_attention_heads,
+            head_dim: self.config.head_dim(),
+            lengths: &lengths,
+            scale: scale as f32,
+        };
+        let erf = self.config.hidden_act == Activation::GeluErf;
+        for layer in &self.layers {
+            let linear = |l: &Linear, residual: Option<&Tensor>, gelu: bool, input: &Tensor| {
+                input.apply_op1_no_bwd(&FusedLinear {
+                    weight: &l.weight,
+                    bias: &l.bias,
+                    residual,
+                    gelu,
+                })
+            };
+            let qkv = linear(&layer.qkv, None, false, &x)?;
+            let ctx = qkv.apply_op1_no_bwd(&attention)?;
+            x = layer
+                .attn_norm
+                .forward(&linear(&layer.attn_out, Some(&x), false, &ctx)?)?;
+            let inter = linear(&layer.intermediate, None, erf, &x)?;
+            let inter = if erf { inter } else { self.activation(&inter)? };
+            x = layer
+                .out_norm
+                .forward(&linear(&layer.output, Some(&x), false, &inter)?)?;
+        }
+        Ok(x)
+    }
+
+    fn activation(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self.config.hidden_act {
+            Activation::GeluErf => x.gelu_erf()?,
+            Activation::GeluTanh => x.gelu()?,
+            Activation::Relu => candle_nn::Activation::Relu.forward(x)?,
+        })
     }
 }
 

@@ -2,3 +2,4 @@
 pub mod bert;
 pub mod checkpoint;
 pub mod config;
+pub mod cpu_ops;
