@@ -32,9 +32,9 @@ search() { # name queries run-name [search args]
     --out "$out/$run" "$@"
 }
 evaluate() { # qrels run rel-level metrics...
-  local qrels="$1" run="$2" rel="$3"; shift 3
+  local qrels="$1" run="$2" rel="$3" metric; shift 3
   local args=()
-  for m in "$@"; do args+=(--metric "$m"); done
+  for metric in "$@"; do args+=(--metric "$metric"); done
   "$bin/simlm-eval" --qrels "$qrels" --run "$run" --rel-level "$rel" "${args[@]}" --json
 }
 

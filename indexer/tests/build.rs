@@ -391,66 +391,53 @@ fn bad_collections_are_reported_and_leave_no_finished_index() {
 #[test]
 fn embed_rejects_bad_lines_with_their_number() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = write(
-        tmp.path(),
-        "in.jsonl",
-        b"{\"text\":\"ok\"}\n{\"title\":\"no text\"}\n",
-    );
     let out = tmp.path().join("o.npy");
-    let o = index_cmd(&[
-        "embed",
-        "--model",
-        tiny_s(),
-        "--kind",
-        "query",
-        "--input",
-        &input,
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && e.contains("in.jsonl, line 2"), "{e}");
-    assert!(!out.exists());
-    let input = write(tmp.path(), "bin.jsonl", b"{\"text\":\"\xff\"}\n");
-    let o = index_cmd(&[
-        "embed",
-        "--model",
-        tiny_s(),
-        "--kind",
-        "query",
-        "--input",
-        &input,
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && e.contains("bin.jsonl, line 1: not valid UTF-8"),
-        "{e}"
-    );
-    let good = write(tmp.path(), "good.jsonl", b"{\"text\":\"ok\"}\n");
-    let o = index_cmd(&[
-        "embed",
-        "--model",
-        "/no/such/model",
-        "--kind",
-        "query",
-        "--input",
-        &good,
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && e.contains("/no/such/model") && !e.contains("panicked"),
-        "{e}"
-    );
+    let embed = |model: &str, input: &str| {
+        index_cmd(&[
+            "embed",
+            "--model",
+            model,
+            "--kind",
+            "query",
+            "--input",
+            input,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap()
+    };
+    let cases = [
+        (
+            tiny_s(),
+            write(
+                tmp.path(),
+                "in.jsonl",
+                b"{\"text\":\"ok\"}\n{\"title\":\"no text\"}\n",
+            ),
+            "in.jsonl, line 2",
+        ),
+        (
+            tiny_s(),
+            write(tmp.path(), "bin.jsonl", b"{\"text\":\"\xff\"}\n"),
+            "bin.jsonl, line 1: not valid UTF-8",
+        ),
+        (
+            "/no/such/model",
+            write(tmp.path(), "good.jsonl", b"{\"text\":\"ok\"}\n"),
+            "/no/such/model",
+        ),
+    ];
+    for (model, input, want) in cases {
+        let o = embed(model, &input);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && e.contains(want),
+            "expected `{want}` in: {e}"
+        );
+        assert!(!e.contains("panicked"), "{e}");
+        assert!(!out.exists());
+    }
 }
 
 #[test]
