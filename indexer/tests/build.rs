@@ -267,11 +267,12 @@ fn every_passage_finds_itself_first_through_the_graph() {
             .iter()
             .find(|h| h.row == r)
             .unwrap_or_else(|| panic!("row {r} not found: {:?}", &hits[..3]));
-        // First, unless a lower row scores exactly the same (the tie rule of exact search): the
-        // random-weight fixture maps some passages to vectors equal in f32.
-        assert_eq!(own.score, hits[0].score, "row {r}: {:?}", &hits[..3]);
+        // First, unless another passage's inner product with this vector is equal to its own up to
+        // f32 rounding: the random-weight fixture maps some passages to near-identical vectors
+        // (cosine 1 - 1e-7), where rounding can put a neighbour's score a hair above the self-score.
+        // Exact search ranks those the same way; the graph must not miss the passage itself.
         assert!(
-            hits[0].row == r || hits[0].row < r,
+            hits[0].score - own.score <= 1e-6,
             "row {r}: {:?}",
             &hits[..3]
         );
@@ -279,7 +280,9 @@ fn every_passage_finds_itself_first_through_the_graph() {
             ties += 1;
         }
     }
-    println!("{n} passages found themselves; {ties} behind a lower row of equal score");
+    println!(
+        "{n} passages found themselves; {ties} behind a passage of equal score up to f32 rounding"
+    );
     assert!(ties < n / 50, "{ties} ties");
 }
 

@@ -135,11 +135,18 @@ fn hnsw_top10_overlaps_exact_at_the_default_ef() {
     let mut overlap = 0.0;
     for (e, a) in exact.iter().zip(&approx) {
         let es: std::collections::HashSet<usize> = e.iter().map(|h| h.row).collect();
-        overlap += a.iter().filter(|h| es.contains(&h.row)).count() as f64 / 10.0;
+        // A hit tied with exact's 10th score (to f32 rounding) is as correct as the row exact kept:
+        // the random-weight fixture has many near-identical vectors.
+        let kth = e[9].score;
+        overlap += a
+            .iter()
+            .filter(|h| es.contains(&h.row) || h.score >= kth - 1e-6)
+            .count() as f64
+            / 10.0;
     }
     overlap /= exact.len() as f64;
     println!("HNSW (ef={DEFAULT_EF}) top-10 overlap with exact: {overlap:.4}");
-    assert!(overlap >= 0.99, "{overlap}");
+    assert!(overlap >= 0.99 - 1e-12, "{overlap}");
 }
 
 #[test]
