@@ -5,7 +5,7 @@ M and ef_construction, same vectors, same thread count, in one run.
 Datasets: real embeddings (an index's vectors.npy, e.g. the MS MARCO pool encoded by
 scripts/reproduce_here.sh) and N synthetic unit vectors for scale.
 
-usage: scripts/bench_hnsw.py --real target/repro/pool/vectors.npy [--synthetic 1000000 --synthetic-dim 64]
+usage: scripts/bench_hnsw.py --real target/repro/pool/vectors.npy [--synthetic 1000000 --synthetic-dim 16]
 """
 import argparse
 import os
@@ -54,7 +54,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--real", default=os.path.join(ROOT, "target/repro/pool/vectors.npy"))
     ap.add_argument("--synthetic", type=int, default=1_000_000)
-    ap.add_argument("--synthetic-dim", type=int, default=64)
+    ap.add_argument("--synthetic-dim", type=int, default=16)
     ap.add_argument("--m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=200)
     ap.add_argument("--synthetic-m", type=int, default=16)
