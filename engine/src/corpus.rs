@@ -196,53 +196,68 @@ impl CorpusReader {
         }
         Ok(Some(title.to_string()))
     }
+}
 
-    fn parse(&self, line: &[u8]) -> std::result::Result<(String, Option<String>, String), String> {
-        let line = std::str::from_utf8(line)
-            .map_err(|_| "not valid UTF-8 (pass --skip-bad to skip such lines)".to_string())?;
-        match self.format {
-            CorpusFormat::Tsv => {
-                let (id, text) = line
-                    .split_once('\t')
-                    .ok_or_else(|| "no tab: expected `id<TAB>text`".to_string())?;
-                if id.trim().is_empty() {
-                    return Err("missing id before the tab".into());
+/// The (id, title, text) of one collection line, or what is wrong with it.
+fn parse_line(
+    format: CorpusFormat,
+    line: &[u8],
+) -> std::result::Result<(String, Option<String>, String), String> {
+    let line = std::str::from_utf8(line)
+        .map_err(|_| "not valid UTF-8 (pass --skip-bad to skip such lines)".to_string())?;
+    match format {
+        CorpusFormat::Tsv => {
+            let (id, text) = line
+                .split_once('\t')
+                .ok_or_else(|| "no tab: expected `id<TAB>text`".to_string())?;
+            if id.trim().is_empty() {
+                return Err("missing id before the tab".into());
+            }
+            Ok((id.to_string(), None, text.to_string()))
+        }
+        CorpusFormat::Jsonl => {
+            let v: Value = serde_json::from_str(line).map_err(|e| format!("bad JSON: {e}"))?;
+            let obj = v.as_object().ok_or("expected a JSON object")?;
+            let id = ["_id", "id", "docid", "doc_id"]
+                .iter()
+                .find_map(|k| obj.get(*k))
+                .ok_or("missing id (expected one of `_id`, `id`, `docid`)")?;
+            let id = match id {
+                Value::String(s) if !s.is_empty() => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => {
+                    return Err(format!(
+                        "bad id {id}: expected a non-empty string or a number"
+                    ))
                 }
-                Ok((id.to_string(), None, text.to_string()))
-            }
-            CorpusFormat::Jsonl => {
-                let v: Value = serde_json::from_str(line).map_err(|e| format!("bad JSON: {e}"))?;
-                let obj = v.as_object().ok_or("expected a JSON object")?;
-                let id = ["_id", "id", "docid", "doc_id"]
-                    .iter()
-                    .find_map(|k| obj.get(*k))
-                    .ok_or("missing id (expected one of `_id`, `id`, `docid`)")?;
-                let id = match id {
-                    Value::String(s) if !s.is_empty() => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    _ => {
-                        return Err(format!(
-                            "bad id {id}: expected a non-empty string or a number"
-                        ))
-                    }
-                };
-                let text = ["text", "contents", "body"]
-                    .iter()
-                    .find_map(|k| obj.get(*k))
-                    .ok_or("missing text (expected `text` or `contents`)")?;
-                let text = text
-                    .as_str()
-                    .ok_or("the text field must be a string")?
-                    .to_string();
-                let title = match obj.get("title") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(s)) => Some(s.clone()),
-                    Some(_) => return Err("the title field must be a string".into()),
-                };
-                Ok((id, title, text))
-            }
+            };
+            let text = ["text", "contents", "body"]
+                .iter()
+                .find_map(|k| obj.get(*k))
+                .ok_or("missing text (expected `text` or `contents`)")?;
+            let text = text
+                .as_str()
+                .ok_or("the text field must be a string")?
+                .to_string();
+            let title = match obj.get("title") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(_) => return Err("the title field must be a string".into()),
+            };
+            Ok((id, title, text))
         }
     }
+}
+
+/// Applies `--fix-encoding` to a record's title and text.
+fn repair(title: Option<String>, text: String, fix_encoding: bool) -> (Option<String>, String) {
+    if !fix_encoding {
+        return (title, text);
+    }
+    (
+        title.map(|t| fix_mojibake(&t).into_owned()),
+        fix_mojibake(&text).into_owned(),
+    )
 }
 
 fn strip_eol(buf: &mut Vec<u8>) {
@@ -276,7 +291,7 @@ impl Iterator for CorpusReader {
                 self.buf = buf;
                 continue;
             }
-            let parsed = self.parse(&buf);
+            let parsed = parse_line(self.format, &buf);
             self.buf = buf;
             let (id, title, text) = match parsed {
                 Ok(p) => p,
@@ -301,14 +316,7 @@ impl Iterator for CorpusReader {
                 Ok(None) => title,
                 Err(e) => return Some(Err(e)),
             };
-            let (title, text) = if self.opts.fix_encoding {
-                (
-                    title.map(|t| fix_mojibake(&t).into_owned()),
-                    fix_mojibake(&text).into_owned(),
-                )
-            } else {
-                (title, text)
-            };
+            let (title, text) = repair(title, text, self.opts.fix_encoding);
             return Some(Ok(Record {
                 id,
                 title,
@@ -336,35 +344,14 @@ pub fn read_record_at(path: &Path, offset: u64, fix_encoding: bool) -> Result<Re
     let mut buf = Vec::new();
     r.read_until(b'\n', &mut buf).at(path)?;
     strip_eol(&mut buf);
-    let reader = CorpusReader {
-        path: path.to_path_buf(),
-        format,
-        lines: Box::new(std::io::empty()),
-        titles: None,
-        opts: ReadOptions {
-            fix_encoding,
-            ..Default::default()
-        },
-        line: 0,
-        offset,
-        buf: Vec::new(),
-        skipped: 0,
-    };
-    let (id, title, text) = reader.parse(&buf).map_err(|m| {
+    let (id, title, text) = parse_line(format, &buf).map_err(|m| {
         Error::invalid(
             path,
             None,
             format!("at byte {offset}: {m} (has the collection changed?)"),
         )
     })?;
-    let (title, text) = if fix_encoding {
-        (
-            title.map(|t| fix_mojibake(&t).into_owned()),
-            fix_mojibake(&text).into_owned(),
-        )
-    } else {
-        (title, text)
-    };
+    let (title, text) = repair(title, text, fix_encoding);
     Ok(Record {
         id,
         title,

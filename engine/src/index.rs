@@ -590,6 +590,15 @@ pub enum SearchMode {
     Hnsw { ef: usize },
 }
 
+impl std::fmt::Display for SearchMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SearchMode::Exact => f.write_str("exact"),
+            SearchMode::Hnsw { ef } => write!(f, "hnsw ef={ef}"),
+        }
+    }
+}
+
 /// A finished index, opened for search.
 pub struct Index {
     pub dir: PathBuf,

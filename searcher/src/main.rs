@@ -151,6 +151,25 @@ impl Searcher {
         Ok((hits, enc, t.elapsed().as_secs_f64()))
     }
 
+    /// Answers one query: ranked results with their text, then the encode and search latencies.
+    fn answer(
+        &self,
+        text: &str,
+        k: usize,
+        mode: SearchMode,
+        out: &mut impl Write,
+    ) -> anyhow::Result<()> {
+        let (hits, enc, search) = self.search(&[Doc::query(text)], k, mode)?;
+        self.print_hits(&hits[0], out)?;
+        writeln!(
+            out,
+            "     [encode {:.1} ms, search {:.1} ms]",
+            enc * 1e3,
+            search * 1e3
+        )?;
+        Ok(())
+    }
+
     /// Prints ranked results with the passages' text; ids and scores alone (and one warning) when the
     /// collection cannot be read.
     fn print_hits(&self, hits: &[Hit], out: &mut impl Write) -> anyhow::Result<()> {
@@ -291,13 +310,10 @@ fn batch(
         }
         Ok(())
     })?;
-    let mode = match s.mode {
-        SearchMode::Exact => "exact".to_string(),
-        SearchMode::Hnsw { ef } => format!("hnsw ef={ef}"),
-    };
     eprintln!(
-        "{} queries ({mode}, k={k}) in {secs:.2} s ({:.1} queries/s); run written to {}",
+        "{} queries ({}, k={k}) in {secs:.2} s ({:.1} queries/s); run written to {}",
         qs.len(),
+        s.mode,
         qs.len() as f64 / secs.max(1e-9),
         out.display()
     );
@@ -345,21 +361,10 @@ fn repl_line(
             },
             _ => writeln!(out, "{REPL_HELP}")?,
         }
-        let m = match mode {
-            SearchMode::Exact => "exact".to_string(),
-            SearchMode::Hnsw { ef } => format!("hnsw ef={ef}"),
-        };
-        writeln!(out, "k={k}, {m}")?;
+        writeln!(out, "k={k}, {mode}")?;
         return Ok(true);
     }
-    let (hits, enc, search) = s.search(&[Doc::query(line)], *k, *mode)?;
-    s.print_hits(&hits[0], out)?;
-    writeln!(
-        out,
-        "     [encode {:.1} ms, search {:.1} ms]",
-        enc * 1e3,
-        search * 1e3
-    )?;
+    s.answer(line, *k, *mode, out)?;
     Ok(true)
 }
 
@@ -415,15 +420,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("the query is empty: give some text to search for");
             }
             let s = Searcher::open(&common)?;
-            let (hits, enc, search) = s.search(&[Doc::query(&text)], k, s.mode)?;
-            let mut out = std::io::stdout().lock();
-            s.print_hits(&hits[0], &mut out)?;
-            writeln!(
-                out,
-                "     [encode {:.1} ms, search {:.1} ms]",
-                enc * 1e3,
-                search * 1e3
-            )?;
+            s.answer(&text, k, s.mode, &mut std::io::stdout().lock())?;
         }
         Command::Batch {
             common,
