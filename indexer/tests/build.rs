@@ -250,7 +250,7 @@ fn merged_shards_equal_an_unsharded_build() {
 }
 
 #[test]
-fn every_passage_finds_itself_first_through_the_graph() {
+fn the_graph_finds_every_passage_or_its_equals() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("med");
     ok(build(&dir, &[]));
@@ -260,30 +260,51 @@ fn every_passage_finds_itself_first_through_the_graph() {
     let all = index.vectors.rows_f32(0, n);
     let d = index.vectors.cols();
     let mut ties = 0;
+    let mut grouped = 0;
+    let mut in_group = 0;
     for r in 0..n {
         let q = &all[r * d..(r + 1) * d];
         let hits = g.search(&index.vectors, q, 10, engine::search::hnsw::DEFAULT_EF);
-        let own = hits
-            .iter()
-            .find(|h| h.row == r)
-            .unwrap_or_else(|| panic!("row {r} not found: {:?}", &hits[..3]));
-        // First, unless another passage's inner product with this vector is equal to its own up to
-        // f32 rounding: the random-weight fixture maps some passages to near-identical vectors
-        // (cosine 1 - 1e-7), where rounding can put a neighbour's score a hair above the self-score.
-        // Exact search ranks those the same way; the graph must not miss the passage itself.
+        let own_score: f32 = q.iter().map(|x| x * x).sum();
+        // The random-weight fixture maps most passages into groups of near-identical vectors
+        // (cosine 1 - 1e-7): inside a group f32 rounding decides the order, and a group of more than
+        // k passages fills exact search's top k without the passage itself. Brute force counts the
+        // group; the graph must reach the self-score, and find the passage itself whenever its
+        // group fits in the top k.
+        let group = (0..n)
+            .filter(|&o| {
+                let s: f32 = q
+                    .iter()
+                    .zip(&all[o * d..(o + 1) * d])
+                    .map(|(a, b)| a * b)
+                    .sum();
+                own_score - s <= 1e-6
+            })
+            .count();
         assert!(
-            hits[0].score - own.score <= 1e-6,
-            "row {r}: {:?}",
+            (hits[0].score - own_score).abs() <= 1e-6,
+            "row {r}: self-score {own_score}, {:?}",
             &hits[..3]
         );
+        if group <= 10 {
+            assert!(
+                hits.iter().any(|h| h.row == r),
+                "row {r} (group of {group}) not found: {hits:?}"
+            );
+        } else {
+            grouped += 1;
+            in_group += hits.iter().filter(|h| own_score - h.score <= 1e-6).count();
+        }
         if hits[0].row != r {
             ties += 1;
         }
     }
+    let filled = in_group as f64 / (10 * grouped.max(1)) as f64;
     println!(
-        "{n} passages found themselves; {ties} behind a passage of equal score up to f32 rounding"
+        "{n} passages: {grouped} in groups of more than 10 equal vectors, their top 10 filled \
+         from the group at {filled:.4}; {ties} behind a passage of equal score up to f32 rounding"
     );
-    assert!(ties < n / 50, "{ties} ties");
+    assert!(filled >= 0.99, "{filled}");
 }
 
 fn write(dir: &Path, name: &str, content: &[u8]) -> String {
