@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use engine::search::hnsw::{HnswIndex, HnswParams};
+use engine::search::hnsw::{self, HnswParams};
 use engine::store::npy::NpyMatrix;
 
 fn main() {
@@ -21,11 +21,12 @@ fn main() {
         ef_construction: args[3].parse().unwrap(),
     };
     let t = Instant::now();
-    let g = HnswIndex::build(&m, params, &|_| {});
+    let g = hnsw::build(&m, params, &|_| {}).unwrap();
     let secs = t.elapsed().as_secs_f64();
     if let Some(out) = args.get(4) {
         std::fs::create_dir_all(out).unwrap();
-        g.save(std::path::Path::new(out)).unwrap();
+        g.save(&std::path::Path::new(out).join(hnsw::GRAPH_FILE))
+            .unwrap();
     }
     println!("build_seconds {secs:.3} rows {} dim {}", m.rows(), m.cols());
 }

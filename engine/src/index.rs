@@ -2,7 +2,7 @@
 //!
 //! An index folder holds `vectors.npy` (row i = passage i), `docids.txt` (one id a line),
 //! `offsets.bin` (little-endian u64 per passage: where its line starts in the collection), the HNSW
-//! graph (`graph.hnsw.graph`, `graph.hnsw.data`) and `manifest.json`, written last.
+//! graph (`graph.hnsw`: links and 8-bit codes of the vectors) and `manifest.json`, written last.
 //!
 //! A build is resumable: vectors are appended to `vectors.npy.partial` in fixed chunks of rows, and
 //! `build.progress.json` records, after each chunk is synced to disk, how many rows are done and the
@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::corpus::{CorpusReader, ReadOptions};
 use crate::error::{Error, IoContext, Result};
-use crate::search::hnsw::{HnswIndex, HnswParams, GRAPH_BASENAME};
+use crate::search::hnsw::{Graph, HnswParams, GRAPH_FILE};
 use crate::store::manifest::{
     FileSum, Manifest, ModelInfo, Shard, Sources, FORMAT_VERSION, MANIFEST,
 };
@@ -142,11 +142,7 @@ fn index_files(dir: &Path) -> Vec<PathBuf> {
     [VECTORS, DOCIDS, OFFSETS, PARTIAL, PROGRESS]
         .iter()
         .map(|f| dir.join(f))
-        .chain(
-            ["hnsw.graph", "hnsw.data"]
-                .iter()
-                .map(|e| dir.join(format!("{GRAPH_BASENAME}.{e}"))),
-        )
+        .chain([dir.join(GRAPH_FILE)])
         .collect()
 }
 
@@ -380,8 +376,7 @@ fn write_ids(out: &Path, ids: &[String], offsets: &[u64]) -> Result<()> {
 fn checksum_files(dir: &Path, graph: bool) -> Result<Vec<FileSum>> {
     let mut names = vec![VECTORS.to_string(), DOCIDS.to_string(), OFFSETS.to_string()];
     if graph {
-        names.push(format!("{GRAPH_BASENAME}.hnsw.graph"));
-        names.push(format!("{GRAPH_BASENAME}.hnsw.data"));
+        names.push(GRAPH_FILE.to_string());
     }
     names.iter().map(|n| FileSum::of(&dir.join(n), n)).collect()
 }
@@ -389,9 +384,14 @@ fn checksum_files(dir: &Path, graph: bool) -> Result<Vec<FileSum>> {
 fn build_graph(dir: &Path, params: HnswParams, progress: &dyn Progress) -> Result<()> {
     let matrix = NpyMatrix::open(&dir.join(VECTORS))?;
     progress.stage("graph", Some(matrix.rows() as u64));
-    let g = HnswIndex::build(&matrix, params, &|n| progress.set(n as u64));
+    let g = crate::search::hnsw::build(&matrix, params, &|n| progress.set(n as u64))?;
     progress.finish_stage();
-    g.save(dir)
+    g.save(&dir.join(GRAPH_FILE))?;
+    // Earlier versions of the engine stored hnsw_rs's own dump, with a second copy of the vectors.
+    for old in ["graph.hnsw.graph", "graph.hnsw.data"] {
+        remove_if_exists(&dir.join(old))?;
+    }
+    Ok(())
 }
 
 /// Builds (or rebuilds) the graph of a finished index and records it in the manifest.
@@ -606,7 +606,7 @@ pub struct Index {
     pub vectors: NpyMatrix,
     pub ids: Vec<String>,
     pub offsets: Vec<u64>,
-    graph: std::sync::OnceLock<HnswIndex>,
+    graph: std::sync::OnceLock<Graph>,
 }
 
 impl Index {
@@ -650,11 +650,25 @@ impl Index {
     }
 
     /// The HNSW graph, loaded on first use.
-    pub fn graph(&self) -> Result<&HnswIndex> {
+    pub fn graph(&self) -> Result<&Graph> {
         if let Some(g) = self.graph.get() {
             return Ok(g);
         }
-        let g = HnswIndex::load(&self.dir)?;
+        let g = Graph::open(&self.dir)?;
+        if g.len() != self.vectors.rows() || g.dim() != self.vectors.cols() {
+            return Err(Error::invalid(
+                self.dir.join(GRAPH_FILE),
+                None,
+                format!(
+                    "a graph of {} x {} vectors for a matrix of {} x {}: rebuild it with `simlm-index hnsw {}`",
+                    g.len(),
+                    g.dim(),
+                    self.vectors.rows(),
+                    self.vectors.cols(),
+                    self.dir.display()
+                ),
+            ));
+        }
         Ok(self.graph.get_or_init(|| g))
     }
 

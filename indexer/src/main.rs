@@ -243,15 +243,6 @@ fn info(dir: &Path) -> anyhow::Result<()> {
         human(total),
         total as f64 / n
     );
-    if m.hnsw.is_some() {
-        println!(
-            "\nThe graph's data file holds the vectors a second time (hnsw_rs stores them with the graph): \
-             {:.0} bytes/passage, {:.1} GB at 8.8M x 768 f32. Searching with the graph keeps that copy \
-             in memory; exact search only maps vectors.npy.",
-            m.dim as f64 * 4.0,
-            8_841_823.0 * 768.0 * 4.0 / 1e9
-        );
-    }
     Ok(())
 }
 

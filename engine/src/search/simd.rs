@@ -1,5 +1,133 @@
 //! The inner product, with an AVX2+FMA path chosen at run time on x86-64.
 
+/// An inner-product kernel for equal-length slices.
+pub type DotFn = fn(&[f32], &[f32]) -> f32;
+
+/// An inner-product kernel between f32 weights and u8 codes of equal length.
+pub type DotU8Fn = fn(&[f32], &[u8]) -> f32;
+
+/// The fastest inner-product kernel this CPU runs (chosen once by the caller, so hot loops pay no
+/// feature test per call).
+pub fn dot_kernel() -> DotFn {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return |a, b| {
+                // Safety: the CPU supports AVX-512F, checked above.
+                unsafe { dot_avx512(a, b) }
+            };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return |a, b| {
+                // Safety: the CPU supports AVX2 and FMA, checked above.
+                unsafe { dot_avx2(a, b) }
+            };
+        }
+    }
+    dot_portable
+}
+
+/// The fastest `sum(w[i] * c[i])` kernel over u8 codes this CPU runs.
+pub fn dot_u8_kernel() -> DotU8Fn {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return |w, c| {
+                // Safety: the CPU supports AVX-512F, checked above.
+                unsafe { dot_u8_avx512(w, c) }
+            };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return |w, c| {
+                // Safety: the CPU supports AVX2 and FMA, checked above.
+                unsafe { dot_u8_avx2(w, c) }
+            };
+        }
+    }
+    dot_u8_portable
+}
+
+fn dot_u8_portable(w: &[f32], c: &[u8]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = w.len().min(c.len()) / 8;
+    for i in 0..chunks {
+        for j in 0..8 {
+            acc[j] += w[i * 8 + j] * c[i * 8 + j] as f32;
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..w.len().min(c.len()) {
+        s += w[i] * c[i] as f32;
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_u8_avx2(w: &[f32], c: &[u8]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = w.len().min(c.len());
+    let (pw, pc) = (w.as_ptr(), c.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        let c0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+            pc.add(i) as *const __m128i
+        )));
+        let c1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+            pc.add(i + 8) as *const __m128i
+        )));
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pw.add(i)), c0, acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pw.add(i + 8)), c1, acc1);
+        i += 16;
+    }
+    let acc = _mm256_add_ps(acc0, acc1);
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+    let mut s: f32 = lanes.iter().sum();
+    while i < n {
+        s += *pw.add(i) * *pc.add(i) as f32;
+        i += 1;
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_u8_avx512(w: &[f32], c: &[u8]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = w.len().min(c.len());
+    let (pw, pc) = (w.as_ptr(), c.as_ptr());
+    let mut acc0 = _mm512_setzero_ps();
+    let mut acc1 = _mm512_setzero_ps();
+    let mut i = 0;
+    while i + 32 <= n {
+        let c0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
+            pc.add(i) as *const __m128i
+        )));
+        let c1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
+            pc.add(i + 16) as *const __m128i
+        )));
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pw.add(i)), c0, acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pw.add(i + 16)), c1, acc1);
+        i += 32;
+    }
+    if i + 16 <= n {
+        let c0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
+            pc.add(i) as *const __m128i
+        )));
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pw.add(i)), c0, acc0);
+        i += 16;
+    }
+    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    while i < n {
+        s += *pw.add(i) * *pc.add(i) as f32;
+        i += 1;
+    }
+    s
+}
+
 /// `a . b` over equal-length slices.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
@@ -98,6 +226,40 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc0 = _mm512_setzero_ps();
+    let mut acc1 = _mm512_setzero_ps();
+    let mut i = 0;
+    while i + 32 <= n {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+        acc1 = _mm512_fmadd_ps(
+            _mm512_loadu_ps(pa.add(i + 16)),
+            _mm512_loadu_ps(pb.add(i + 16)),
+            acc1,
+        );
+        i += 32;
+    }
+    if i + 16 <= n {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+        i += 16;
+    }
+    if i < n {
+        // The tail, masked: lanes past the end load as zero.
+        let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+        acc1 = _mm512_fmadd_ps(
+            _mm512_maskz_loadu_ps(m, pa.add(i)),
+            _mm512_maskz_loadu_ps(m, pb.add(i)),
+            acc1,
+        );
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -107,6 +269,22 @@ mod tests {
             let b: Vec<f32> = (0..n).map(|i| ((i * 13 % 7) as f32 - 3.0) / 5.0).collect();
             let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
             assert!((super::dot(&a, &b) as f64 - want).abs() < 1e-4, "{n}");
+            assert!(
+                (super::dot_kernel()(&a, &b) as f64 - want).abs() < 1e-4,
+                "{n}"
+            );
+            assert!(
+                (super::dot_portable(&a, &b) as f64 - want).abs() < 1e-4,
+                "{n}"
+            );
+            let c: Vec<u8> = (0..n).map(|i| (i * 97 % 256) as u8).collect();
+            let want: f64 = a.iter().zip(&c).map(|(x, y)| *x as f64 * *y as f64).sum();
+            for f in [super::dot_u8_kernel(), super::dot_u8_portable] {
+                assert!(
+                    (f(&a, &c) as f64 - want).abs() < 1e-2 + want.abs() * 1e-5,
+                    "{n}"
+                );
+            }
             let want: f64 = a
                 .iter()
                 .zip(&b)
