@@ -317,24 +317,25 @@ impl BertModel {
         };
         let erf = self.config.hidden_act == Activation::GeluErf;
         for layer in &self.layers {
-            let linear = |l: &Linear, residual: Option<&Tensor>, gelu: bool, input: &Tensor| {
+            let linear = |l: &Linear,
+                          residual: Option<&Tensor>,
+                          gelu: bool,
+                          norm: Option<&LayerNorm>,
+                          input: &Tensor| {
                 input.apply_op1_no_bwd(&FusedLinear {
                     weight: &l.weight,
                     bias: &l.bias,
                     residual,
                     gelu,
+                    norm: norm.map(|n| (&n.weight, &n.bias, n.eps)),
                 })
             };
-            let qkv = linear(&layer.qkv, None, false, &x)?;
+            let qkv = linear(&layer.qkv, None, false, None, &x)?;
             let ctx = qkv.apply_op1_no_bwd(&attention)?;
-            x = layer
-                .attn_norm
-                .forward(&linear(&layer.attn_out, Some(&x), false, &ctx)?)?;
-            let inter = linear(&layer.intermediate, None, erf, &x)?;
+            x = linear(&layer.attn_out, Some(&x), false, Some(&layer.attn_norm), &ctx)?;
+            let inter = linear(&layer.intermediate, None, erf, None, &x)?;
             let inter = if erf { inter } else { self.activation(&inter)? };
-            x = layer
-                .out_norm
-                .forward(&linear(&layer.output, Some(&x), false, &inter)?)?;
+            x = linear(&layer.output, Some(&x), false, Some(&layer.out_norm), &inter)?;
         }
         Ok(x)
     }

@@ -49,7 +49,8 @@ fn exp_fast(x: f32) -> f32 {
     // Round to nearest by the 1.5 * 2^23 trick (|t| < 2^22 here): plain adds that vectorise, where
     // `round`/`floor` would call libm without SSE4.1.
     const MAGIC: f32 = 12_582_912.0;
-    let n = (t + MAGIC) - MAGIC;
+    let r = t + MAGIC;
+    let n = r - MAGIC;
     let f = (t - n) * std::f32::consts::LN_2;
     let p = 1.0
         + f * (1.0
@@ -57,7 +58,10 @@ fn exp_fast(x: f32) -> f32 {
                 + f * (1.0 / 6.0
                     + f * (1.0 / 24.0
                         + f * (1.0 / 120.0 + f * (1.0 / 720.0 + f * (1.0 / 5040.0)))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from the bits of `r` (1.5 * 2^23 + n: n sits in the low mantissa bits), in integer
+    // arithmetic that vectorises; a float-to-int `as` cast saturates and would be done lane by lane.
+    let pow2 = (r.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127)) << 23;
+    p * f32::from_bits(pow2)
 }
 
 /// The exact (erf) GELU, `0.5 x (1 + erf(x / sqrt 2))`, with erf from Abramowitz & Stegun 7.1.26
@@ -179,6 +183,54 @@ fn softmax(row: &mut [f32], scale: f32) {
     softmax_generic(row, scale)
 }
 
+/// LayerNorm of one row in place: `(x - mean) / sqrt(var + eps) * weight + bias`, with the mean and
+/// the variance in two passes over independent lanes.
+#[inline(always)]
+fn layer_norm_generic(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let n = x.len() as f32;
+    let mean = sum_lanes(x) / n;
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            let d = c[i] - mean;
+            acc[i] += d * d;
+        }
+    }
+    let var = (acc.iter().sum::<f32>() + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()) / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for ((x, w), b) in x.iter_mut().zip(weight).zip(bias) {
+        *x = (*x - mean) * inv * w + b;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn layer_norm_avx2(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    layer_norm_generic(x, weight, bias, eps)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn layer_norm_avx512(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    layer_norm_generic(x, weight, bias, eps)
+}
+
+fn layer_norm(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // Safety: the CPU has the features the function is compiled for.
+        return unsafe { layer_norm_avx512(x, weight, bias, eps) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // Safety: the CPU has the features the function is compiled for.
+        return unsafe { layer_norm_avx2(x, weight, bias, eps) };
+    }
+    layer_norm_generic(x, weight, bias, eps)
+}
+
 /// `dst (m x n) = lhs (m x k) @ rhs (k x n) + read_dst * dst`, all with explicit strides.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_f32(
@@ -207,12 +259,15 @@ unsafe fn gemm_f32(
     );
 }
 
-/// `x @ weight + bias (+ residual)`, then GELU if asked. `weight` is `(in, out)` contiguous.
+/// `x @ weight + bias (+ residual)`, then GELU or LayerNorm if asked. `weight` is `(in, out)`
+/// contiguous.
 pub struct FusedLinear<'a> {
     pub weight: &'a Tensor,
     pub bias: &'a Tensor,
     pub residual: Option<&'a Tensor>,
     pub gelu: bool,
+    /// LayerNorm `(weight, bias, eps)` over each output row.
+    pub norm: Option<(&'a Tensor, &'a Tensor, f32)>,
 }
 
 impl CustomOp1 for FusedLinear<'_> {
@@ -282,6 +337,18 @@ impl CustomOp1 for FusedLinear<'_> {
         })?;
         if self.gelu {
             dst.par_chunks_mut(4096).for_each(gelu_slice);
+        }
+        if let Some((w, b, eps)) = self.norm {
+            with_f32(w, "norm weight", |w| {
+                with_f32(b, "norm bias", |b| {
+                    if w.len() != out || b.len() != out {
+                        candle_core::bail!("fused-linear: norm width mismatch");
+                    }
+                    dst.par_chunks_mut(out)
+                        .for_each(|row| layer_norm(row, w, b, eps));
+                    Ok(())
+                })
+            })?;
         }
         Ok((CpuStorage::F32(dst), Shape::from((rows, out))))
     }
