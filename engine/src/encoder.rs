@@ -103,7 +103,8 @@ pub fn parse_device(s: &str) -> Result<Device> {
 fn cuda_device(ordinal: usize) -> Result<Device> {
     Device::new_cuda(ordinal).map_err(|e| {
         Error::Msg(format!(
-            "cannot open CUDA device {ordinal}: {e} (is an NVIDIA GPU and its driver present?)"
+            "cannot open CUDA device {ordinal}: {} (is an NVIDIA GPU and its driver present?)",
+            crate::error::first_line(&e)
         ))
     })
 }

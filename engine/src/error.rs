@@ -25,8 +25,9 @@ pub enum Error {
     /// A model that cannot be found or fetched.
     #[error("{0}")]
     ModelNotFound(String),
-    /// A failure inside the tensor library.
-    #[error("tensor error: {0}")]
+    /// A failure inside the tensor library (its message without the backtrace candle appends when
+    /// RUST_BACKTRACE is set).
+    #[error("tensor error: {}", first_line(.0))]
     Candle(#[from] candle_core::Error),
     /// Anything else, with its explanation.
     #[error("{0}")]
@@ -34,6 +35,11 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The first line of an error's message.
+pub fn first_line(e: &impl std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
 
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
