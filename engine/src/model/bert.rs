@@ -332,10 +332,22 @@ impl BertModel {
             };
             let qkv = linear(&layer.qkv, None, false, None, &x)?;
             let ctx = qkv.apply_op1_no_bwd(&attention)?;
-            x = linear(&layer.attn_out, Some(&x), false, Some(&layer.attn_norm), &ctx)?;
+            x = linear(
+                &layer.attn_out,
+                Some(&x),
+                false,
+                Some(&layer.attn_norm),
+                &ctx,
+            )?;
             let inter = linear(&layer.intermediate, None, erf, None, &x)?;
             let inter = if erf { inter } else { self.activation(&inter)? };
-            x = linear(&layer.output, Some(&x), false, Some(&layer.out_norm), &inter)?;
+            x = linear(
+                &layer.output,
+                Some(&x),
+                false,
+                Some(&layer.out_norm),
+                &inter,
+            )?;
         }
         Ok(x)
     }

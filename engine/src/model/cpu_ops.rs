@@ -198,7 +198,8 @@ fn layer_norm_generic(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
             acc[i] += d * d;
         }
     }
-    let var = (acc.iter().sum::<f32>() + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()) / n;
+    let var =
+        (acc.iter().sum::<f32>() + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()) / n;
     let inv = 1.0 / (var + eps).sqrt();
     for ((x, w), b) in x.iter_mut().zip(weight).zip(bias) {
         *x = (*x - mean) * inv * w + b;

@@ -146,12 +146,52 @@ pub fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f") {
+            // Safety: the CPU supports the features the function is compiled for.
+            return unsafe { l2_sq_avx512(a, b) };
+        }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // Safety: the CPU supports the features the function is compiled for.
             return unsafe { l2_sq_avx2(a, b) };
         }
     }
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn l2_sq_avx512(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc0 = _mm512_setzero_ps();
+    let mut acc1 = _mm512_setzero_ps();
+    let mut i = 0;
+    while i + 32 <= n {
+        let d0 = _mm512_sub_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)));
+        let d1 = _mm512_sub_ps(
+            _mm512_loadu_ps(pa.add(i + 16)),
+            _mm512_loadu_ps(pb.add(i + 16)),
+        );
+        acc0 = _mm512_fmadd_ps(d0, d0, acc0);
+        acc1 = _mm512_fmadd_ps(d1, d1, acc1);
+        i += 32;
+    }
+    if i + 16 <= n {
+        let d = _mm512_sub_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)));
+        acc0 = _mm512_fmadd_ps(d, d, acc0);
+        i += 16;
+    }
+    if i < n {
+        // The tail, masked: lanes past the end load as zero on both sides.
+        let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+        let d = _mm512_sub_ps(
+            _mm512_maskz_loadu_ps(m, pa.add(i)),
+            _mm512_maskz_loadu_ps(m, pb.add(i)),
+        );
+        acc1 = _mm512_fmadd_ps(d, d, acc1);
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
 }
 
 #[cfg(target_arch = "x86_64")]
