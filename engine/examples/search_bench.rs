@@ -36,6 +36,41 @@ fn main() {
         t.elapsed().as_secs_f64() * 1e3
     );
 
+    // Every indexed vector searched for itself at the default ef: is its own row first (or tied with
+    // the first, as exact duplicates are)?
+    let n = index.vectors.rows();
+    let all = index.vectors.rows_f32(0, n).into_owned();
+    let selves = index
+        .search(
+            &all,
+            10,
+            SearchMode::Hnsw {
+                ef: engine::search::hnsw::DEFAULT_EF,
+            },
+        )
+        .unwrap();
+    let first = selves
+        .iter()
+        .enumerate()
+        .filter(|(r, hits)| {
+            hits.iter()
+                .take_while(|h| h.score >= hits[0].score)
+                .any(|h| h.row == *r)
+        })
+        .count();
+    println!("self_first {first} of {n}");
+    if std::env::var_os("SELF_MISSES").is_some() {
+        for (r, hits) in selves.iter().enumerate() {
+            if !hits
+                .iter()
+                .take_while(|h| h.score >= hits[0].score)
+                .any(|h| h.row == r)
+            {
+                println!("miss {r} top {} {}", hits[0].row, hits[0].score);
+            }
+        }
+    }
+
     let nq = q.rows();
     let mut secs = f64::INFINITY;
     let mut exact = Vec::new();
