@@ -6,7 +6,10 @@
 //! `1 - a.b`, asserts it is >= 0 without tolerance and panics when a stored vector is searched for
 //! itself and rounding makes `a.a` exceed 1.)
 //!
-//! The built graph is written in this crate's own flat layout, `graph.hnsw` (below), and searched by
+//! Nodes that the build left with fewer than two incoming layer-0 links are then linked from their
+//! nearest neighbours (`reach_the_unreached`), so that a walk can reach every passage.
+//!
+//! The graph is written in this crate's own flat layout, `graph.hnsw` (below), and searched by
 //! this module: opening it is a memory map; a search walks fixed-stride link arrays with a per-thread
 //! visited table. The walk scores candidates against 8-bit codes of the vectors (one byte per
 //! dimension, a quarter of the f32 matrix's bytes, so four times fewer cache lines per step), and the
@@ -18,7 +21,7 @@
 //!   layer capacity `m` (u32), top level (u32), node count `n` (u64), entry node (u64), words in the
 //!   upper-layer table (u64), vector dimension `dim` (u64), zero padding;
 //! - the level of every node (`n` bytes, zero-padded to a multiple of 4);
-//! - layer 0: `n` lists of `1 + m0` u32 (count, then neighbour rows, best first);
+//! - layer 0: `n` lists of `1 + m0` u32 (count, then neighbour rows);
 //! - for every node its first word in the upper-layer table (u32; `u32::MAX` when its level is 0);
 //! - the upper-layer table: for each node of level `L >= 1`, `L` lists of `1 + m` u32 (layers 1..=L);
 //! - the code book: `dim` f32 minima, then `dim` f32 steps; a vector's code in dimension `i` is
@@ -840,7 +843,11 @@ mod tests {
             vec![vec![0]],
             vec![vec![0, 1]],
         ];
-        reach_the_unreached(&mut lists, 3, |u| if u == 3 { vec![0, 2, 1] } else { vec![] });
+        reach_the_unreached(
+            &mut lists,
+            3,
+            |u| if u == 3 { vec![0, 2, 1] } else { vec![] },
+        );
         assert_eq!(lists[0][0], vec![1, 2, 4], "a full list is left alone");
         assert_eq!(lists[2][0], vec![0, 1, 4], "a full list is left alone");
         assert_eq!(lists[1][0], vec![0, 2, 3]);
