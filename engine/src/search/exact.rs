@@ -31,9 +31,7 @@ impl PartialOrd for Worst {
 impl Ord for Worst {
     fn cmp(&self, o: &Self) -> Ordering {
         // Greater = worse: lower score, or equal score and higher row.
-        o.0.score
-            .total_cmp(&self.0.score)
-            .then(self.0.row.cmp(&o.0.row))
+        super::rank(o.0.score, o.0.row, self.0.score, self.0.row)
     }
 }
 

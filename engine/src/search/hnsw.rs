@@ -397,7 +397,7 @@ impl Scratch {
     }
 }
 
-/// A scored row ordered best first (higher score, then lower row).
+/// A scored row ordered best first (the result order; a u32 row keeps the heaps compact).
 #[derive(Clone, Copy)]
 struct Best(f32, u32);
 
@@ -414,7 +414,7 @@ impl PartialOrd for Best {
 }
 impl Ord for Best {
     fn cmp(&self, o: &Self) -> Ordering {
-        self.0.total_cmp(&o.0).then(o.1.cmp(&self.1))
+        super::rank(self.0, self.1 as usize, o.0, o.1 as usize)
     }
 }
 

@@ -11,7 +11,14 @@ pub struct Hit {
     pub score: f32,
 }
 
-/// Result order: score descending, ties to the lower row (as SimLM's search).
+/// The result order, as SimLM's search has it: `Greater` when `(a_score, a_row)` ranks above
+/// `(b_score, b_row)`, that is a higher score, or an equal score and a lower row.
+#[inline(always)]
+pub(crate) fn rank(a_score: f32, a_row: usize, b_score: f32, b_row: usize) -> std::cmp::Ordering {
+    a_score.total_cmp(&b_score).then(b_row.cmp(&a_row))
+}
+
+/// Sorts hits best first: score descending, ties to the lower row.
 pub fn sort_hits(hits: &mut [Hit]) {
-    hits.sort_unstable_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
+    hits.sort_unstable_by(|a, b| rank(b.score, b.row, a.score, a.row));
 }
