@@ -590,15 +590,15 @@ impl Graph {
     /// Exact inner products of `query` with the `rows` of the matrix.
     fn rescore(&self, matrix: &NpyMatrix, query: &[f32], rows: &[u32]) -> Vec<Hit> {
         let dim = self.dim;
+        let dot = super::simd::dot_kernel();
         let exact: Box<dyn Fn(usize) -> f32 + '_> = match matrix.header.dtype {
             Dtype::F32 => match matrix.rows_f32(0, self.n) {
                 std::borrow::Cow::Borrowed(data) => {
-                    let dot = super::simd::dot_kernel();
                     Box::new(move |r| dot(query, &data[r * dim..(r + 1) * dim]))
                 }
                 // An unaligned f32 file (not one this crate writes): rows read one by one.
                 std::borrow::Cow::Owned(_) => {
-                    Box::new(|r| super::simd::dot(query, &matrix.rows_f32(r, r + 1)))
+                    Box::new(move |r| dot(query, &matrix.rows_f32(r, r + 1)))
                 }
             },
             Dtype::F16 => {

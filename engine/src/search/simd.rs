@@ -1,4 +1,5 @@
-//! The inner product, with an AVX2+FMA path chosen at run time on x86-64.
+//! Inner products (f32, and f32 against u8 codes) and the squared distance, with AVX-512 and
+//! AVX2+FMA kernels chosen at run time on x86-64.
 
 /// An inner-product kernel for equal-length slices.
 pub type DotFn = fn(&[f32], &[f32]) -> f32;
@@ -126,19 +127,6 @@ unsafe fn dot_u8_avx512(w: &[f32], c: &[u8]) -> f32 {
         i += 1;
     }
     s
-}
-
-/// `a . b` over equal-length slices.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // Safety: the CPU supports the features the function is compiled for.
-            return unsafe { dot_avx2(a, b) };
-        }
-    }
-    dot_portable(a, b)
 }
 
 /// `|a - b|^2` over equal-length slices.
@@ -308,7 +296,13 @@ mod tests {
             let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0).collect();
             let b: Vec<f32> = (0..n).map(|i| ((i * 13 % 7) as f32 - 3.0) / 5.0).collect();
             let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-            assert!((super::dot(&a, &b) as f64 - want).abs() < 1e-4, "{n}");
+            // The AVX2 kernels directly: dot_kernel picks AVX-512 where the CPU has it.
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // Safety: the CPU supports AVX2 and FMA, checked above.
+                let got = unsafe { super::dot_avx2(&a, &b) };
+                assert!((got as f64 - want).abs() < 1e-4, "{n}");
+            }
             assert!(
                 (super::dot_kernel()(&a, &b) as f64 - want).abs() < 1e-4,
                 "{n}"
