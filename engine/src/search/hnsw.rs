@@ -123,6 +123,9 @@ pub fn build(
     );
     const STEP: usize = 16_384;
     let mut done = 0;
+    // The code book's per-dimension range, gathered from the rows as they are inserted.
+    let mut mins = vec![f32::INFINITY; dim];
+    let mut maxs = vec![f32::NEG_INFINITY; dim];
     for a in (0..n).step_by(STEP) {
         let b = (a + STEP).min(n);
         let rows = matrix.rows_f32(a, b);
@@ -130,23 +133,18 @@ pub fn build(
             .map(|r| (&rows[(r - a) * dim..(r - a + 1) * dim], r))
             .collect();
         graph.parallel_insert_slice(&items);
-        done += b - a;
-        progress(done);
-    }
-    let mut parts = export(&graph, matrix, 2 * params.m, params.ef_construction);
-    drop(graph);
-    // The code book: per-dimension range over all rows, 255 steps.
-    let mut mins = vec![f32::INFINITY; dim];
-    let mut maxs = vec![f32::NEG_INFINITY; dim];
-    for a in (0..n).step_by(STEP) {
-        let rows = matrix.rows_f32(a, (a + STEP).min(n));
         for row in rows.chunks_exact(dim) {
             for (i, &x) in row.iter().enumerate() {
                 mins[i] = mins[i].min(x);
                 maxs[i] = maxs[i].max(x);
             }
         }
+        done += b - a;
+        progress(done);
     }
+    let mut parts = export(&graph, matrix, 2 * params.m, params.ef_construction);
+    drop(graph);
+    // The codes: 255 steps over each dimension's range.
     if n == 0 {
         mins.fill(0.0);
         maxs.fill(0.0);
