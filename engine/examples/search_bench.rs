@@ -37,58 +37,40 @@ fn main() {
     );
 
     // Every indexed vector searched for itself at the default ef: is its own row first (or tied with
-    // the first, as exact duplicates are)?
+    // the first, as exact duplicates are)? SELF_MISSES=1 lists the rows that are not.
     let n = index.vectors.rows();
-    let all = index.vectors.rows_f32(0, n).into_owned();
     let selves = index
         .search(
-            &all,
+            &index.vectors.rows_f32(0, n),
             10,
             SearchMode::Hnsw {
                 ef: engine::search::hnsw::DEFAULT_EF,
             },
         )
         .unwrap();
-    let first = selves
+    let misses: Vec<(usize, &Vec<engine::search::Hit>)> = selves
         .iter()
         .enumerate()
         .filter(|(r, hits)| {
-            hits.iter()
+            !hits
+                .iter()
                 .take_while(|h| h.score >= hits[0].score)
                 .any(|h| h.row == *r)
         })
-        .count();
-    println!("self_first {first} of {n}");
+        .collect();
+    println!("self_first {} of {n}", n - misses.len());
     if std::env::var_os("SELF_MISSES").is_some() {
-        for (r, hits) in selves.iter().enumerate() {
-            if !hits
-                .iter()
-                .take_while(|h| h.score >= hits[0].score)
-                .any(|h| h.row == r)
-            {
-                println!("miss {r} top {} {}", hits[0].row, hits[0].score);
-            }
+        for (r, hits) in &misses {
+            println!("miss {r} top {} {}", hits[0].row, hits[0].score);
         }
     }
 
     let nq = q.rows();
-    let mut secs = f64::INFINITY;
-    let mut exact = Vec::new();
-    for _ in 0..3 {
-        let t = Instant::now();
-        exact = index.search(&queries, 10, SearchMode::Exact).unwrap();
-        secs = secs.min(t.elapsed().as_secs_f64());
-    }
+    let (secs, exact) = best_of_three(|| index.search(&queries, 10, SearchMode::Exact).unwrap());
     println!("exact qps {:.1}", nq as f64 / secs);
     for ef in efs {
-        // The best of three passes (the same queries each time): timing noise only slows a pass.
-        let mut secs = f64::INFINITY;
-        let mut approx = Vec::new();
-        for _ in 0..3 {
-            let t = Instant::now();
-            approx = index.search(&queries, 10, SearchMode::Hnsw { ef }).unwrap();
-            secs = secs.min(t.elapsed().as_secs_f64());
-        }
+        let (secs, approx) =
+            best_of_three(|| index.search(&queries, 10, SearchMode::Hnsw { ef }).unwrap());
         let mut hit = 0usize;
         for (e, a) in exact.iter().zip(&approx) {
             hit += a
@@ -102,4 +84,17 @@ fn main() {
             hit as f64 / (nq * 10) as f64
         );
     }
+}
+
+/// The fastest of three runs of `f` (the same work each time: timing noise only slows a run), in
+/// seconds, with the last run's result.
+fn best_of_three<T>(f: impl Fn() -> T) -> (f64, T) {
+    let mut secs = f64::INFINITY;
+    let mut out = None;
+    for _ in 0..3 {
+        let t = Instant::now();
+        out = Some(f());
+        secs = secs.min(t.elapsed().as_secs_f64());
+    }
+    (secs, out.expect("three runs"))
 }
