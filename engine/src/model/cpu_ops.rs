@@ -39,6 +39,37 @@ fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> R
     }
 }
 
+/// Defines `fn $name(args)`, which runs the `#[inline(always)]` function `$generic` compiled for
+/// AVX-512F, or for AVX2+FMA, when the CPU has them (plain arithmetic loops that the compiler then
+/// vectorises for the wider registers), and as portable code otherwise.
+macro_rules! simd_dispatch {
+    ($(#[$doc:meta])* fn $name:ident = $generic:ident($($arg:ident: $ty:ty),*)) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $generic($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $generic($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // Safety: the CPU has the features the function is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // Safety: the CPU has the features the function is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $generic($($arg),*)
+        }
+    };
+}
+
 /// `e^x` for the softmax: 2^(x log2 e) split into an integer power and a degree-7 polynomial on
 /// [-0.5, 0.5]: plain arithmetic that vectorises. Relative error below 2e-6 on [-30, 30] (mostly from
 /// rounding `x log2 e` to f32), far inside what the encoder's 1e-4 parity needs.
@@ -86,30 +117,9 @@ fn gelu_slice_generic(v: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_slice_avx2(v: &mut [f32]) {
-    gelu_slice_generic(v)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn gelu_slice_avx512(v: &mut [f32]) {
-    gelu_slice_generic(v)
-}
-
-fn gelu_slice(v: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // Safety: the CPU has the features the function is compiled for.
-        return unsafe { gelu_slice_avx512(v) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // Safety: the CPU has the features the function is compiled for.
-        return unsafe { gelu_slice_avx2(v) };
-    }
-    gelu_slice_generic(v)
+simd_dispatch! {
+    /// GELU over a slice, in place.
+    fn gelu_slice = gelu_slice_generic(v: &mut [f32])
 }
 
 /// Maximum over eight independent lanes (a plain fold over `f32::max` does not vectorise).
@@ -157,30 +167,9 @@ fn softmax_generic(row: &mut [f32], scale: f32) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_avx2(row: &mut [f32], scale: f32) {
-    softmax_generic(row, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_avx512(row: &mut [f32], scale: f32) {
-    softmax_generic(row, scale)
-}
-
-fn softmax(row: &mut [f32], scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // Safety: the CPU has the features the function is compiled for.
-        return unsafe { softmax_avx512(row, scale) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // Safety: the CPU has the features the function is compiled for.
-        return unsafe { softmax_avx2(row, scale) };
-    }
-    softmax_generic(row, scale)
+simd_dispatch! {
+    /// Softmax of `scale * row`, in place.
+    fn softmax = softmax_generic(row: &mut [f32], scale: f32)
 }
 
 /// LayerNorm of one row in place: `(x - mean) / sqrt(var + eps) * weight + bias`, with the mean and
@@ -206,30 +195,9 @@ fn layer_norm_generic(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn layer_norm_avx2(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-    layer_norm_generic(x, weight, bias, eps)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn layer_norm_avx512(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-    layer_norm_generic(x, weight, bias, eps)
-}
-
-fn layer_norm(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // Safety: the CPU has the features the function is compiled for.
-        return unsafe { layer_norm_avx512(x, weight, bias, eps) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // Safety: the CPU has the features the function is compiled for.
-        return unsafe { layer_norm_avx2(x, weight, bias, eps) };
-    }
-    layer_norm_generic(x, weight, bias, eps)
+simd_dispatch! {
+    /// LayerNorm of one row, in place.
+    fn layer_norm = layer_norm_generic(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32)
 }
 
 /// `dst (m x n) = lhs (m x k) @ rhs (k x n) + read_dst * dst`, all with explicit strides.
