@@ -40,7 +40,7 @@ use memmap2::Mmap;
 
 use super::{sort_hits, Hit};
 use crate::error::{Error, IoContext, Result};
-use crate::store::npy::{Dtype, NpyMatrix};
+use crate::store::npy::NpyMatrix;
 
 /// The graph's file name inside an index folder.
 pub const GRAPH_FILE: &str = "graph.hnsw";
@@ -587,33 +587,16 @@ impl Graph {
 
     /// Exact inner products of `query` with the `rows` of the matrix.
     fn rescore(&self, matrix: &NpyMatrix, query: &[f32], rows: &[u32]) -> Vec<Hit> {
-        let dim = self.dim;
         let dot = super::simd::dot_kernel();
-        let exact: Box<dyn Fn(usize) -> f32 + '_> = match matrix.header.dtype {
-            Dtype::F32 => match matrix.rows_f32(0, self.n) {
-                std::borrow::Cow::Borrowed(data) => {
-                    Box::new(move |r| dot(query, &data[r * dim..(r + 1) * dim]))
-                }
-                // An unaligned f32 file (not one this crate writes): rows read one by one.
-                std::borrow::Cow::Owned(_) => {
-                    Box::new(move |r| dot(query, &matrix.rows_f32(r, r + 1)))
-                }
-            },
-            Dtype::F16 => {
-                let bytes = matrix.bytes();
-                Box::new(move |r| {
-                    bytes[2 * r * dim..2 * (r + 1) * dim]
-                        .chunks_exact(2)
-                        .zip(query)
-                        .map(|(b, q)| half::f16::from_le_bytes([b[0], b[1]]).to_f32() * q)
-                        .sum()
-                })
-            }
-        };
         rows.iter()
-            .map(|&r| Hit {
-                row: r as usize,
-                score: exact(r as usize),
+            .map(|&r| {
+                let r = r as usize;
+                // A borrowed slice of the map for f32 files; f16 rows are converted one by one.
+                let v = matrix.rows_f32(r, r + 1);
+                Hit {
+                    row: r,
+                    score: dot(query, &v),
+                }
             })
             .collect()
     }
@@ -725,7 +708,7 @@ pub fn build_and_save(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::npy;
+    use crate::store::npy::{self, Dtype};
 
     /// `n` pseudo-random unit vectors of `dim` (a fixed LCG: the same every run).
     fn unit_vectors(n: usize, dim: usize) -> Vec<f32> {
