@@ -25,7 +25,7 @@ fn main() {
     let secs = t.elapsed().as_secs_f64();
     if let Some(out) = args.get(4) {
         std::fs::create_dir_all(out).unwrap();
-        g.save(&std::path::Path::new(out).join(hnsw::GRAPH_FILE))
+        g.save(&std::path::Path::new(out).join(engine::store::layout::GRAPH))
             .unwrap();
     }
     println!("build_seconds {secs:.3} rows {} dim {}", m.rows(), m.cols());

@@ -150,6 +150,7 @@ pub struct Encoder {
     text: TextEncoder,
     pooling: Pooling,
     files: ModelFiles,
+    precision: Precision,
     batch_tokens: usize,
     max_batch: usize,
 }
@@ -232,6 +233,7 @@ impl Encoder {
             text,
             pooling,
             files,
+            precision: opts.precision,
             batch_tokens: opts.batch_tokens.max(1),
             max_batch: opts.max_batch.max(1),
         })
@@ -257,8 +259,9 @@ impl Encoder {
         &self.files
     }
 
-    pub fn model(&self) -> &BertModel {
-        &self.model
+    /// The precision of the forward pass.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn tokenize(&self, kind: Kind, docs: &[Doc]) -> Result<Vec<Tokens>> {

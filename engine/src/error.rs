@@ -19,6 +19,12 @@ pub enum Error {
         line: Option<usize>,
         msg: String,
     },
+    /// A file of an index that is damaged, or that disagrees with the manifest or the other files.
+    #[error("{}: {msg}", path.display())]
+    DataCorruption { path: PathBuf, msg: String },
+    /// Another process holds an index folder's write lock.
+    #[error("{}: another command (PID {pid}) is writing this index folder; wait for it to finish or stop it", dir.display())]
+    Locked { dir: PathBuf, pid: String },
     /// A model configuration this engine cannot run.
     #[error("{path}: unsupported model configuration: {msg}")]
     Unsupported { path: PathBuf, msg: String },
@@ -46,6 +52,13 @@ impl Error {
         Error::Io {
             path: path.as_ref().to_path_buf(),
             source,
+        }
+    }
+
+    pub fn corrupt(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::DataCorruption {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
         }
     }
 

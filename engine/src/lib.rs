@@ -5,6 +5,7 @@
 pub mod corpus;
 pub mod encoder;
 pub mod error;
+pub mod failpoint;
 pub mod index;
 pub mod model;
 pub mod search;

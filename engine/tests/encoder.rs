@@ -14,6 +14,10 @@ fn passages() -> Vec<Doc> {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn a_vector_does_not_depend_on_its_batch() {
     let docs = passages();
     // A small token budget forces many batches of mixed composition.
@@ -36,6 +40,10 @@ fn a_vector_does_not_depend_on_its_batch() {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn half_precision_is_finite_and_close_to_f32() {
     let docs = passages();
     let f32_enc = Encoder::load(minilm().to_str().unwrap(), &EncoderOptions::default()).unwrap();
@@ -64,6 +72,10 @@ fn half_precision_is_finite_and_close_to_f32() {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn sentence_transformers_format_reads_the_folder_settings() {
     let opts = EncoderOptions {
         format: InputFormat::SentenceTransformers,
@@ -106,6 +118,10 @@ fn load_err(dir: &std::path::Path) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn damaged_checkpoints_give_errors_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -150,6 +166,10 @@ fn damaged_checkpoints_give_errors_naming_the_file() {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn a_vocab_txt_checkpoint_tokenizes_like_its_tokenizer_json() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

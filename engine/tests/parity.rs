@@ -88,6 +88,10 @@ fn check(model: &Path, expected: &Path) {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn tiny_bert_safetensors_matches_pytorch() {
     check(
         &fixtures().join("tiny-bert"),
@@ -96,6 +100,10 @@ fn tiny_bert_safetensors_matches_pytorch() {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn tiny_bert_pytorch_bin_matches_pytorch() {
     check(
         &fixtures().join("tiny-bert-bin"),
@@ -104,6 +112,10 @@ fn tiny_bert_pytorch_bin_matches_pytorch() {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn minilm_real_weights_match_pytorch() {
     check(
         &minilm(),

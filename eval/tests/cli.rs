@@ -1,33 +1,27 @@
 //! The `simlm-eval` binary on good and bad input.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
+
+use testkit::{shared, stderr};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_simlm-eval"))
-}
-
-fn shared() -> PathBuf {
-    std::env::var_os("SIMLM_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
 }
 
 fn run(args: &[&str]) -> Output {
     bin().args(args).output().unwrap()
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
 fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.to_str().unwrap().to_string()
+    testkit::s(&testkit::write(dir, name, text))
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn json_output_has_the_documented_fields() {
     let d = shared().join("data/msmarco");
     let o = run(&[

@@ -8,31 +8,7 @@ use std::process::Command;
 
 use simlm_eval::{evaluate, Metric, Qrels, Run};
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn shared() -> PathBuf {
-    std::env::var_os("SIMLM_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared"))
-}
-
-/// The Python with pytrec_eval: SIMLM_PYTHON, else the project's .venv, else python3.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SIMLM_PYTHON") {
-        return p.into();
-    }
-    let venv = repo_root().join(".venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        "python3".into()
-    }
-}
+use testkit::{python, shared};
 
 const METRICS: &[&str] = &[
     "MRR@10",
@@ -93,6 +69,10 @@ fn agree(qrels_path: &Path, run_path: &Path, rel_level: i32) -> usize {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn real_bm25_runs_on_trec_dl() {
     let d = shared().join("data/msmarco");
     for (qrels, run) in [
@@ -106,11 +86,7 @@ fn real_bm25_runs_on_trec_dl() {
     }
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
+use testkit::write;
 
 /// A small deterministic generator for synthetic runs.
 struct Lcg(u64);

@@ -14,6 +14,7 @@ use engine::index::{self, BuildOptions};
 use engine::search::hnsw::HnswParams;
 use engine::store::manifest::Manifest;
 use engine::store::npy::{self, Dtype};
+use engine::store::output::Output;
 use engine::{Doc, Encoder, EncoderOptions, InputFormat, Kind, Pooling, Precision};
 
 #[derive(Parser)]
@@ -226,6 +227,7 @@ fn info(dir: &Path) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(&m)?);
     println!();
     let n = m.count.max(1) as f64;
+    println!("files in {}:", m.data_dir(dir).display());
     println!("{:<20} {:>12} {:>16}", "file", "size", "bytes/passage");
     let mut total = 0;
     for f in &m.files {
@@ -258,14 +260,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let t = std::time::Instant::now();
             let vecs = enc.encode(a.kind, &docs)?;
             let secs = t.elapsed().as_secs_f64();
-            npy::write_f32(&a.out, &vecs, docs.len(), enc.dim())?;
+            let inputs = [a.input.as_path(), enc.files().weights.as_path()];
+            let out = Output::resolve(&a.out, &inputs)?;
+            let header = npy::header(Dtype::F32, docs.len(), Some(enc.dim()));
+            out.write(|w| {
+                w.write_all(&header)?;
+                npy::write_rows(w, Dtype::F32, &vecs)
+            })?;
             eprintln!(
                 "encoded {} texts in {secs:.2} s ({:.1} texts/s); wrote {} x {} vectors to {}",
                 docs.len(),
                 docs.len() as f64 / secs.max(1e-9),
                 docs.len(),
                 enc.dim(),
-                a.out.display()
+                out
             );
         }
         Command::Build(a) => {

@@ -7,55 +7,20 @@ use std::time::{Duration, Instant};
 use engine::index::Index;
 use engine::store::npy::NpyMatrix;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn shared() -> PathBuf {
-    std::env::var_os("SIMLM_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared"))
-}
+use testkit::{ok, python, shared};
 
 fn tiny() -> String {
-    shared().join("fixtures/tiny-bert").display().to_string()
+    testkit::s(&testkit::tiny_bert())
 }
 
 fn med() -> String {
-    shared()
-        .join("data/classic/med/docs.jsonl")
-        .display()
-        .to_string()
-}
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SIMLM_PYTHON") {
-        return p.into();
-    }
-    let venv = root().join(".venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        "python3".into()
-    }
+    testkit::s(&testkit::medline())
 }
 
 fn index_cmd(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_simlm-index"));
     c.args(args);
     c
-}
-
-fn ok(o: Output) -> Output {
-    assert!(
-        o.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
 }
 
 fn build(out: &Path, extra: &[&str]) -> Output {
@@ -80,11 +45,22 @@ fn med_s() -> &'static str {
     Box::leak(med().into_boxed_str())
 }
 
+/// The folder holding an index's files (its current generation).
+fn data(dir: &Path) -> PathBuf {
+    engine::store::manifest::Manifest::read(dir)
+        .unwrap()
+        .data_dir(dir)
+}
+
 fn bytes(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn index_vectors_equal_embed_and_numpy_opens_them() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("med");
@@ -103,7 +79,7 @@ fn index_vectors_equal_embed_and_numpy_opens_them() {
     ])
     .output()
     .unwrap());
-    let a = NpyMatrix::open(&dir.join("vectors.npy")).unwrap();
+    let a = NpyMatrix::open(&data(&dir).join("vectors.npy")).unwrap();
     let b = NpyMatrix::open(&npy).unwrap();
     assert_eq!((a.rows(), a.cols()), (1033, 32));
     assert_eq!((b.rows(), b.cols()), (1033, 32));
@@ -118,7 +94,7 @@ fn index_vectors_equal_embed_and_numpy_opens_them() {
     // numpy reads the file as it is, memory-mapped.
     let o = ok(Command::new(python())
         .args(["-c", "import sys, numpy; a = numpy.load(sys.argv[1], mmap_mode='r'); print(a.shape, a.dtype, float(a[5, 3]))"])
-        .arg(dir.join("vectors.npy"))
+        .arg(data(&dir).join("vectors.npy"))
         .output()
         .unwrap());
     let s = String::from_utf8_lossy(&o.stdout);
@@ -126,8 +102,12 @@ fn index_vectors_equal_embed_and_numpy_opens_them() {
     let v: f32 = s.split_whitespace().last().unwrap().parse().unwrap();
     assert_eq!(v, va[5 * 32 + 3]);
 
-    // A finished index is not rewritten without --force.
-    let o = build(&dir, &[]);
+    // The same command again finds the index complete; other settings need --force.
+    let before = bytes(&dir.join("manifest.json"));
+    let o = ok(build(&dir, &[]));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already complete"));
+    assert_eq!(bytes(&dir.join("manifest.json")), before);
+    let o = build(&dir, &["--dtype", "f16"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
     ok(index_cmd(&["verify", dir.to_str().unwrap()])
@@ -140,6 +120,10 @@ fn index_vectors_equal_embed_and_numpy_opens_them() {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn a_killed_build_resumes_to_the_same_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let whole = tmp.path().join("whole");
@@ -161,7 +145,7 @@ fn a_killed_build_resumes_to_the_same_bytes() {
     .spawn()
     .unwrap();
     // Kill it (SIGKILL) once some chunks, but not all, are on disk.
-    let progress = killed.join("build.progress.json");
+    let progress = killed.join("gen000001/build.progress.json");
     let t = Instant::now();
     loop {
         if let Ok(text) = std::fs::read_to_string(&progress) {
@@ -181,17 +165,21 @@ fn a_killed_build_resumes_to_the_same_bytes() {
     assert!(Index::open(&killed).is_err());
     ok(build(&killed, &["--no-hnsw", "--chunk-rows", "32"]));
     assert_eq!(
-        bytes(&whole.join("vectors.npy")),
-        bytes(&killed.join("vectors.npy"))
+        bytes(&data(&whole).join("vectors.npy")),
+        bytes(&data(&killed).join("vectors.npy"))
     );
     assert_eq!(
-        bytes(&whole.join("docids.txt")),
-        bytes(&killed.join("docids.txt"))
+        bytes(&data(&whole).join("docids.txt")),
+        bytes(&data(&killed).join("docids.txt"))
     );
-    assert!(!killed.join("build.progress.json").exists());
+    assert!(!data(&killed).join("build.progress.json").exists());
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn merged_shards_equal_an_unsharded_build() {
     let tmp = tempfile::tempdir().unwrap();
     let whole = tmp.path().join("whole");
@@ -212,7 +200,11 @@ fn merged_shards_equal_an_unsharded_build() {
     .output()
     .unwrap());
     for f in ["vectors.npy", "docids.txt", "offsets.bin"] {
-        assert_eq!(bytes(&whole.join(f)), bytes(&merged.join(f)), "{f}");
+        assert_eq!(
+            bytes(&data(&whole).join(f)),
+            bytes(&data(&merged).join(f)),
+            "{f}"
+        );
     }
     // Shards of another model are refused.
     let other = tmp.path().join("other");
@@ -250,6 +242,10 @@ fn merged_shards_equal_an_unsharded_build() {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn graph_results_match_brute_force_up_to_rounding() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("med");
@@ -267,7 +263,9 @@ fn graph_results_match_brute_force_up_to_rounding() {
     let (mut selves, mut good, mut best_gap) = (0, 0, 0f32);
     for r in 0..n {
         let q = &all[r * d..(r + 1) * d];
-        let hits = g.search(&index.vectors, q, 10, engine::search::hnsw::DEFAULT_EF);
+        let hits = g
+            .search(&index.vectors, q, 10, engine::search::hnsw::DEFAULT_EF)
+            .unwrap();
         assert_eq!(hits.len(), 10);
         let mut exact: Vec<f32> = (0..n)
             .map(|o| {
@@ -292,12 +290,14 @@ fn graph_results_match_brute_force_up_to_rounding() {
 }
 
 fn write(dir: &Path, name: &str, content: &[u8]) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, content).unwrap();
-    p.display().to_string()
+    testkit::s(&testkit::write(dir, name, content))
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn bad_collections_are_reported_and_leave_no_finished_index() {
     let tmp = tempfile::tempdir().unwrap();
     let cases: Vec<(String, Vec<&str>, &str)> = vec![
@@ -391,12 +391,16 @@ fn bad_collections_are_reported_and_leave_no_finished_index() {
     .unwrap());
     assert!(String::from_utf8_lossy(&o.stderr).contains("skipped 1 malformed"));
     assert_eq!(
-        std::fs::read_to_string(out.join("docids.txt")).unwrap(),
+        std::fs::read_to_string(data(&out).join("docids.txt")).unwrap(),
         "1\n3\n"
     );
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn embed_rejects_bad_lines_with_their_number() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o.npy");
@@ -449,6 +453,10 @@ fn embed_rejects_bad_lines_with_their_number() {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn fix_encoding_repairs_passage_421() {
     let coll = shared().join("data/msmarco/pool/collection.tsv");
     let rec = engine::corpus::CorpusReader::open(

@@ -8,10 +8,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use engine::index::{Index, SearchMode};
+use engine::index::{SearchMode, Searcher, SearcherOptions};
 use engine::search::hnsw::DEFAULT_EF;
 use engine::search::Hit;
-use engine::{Doc, Encoder, EncoderOptions, Kind, ModelFiles};
+use engine::store::output::Output;
+use engine::{Doc, Kind};
 
 #[derive(Parser)]
 #[command(
@@ -91,112 +92,64 @@ struct Common {
     threads: Option<usize>,
 }
 
-struct Searcher {
-    index: Index,
-    encoder: Encoder,
+fn open(c: &Common) -> anyhow::Result<Searcher> {
+    if let Some(t) = c.threads {
+        // candle and rayon both read RAYON_NUM_THREADS; set before either starts its pool.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+    }
+    let opts = SearcherOptions {
+        model: c.model.clone(),
+        device: engine::parse_device(&c.device)?,
+        exact: c.exact,
+        ef: c.ef,
+    };
+    Ok(Searcher::open(&c.index, &opts)?)
+}
+
+/// Answers one query: ranked results with their text, then the encode and search latencies.
+fn answer(
+    s: &Searcher,
+    text: &str,
+    k: usize,
     mode: SearchMode,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let (hits, enc, search) = s.search(&[Doc::query(text)], k, mode)?;
+    print_hits(s, &hits[0], out)?;
+    writeln!(
+        out,
+        "     [encode {:.1} ms, search {:.1} ms]",
+        enc * 1e3,
+        search * 1e3
+    )?;
+    Ok(())
 }
 
-impl Searcher {
-    fn open(c: &Common) -> anyhow::Result<Self> {
-        if let Some(t) = c.threads {
-            std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+/// Prints ranked results with the passages' text; ids and scores alone (and one warning) when the
+/// collection cannot be read.
+fn print_hits(s: &Searcher, hits: &[Hit], out: &mut impl Write) -> anyhow::Result<()> {
+    let mut warned = false;
+    for (rank, h) in hits.iter().enumerate() {
+        let id = &s.index.ids[h.row];
+        writeln!(out, "{:>3}. {:<12} {:.4}", rank + 1, id, h.score)?;
+        if warned {
+            continue;
         }
-        let index = Index::open(&c.index)?;
-        let m = &index.manifest;
-        let files = ModelFiles::resolve(c.model.as_deref().unwrap_or(&m.model.spec))?;
-        let fp = files.fingerprint()?;
-        if fp != m.model.fingerprint {
-            bail!(
-                "model {} is not the one {} was built with ({}; its fingerprint differs): queries must be encoded by the index's model",
-                files.spec,
-                c.index.display(),
-                m.model.spec
-            );
-        }
-        let device = engine::parse_device(&c.device)?;
-        let opts = EncoderOptions {
-            format: m.input_format,
-            pooling: Some(m.pooling),
-            precision: m.precision,
-            device,
-            ..Default::default()
-        };
-        let encoder = Encoder::from_files(files, &opts)?;
-        let mode = if c.exact || m.hnsw.is_none() {
-            SearchMode::Exact
-        } else {
-            SearchMode::Hnsw {
-                ef: c.ef.unwrap_or(DEFAULT_EF),
-            }
-        };
-        Ok(Searcher {
-            index,
-            encoder,
-            mode,
-        })
-    }
-
-    fn search(
-        &self,
-        queries: &[Doc],
-        k: usize,
-        mode: SearchMode,
-    ) -> anyhow::Result<(Vec<Vec<Hit>>, f64, f64)> {
-        let t = Instant::now();
-        let vecs = self.encoder.encode(Kind::Query, queries)?;
-        let enc = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let hits = self.index.search(&vecs, k, mode)?;
-        Ok((hits, enc, t.elapsed().as_secs_f64()))
-    }
-
-    /// Answers one query: ranked results with their text, then the encode and search latencies.
-    fn answer(
-        &self,
-        text: &str,
-        k: usize,
-        mode: SearchMode,
-        out: &mut impl Write,
-    ) -> anyhow::Result<()> {
-        let (hits, enc, search) = self.search(&[Doc::query(text)], k, mode)?;
-        self.print_hits(&hits[0], out)?;
-        writeln!(
-            out,
-            "     [encode {:.1} ms, search {:.1} ms]",
-            enc * 1e3,
-            search * 1e3
-        )?;
-        Ok(())
-    }
-
-    /// Prints ranked results with the passages' text; ids and scores alone (and one warning) when the
-    /// collection cannot be read.
-    fn print_hits(&self, hits: &[Hit], out: &mut impl Write) -> anyhow::Result<()> {
-        let mut warned = false;
-        for (rank, h) in hits.iter().enumerate() {
-            let id = &self.index.ids[h.row];
-            writeln!(out, "{:>3}. {:<12} {:.4}", rank + 1, id, h.score)?;
-            if warned {
-                continue;
-            }
-            match self.index.passage(h.row) {
-                Ok(rec) => {
-                    if let Some(t) = rec.title.as_deref().filter(|t| !t.is_empty()) {
-                        writeln!(out, "     {}", trim(t, 100))?;
-                    }
-                    writeln!(out, "     {}", trim(&rec.text, 240))?;
+        match s.index.passage(h.row) {
+            Ok(rec) => {
+                if let Some(t) = rec.title.as_deref().filter(|t| !t.is_empty()) {
+                    writeln!(out, "     {}", trim(t, 100))?;
                 }
-                Err(e) => {
-                    eprintln!("warning: passage text unavailable ({e}); showing ids and scores");
-                    warned = true;
-                }
+                writeln!(out, "     {}", trim(&rec.text, 240))?;
+            }
+            Err(e) => {
+                eprintln!("warning: passage text unavailable ({e}); showing ids and scores");
+                warned = true;
             }
         }
-        Ok(())
     }
+    Ok(())
 }
-
 fn trim(s: &str, max: usize) -> String {
     let s = s.trim();
     if s.chars().count() <= max {
@@ -267,6 +220,20 @@ fn batch(
     tag: &str,
 ) -> anyhow::Result<()> {
     let qs = read_queries(queries)?;
+    let m = &s.index.manifest;
+    let collection = std::path::PathBuf::from(&m.sources.collection.path);
+    let mut inputs = vec![
+        queries,
+        collection.as_path(),
+        s.encoder.files().weights.as_path(),
+    ];
+    let titles = m
+        .sources
+        .titles
+        .as_ref()
+        .map(|t| std::path::PathBuf::from(&t.path));
+    inputs.extend(titles.as_deref());
+    let out = Output::resolve(out, &inputs)?;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(qs.len() as u64);
         b.set_style(
@@ -296,7 +263,7 @@ fn batch(
     }
     let results = s.index.search(&vecs, k, s.mode)?;
     let secs = t.elapsed().as_secs_f64();
-    engine::store::atomic_write(out, |w| {
+    out.write(|w| {
         for ((qid, _), hits) in qs.iter().zip(&results) {
             for (rank, h) in hits.iter().enumerate() {
                 let id = &s.index.ids[h.row];
@@ -315,7 +282,7 @@ fn batch(
         qs.len(),
         s.mode,
         qs.len() as f64 / secs.max(1e-9),
-        out.display()
+        out
     );
     Ok(())
 }
@@ -344,27 +311,23 @@ fn repl_line(
                 _ => writeln!(out, ":k needs a positive number")?,
             },
             (Some("exact"), _) => *mode = SearchMode::Exact,
-            (Some("hnsw"), _) => {
-                if s.index.manifest.hnsw.is_none() {
-                    writeln!(
-                        out,
-                        "this index has no HNSW graph (build one with `simlm-index hnsw`)"
-                    )?;
-                } else {
-                    *mode = SearchMode::Hnsw { ef: DEFAULT_EF }
-                }
-            }
-            (Some("ef"), Some(n)) => match (n.parse::<usize>(), s.index.manifest.hnsw.is_some()) {
-                (Ok(n), true) if n > 0 => *mode = SearchMode::Hnsw { ef: n },
-                (_, false) => writeln!(out, "this index has no HNSW graph")?,
-                _ => writeln!(out, ":ef needs a positive number")?,
+            (Some("hnsw"), _) => match s.graph_mode(DEFAULT_EF) {
+                Ok(m) => *mode = m,
+                Err(why) => writeln!(out, "{why}")?,
+            },
+            (Some("ef"), Some(n)) => match n.parse::<usize>() {
+                Ok(n) => match s.graph_mode(n) {
+                    Ok(m) => *mode = m,
+                    Err(why) => writeln!(out, "{why}")?,
+                },
+                Err(_) => writeln!(out, ":ef needs a positive number")?,
             },
             _ => writeln!(out, "{REPL_HELP}")?,
         }
         writeln!(out, "k={k}, {mode}")?;
         return Ok(true);
     }
-    s.answer(line, *k, *mode, out)?;
+    answer(s, line, *k, *mode, out)?;
     Ok(true)
 }
 
@@ -373,11 +336,36 @@ fn repl(s: &Searcher, k: usize) -> anyhow::Result<()> {
     let mut mode = s.mode;
     let mut stdout = std::io::stdout();
     if !std::io::stdin().is_terminal() {
-        for line in std::io::stdin().lock().lines() {
-            let line = line.context("stdin")?;
-            if !repl_line(s, &line, &mut k, &mut mode, &mut stdout)? {
-                break;
+        // Piped lines: a line that is not UTF-8, or whose query fails, is reported and the next
+        // line answered; the exit status says whether any failed.
+        let mut failed = 0usize;
+        for (no, line) in std::io::stdin().lock().split(b'\n').enumerate() {
+            let line = line.context("standard input")?;
+            let Ok(line) = String::from_utf8(line) else {
+                eprintln!(
+                    "error: standard input, line {}: not valid UTF-8; skipped",
+                    no + 1
+                );
+                failed += 1;
+                continue;
+            };
+            match repl_line(
+                s,
+                line.trim_end_matches('\r'),
+                &mut k,
+                &mut mode,
+                &mut stdout,
+            ) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    eprintln!("error: standard input, line {}: {e:#}", no + 1);
+                    failed += 1;
+                }
             }
+        }
+        if failed > 0 {
+            bail!("{failed} line(s) of standard input could not be answered");
         }
         return Ok(());
     }
@@ -419,8 +407,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if text.trim().is_empty() {
                 bail!("the query is empty: give some text to search for");
             }
-            let s = Searcher::open(&common)?;
-            s.answer(&text, k, s.mode, &mut std::io::stdout().lock())?;
+            let s = open(&common)?;
+            answer(&s, &text, k, s.mode, &mut std::io::stdout().lock())?;
         }
         Command::Batch {
             common,
@@ -430,11 +418,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             run_format,
             tag,
         } => {
-            let s = Searcher::open(&common)?;
+            let s = open(&common)?;
             batch(&s, &queries, k, &out, run_format, &tag)?;
         }
         Command::Repl { common, k } => {
-            let s = Searcher::open(&common)?;
+            let s = open(&common)?;
             repl(&s, k)?;
         }
     }

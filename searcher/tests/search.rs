@@ -11,11 +11,7 @@ use engine::search::hnsw::{HnswParams, DEFAULT_EF};
 use engine::store::npy::Dtype;
 use engine::{Doc, Encoder, EncoderOptions, Kind};
 
-fn shared() -> PathBuf {
-    std::env::var_os("SIMLM_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
-}
+use testkit::{shared, stderr};
 
 fn tiny() -> PathBuf {
     shared().join("fixtures/tiny-bert")
@@ -63,10 +59,6 @@ fn search(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
 fn query_vectors(index: &Index) -> Vec<f32> {
     let enc = Encoder::load(tiny().to_str().unwrap(), &EncoderOptions::default()).unwrap();
     assert_eq!(
@@ -78,6 +70,10 @@ fn query_vectors(index: &Index) -> Vec<f32> {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn exact_search_equals_a_brute_force_scan() {
     let index = Index::open(med_index()).unwrap();
     let qv = query_vectors(&index);
@@ -125,6 +121,10 @@ fn exact_search_equals_a_brute_force_scan() {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn hnsw_top10_overlaps_exact_at_the_default_ef() {
     let index = Index::open(med_index()).unwrap();
     let qv = query_vectors(&index);
@@ -150,6 +150,10 @@ fn hnsw_top10_overlaps_exact_at_the_default_ef() {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn a_batch_run_evaluates_with_simlm_eval() {
     let tmp = tempfile::tempdir().unwrap();
     for (fmt, exact) in [("trec", true), ("msmarco", false)] {
@@ -188,6 +192,10 @@ fn a_batch_run_evaluates_with_simlm_eval() {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn the_repl_answers_piped_queries() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_simlm-search"))
         .args(["repl", "--index", med_index().to_str().unwrap(), "--k", "3"])
@@ -213,6 +221,10 @@ fn the_repl_answers_piped_queries() {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn query_prints_ids_scores_and_text() {
     let o = search(&[
         "query",
@@ -237,15 +249,19 @@ fn query_prints_ids_scores_and_text() {
     );
 }
 
-fn copy_index(to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(med_index()).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
+/// A copy of the Medline index; returns the folder of its files.
+fn copy_index(to: &Path) -> PathBuf {
+    testkit::copy_tree(med_index(), to);
+    engine::store::manifest::Manifest::read(to)
+        .unwrap()
+        .data_dir(to)
 }
 
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn damaged_indexes_and_bad_queries_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let check = |dir: &Path, want: &str| {
@@ -257,9 +273,9 @@ fn damaged_indexes_and_bad_queries_are_clear_errors() {
     };
     // Truncated vectors.
     let d = tmp.path().join("trunc");
-    copy_index(&d);
-    let v = std::fs::read(d.join("vectors.npy")).unwrap();
-    std::fs::write(d.join("vectors.npy"), &v[..v.len() - 100]).unwrap();
+    let files = copy_index(&d);
+    let v = std::fs::read(files.join("vectors.npy")).unwrap();
+    std::fs::write(files.join("vectors.npy"), &v[..v.len() - 100]).unwrap();
     check(&d, "truncated");
     // Missing manifest.
     let d = tmp.path().join("nomanifest");
@@ -272,7 +288,7 @@ fn damaged_indexes_and_bad_queries_are_clear_errors() {
     let m = std::fs::read_to_string(d.join("manifest.json")).unwrap();
     std::fs::write(
         d.join("manifest.json"),
-        m.replace("\"format_version\": 1", "\"format_version\": 99"),
+        m.replace("\"format_version\": 2", "\"format_version\": 99"),
     )
     .unwrap();
     check(&d, "format_version 99 is not supported");

@@ -22,3 +22,37 @@ pub(crate) fn rank(a_score: f32, a_row: usize, b_score: f32, b_row: usize) -> st
 pub fn sort_hits(hits: &mut [Hit]) {
     hits.sort_unstable_by(|a, b| rank(b.score, b.row, a.score, a.row));
 }
+
+/// The error for a row whose score is not a number or infinite: the matrix is damaged there.
+pub(crate) fn non_finite(
+    matrix: &crate::store::npy::NpyMatrix,
+    row: usize,
+    score: f32,
+) -> crate::Error {
+    crate::Error::corrupt(
+        matrix.path(),
+        format!(
+            "row {row} scores {score} against the query: the vector is damaged; run `simlm-index verify` on the index and rebuild it"
+        ),
+    )
+}
+
+/// Refuses query vectors with values that are not finite numbers, before they reach a search (where
+/// every score would be NaN and seem to blame the index).
+pub fn check_queries(queries: &[f32], dim: usize) -> crate::Result<()> {
+    if dim == 0 || queries.len() % dim != 0 {
+        return Err(crate::Error::Msg(format!(
+            "query vectors of {} values do not fit dimension {dim}",
+            queries.len()
+        )));
+    }
+    if let Some(i) = queries.iter().position(|x| !x.is_finite()) {
+        return Err(crate::Error::Msg(format!(
+            "query {} has a value that is not a finite number ({}) in dimension {}",
+            i / dim,
+            queries[i],
+            i % dim
+        )));
+    }
+    Ok(())
+}

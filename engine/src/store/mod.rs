@@ -1,7 +1,12 @@
-//! The on-disk index: vectors (`.npy`), document ids and text offsets, the manifest; atomic writes.
+//! The on-disk index: the folder's layout and write lock, vectors (`.npy`), document ids and text
+//! offsets, the manifest; atomic writes and outputs.
 
+pub mod ids;
+pub mod layout;
+pub mod lock;
 pub mod manifest;
 pub mod npy;
+pub mod output;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -28,6 +33,9 @@ pub fn atomic_write(
         f(&mut w)?;
         let file = w.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
+        // A test can make this write fail as a full disk would (`SIMLM_FAILPOINT="write graph.hnsw=error"`).
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        crate::failpoint::hit(&format!("write {name}"))?;
         Ok(())
     })();
     if let Err(e) = res {

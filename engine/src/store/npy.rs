@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
@@ -143,7 +143,11 @@ pub fn write_f32(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<
 }
 
 /// Appends rows (given as f32) in `dtype`, little-endian.
-pub fn write_rows(w: &mut impl Write, dtype: Dtype, data: &[f32]) -> std::io::Result<()> {
+pub fn write_rows(
+    w: &mut (impl Write + ?Sized),
+    dtype: Dtype,
+    data: &[f32],
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(data.len() * dtype.size());
     match dtype {
         Dtype::F32 => data
@@ -168,10 +172,107 @@ pub fn finish_header(
     Ok(())
 }
 
+/// Appends rows to an `.npy` file that is being written (`vectors.npy.partial`): created or resumed,
+/// rows appended and synced, then finished (header for the final row count, renamed into place). The
+/// header is rewritten in place for each row count, so it has a fixed length (`HEADER_LEN`).
+pub struct NpyAppender {
+    file: File,
+    path: PathBuf,
+    dtype: Dtype,
+    cols: usize,
+    rows: usize,
+}
+
+impl NpyAppender {
+    /// Opens `path` to continue after at most `rows` rows, creating it if needed. Only whole rows
+    /// that are really in the file count, rounded down to a multiple of `granule` (a build's chunk):
+    /// a file shorter than the record (a damaged disk) is continued from what it holds, never
+    /// extended with zeros; bytes past the kept rows (an interrupted append) are cut off.
+    pub fn resume(
+        path: &Path,
+        dtype: Dtype,
+        cols: usize,
+        rows: usize,
+        granule: usize,
+    ) -> Result<Self> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(path)
+            .at(path)?;
+        let row_bytes = (cols * dtype.size()) as u64;
+        let len = file.metadata().at(path)?.len();
+        let mut head = vec![0u8; HEADER_LEN];
+        let same_kind = len >= HEADER_LEN as u64
+            && read_up_to(&mut file, &mut head).at(path)? == HEADER_LEN
+            && parse_header(&head, path)
+                .map(|h| h.dtype == dtype && h.cols == cols && h.data_offset == HEADER_LEN)
+                .unwrap_or(false);
+        let present = if same_kind && row_bytes > 0 {
+            ((len - HEADER_LEN as u64) / row_bytes) as usize
+        } else {
+            0
+        };
+        let granule = granule.max(1);
+        let rows = rows.min(present) / granule * granule;
+        file.set_len(HEADER_LEN as u64 + rows as u64 * row_bytes)
+            .at(path)?;
+        file.seek(SeekFrom::Start(0)).at(path)?;
+        file.write_all(&header(dtype, rows, Some(cols))).at(path)?;
+        file.seek(SeekFrom::End(0)).at(path)?;
+        Ok(NpyAppender {
+            file,
+            path: path.to_path_buf(),
+            dtype,
+            cols,
+            rows,
+        })
+    }
+
+    /// Rows in the file.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Appends rows given as f32 (converted to the file's dtype) and syncs them to disk.
+    pub fn append_f32(&mut self, data: &[f32]) -> Result<()> {
+        debug_assert_eq!(data.len() % self.cols.max(1), 0);
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut self.file);
+        write_rows(&mut w, self.dtype, data).at(&self.path)?;
+        w.flush().at(&self.path)?;
+        drop(w);
+        self.file.sync_data().at(&self.path)?;
+        self.rows += data.len() / self.cols.max(1);
+        Ok(())
+    }
+
+    /// Appends rows given as raw little-endian bytes of the file's dtype (no sync: `finish` syncs).
+    pub fn append_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        let row_bytes = self.cols * self.dtype.size();
+        debug_assert_eq!(bytes.len() % row_bytes.max(1), 0);
+        self.file.write_all(bytes).at(&self.path)?;
+        self.rows += bytes.len() / row_bytes.max(1);
+        Ok(())
+    }
+
+    /// Writes the header for the final row count, syncs, and renames the file to `to`.
+    pub fn finish(mut self, to: &Path) -> Result<()> {
+        finish_header(&mut self.file, self.dtype, self.rows, self.cols).at(&self.path)?;
+        self.file.sync_all().at(&self.path)?;
+        drop(self.file);
+        std::fs::rename(&self.path, to).at(to)?;
+        crate::store::sync_dir(to);
+        Ok(())
+    }
+}
+
 /// A memory-mapped matrix from an `.npy` file.
 pub struct NpyMatrix {
     map: Mmap,
     pub header: NpyHeader,
+    path: PathBuf,
 }
 
 impl NpyMatrix {
@@ -188,14 +289,28 @@ impl NpyMatrix {
                 path,
                 None,
                 format!(
-                    "the file holds {have} bytes but its header ({} x {} {:?}) needs {need}: it is truncated or damaged; rebuild the index",
+                    "the file holds {have} bytes but its header ({} x {} {:?}) needs {need}: it is truncated or damaged",
                     header.rows, header.cols, header.dtype
                 ),
             ));
         }
         // Safety: the file is opened read-only; the index folder is not modified while it is searched.
         let map = unsafe { Mmap::map(&f) }.at(path)?;
-        Ok(NpyMatrix { map, header })
+        Ok(NpyMatrix {
+            map,
+            header,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file the matrix was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Asks the kernel to read the file ahead: it is about to be read from start to end.
+    pub fn advise_sequential(&self) {
+        let _ = self.map.advise(memmap2::Advice::Sequential);
     }
 
     pub fn rows(&self) -> usize {

@@ -3,19 +3,7 @@
 
 use std::path::PathBuf;
 
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// `../shared` beside the checkout (override with SIMLM_SHARED).
-pub fn shared() -> PathBuf {
-    std::env::var_os("SIMLM_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared"))
-}
+pub use testkit::{repo_root, shared};
 
 pub fn fixtures() -> PathBuf {
     shared().join("fixtures")

@@ -1,0 +1,36 @@
+//! Named stops for crash tests: when the environment variable `SIMLM_FAILPOINT` names a point that a
+//! command reaches, the process aborts there, as a `kill -9` or a power cut would stop it. Tests run a
+//! command once per point, then run it again and check that nothing was lost or left half-written.
+//! `SIMLM_FAILPOINT=name=error` makes the point fail with an I/O error instead (a full disk).
+
+use std::sync::OnceLock;
+
+fn armed() -> Option<&'static (String, bool)> {
+    static POINT: OnceLock<Option<(String, bool)>> = OnceLock::new();
+    POINT
+        .get_or_init(|| {
+            let v = std::env::var("SIMLM_FAILPOINT").ok()?;
+            Some(match v.strip_suffix("=error") {
+                Some(name) => (name.to_string(), true),
+                None => (v, false),
+            })
+        })
+        .as_ref()
+}
+
+/// Aborts the process (or returns an I/O error) when `SIMLM_FAILPOINT` names `name`.
+pub fn hit(name: &str) -> std::io::Result<()> {
+    match armed() {
+        Some((point, error)) if point == name => {
+            if *error {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!("failpoint {name}: no space left on device"),
+                ));
+            }
+            eprintln!("failpoint {name}: aborting");
+            std::process::abort();
+        }
+        _ => Ok(()),
+    }
+}

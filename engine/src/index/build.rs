@@ -1,0 +1,377 @@
+//! Building an index from a collection, in one straight line: scan, plan, resume, encode, append,
+//! finish, ids, graph, manifest.
+//!
+//! A build is resumable at every step. It writes a new generation folder (see `store::layout`) and
+//! records there, in `build.progress.json`, the settings its vectors depend on and what is done: rows
+//! are appended to `vectors.npy.partial` in fixed chunks, each synced before the record counts it;
+//! the finished matrix is renamed to `vectors.npy`; the graph, once saved, is recorded too. Running the
+//! same command again continues from the record; chunks are the same in both runs, so the finished
+//! matrix is byte-identical to an uninterrupted build. Only the commit (the manifest) makes the new
+//! generation the index; until then an index already in the folder answers searches, whole.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::writer::{self, Writer};
+use super::Progress;
+use crate::corpus::{CorpusReader, ReadOptions};
+use crate::error::{Error, IoContext, Result};
+use crate::failpoint;
+use crate::search::hnsw::HnswParams;
+use crate::store::layout::{self, GRAPH, PARTIAL, PROGRESS, VECTORS};
+use crate::store::manifest::{FileSum, Manifest, ModelInfo, Shard, Sources, FORMAT_VERSION};
+use crate::store::npy::{Dtype, NpyAppender, NpyMatrix};
+use crate::text::{Doc, Kind};
+use crate::Encoder;
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub collection: PathBuf,
+    pub read: ReadOptions,
+    pub out: PathBuf,
+    pub dtype: Dtype,
+    /// `None`: no graph.
+    pub hnsw: Option<HnswParams>,
+    /// `(i, n)`: encode only the i-th (0-based) of n equal row ranges.
+    pub shard: Option<(usize, usize)>,
+    /// Replace a finished index, and discard an unfinished build made with other settings.
+    pub force: bool,
+    /// Rows per resumable chunk.
+    pub chunk_rows: usize,
+}
+
+/// What a build has done, as recorded in its generation folder.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct BuildProgress {
+    /// A hash of everything the vectors depend on: a build resumes only with the same.
+    settings: String,
+    /// Rows appended to the partial matrix and synced.
+    rows_done: usize,
+    /// The parameters of the saved graph, once it is saved.
+    #[serde(default)]
+    graph: Option<HnswParams>,
+}
+
+impl BuildProgress {
+    fn read(gen_dir: &Path) -> Result<BuildProgress> {
+        let p = gen_dir.join(PROGRESS);
+        let text = std::fs::read_to_string(&p).at(&p)?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::corrupt(&p, format!("damaged ({e}); pass --force to start over")))
+    }
+
+    fn save(&self, gen_dir: &Path) -> Result<()> {
+        let text = serde_json::to_string(self).expect("progress serialises");
+        crate::store::atomic_write_str(&gen_dir.join(PROGRESS), &text)
+    }
+}
+
+/// Ids and line offsets of a collection, checked for duplicates.
+pub struct Scan {
+    pub ids: Vec<String>,
+    pub offsets: Vec<u64>,
+    pub skipped: usize,
+}
+
+/// Reads the whole collection once (streamed) for its ids and offsets.
+pub fn scan(collection: &Path, read: &ReadOptions, progress: &dyn Progress) -> Result<Scan> {
+    let size = std::fs::metadata(collection).at(collection)?.len();
+    progress.stage("reading", Some(size));
+    let mut reader = CorpusReader::open(collection, read.clone())?;
+    let mut ids = Vec::new();
+    let mut offsets = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for rec in reader.by_ref() {
+        let rec = rec?;
+        if let Some(first) = seen.insert(rec.id.clone(), rec.line) {
+            return Err(Error::invalid(
+                collection,
+                Some(rec.line),
+                format!(
+                    "duplicate id `{}` (first on line {first}); every passage needs its own id",
+                    rec.id
+                ),
+            ));
+        }
+        if ids.len() % 65_536 == 0 {
+            progress.set(rec.offset.min(size));
+        }
+        ids.push(rec.id);
+        offsets.push(rec.offset);
+    }
+    progress.finish_stage();
+    if ids.is_empty() {
+        return Err(Error::invalid(
+            collection,
+            None,
+            "the collection is empty: no passages to index",
+        ));
+    }
+    Ok(Scan {
+        ids,
+        offsets,
+        skipped: reader.skipped,
+    })
+}
+
+/// Rows `[start, end)` of shard `i` of `n` over `total` rows. Shards are cut at multiples of
+/// `chunk_rows`, so each shard encodes exactly the chunks an unsharded build would, and merged shards
+/// are byte-identical to an unsharded build.
+pub fn shard_range(i: usize, n: usize, total: usize, chunk_rows: usize) -> (usize, usize) {
+    let chunks = total.div_ceil(chunk_rows);
+    let at = |c: usize| (c * chunk_rows).min(total);
+    (at(i * chunks / n), at((i + 1) * chunks / n))
+}
+
+/// Everything about a build that follows from its inputs, before anything is written.
+struct Plan {
+    start: usize,
+    end: usize,
+    total: usize,
+    dim: usize,
+    model: ModelInfo,
+    precision: crate::Precision,
+    collection: FileSum,
+    titles: Option<FileSum>,
+    settings: String,
+}
+
+fn plan(
+    encoder: &Encoder,
+    opts: &BuildOptions,
+    scan: &Scan,
+    progress: &dyn Progress,
+) -> Result<Plan> {
+    let total = scan.ids.len();
+    let (start, end) = match opts.shard {
+        Some((i, n)) => shard_range(i, n, total, opts.chunk_rows),
+        None => (0, total),
+    };
+    progress.message("checksumming the sources");
+    // Absolute paths, so that the searcher finds the text from any working directory.
+    let absolute = |p: &Path| {
+        std::fs::canonicalize(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
+    let collection = FileSum::of(&opts.collection, &absolute(&opts.collection))?;
+    let titles = match &opts.read.titles {
+        Some(t) => Some(FileSum::of(t, &absolute(t))?),
+        None => None,
+    };
+    let model = ModelInfo {
+        spec: encoder.files().spec.clone(),
+        fingerprint: encoder.files().fingerprint()?,
+    };
+    let precision = encoder.precision();
+    // Everything the vectors depend on: a partial build is resumed only when these match.
+    let key = serde_json::json!({
+        "model": model.fingerprint, "format": encoder.format(), "pooling": encoder.pooling(),
+        "precision": precision, "dtype": opts.dtype, "collection": collection.sha256,
+        "titles": titles.as_ref().map(|t| t.sha256.clone()), "fix_encoding": opts.read.fix_encoding,
+        "skip_bad": opts.read.skip_bad, "rows": [start, end], "chunk_rows": opts.chunk_rows,
+        // The batches, and so the last bits of each vector, depend on the token budget.
+        "batch_tokens": encoder.batch_tokens(),
+    });
+    Ok(Plan {
+        start,
+        end,
+        total,
+        dim: encoder.dim(),
+        model,
+        precision,
+        collection,
+        titles,
+        settings: format!("{:x}", Sha256::digest(key.to_string().as_bytes())),
+    })
+}
+
+/// Builds (or resumes building) an index.
+pub fn build(encoder: &Encoder, opts: &BuildOptions, progress: &dyn Progress) -> Result<Manifest> {
+    let w = Writer::open(&opts.out)?;
+    let current = match w.current() {
+        // A damaged manifest is reported, unless --force replaces the index anyway.
+        Err(e) if !opts.force => return Err(e),
+        c => c.ok().flatten(),
+    };
+    let scan = scan(&opts.collection, &opts.read, progress)?;
+    failpoint::hit("scan").at(&opts.collection)?;
+    let plan = plan(encoder, opts, &scan, progress)?;
+    if let Some(m) = current.filter(|_| !opts.force) {
+        // The same command run again after it finished (or after a stop just past its commit).
+        if m.settings == plan.settings && m.hnsw == opts.hnsw {
+            progress
+                .message("the index is already complete, built with these settings: nothing to do");
+            return Ok(m);
+        }
+        return Err(writer::finished_index_there(&opts.out));
+    }
+    let (gen, gen_dir, mut state) = staging(&w, &plan.settings, opts.force)?;
+
+    encode(encoder, opts, &plan, &gen_dir, &mut state, progress)?;
+    crate::store::ids::write(
+        &gen_dir,
+        &scan.ids[plan.start..plan.end],
+        &scan.offsets[plan.start..plan.end],
+    )?;
+    if let Some(params) = opts.hnsw {
+        if state.graph != Some(params) || !gen_dir.join(GRAPH).is_file() {
+            writer::build_graph(&gen_dir, params, progress)?;
+            state.graph = Some(params);
+            state.save(&gen_dir)?;
+        }
+    }
+    let shard = opts.shard.map(|(i, n)| Shard {
+        index: i,
+        count: n,
+        start: plan.start,
+        end: plan.end,
+        total: plan.total,
+        chunk_rows: opts.chunk_rows,
+    });
+    progress.message("checksumming the index");
+    let mut manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        model: plan.model,
+        input_format: encoder.format(),
+        pooling: encoder.pooling(),
+        precision: plan.precision,
+        dim: plan.dim,
+        dtype: opts.dtype,
+        count: plan.end - plan.start,
+        shard,
+        hnsw: opts.hnsw,
+        sources: Sources {
+            collection: plan.collection,
+            titles: plan.titles,
+            fix_encoding: opts.read.fix_encoding,
+            skipped_lines: scan.skipped,
+        },
+        settings: plan.settings,
+        data: layout::generation_name(gen),
+        files: writer::checksum_files(&gen_dir, &writer::index_files(opts.hnsw.is_some()), &[])?,
+        checksum: String::new(),
+    };
+    w.commit(&mut manifest)?;
+    Ok(manifest)
+}
+
+/// The generation this build writes: an unfinished build with the same settings (resumed), or a new
+/// one. An unfinished build with other settings is an error, or discarded under `--force`.
+fn staging(w: &Writer, settings: &str, force: bool) -> Result<(u64, PathBuf, BuildProgress)> {
+    let current = w.current().ok().flatten().map(|m| m.generation());
+    for g in layout::generations(w.dir())? {
+        let gen_dir = w.dir().join(layout::generation_name(g));
+        if Some(g) == current || !gen_dir.join(PROGRESS).is_file() {
+            continue;
+        }
+        match BuildProgress::read(&gen_dir) {
+            Ok(p) if p.settings == settings => return Ok((g, gen_dir, p)),
+            Ok(_) | Err(_) if force => {
+                std::fs::remove_dir_all(&gen_dir).at(&gen_dir)?;
+            }
+            Ok(_) => {
+                return Err(Error::invalid(
+                    w.dir(),
+                    None,
+                    "holds an unfinished build made with other settings (model, format, pooling, \
+                     sources, shard, dtype, chunk rows or batch tokens); pass --force to discard it, \
+                     or use another --out folder",
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let (g, gen_dir) = w.new_generation()?;
+    let p = BuildProgress {
+        settings: settings.to_string(),
+        rows_done: 0,
+        graph: None,
+    };
+    p.save(&gen_dir)?;
+    Ok((g, gen_dir, p))
+}
+
+/// Encodes the rows not yet done into the partial matrix, chunk by chunk, then finishes it as
+/// `vectors.npy`. A finished matrix already there (a build stopped after this step) is kept.
+fn encode(
+    encoder: &Encoder,
+    opts: &BuildOptions,
+    plan: &Plan,
+    gen_dir: &Path,
+    state: &mut BuildProgress,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let rows = plan.end - plan.start;
+    let done = gen_dir.join(VECTORS);
+    if done.is_file() {
+        let m = NpyMatrix::open(&done);
+        if m.is_ok_and(|m| m.rows() == rows && m.cols() == plan.dim && m.header.dtype == opts.dtype)
+        {
+            return Ok(());
+        }
+        // Not the matrix this build finished: encode again.
+        layout::remove_if_exists(&done)?;
+        state.rows_done = 0;
+    }
+    let partial = gen_dir.join(PARTIAL);
+    let mut out = NpyAppender::resume(
+        &partial,
+        opts.dtype,
+        plan.dim,
+        state.rows_done,
+        opts.chunk_rows,
+    )?;
+    state.rows_done = out.rows();
+    if state.rows_done > 0 {
+        progress.message(&format!(
+            "resuming after {} of {rows} rows",
+            state.rows_done
+        ));
+    }
+    progress.stage("encoding", Some(rows as u64));
+    progress.set(state.rows_done as u64);
+    if state.rows_done < rows {
+        let mut reader = CorpusReader::open(&opts.collection, opts.read.clone())?;
+        let first = plan.start + state.rows_done;
+        let mut row = 0usize;
+        let mut chunk: Vec<Doc> = Vec::with_capacity(opts.chunk_rows);
+        while row < plan.end {
+            let Some(rec) = reader.next() else { break };
+            let rec = rec?;
+            if row >= first {
+                chunk.push(Doc {
+                    title: rec.title,
+                    text: rec.text,
+                });
+            }
+            row += 1;
+            if chunk.len() == opts.chunk_rows || (row == plan.end && !chunk.is_empty()) {
+                let vecs = encoder.encode(Kind::Passage, &chunk)?;
+                out.append_f32(&vecs)?;
+                state.rows_done += chunk.len();
+                chunk.clear();
+                state.save(gen_dir)?;
+                progress.set(state.rows_done as u64);
+                failpoint::hit("encode").at(&partial)?;
+            }
+        }
+        if state.rows_done != rows {
+            return Err(Error::invalid(
+                &opts.collection,
+                None,
+                format!(
+                    "the collection changed while it was read: {} of {rows} rows encoded",
+                    state.rows_done
+                ),
+            ));
+        }
+    }
+    progress.finish_stage();
+    failpoint::hit("matrix-finish").at(&partial)?;
+    out.finish(&done)?;
+    failpoint::hit("matrix-renamed").at(&done)
+}

@@ -1,0 +1,102 @@
+//! An index opened with the encoder its manifest names: the model check, the encoder's options and
+//! the search mode are decided here, for every front end (one query, batch runs, the REPL).
+
+use std::path::Path;
+use std::time::Instant;
+
+use super::{Index, SearchMode};
+use crate::error::{Error, Result};
+use crate::search::hnsw::DEFAULT_EF;
+use crate::search::Hit;
+use crate::{Doc, Encoder, EncoderOptions, Kind, ModelFiles};
+
+#[derive(Debug, Clone)]
+pub struct SearcherOptions {
+    /// A model folder or hub id overriding the manifest's (it must be the same model).
+    pub model: Option<String>,
+    pub device: candle_core::Device,
+    /// Search every vector instead of the graph.
+    pub exact: bool,
+    /// The graph's search-time `ef` (default `DEFAULT_EF`).
+    pub ef: Option<usize>,
+}
+
+impl Default for SearcherOptions {
+    fn default() -> Self {
+        SearcherOptions {
+            model: None,
+            device: candle_core::Device::Cpu,
+            exact: false,
+            ef: None,
+        }
+    }
+}
+
+pub struct Searcher {
+    pub index: Index,
+    pub encoder: Encoder,
+    /// The mode the options chose: the graph when the index has one, unless `exact`.
+    pub mode: SearchMode,
+}
+
+impl Searcher {
+    pub fn open(dir: &Path, opts: &SearcherOptions) -> Result<Self> {
+        let index = Index::open(dir)?;
+        let m = &index.manifest;
+        let files = ModelFiles::resolve(opts.model.as_deref().unwrap_or(&m.model.spec))?;
+        if files.fingerprint()? != m.model.fingerprint {
+            return Err(Error::Msg(format!(
+                "model {} is not the one {} was built with ({}; its fingerprint differs): queries must be encoded by the index's model",
+                files.spec,
+                dir.display(),
+                m.model.spec
+            )));
+        }
+        let enc_opts = EncoderOptions {
+            format: m.input_format,
+            pooling: Some(m.pooling),
+            precision: m.precision,
+            device: opts.device.clone(),
+            ..Default::default()
+        };
+        let encoder = Encoder::from_files(files, &enc_opts)?;
+        let mode = if opts.exact || m.hnsw.is_none() {
+            SearchMode::Exact
+        } else {
+            SearchMode::Hnsw {
+                ef: opts.ef.unwrap_or(DEFAULT_EF),
+            }
+        };
+        Ok(Searcher {
+            index,
+            encoder,
+            mode,
+        })
+    }
+
+    /// Encodes queries and searches them: the hits, and the encode and search times in seconds.
+    pub fn search(
+        &self,
+        queries: &[Doc],
+        k: usize,
+        mode: SearchMode,
+    ) -> Result<(Vec<Vec<Hit>>, f64, f64)> {
+        let t = Instant::now();
+        let vecs = self.encoder.encode(Kind::Query, queries)?;
+        let enc = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let hits = self.index.search(&vecs, k, mode)?;
+        Ok((hits, enc, t.elapsed().as_secs_f64()))
+    }
+
+    /// The graph mode with `ef`, or why this index cannot search so.
+    pub fn graph_mode(&self, ef: usize) -> std::result::Result<SearchMode, &'static str> {
+        if self.index.manifest.hnsw.is_none() {
+            Err("this index has no HNSW graph (build one with `simlm-index hnsw`)")
+        } else if ef == 0 {
+            Err("ef must be positive")
+        } else {
+            Ok(SearchMode::Hnsw { ef })
+        }
+    }
+}

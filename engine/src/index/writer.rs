@@ -1,0 +1,141 @@
+//! What every command that writes an index folder shares: the write lock, the generation it writes,
+//! the graph step, and the commit (the manifest's atomic replacement, then the removal of what the new
+//! manifest no longer names). See `store::layout` for the folder.
+
+use std::path::{Path, PathBuf};
+
+use super::Progress;
+use crate::error::{Error, IoContext, Result};
+use crate::failpoint;
+use crate::search::hnsw::{self, HnswParams};
+use crate::store::layout::{self, GRAPH, MANIFEST, PROGRESS};
+use crate::store::lock::WriteLock;
+use crate::store::manifest::{FileSum, Manifest};
+use crate::store::npy::NpyMatrix;
+
+/// An index folder opened for writing: locked for the life of the value.
+pub(crate) struct Writer {
+    dir: PathBuf,
+    _lock: WriteLock,
+}
+
+impl Writer {
+    /// Locks `dir` (created if needed; a folder holding other things is refused) and removes what an
+    /// interrupted command left behind: generations that the manifest does not name and that are not
+    /// a resumable build.
+    pub fn open(dir: &Path) -> Result<Writer> {
+        layout::check_out_dir(dir)?;
+        let lock = WriteLock::acquire(dir)?;
+        let w = Writer {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        };
+        let current = w.current_generation();
+        let mut keep: Vec<u64> = current.into_iter().collect();
+        for g in layout::generations(dir)? {
+            let gen_dir = dir.join(layout::generation_name(g));
+            if Some(g) == current {
+                // A build that stopped after its commit left its record behind.
+                layout::remove_if_exists(&gen_dir.join(PROGRESS))?;
+            } else if gen_dir.join(PROGRESS).is_file() {
+                keep.push(g);
+            }
+        }
+        layout::remove_generations_except(dir, &keep)?;
+        Ok(w)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The finished index in the folder, if there is one.
+    pub fn current(&self) -> Result<Option<Manifest>> {
+        if self.dir.join(MANIFEST).is_file() {
+            Manifest::read(&self.dir).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn current_generation(&self) -> Option<u64> {
+        self.current().ok().flatten().map(|m| m.generation())
+    }
+
+    /// A new, empty generation folder.
+    pub fn new_generation(&self) -> Result<(u64, PathBuf)> {
+        layout::new_generation(&self.dir, self.current_generation())
+    }
+
+    /// Makes `manifest` (naming generation `data`) the index: writes it with its checksums, then
+    /// removes every other generation but unfinished builds.
+    pub fn commit(&self, manifest: &mut Manifest) -> Result<()> {
+        let path = self.dir.join(MANIFEST);
+        failpoint::hit("manifest").at(&path)?;
+        manifest.write(&self.dir)?;
+        failpoint::hit("committed").at(&path)?;
+        let gen_dir = manifest.data_dir(&self.dir);
+        layout::remove_if_exists(&gen_dir.join(PROGRESS))?;
+        let mut keep = vec![manifest.generation()];
+        for g in layout::generations(&self.dir)? {
+            if self
+                .dir
+                .join(layout::generation_name(g))
+                .join(PROGRESS)
+                .is_file()
+            {
+                keep.push(g);
+            }
+        }
+        layout::remove_generations_except(&self.dir, &keep)
+    }
+}
+
+/// Builds the graph of the matrix in `gen_dir` and writes it there (atomically).
+pub(crate) fn build_graph(
+    gen_dir: &Path,
+    params: HnswParams,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let matrix = NpyMatrix::open(&gen_dir.join(layout::VECTORS))?;
+    progress.stage("graph", Some(matrix.rows() as u64));
+    let g = hnsw::build(&matrix, params, &|n| progress.set(n as u64))?;
+    progress.finish_stage();
+    g.save(&gen_dir.join(GRAPH))?;
+    failpoint::hit("graph-saved").at(gen_dir.join(GRAPH))
+}
+
+/// Checksums of the named files of `gen_dir`, reusing `known` ones (files shared, unchanged, with
+/// an earlier generation).
+pub(crate) fn checksum_files(
+    gen_dir: &Path,
+    names: &[&str],
+    known: &[FileSum],
+) -> Result<Vec<FileSum>> {
+    names
+        .iter()
+        .map(|&n| match known.iter().find(|f| f.path == n) {
+            Some(f) => Ok(f.clone()),
+            None => FileSum::of(&gen_dir.join(n), n),
+        })
+        .collect()
+}
+
+/// The files of an index, with or without its graph.
+pub(crate) fn index_files(graph: bool) -> Vec<&'static str> {
+    let mut names = vec![layout::VECTORS, layout::DOCIDS, layout::OFFSETS];
+    if graph {
+        names.push(GRAPH);
+    }
+    names
+}
+
+/// The error for a finished index in the way of a command without `--force`.
+pub(crate) fn finished_index_there(dir: &Path) -> Error {
+    Error::invalid(
+        dir,
+        None,
+        "a finished index is already there; pass --force to replace it \
+         (it keeps answering searches until the new one is complete)",
+    )
+}

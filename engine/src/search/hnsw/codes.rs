@@ -1,0 +1,63 @@
+//! The 8-bit codes of the vectors: per dimension, 255 steps over the range the matrix's values take.
+//! A vector's code in dimension `i` is `round((x_i - min_i) / step_i)`, one byte, so a walk step reads
+//! a quarter of the f32 row's bytes; `q . x ~ q . min + sum_i (q_i step_i) code_i`.
+
+use crate::store::npy::NpyMatrix;
+
+/// Rows read from the matrix at a time.
+const STEP: usize = 16_384;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CodeBook {
+    pub mins: Vec<f32>,
+    pub steps: Vec<f32>,
+}
+
+impl CodeBook {
+    /// The code book of a matrix: one pass over its rows for each dimension's range.
+    pub fn fit(matrix: &NpyMatrix) -> CodeBook {
+        let (n, dim) = (matrix.rows(), matrix.cols());
+        let mut mins = vec![f32::INFINITY; dim];
+        let mut maxs = vec![f32::NEG_INFINITY; dim];
+        for a in (0..n).step_by(STEP) {
+            let rows = matrix.rows_f32(a, (a + STEP).min(n));
+            for row in rows.chunks_exact(dim) {
+                for (i, &x) in row.iter().enumerate() {
+                    mins[i] = mins[i].min(x);
+                    maxs[i] = maxs[i].max(x);
+                }
+            }
+        }
+        if n == 0 {
+            mins.fill(0.0);
+            maxs.fill(0.0);
+        }
+        let steps = mins
+            .iter()
+            .zip(&maxs)
+            .map(|(lo, hi)| (hi - lo) / 255.0)
+            .collect();
+        CodeBook { mins, steps }
+    }
+
+    /// The codes of every row of the matrix, row-major.
+    pub fn encode(&self, matrix: &NpyMatrix) -> Vec<u8> {
+        let (n, dim) = (matrix.rows(), matrix.cols());
+        let mut codes = Vec::with_capacity(n * dim);
+        for a in (0..n).step_by(STEP) {
+            let rows = matrix.rows_f32(a, (a + STEP).min(n));
+            for row in rows.chunks_exact(dim) {
+                codes.extend(row.iter().enumerate().map(|(i, &x)| {
+                    if self.steps[i] > 0.0 {
+                        ((x - self.mins[i]) / self.steps[i])
+                            .round()
+                            .clamp(0.0, 255.0) as u8
+                    } else {
+                        0
+                    }
+                }));
+            }
+        }
+        codes
+    }
+}

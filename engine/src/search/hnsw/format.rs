@@ -1,0 +1,262 @@
+//! `graph.hnsw`: writing a built graph, and opening one for search (memory-mapped, every size checked
+//! against the file before any of it is read). Little-endian:
+//! - a 64-byte header: magic `SIMLMHNS`, format version (u32), layer-0 capacity `m0` (u32), upper
+//!   layer capacity `m` (u32), top level (u32), node count `n` (u64), entry node (u64), words in the
+//!   upper-layer table (u64), vector dimension `dim` (u64), zero padding;
+//! - the level of every node (`n` bytes, zero-padded to a multiple of 4);
+//! - layer 0: `n` lists of `1 + m0` u32 (count, then neighbour rows);
+//! - for every node its first word in the upper-layer table (u32; `u32::MAX` when its level is 0);
+//! - the upper-layer table: for each node of level `L >= 1`, `L` lists of `1 + m` u32 (layers 1..=L);
+//! - the code book: `dim` f32 minima, then `dim` f32 steps (see `codes`);
+//! - the codes: `n` rows of `dim` bytes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use super::{GraphParts, MAX_LAYER, NONE};
+use crate::error::{Error, IoContext, Result};
+
+const MAGIC: &[u8; 8] = b"SIMLMHNS";
+const VERSION: u32 = 1;
+pub(super) const HEADER_LEN: usize = 64;
+
+pub(super) fn pad4(n: usize) -> usize {
+    n.div_ceil(4) * 4
+}
+
+impl GraphParts {
+    /// Writes the graph file atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        if self.upper.len() >= NONE as usize {
+            return Err(Error::invalid(
+                path,
+                None,
+                format!(
+                    "the upper layers hold {} words, more than the format's {}",
+                    self.upper.len(),
+                    NONE - 1
+                ),
+            ));
+        }
+        crate::store::atomic_write(path, |w| {
+            let mut h = Vec::with_capacity(HEADER_LEN);
+            h.extend_from_slice(MAGIC);
+            h.extend_from_slice(&VERSION.to_le_bytes());
+            h.extend_from_slice(&(self.m0 as u32).to_le_bytes());
+            h.extend_from_slice(&(self.m as u32).to_le_bytes());
+            h.extend_from_slice(&(self.top as u32).to_le_bytes());
+            h.extend_from_slice(&(self.len() as u64).to_le_bytes());
+            h.extend_from_slice(&(self.entry as u64).to_le_bytes());
+            h.extend_from_slice(&(self.upper.len() as u64).to_le_bytes());
+            h.extend_from_slice(&(self.dim as u64).to_le_bytes());
+            h.resize(HEADER_LEN, 0);
+            w.write_all(&h)?;
+            w.write_all(&self.levels)?;
+            w.write_all(&vec![0u8; pad4(self.len()) - self.len()])?;
+            for words in [&self.layer0, &self.upper_at, &self.upper] {
+                let mut buf = Vec::with_capacity(4 * words.len());
+                words
+                    .iter()
+                    .for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
+                w.write_all(&buf)?;
+            }
+            for x in self.book.mins.iter().chain(&self.book.steps) {
+                w.write_all(&x.to_le_bytes())?;
+            }
+            w.write_all(&self.codes)
+        })
+    }
+}
+
+/// A graph file opened for search (memory-mapped).
+pub struct Graph {
+    pub(super) map: Mmap,
+    pub(super) path: PathBuf,
+    /// The index folder, for the messages that tell how to rebuild the graph.
+    pub(super) index_dir: PathBuf,
+    pub(super) n: usize,
+    pub(super) m0: usize,
+    pub(super) m: usize,
+    pub(super) top: usize,
+    pub(super) entry: usize,
+    pub(super) dim: usize,
+    pub(super) layer0_at: usize,
+    upper_at_at: usize,
+    upper_at: usize,
+    upper_len: usize,
+    pub(super) book_at: usize,
+    pub(super) codes_at: usize,
+}
+
+impl Graph {
+    /// Opens the graph file `path` of the index folder `index_dir`. The header must describe the
+    /// file's exact size, and the entry node's links must be in range; the other links are checked as
+    /// a search follows them.
+    pub fn open(path: &Path, index_dir: &Path) -> Result<Graph> {
+        if !path.is_file() {
+            return Err(Error::invalid(
+                path,
+                None,
+                format!(
+                    "the HNSW graph is missing; build it with `simlm-index hnsw {}` or search with --exact",
+                    index_dir.display()
+                ),
+            ));
+        }
+        let f = std::fs::File::open(path).at(path)?;
+        // Safety: the file is opened read-only, and files of a committed generation are never written
+        // again (see `store::layout`).
+        let map = unsafe { Mmap::map(&f) }.at(path)?;
+        let bad = |msg: String| {
+            Error::corrupt(
+                path,
+                format!(
+                    "{msg}; rebuild the graph with `simlm-index hnsw {}`",
+                    index_dir.display()
+                ),
+            )
+        };
+        if map.len() < HEADER_LEN || &map[..8] != MAGIC {
+            return Err(bad("not a graph file of this engine".into()));
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(map[o..o + 4].try_into().unwrap()) as usize;
+        let u64_at = |o: usize| u64::from_le_bytes(map[o..o + 8].try_into().unwrap());
+        let version = u32_at(8);
+        if version != VERSION as usize {
+            return Err(bad(format!(
+                "graph format version {version}, this engine reads version {VERSION}"
+            )));
+        }
+        let (m0, m, top) = (u32_at(12), u32_at(16), u32_at(20));
+        let (n, entry, upper_len, dim) = (u64_at(24), u64_at(32), u64_at(40), u64_at(48));
+        // Sizes in u128, so that no header value can overflow the arithmetic.
+        let (n128, m0_128, ul, d128) = (n as u128, m0 as u128, upper_len as u128, dim as u128);
+        let need = HEADER_LEN as u128
+            + n128.div_ceil(4) * 4
+            + 4 * n128 * (m0_128 + 1)
+            + 4 * n128
+            + 4 * ul
+            + 8 * d128
+            + n128 * d128;
+        if map.len() as u128 != need
+            || (n > 0 && entry >= n)
+            || top > MAX_LAYER
+            || !cfg!(target_endian = "little")
+        {
+            return Err(bad(format!(
+                "the file holds {} bytes, its header describes {need}: it is truncated or damaged",
+                map.len()
+            )));
+        }
+        let (n, entry, upper_len, dim) =
+            (n as usize, entry as usize, upper_len as usize, dim as usize);
+        let layer0_at = HEADER_LEN + pad4(n);
+        let upper_at_at = layer0_at + 4 * n * (m0 + 1);
+        let upper_at = upper_at_at + 4 * n;
+        let book_at = upper_at + 4 * upper_len;
+        let codes_at = book_at + 8 * dim;
+        let g = Graph {
+            map,
+            path: path.to_path_buf(),
+            index_dir: index_dir.to_path_buf(),
+            n,
+            m0,
+            m,
+            top,
+            entry,
+            dim,
+            layer0_at,
+            upper_at_at,
+            upper_at,
+            upper_len,
+            book_at,
+            codes_at,
+        };
+        if n > 0 {
+            if g.level(entry) != top {
+                return Err(bad(format!(
+                    "the entry node's level is not the top level {top}"
+                )));
+            }
+            for layer in 0..=top {
+                g.neighbours(entry, layer).map_err(bad)?;
+            }
+        }
+        Ok(g)
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The file's size in bytes.
+    pub fn file_len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(super) fn words(&self, at: usize, len: usize) -> &[u32] {
+        let b = &self.map[at..at + 4 * len];
+        // Safety: the map is page-aligned and every section starts at a multiple of 4; any bit pattern
+        // is a valid u32; the file is little-endian, checked at open.
+        unsafe { std::slice::from_raw_parts(b.as_ptr() as *const u32, len) }
+    }
+
+    pub(super) fn floats(&self, at: usize, len: usize) -> &[f32] {
+        let b = &self.map[at..at + 4 * len];
+        // Safety: as for `words`; any bit pattern is a valid f32.
+        unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, len) }
+    }
+
+    pub(super) fn level(&self, row: usize) -> usize {
+        self.map[HEADER_LEN + row] as usize
+    }
+
+    /// The neighbours of `row` on `layer`, every one checked to be a row of the graph: a damaged list
+    /// is an error (with what is wrong), never followed or silently skipped.
+    pub(super) fn neighbours(
+        &self,
+        row: usize,
+        layer: usize,
+    ) -> std::result::Result<&[u32], String> {
+        let list = if layer == 0 {
+            self.words(self.layer0_at + 4 * row * (self.m0 + 1), self.m0 + 1)
+        } else {
+            let at = self.words(self.upper_at_at + 4 * row, 1)[0] as usize;
+            let start = at.saturating_add((layer - 1) * (self.m + 1));
+            if at == NONE as usize
+                || layer > self.level(row)
+                || start.saturating_add(self.m + 1) > self.upper_len
+            {
+                return Err(format!(
+                    "node {row} has no list on layer {layer}: the graph is damaged"
+                ));
+            }
+            self.words(self.upper_at + 4 * start, self.m + 1)
+        };
+        let count = list[0] as usize;
+        if count > list.len() - 1 {
+            return Err(format!(
+                "node {row} claims {count} links on layer {layer}, more than the {} a list holds: the graph is damaged",
+                list.len() - 1
+            ));
+        }
+        let links = &list[1..=count];
+        if let Some(bad) = links.iter().find(|&&v| v as usize >= self.n) {
+            return Err(format!(
+                "node {row} links to node {bad} on layer {layer}, past the {} nodes: the graph is damaged",
+                self.n
+            ));
+        }
+        Ok(links)
+    }
+}

@@ -1,0 +1,254 @@
+//! Searching a graph: greedy descent through the upper layers, a best-first search of layer 0 scored
+//! on the 8-bit codes, then the exact inner products of the candidates from the matrix. Every link the
+//! walk follows is bounds-checked, every returned score is finite, and a search returns
+//! `min(k, passages)` hits or an error: a damaged graph or matrix never shows as a short or wrong list.
+
+use std::cell::RefCell;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use super::format::Graph;
+use crate::error::{Error, Result};
+use crate::search::{rank, simd, sort_hits, Hit};
+use crate::store::npy::NpyMatrix;
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Per-thread search state, reused across queries.
+#[derive(Default)]
+struct Scratch {
+    /// `visited[row] == epoch` marks a row as seen by the current query.
+    visited: Vec<u16>,
+    epoch: u16,
+    candidates: BinaryHeap<Best>,
+    found: BinaryHeap<Worst>,
+    batch: Vec<u32>,
+    weights: Vec<f32>,
+}
+
+impl Scratch {
+    fn start(&mut self, n: usize) {
+        if self.visited.len() != n {
+            self.visited = vec![0; n];
+            self.epoch = 0;
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.visited.fill(0);
+            self.epoch = 1;
+        }
+        self.candidates.clear();
+        self.found.clear();
+    }
+}
+
+/// A scored row ordered best first (the result order; a u32 row keeps the heaps compact).
+#[derive(Clone, Copy)]
+struct Best(f32, u32);
+
+impl PartialEq for Best {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Best {}
+impl PartialOrd for Best {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Best {
+    fn cmp(&self, o: &Self) -> Ordering {
+        rank(self.0, self.1 as usize, o.0, o.1 as usize)
+    }
+}
+
+/// A scored row ordered worst first (lower score, then higher row).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Worst(std::cmp::Reverse<Best>);
+
+impl Worst {
+    fn score(&self) -> f32 {
+        (self.0).0 .0
+    }
+}
+impl Graph {
+    fn damaged(&self, msg: String) -> Error {
+        Error::corrupt(
+            &self.path,
+            format!(
+                "{msg}; run `simlm-index verify {dir}` and rebuild the graph with `simlm-index hnsw {dir}`",
+                dir = self.index_dir.display()
+            ),
+        )
+    }
+
+    /// The `k` rows with the highest inner product with `query` found through the graph, keeping `ef`
+    /// candidates on layer 0; scores are the exact inner products with the rows of `matrix`.
+    pub fn search(
+        &self,
+        matrix: &NpyMatrix,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+    ) -> Result<Vec<Hit>> {
+        let dim = self.dim;
+        if matrix.rows() != self.n || matrix.cols() != dim {
+            return Err(self.damaged(format!(
+                "a graph of {} x {dim} for a matrix of {} x {}",
+                self.n,
+                matrix.rows(),
+                matrix.cols()
+            )));
+        }
+        if query.len() != dim {
+            return Err(Error::Msg(format!(
+                "a query of {} values for vectors of dimension {dim}",
+                query.len()
+            )));
+        }
+        if self.n == 0 || k == 0 {
+            return Ok(Vec::new());
+        }
+        let codes = &self.map[self.codes_at..self.codes_at + self.n * dim];
+        let mins = self.floats(self.book_at, dim);
+        let steps = self.floats(self.book_at + 4 * dim, dim);
+        // q . x ~ q . min + sum_i (q_i step_i) code_i
+        let bias: f32 = query.iter().zip(mins).map(|(q, m)| q * m).sum();
+        let dot_u8 = simd::dot_u8_kernel();
+        let found = SCRATCH.with(|cell| {
+            let mut guard = cell.borrow_mut();
+            let sc = &mut *guard;
+            let mut weights = std::mem::take(&mut sc.weights);
+            weights.clear();
+            weights.extend(query.iter().zip(steps).map(|(q, s)| q * s));
+            let found = self.walk(sc, ef.max(k), codes.as_ptr(), dim, |r| {
+                bias + dot_u8(&weights, &codes[r * dim..(r + 1) * dim])
+            });
+            sc.weights = weights;
+            found
+        });
+        let found = found.map_err(|m| self.damaged(m))?;
+        let mut hits = rescore(matrix, query, &found)?;
+        sort_hits(&mut hits);
+        hits.truncate(k);
+        let want = k.min(self.n);
+        if hits.len() < want {
+            return Err(self.damaged(format!(
+                "the walk reached {} passages, fewer than the {want} asked for",
+                hits.len()
+            )));
+        }
+        Ok(hits)
+    }
+
+    /// The graph walk: greedy descent through the upper layers, then a best-first search of layer 0
+    /// keeping the `ef` best rows by `score`. `base` and `stride` (bytes) locate the scored rows in
+    /// memory for prefetching. A damaged link list is an error.
+    fn walk(
+        &self,
+        sc: &mut Scratch,
+        ef: usize,
+        base: *const u8,
+        stride: usize,
+        score: impl Fn(usize) -> f32,
+    ) -> std::result::Result<Vec<u32>, String> {
+        let mut cur = self.entry;
+        let mut cur_score = score(cur);
+        for layer in (1..=self.top).rev() {
+            loop {
+                let mut moved = false;
+                for &nb in self.neighbours(cur, layer)? {
+                    let nb = nb as usize;
+                    let s = score(nb);
+                    if s > cur_score || (s == cur_score && nb < cur) {
+                        cur = nb;
+                        cur_score = s;
+                        moved = true;
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+        sc.start(self.n);
+        let epoch = sc.epoch;
+        sc.visited[cur] = epoch;
+        sc.candidates.push(Best(cur_score, cur as u32));
+        sc.found
+            .push(Worst(std::cmp::Reverse(Best(cur_score, cur as u32))));
+        let mut floor = cur_score;
+        while let Some(Best(s, row)) = sc.candidates.pop() {
+            if s < floor && sc.found.len() >= ef {
+                break;
+            }
+            // The next candidate's links load while this one's neighbours are scored.
+            if let Some(next) = sc.candidates.peek() {
+                let at = self.layer0_at + 4 * next.1 as usize * (self.m0 + 1);
+                prefetch(self.map.as_ptr().wrapping_add(at), 4 * (self.m0 + 1));
+            }
+            // Unseen neighbours first (their rows prefetched), then their scores.
+            sc.batch.clear();
+            for &nb in self.neighbours(row as usize, 0)? {
+                let i = nb as usize;
+                if sc.visited[i] != epoch {
+                    sc.visited[i] = epoch;
+                    sc.batch.push(nb);
+                    prefetch(base.wrapping_add(i * stride), stride);
+                }
+            }
+            for &nb in &sc.batch {
+                let s = score(nb as usize);
+                if sc.found.len() < ef || s > floor {
+                    sc.candidates.push(Best(s, nb));
+                    sc.found.push(Worst(std::cmp::Reverse(Best(s, nb))));
+                    if sc.found.len() > ef {
+                        sc.found.pop();
+                    }
+                    if let Some(w) = sc.found.peek() {
+                        floor = w.score();
+                    }
+                }
+            }
+        }
+        Ok(sc.found.drain().map(|w| (w.0).0 .1).collect())
+    }
+}
+
+/// Exact inner products of `query` with the `rows` of the matrix; a non-finite one (a damaged row) is
+/// an error naming the row.
+fn rescore(matrix: &NpyMatrix, query: &[f32], rows: &[u32]) -> Result<Vec<Hit>> {
+    let dot = simd::dot_kernel();
+    rows.iter()
+        .map(|&r| {
+            let r = r as usize;
+            // A borrowed slice of the map for f32 files; f16 rows are converted one by one.
+            let score = dot(query, &matrix.rows_f32(r, r + 1));
+            if score.is_finite() {
+                Ok(Hit { row: r, score })
+            } else {
+                Err(crate::search::non_finite(matrix, r, score))
+            }
+        })
+        .collect()
+}
+
+/// Asks for the `len` bytes at `p` ahead of their use.
+#[inline(always)]
+pub(super) fn prefetch(p: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let mut o = 0;
+        while o < len {
+            // Safety: prefetching is a hint and never faults; the address is only computed.
+            unsafe { _mm_prefetch(p.wrapping_add(o) as *const i8, _MM_HINT_T0) };
+            o += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
+}
