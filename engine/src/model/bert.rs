@@ -131,6 +131,70 @@ pub fn normalise_weight_names(map: HashMap<String, Tensor>) -> HashMap<String, T
         .collect()
 }
 
+/// Whether a weight the encoder does not read belongs to something a BERT checkpoint legitimately
+/// carries beside the encoder: the pooler, task heads (`cls.*` pre-training heads, classifiers), and
+/// the position/token-type id buffers that PyTorch saves with the embeddings.
+fn is_extra_head(name: &str) -> bool {
+    !(name.starts_with("encoder.") || name.starts_with("embeddings."))
+        || name == "embeddings.position_ids"
+        || name == "embeddings.token_type_ids"
+}
+
+/// Refuses encoder weights that `config` leaves unused (a config.json with fewer layers than the
+/// checkpoint would silently run a truncated model).
+fn check_all_used<'a>(
+    left: impl Iterator<Item = &'a String>,
+    config: &BertConfig,
+    path: &Path,
+) -> Result<()> {
+    let mut unused: Vec<&str> = left
+        .map(String::as_str)
+        .filter(|n| !is_extra_head(n))
+        .collect();
+    if unused.is_empty() {
+        return Ok(());
+    }
+    unused.sort_unstable();
+    let layer_of = |n: &str| -> Option<usize> {
+        n.strip_prefix("encoder.layer.")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
+    };
+    let layers = unused.iter().filter_map(|n| layer_of(n)).max();
+    let shown: Vec<String> = unused.iter().take(3).map(|n| format!("`{n}`")).collect();
+    let more = if unused.len() > shown.len() {
+        format!(" and {} more", unused.len() - shown.len())
+    } else {
+        String::new()
+    };
+    let hint = match layers {
+        Some(max) if max >= config.num_hidden_layers => format!(
+            "the weights hold {} layers but num_hidden_layers = {}: set num_hidden_layers to {} in {}, \
+             or use the config.json that came with these weights",
+            max + 1,
+            config.num_hidden_layers,
+            max + 1,
+            config.path.display()
+        ),
+        _ => format!(
+            "check that {} is the config.json that came with these weights",
+            config.path.display()
+        ),
+    };
+    Err(Error::invalid(
+        path,
+        None,
+        format!(
+            "{} weights are not used by the model that {} describes: {}{more}; {hint}",
+            unused.len(),
+            config.path.display(),
+            shown.join(", ")
+        ),
+    ))
+}
+
 impl BertModel {
     /// Builds the model from a name -> tensor map (names as in Hugging Face checkpoints, with or
     /// without the `bert.` prefix). `path` names the weight file in errors.
@@ -182,6 +246,7 @@ impl BertModel {
                 out_norm: w.layer_norm(&format!("{p}.output.LayerNorm"), h, eps)?,
             });
         }
+        check_all_used(w.map.keys(), config, path)?;
         Ok(BertModel {
             word,
             position,

@@ -29,6 +29,8 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     pub hidden_act: Activation,
     pub pad_token_id: u32,
+    /// The config.json this was read from, for errors that a mismatch with the weights raises.
+    pub path: std::path::PathBuf,
 }
 
 /// Model types whose checkpoints follow BERT's layout and absolute positions.
@@ -135,8 +137,10 @@ impl BertConfig {
             layer_norm_eps,
             hidden_act,
             pad_token_id,
+            path: path.to_path_buf(),
         };
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             return Err(unsupported(format!(
                 "hidden_size = {} is not a multiple of num_attention_heads = {}",
                 cfg.hidden_size, cfg.num_attention_heads
