@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Error, IoContext, Result};
+use crate::text::Doc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -36,9 +37,8 @@ impl CorpusFormat {
         if name.ends_with(".tsv") || name.ends_with(".txt") {
             return Ok(CorpusFormat::Tsv);
         }
-        let mut r = open_lines(path)?;
         let mut first = Vec::new();
-        r.read_until(b'\n', &mut first).at(path)?;
+        LineReader::open(path)?.next_line(&mut first)?;
         Ok(if first.trim_ascii_start().first() == Some(&b'{') {
             CorpusFormat::Jsonl
         } else {
@@ -47,8 +47,12 @@ impl CorpusFormat {
     }
 }
 
-/// A buffered reader over a file, decompressing it when it starts with the gzip magic bytes.
-pub fn open_lines(path: &Path) -> Result<Box<dyn BufRead + Send>> {
+/// The UTF-8 byte-order mark some editors (Notepad, Excel's "CSV UTF-8") put at the start of a file.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// A buffered reader over a file's bytes as they are (decompressed when the file starts with the gzip
+/// magic bytes), a leading byte-order mark included.
+fn open_raw(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     let mut f = File::open(path).at(path)?;
     let mut magic = [0u8; 2];
     let n = f.read(&mut magic).at(path)?;
@@ -60,6 +64,99 @@ pub fn open_lines(path: &Path) -> Result<Box<dyn BufRead + Send>> {
         )))
     } else {
         Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
+    }
+}
+
+/// Drops one leading byte-order mark; returns the reader and the number of bytes dropped (0 or 3).
+fn skip_bom(path: &Path, mut r: Box<dyn BufRead + Send>) -> Result<(Box<dyn BufRead + Send>, u64)> {
+    let mut head = Vec::with_capacity(BOM.len());
+    while head.len() < BOM.len() {
+        let buf = r.fill_buf().map_err(|e| read_error(path, Some(1), e))?;
+        if buf.is_empty() {
+            break;
+        }
+        if head.is_empty() && buf.len() >= BOM.len() {
+            // The usual case: the first read holds the first three bytes.
+            if buf.starts_with(BOM) {
+                r.consume(BOM.len());
+                return Ok((r, BOM.len() as u64));
+            }
+            return Ok((r, 0));
+        }
+        let take = (BOM.len() - head.len()).min(buf.len());
+        head.extend_from_slice(&buf[..take]);
+        r.consume(take);
+    }
+    if head == BOM {
+        Ok((r, BOM.len() as u64))
+    } else {
+        Ok((Box::new(std::io::Cursor::new(head).chain(r)), 0))
+    }
+}
+
+/// A buffered reader over a text file, decompressing it when it starts with the gzip magic bytes and
+/// without a leading UTF-8 byte-order mark (which would otherwise end up in the first id).
+pub fn open_lines(path: &Path) -> Result<Box<dyn BufRead + Send>> {
+    Ok(skip_bom(path, open_raw(path)?)?.0)
+}
+
+/// The error of a read that failed at `line` (where known): a gzip stream that ends early is named as
+/// a truncated file, with the line where reading broke.
+fn read_error(path: &Path, line: Option<usize>, e: std::io::Error) -> Error {
+    let gz = is_gzip(path).unwrap_or(false);
+    let msg = if gz && e.kind() == std::io::ErrorKind::UnexpectedEof {
+        format!(
+            "the gzip data ends early ({e}): the file looks truncated \
+             (an interrupted download or copy); fetch or compress it again"
+        )
+    } else if gz {
+        format!(
+            "the gzip data is damaged ({e}): the file looks truncated or corrupted; \
+             fetch or compress it again"
+        )
+    } else {
+        format!("reading failed: {e}")
+    };
+    Error::invalid(path, line, msg)
+}
+
+/// Lines of a text file with their numbers and byte offsets, for the readers below.
+struct LineReader {
+    path: PathBuf,
+    r: Box<dyn BufRead + Send>,
+    /// Number of the last line read (1-based).
+    line: usize,
+    /// Byte offset (in the decompressed file, a byte-order mark included) of the next line.
+    offset: u64,
+}
+
+impl LineReader {
+    fn open(path: &Path) -> Result<Self> {
+        let (r, bom) = skip_bom(path, open_raw(path)?)?;
+        Ok(LineReader {
+            path: path.to_path_buf(),
+            r,
+            line: 0,
+            offset: bom,
+        })
+    }
+
+    /// Reads the next line into `buf` without its line end; returns the line's byte offset, or `None`
+    /// at the end of the file.
+    fn next_line(&mut self, buf: &mut Vec<u8>) -> Result<Option<u64>> {
+        buf.clear();
+        let n = self
+            .r
+            .read_until(b'\n', buf)
+            .map_err(|e| read_error(&self.path, Some(self.line + 1), e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let start = self.offset;
+        self.offset += n as u64;
+        self.line += 1;
+        strip_eol(buf);
+        Ok(Some(start))
     }
 }
 
@@ -129,11 +226,9 @@ pub struct ReadOptions {
 pub struct CorpusReader {
     path: PathBuf,
     format: CorpusFormat,
-    lines: Box<dyn BufRead + Send>,
-    titles: Option<(PathBuf, Box<dyn BufRead + Send>, usize)>,
+    lines: LineReader,
+    titles: Option<LineReader>,
     opts: ReadOptions,
-    line: usize,
-    offset: u64,
     buf: Vec<u8>,
     /// Malformed lines skipped under `skip_bad`.
     pub skipped: usize,
@@ -143,17 +238,15 @@ impl CorpusReader {
     pub fn open(path: &Path, opts: ReadOptions) -> Result<Self> {
         let format = CorpusFormat::detect(path)?;
         let titles = match &opts.titles {
-            Some(t) => Some((t.clone(), open_lines(t)?, 0)),
+            Some(t) => Some(LineReader::open(t)?),
             None => None,
         };
         Ok(CorpusReader {
             path: path.to_path_buf(),
             format,
-            lines: open_lines(path)?,
+            lines: LineReader::open(path)?,
             titles,
             opts,
-            line: 0,
-            offset: 0,
             buf: Vec::new(),
             skipped: 0,
         })
@@ -164,38 +257,59 @@ impl CorpusReader {
     }
 
     fn next_title(&mut self, id: &str) -> Result<Option<String>> {
-        let Some((tpath, r, tline)) = &mut self.titles else {
+        let Some(t) = &mut self.titles else {
             return Ok(None);
         };
         let mut buf = Vec::new();
         loop {
-            buf.clear();
-            let n = r.read_until(b'\n', &mut buf).at(&*tpath)?;
-            *tline += 1;
-            if n == 0 {
+            if t.next_line(&mut buf)?.is_none() {
                 return Err(Error::invalid(
-                    &*tpath,
-                    Some(*tline),
+                    &t.path,
+                    Some(t.line + 1),
                     format!("the titles file ended before passage `{id}`; it must list the collection's ids in the same order"),
                 ));
             }
-            strip_eol(&mut buf);
             if !buf.is_empty() {
                 break;
             }
         }
+        let tline = t.line;
         let line = String::from_utf8(buf)
-            .map_err(|_| Error::invalid(&*tpath, Some(*tline), "not valid UTF-8"))?;
+            .map_err(|_| Error::invalid(&t.path, Some(tline), "not valid UTF-8"))?;
         let (tid, title) = line.split_once('\t').unwrap_or((line.as_str(), ""));
         if tid != id {
             return Err(Error::invalid(
-                &*tpath,
-                Some(*tline),
-                format!("title id `{tid}` does not match passage id `{id}` (line {} of {}): the titles file must list the same ids in the same order", self.line, self.path.display()),
+                &t.path,
+                Some(tline),
+                format!("title id `{tid}` does not match passage id `{id}` (line {} of {}): the titles file must list the same ids in the same order", self.lines.line, self.path.display()),
             ));
         }
         Ok(Some(title.to_string()))
     }
+}
+
+/// What is wrong with an id, if anything: ids are written one a line to docids.txt and as a
+/// whitespace-separated column of run files, so whitespace or control characters in one would break
+/// those files (or make an id that cannot be found again).
+pub fn check_id(id: &str) -> std::result::Result<(), String> {
+    if id.is_empty() {
+        return Err("empty id".into());
+    }
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "id {id:?} contains the control character U+{:04X}; ids are written one a line to \
+             docids.txt and to run files, so they must be printable: fix the id in the file",
+            c as u32
+        ));
+    }
+    if let Some(c) = id.chars().find(|c| c.is_whitespace()) {
+        return Err(format!(
+            "id {id:?} contains whitespace (U+{:04X}); run files separate their columns by \
+             whitespace, so such an id would break them: remove it from the id in the file",
+            c as u32
+        ));
+    }
+    Ok(())
 }
 
 /// The (id, title, text) of one collection line, or what is wrong with it.
@@ -213,6 +327,7 @@ fn parse_line(
             if id.trim().is_empty() {
                 return Err("missing id before the tab".into());
             }
+            check_id(id).map_err(skip_hint)?;
             Ok((id.to_string(), None, text.to_string()))
         }
         CorpusFormat::Jsonl => {
@@ -231,6 +346,7 @@ fn parse_line(
                     ))
                 }
             };
+            check_id(&id).map_err(skip_hint)?;
             let text = ["text", "contents", "body"]
                 .iter()
                 .find_map(|k| obj.get(*k))
@@ -247,6 +363,10 @@ fn parse_line(
             Ok((id, title, text))
         }
     }
+}
+
+fn skip_hint(msg: String) -> String {
+    format!("{msg} (or pass --skip-bad to skip such lines)")
 }
 
 /// Applies `--fix-encoding` to a record's title and text.
@@ -275,18 +395,11 @@ impl Iterator for CorpusReader {
     fn next(&mut self) -> Option<Result<Record>> {
         loop {
             let mut buf = std::mem::take(&mut self.buf);
-            buf.clear();
-            let start = self.offset;
-            let n = match self.lines.read_until(b'\n', &mut buf) {
-                Ok(n) => n,
-                Err(e) => return Some(Err(Error::io(&self.path, e))),
+            let start = match self.lines.next_line(&mut buf) {
+                Ok(Some(start)) => start,
+                Ok(None) => return None,
+                Err(e) => return Some(Err(e)),
             };
-            if n == 0 {
-                return None;
-            }
-            self.offset += n as u64;
-            self.line += 1;
-            strip_eol(&mut buf);
             if buf.iter().all(|b| b.is_ascii_whitespace()) {
                 self.buf = buf;
                 continue;
@@ -299,16 +412,15 @@ impl Iterator for CorpusReader {
                     if self.opts.skip_bad {
                         self.skipped += 1;
                         // Keep a titles file in step with the skipped line.
-                        if let Some((tpath, r, tline)) = &mut self.titles {
-                            let mut t = Vec::new();
-                            if let Err(e) = r.read_until(b'\n', &mut t) {
-                                return Some(Err(Error::io(&*tpath, e)));
+                        if let Some(t) = &mut self.titles {
+                            let mut skip = Vec::new();
+                            if let Err(e) = t.next_line(&mut skip) {
+                                return Some(Err(e));
                             }
-                            *tline += 1;
                         }
                         continue;
                     }
-                    return Some(Err(Error::invalid(&self.path, Some(self.line), msg)));
+                    return Some(Err(Error::invalid(&self.path, Some(self.lines.line), msg)));
                 }
             };
             let title = match self.next_title(&id) {
@@ -322,7 +434,7 @@ impl Iterator for CorpusReader {
                 title,
                 text,
                 offset: start,
-                line: self.line,
+                line: self.lines.line,
             }));
         }
     }
@@ -332,17 +444,23 @@ impl Iterator for CorpusReader {
 /// a gzip file). Titles from a separate titles file are not looked up here.
 pub fn read_record_at(path: &Path, offset: u64, fix_encoding: bool) -> Result<Record> {
     let format = CorpusFormat::detect(path)?;
+    // Offsets count a leading byte-order mark, so the raw (decompressed) bytes are addressed here.
     let mut r: Box<dyn BufRead + Send> = if is_gzip(path)? {
-        let mut r = open_lines(path)?;
-        std::io::copy(&mut r.by_ref().take(offset), &mut std::io::sink()).at(path)?;
+        let mut r = open_raw(path)?;
+        std::io::copy(&mut r.by_ref().take(offset), &mut std::io::sink())
+            .map_err(|e| read_error(path, None, e))?;
         r
     } else {
         let mut f = File::open(path).at(path)?;
         f.seek(SeekFrom::Start(offset)).at(path)?;
         Box::new(BufReader::new(f))
     };
+    if offset == 0 {
+        r = skip_bom(path, r)?.0;
+    }
     let mut buf = Vec::new();
-    r.read_until(b'\n', &mut buf).at(path)?;
+    r.read_until(b'\n', &mut buf)
+        .map_err(|e| read_error(path, None, e))?;
     strip_eol(&mut buf);
     let (id, title, text) = parse_line(format, &buf).map_err(|m| {
         Error::invalid(
@@ -359,6 +477,107 @@ pub fn read_record_at(path: &Path, offset: u64, fix_encoding: bool) -> Result<Re
         offset,
         line: 0,
     })
+}
+
+/// One query of a queries file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub id: String,
+    pub text: String,
+    /// 1-based line number in the queries file.
+    pub line: usize,
+}
+
+/// Reads a queries file: `qid<TAB>text` lines (MS MARCO) or JSON objects with `_id` (or `id`, `qid`)
+/// and `text` (or `query`) as BEIR writes them; plain or gzip-compressed; blank lines are skipped.
+/// Ids that would break a run file (whitespace, control characters, empty) and duplicate ids are
+/// refused with their line numbers, as is a file without queries.
+pub fn read_queries(path: &Path) -> Result<Vec<Query>> {
+    let mut r = LineReader::open(path)?;
+    let mut out = Vec::new();
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut buf = Vec::new();
+    while r.next_line(&mut buf)?.is_some() {
+        let no = r.line;
+        let bad = |msg: String| Error::invalid(path, Some(no), msg);
+        let line = std::str::from_utf8(&buf).map_err(|_| bad("not valid UTF-8".into()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (id, text) = if line.trim_start().starts_with('{') {
+            let v: Value = serde_json::from_str(line).map_err(|e| bad(format!("bad JSON: {e}")))?;
+            let id = v
+                .get("_id")
+                .or_else(|| v.get("id"))
+                .or_else(|| v.get("qid"));
+            let id = match id {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                None => return Err(bad("missing query id (`_id`, `id` or `qid`)".into())),
+                Some(other) => {
+                    return Err(bad(format!(
+                        "bad query id {other}: expected a non-empty string or a number"
+                    )))
+                }
+            };
+            let text = v.get("text").or_else(|| v.get("query"));
+            let Some(text) = text.and_then(Value::as_str) else {
+                return Err(bad("missing `text` (a string)".into()));
+            };
+            (id, text.to_string())
+        } else {
+            let Some((id, text)) = line.split_once('\t') else {
+                return Err(bad("expected `qid<TAB>text` or a JSON object".into()));
+            };
+            // Spaces around the id are dropped (as the searcher always did); spaces inside are refused.
+            (id.trim().to_string(), text.to_string())
+        };
+        if id.is_empty() {
+            return Err(bad("missing query id".into()));
+        }
+        check_id(&id).map_err(|m| bad(m.replacen("id ", "query id ", 1)))?;
+        if let Some(first) = seen.get(&id) {
+            return Err(bad(format!(
+                "query id `{id}` appears twice (lines {first} and {no}); a run could not tell the two \
+                 queries apart: give each query its own id or remove the repeated line"
+            )));
+        }
+        seen.insert(id.clone(), no);
+        out.push(Query { id, text, line: no });
+    }
+    if out.is_empty() {
+        return Err(Error::invalid(
+            path,
+            None,
+            "no queries: expected `qid<TAB>text` lines or JSON objects with `_id` and `text`",
+        ));
+    }
+    Ok(out)
+}
+
+/// Reads texts to encode, one JSON object a line (`{"text": ..., "title": ...}`, title optional), plain
+/// or gzip-compressed; blank lines are skipped.
+pub fn read_docs_jsonl(path: &Path) -> Result<Vec<Doc>> {
+    let mut r = LineReader::open(path)?;
+    let mut docs = Vec::new();
+    let mut buf = Vec::new();
+    while r.next_line(&mut buf)?.is_some() {
+        let no = r.line;
+        let line = std::str::from_utf8(&buf)
+            .map_err(|_| Error::invalid(path, Some(no), "not valid UTF-8"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let doc: Doc = serde_json::from_str(line).map_err(|e| {
+            Error::invalid(
+                path,
+                Some(no),
+                format!("expected {{\"text\": ..., \"title\": ...}}: {e}"),
+            )
+        })?;
+        docs.push(doc);
+    }
+    Ok(docs)
 }
 
 #[cfg(test)]
