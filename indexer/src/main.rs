@@ -3,11 +3,10 @@
 
 mod progress;
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use engine::corpus::ReadOptions;
 use engine::index::{self, BuildOptions};
@@ -15,7 +14,7 @@ use engine::search::hnsw::HnswParams;
 use engine::store::manifest::Manifest;
 use engine::store::npy::{self, Dtype};
 use engine::store::output::Output;
-use engine::{Doc, Encoder, EncoderOptions, InputFormat, Kind, Pooling, Precision};
+use engine::{Encoder, EncoderOptions, InputFormat, Kind, Pooling, Precision};
 
 #[derive(Parser)]
 #[command(
@@ -179,28 +178,6 @@ fn load_encoder(a: &EncoderArgs) -> anyhow::Result<Encoder> {
     Ok(Encoder::load(&a.model, &opts)?)
 }
 
-fn read_jsonl_docs(path: &Path) -> anyhow::Result<Vec<Doc>> {
-    let r = engine::corpus::open_lines(path)?;
-    let mut docs = Vec::new();
-    for (i, line) in r.split(b'\n').enumerate() {
-        let no = i + 1;
-        let line = line.with_context(|| format!("{}", path.display()))?;
-        let line = std::str::from_utf8(&line)
-            .map_err(|_| anyhow::anyhow!("{}, line {no}: not valid UTF-8", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let doc: Doc = serde_json::from_str(line).map_err(|e| {
-            anyhow::anyhow!(
-                "{}, line {no}: expected {{\"text\": ..., \"title\": ...}}: {e}",
-                path.display()
-            )
-        })?;
-        docs.push(doc);
-    }
-    Ok(docs)
-}
-
 fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
     let bad = || anyhow::anyhow!("--shard {s}: expected i/N with 0 <= i < N, e.g. 0/4");
     let (i, n) = s.split_once('/').ok_or_else(bad)?;
@@ -252,7 +229,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let progress = progress::Bars::new();
     match cli.command {
         Command::Embed(a) => {
-            let docs = read_jsonl_docs(&a.input)?;
+            let docs = engine::corpus::read_docs_jsonl(&a.input)?;
             if docs.is_empty() {
                 bail!("{}: no lines to encode", a.input.display());
             }
