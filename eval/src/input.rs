@@ -31,6 +31,10 @@ fn malformed(path: &Path, line: Option<usize>, msg: impl Into<String>) -> InputE
     }
 }
 
+/// The UTF-8 byte-order mark some editors put at the start of a file; one is dropped before parsing
+/// (it would otherwise become part of the first query id).
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// The whole content of a file, decompressed when it starts with the gzip magic bytes.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, InputError> {
     let io = |source| InputError::Io {
@@ -42,7 +46,20 @@ pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, InputError> {
         let mut out = Vec::with_capacity(raw.len() * 4);
         flate2::read::MultiGzDecoder::new(&raw[..])
             .read_to_end(&mut out)
-            .map_err(|e| malformed(path, None, format!("gzip data is damaged: {e}")))?;
+            .map_err(|e| {
+                // `out` holds what was decompressed before the damage: name the line it broke in.
+                let line = memchr::memchr_iter(b'\n', &out).count() + 1;
+                let what = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    "the gzip data ends early: the file looks truncated (an interrupted download or copy)"
+                } else {
+                    "the gzip data is damaged: the file looks truncated or corrupted"
+                };
+                malformed(
+                    path,
+                    Some(line),
+                    format!("{what} ({e}); fetch or compress it again"),
+                )
+            })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -96,6 +113,7 @@ impl Qrels {
     }
 
     pub fn parse(data: &[u8], path: &Path) -> Result<Self, InputError> {
+        let data = data.strip_prefix(BOM).unwrap_or(data);
         let mut queries: HashMap<String, FxHashMap<String, i32>> = HashMap::new();
         let mut n = 0usize;
         for (no, line) in lines(data) {
@@ -195,8 +213,11 @@ impl Run {
             .map(|hs| hs.iter().map(|h| self.docid(h)).collect())
     }
 
-    pub fn parse(data: Vec<u8>, path: &Path) -> Result<Self, InputError> {
+    pub fn parse(mut data: Vec<u8>, path: &Path) -> Result<Self, InputError> {
         use rayon::prelude::*;
+        if data.starts_with(BOM) {
+            data.drain(..BOM.len());
+        }
         let text = into_utf8(data, path)?;
         // Parse chunks of whole lines in parallel; each chunk groups its lines by query.
         let chunks = line_chunks(text.as_bytes(), 4 * rayon::current_num_threads().max(1));
