@@ -20,14 +20,20 @@ impl CodeBook {
         let mut mins = vec![f32::INFINITY; dim];
         let mut maxs = vec![f32::NEG_INFINITY; dim];
         for a in (0..n).step_by(STEP) {
-            let rows = matrix.rows_f32(a, (a + STEP).min(n));
-            for row in rows.chunks_exact(dim) {
-                for (i, &x) in row.iter().enumerate() {
-                    mins[i] = mins[i].min(x);
-                    maxs[i] = maxs[i].max(x);
-                }
-            }
+            widen(&matrix.rows_f32(a, (a + STEP).min(n)), &mut mins, &mut maxs);
         }
+        Self::from_ranges(mins, maxs, n)
+    }
+
+    /// The code book of rows in memory (`dim` values each).
+    pub fn fit_rows(rows: &[f32], dim: usize) -> CodeBook {
+        let mut mins = vec![f32::INFINITY; dim];
+        let mut maxs = vec![f32::NEG_INFINITY; dim];
+        widen(rows, &mut mins, &mut maxs);
+        Self::from_ranges(mins, maxs, rows.len() / dim.max(1))
+    }
+
+    fn from_ranges(mut mins: Vec<f32>, mut maxs: Vec<f32>, n: usize) -> CodeBook {
         if n == 0 {
             mins.fill(0.0);
             maxs.fill(0.0);
@@ -42,22 +48,37 @@ impl CodeBook {
 
     /// The codes of every row of the matrix, row-major.
     pub fn encode(&self, matrix: &NpyMatrix) -> Vec<u8> {
-        let (n, dim) = (matrix.rows(), matrix.cols());
-        let mut codes = Vec::with_capacity(n * dim);
+        let n = matrix.rows();
+        let mut codes = Vec::with_capacity(n * matrix.cols());
         for a in (0..n).step_by(STEP) {
-            let rows = matrix.rows_f32(a, (a + STEP).min(n));
-            for row in rows.chunks_exact(dim) {
-                codes.extend(row.iter().enumerate().map(|(i, &x)| {
-                    if self.steps[i] > 0.0 {
-                        ((x - self.mins[i]) / self.steps[i])
-                            .round()
-                            .clamp(0.0, 255.0) as u8
-                    } else {
-                        0
-                    }
-                }));
-            }
+            self.encode_into(&matrix.rows_f32(a, (a + STEP).min(n)), &mut codes);
         }
         codes
+    }
+
+    /// Appends the codes of rows in memory to `codes`.
+    pub fn encode_into(&self, rows: &[f32], codes: &mut Vec<u8>) {
+        let dim = self.mins.len();
+        for row in rows.chunks_exact(dim.max(1)) {
+            codes.extend(row.iter().enumerate().map(|(i, &x)| {
+                if self.steps[i] > 0.0 {
+                    ((x - self.mins[i]) / self.steps[i])
+                        .round()
+                        .clamp(0.0, 255.0) as u8
+                } else {
+                    0
+                }
+            }));
+        }
+    }
+}
+
+/// Widens each dimension's range to the rows' values.
+fn widen(rows: &[f32], mins: &mut [f32], maxs: &mut [f32]) {
+    for row in rows.chunks_exact(mins.len().max(1)) {
+        for (i, &x) in row.iter().enumerate() {
+            mins[i] = mins[i].min(x);
+            maxs[i] = maxs[i].max(x);
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The HNSW graph over the unit vectors, searched by inner product.
 //!
-//! - `build`: the graph's construction (`hnsw_rs_build`: hnsw_rs's insertion, exported into this
-//!   crate's layout with the unreached nodes linked);
+//! - `build`: the graph's construction, in parallel, scored on the codes, straight into the file's
+//!   link arrays, every node given an incoming link;
 //! - `codes`: the 8-bit codes of the vectors that the walk scores on;
 //! - `format`: the file `graph.hnsw`, written once and memory-mapped for search, every size checked;
 //! - `walk`: the search: a walk over fixed-stride link arrays with a per-thread visited table, scored
@@ -9,9 +9,9 @@
 //!   `ef` candidates it ends with are re-scored with the exact inner products from the matrix, so
 //!   returned scores, and their order and ties, are those of exact search.
 
+mod build;
 pub mod codes;
 mod format;
-mod hnsw_rs_build;
 mod walk;
 
 pub use codes::CodeBook;
@@ -70,8 +70,9 @@ impl GraphParts {
     }
 }
 
-/// Builds the graph over every row of `matrix`, inserting in parallel (rayon), and the rows' codes;
-/// `progress` is called with the number of rows inserted so far.
+/// Builds the graph over every row of `matrix`, inserting in parallel on the current rayon pool (one
+/// thread: the same graph every time), and the rows' codes; `progress` is called with the number of
+/// rows inserted so far.
 pub fn build(
     matrix: &NpyMatrix,
     params: HnswParams,
@@ -88,18 +89,36 @@ pub fn build(
             ),
         ));
     }
+    if params.m == 0 {
+        return Err(Error::Msg("the graph needs --hnsw-m of at least 1".into()));
+    }
+    // The codes first: the construction scores on them, reading a quarter of the f32 bytes.
+    let book = CodeBook::fit(matrix);
+    let codes = book.encode(matrix);
+    failpoint::hit("codes").map_err(|e| Error::io(matrix.path(), e))?;
     let halfway = std::sync::atomic::AtomicBool::new(false);
-    let mut parts = hnsw_rs_build::build(matrix, params, &|done| {
+    let links = build::build(&codes, n, matrix.cols(), &book, params, &|done| {
         progress(done);
         if 2 * done >= n && !halfway.swap(true, std::sync::atomic::Ordering::Relaxed) {
             let _ = failpoint::hit("graph");
         }
     });
-    parts.book = CodeBook::fit(matrix);
-    parts.codes = parts.book.encode(matrix);
-    failpoint::hit("codes").map_err(|e| Error::io(matrix.path(), e))?;
-    Ok(parts)
+    Ok(GraphParts {
+        m0: links.m0,
+        m: links.m,
+        top: links.top,
+        entry: links.entry,
+        dim: matrix.cols(),
+        levels: links.levels,
+        layer0: links.layer0,
+        upper_at: links.upper_at,
+        upper: links.upper,
+        book,
+        codes,
+    })
 }
 
+#[cfg(test)]
+mod build_tests;
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,8 @@ use std::collections::BinaryHeap;
 
 use super::format::Graph;
 use crate::error::{Error, Result};
-use crate::search::{rank, simd, sort_hits, Hit};
+use crate::search::simd::{self, prefetch};
+use crate::search::{rank, sort_hits, Hit};
 use crate::store::npy::NpyMatrix;
 
 thread_local! {
@@ -234,21 +235,4 @@ fn rescore(matrix: &NpyMatrix, query: &[f32], rows: &[u32]) -> Result<Vec<Hit>> 
             }
         })
         .collect()
-}
-
-/// Asks for the `len` bytes at `p` ahead of their use.
-#[inline(always)]
-pub(super) fn prefetch(p: *const u8, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let mut o = 0;
-        while o < len {
-            // Safety: prefetching is a hint and never faults; the address is only computed.
-            unsafe { _mm_prefetch(p.wrapping_add(o) as *const i8, _MM_HINT_T0) };
-            o += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, len);
 }
