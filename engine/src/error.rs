@@ -5,13 +5,10 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An operating-system error while reading or writing `path`.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// An operating-system error while reading or writing `path`. The OS message is part of this
+    /// one's, so it is not also a `source`: an error chain would print it twice.
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     /// A file whose content is wrong: `line` is 1-based where the file is line-oriented.
     #[error("{}{}: {msg}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
     Invalid {
@@ -51,7 +48,7 @@ impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            err: source,
         }
     }
 

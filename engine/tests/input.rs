@@ -1,24 +1,13 @@
 //! Input files as users hand them over: byte-order marks, broken ids, truncated gzip files, query
 //! files.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use engine::corpus::{read_docs_jsonl, read_queries, read_record_at, CorpusReader, ReadOptions};
 
+use testkit::{gzip, write};
+
 const BOM: &str = "\u{feff}";
-
-fn write(dir: &Path, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
-}
 
 fn read_all(path: &Path, opts: ReadOptions) -> engine::Result<Vec<engine::corpus::Record>> {
     CorpusReader::open(path, opts)?.collect()

@@ -2,25 +2,19 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use engine::{Encoder, EncoderOptions};
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
 #[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
 fn a_config_with_fewer_layers_than_the_weights_is_refused() {
     let d = tempfile::tempdir().unwrap();
     for name in ["tiny-bert", "tiny-bert-bin"] {
         let m = d.path().join(name);
-        copy_dir(&fixtures().join(name), &m);
+        testkit::copy_tree(&fixtures().join(name), &m);
         let cfg = m.join("config.json");
         let text = std::fs::read_to_string(&cfg).unwrap();
         assert!(text.contains("\"num_hidden_layers\": 2"));

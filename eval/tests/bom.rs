@@ -1,25 +1,14 @@
 //! Qrels and runs saved by editors that start files with a UTF-8 byte-order mark, and gzip files cut
 //! short by an interrupted download.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use simlm_eval::{evaluate, Qrels, Run, DEFAULT_METRICS};
 
+use testkit::{gzip, write};
+
 const BOM: &str = "\u{feff}";
-
-fn write(dir: &Path, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
-}
 
 const QRELS: &str = "421 0 d1 1\n421 0 d2 0\n7 0 d3 1\n";
 const TREC_RUN: &str = "421 Q0 d1 1 2.0 t\n421 Q0 d2 2 1.0 t\n7 Q0 d3 1 1.0 t\n";

@@ -110,7 +110,7 @@ fn edge_cases_ties_unjudged_missing_graded_both_formats_gzip() {
     for q in 0..40 {
         // Queries 35.. are in the qrels only (missing from the run).
         for d in 0..30 {
-            if rng.next() % 3 == 0 {
+            if rng.next().is_multiple_of(3) {
                 qrels += &format!("q{q} 0 d{d} {}\n", rng.next() % 4);
             }
         }

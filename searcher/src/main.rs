@@ -159,58 +159,6 @@ fn trim(s: &str, max: usize) -> String {
     format!("{}...", cut.trim_end())
 }
 
-/// Reads `qid<TAB>text` TSV or BEIR JSONL queries.
-fn read_queries(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    let r = engine::corpus::open_lines(path)?;
-    let mut out = Vec::new();
-    for (i, line) in r.split(b'\n').enumerate() {
-        let no = i + 1;
-        let line = line.with_context(|| path.display().to_string())?;
-        let line = std::str::from_utf8(&line)
-            .map_err(|_| anyhow::anyhow!("{}, line {no}: not valid UTF-8", path.display()))?;
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() {
-            continue;
-        }
-        if line.trim_start().starts_with('{') {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .map_err(|e| anyhow::anyhow!("{}, line {no}: bad JSON: {e}", path.display()))?;
-            let id = v
-                .get("_id")
-                .or_else(|| v.get("id"))
-                .or_else(|| v.get("qid"));
-            let id = match id {
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(serde_json::Value::Number(n)) => n.to_string(),
-                _ => bail!("{}, line {no}: missing query id (`_id`)", path.display()),
-            };
-            let text = v
-                .get("text")
-                .or_else(|| v.get("query"))
-                .and_then(|t| t.as_str());
-            let Some(text) = text else {
-                bail!("{}, line {no}: missing `text`", path.display())
-            };
-            out.push((id, text.to_string()));
-        } else {
-            let Some((id, text)) = line.split_once('\t') else {
-                bail!(
-                    "{}, line {no}: expected `qid<TAB>text` or a JSON object",
-                    path.display()
-                );
-            };
-            if id.trim().is_empty() {
-                bail!("{}, line {no}: missing query id", path.display());
-            }
-            out.push((id.trim().to_string(), text.to_string()));
-        }
-    }
-    if out.is_empty() {
-        bail!("{}: no queries", path.display());
-    }
-    Ok(out)
-}
-
 fn batch(
     s: &Searcher,
     queries: &Path,
@@ -219,7 +167,7 @@ fn batch(
     fmt: RunFormat,
     tag: &str,
 ) -> anyhow::Result<()> {
-    let qs = read_queries(queries)?;
+    let qs = engine::corpus::read_queries(queries)?;
     let m = &s.index.manifest;
     let collection = std::path::PathBuf::from(&m.sources.collection.path);
     let mut inputs = vec![
@@ -252,7 +200,7 @@ fn batch(
     let t = Instant::now();
     let mut vecs: Vec<f32> = Vec::with_capacity(qs.len() * s.index.manifest.dim);
     for block in qs.chunks(256) {
-        let docs: Vec<Doc> = block.iter().map(|(_, t)| Doc::query(t)).collect();
+        let docs: Vec<Doc> = block.iter().map(|q| Doc::query(&q.text)).collect();
         vecs.extend(s.encoder.encode(Kind::Query, &docs)?);
         if let Some(b) = &bar {
             b.set_position((vecs.len() / s.index.manifest.dim) as u64);
@@ -264,7 +212,8 @@ fn batch(
     let results = s.index.search(&vecs, k, s.mode)?;
     let secs = t.elapsed().as_secs_f64();
     out.write(|w| {
-        for ((qid, _), hits) in qs.iter().zip(&results) {
+        for (q, hits) in qs.iter().zip(&results) {
+            let qid = &q.id;
             for (rank, h) in hits.iter().enumerate() {
                 let id = &s.index.ids[h.row];
                 match fmt {

@@ -239,3 +239,43 @@ fn the_repl_reports_a_bad_line_and_answers_the_next() {
     assert_eq!(out.matches("  1. ").count(), 2, "{out}");
     assert!(!o.status.success());
 }
+
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn query_ids_that_would_break_a_run_are_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = index();
+    for (name, text, want) in [
+        ("dup.tsv", "7\tcancer\n8\theart\n7\tlungs\n", "line 3"),
+        ("space.tsv", "7\tcancer\nq 8\theart\n", "line 2"),
+        ("nul.tsv", "7\tcancer\n8\0\theart\n", "line 2"),
+        ("bom.tsv", "\u{feff}7\tcancer\n", ""),
+    ] {
+        let q = testkit::write(tmp.path(), name, text);
+        let out = tmp.path().join(format!("{name}.run"));
+        let o = search(&[
+            "batch",
+            "--index",
+            idx.to_str().unwrap(),
+            "--queries",
+            q.to_str().unwrap(),
+            "--k",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        if want.is_empty() {
+            assert!(o.status.success(), "{name}: {}", stderr(&o));
+            let run = std::fs::read_to_string(&out).unwrap();
+            assert!(run.starts_with("7 Q0 "), "{name}: {run}");
+        } else {
+            let e = stderr(&o);
+            assert!(!o.status.success(), "{name} accepted");
+            assert!(e.contains(name) && e.contains(want), "{name}: {e}");
+            assert!(!out.exists(), "{name}: a run was written");
+        }
+    }
+}

@@ -23,6 +23,12 @@ pub fn merge(
     force: bool,
     progress: &dyn Progress,
 ) -> Result<Manifest> {
+    let w = Writer::open(out)?;
+    match w.current() {
+        Ok(Some(_)) if !force => return Err(writer::finished_index_there(out)),
+        Err(e) if !force => return Err(e),
+        _ => {}
+    }
     let mut ms: Vec<(PathBuf, Manifest, crate::store::manifest::Shard)> = Vec::new();
     for d in shards {
         let m = Manifest::read(d)?;
@@ -78,18 +84,39 @@ pub fn merge(
             s0.count
         )));
     }
-    let w = Writer::open(out)?;
-    match w.current() {
-        Ok(Some(_)) if !force => return Err(writer::finished_index_there(out)),
-        Err(e) if !force => return Err(e),
-        _ => {}
-    }
     let (gen, gen_dir) = w.new_generation()?;
-    progress.stage("merging", Some(s0.total as u64));
+    discard_on_error(&gen_dir, || {
+        join(&ms, s0.total, m0, hnsw, gen, &gen_dir, &w, progress)
+    })
+}
+
+/// Runs the rest of a command that writes generation `gen_dir`; if it fails, the generation is
+/// removed (it is not resumable), and the index stays as it was.
+fn discard_on_error<T>(gen_dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let r = f();
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(gen_dir);
+    }
+    r
+}
+
+/// Writes the merged index into `gen_dir` and commits it.
+#[allow(clippy::too_many_arguments)]
+fn join(
+    ms: &[(PathBuf, Manifest, crate::store::manifest::Shard)],
+    total: usize,
+    m0: &Manifest,
+    hnsw: Option<HnswParams>,
+    gen: u64,
+    gen_dir: &Path,
+    w: &Writer,
+    progress: &dyn Progress,
+) -> Result<Manifest> {
+    progress.stage("merging", Some(total as u64));
     let mut vectors = NpyAppender::resume(&gen_dir.join(PARTIAL), m0.dtype, m0.dim, 0, 1)?;
-    let mut ids = Vec::with_capacity(s0.total);
-    let mut offsets = Vec::with_capacity(s0.total);
-    for (d, m, _) in &ms {
+    let mut ids = Vec::with_capacity(total);
+    let mut offsets = Vec::with_capacity(total);
+    for (d, m, _) in ms {
         // Each shard is read through the checks a search makes at open (sizes, ids' checksums).
         let shard = super::Index::open(d)?;
         debug_assert_eq!(shard.manifest.count, m.count);
@@ -101,18 +128,18 @@ pub fn merge(
     progress.finish_stage();
     failpoint::hit("matrix-finish").at(gen_dir.join(PARTIAL))?;
     vectors.finish(&gen_dir.join(VECTORS))?;
-    crate::store::ids::write(&gen_dir, &ids, &offsets)?;
+    crate::store::ids::write(gen_dir, &ids, &offsets)?;
     if let Some(params) = hnsw {
-        writer::build_graph(&gen_dir, params, progress)?;
+        writer::build_graph(gen_dir, params, progress)?;
     }
     let mut manifest = m0.clone();
     manifest.shard = None;
-    manifest.count = s0.total;
+    manifest.count = total;
     manifest.hnsw = hnsw;
     manifest.settings = String::new();
     manifest.data = layout::generation_name(gen);
     progress.message("checksumming the index");
-    manifest.files = writer::checksum_files(&gen_dir, &writer::index_files(hnsw.is_some()), &[])?;
+    manifest.files = writer::checksum_files(gen_dir, &writer::index_files(hnsw.is_some()), &[])?;
     w.commit(&mut manifest)?;
     Ok(manifest)
 }
@@ -130,20 +157,22 @@ pub fn rebuild_graph(dir: &Path, params: HnswParams, progress: &dyn Progress) ->
     super::Index::open(dir)?;
     let old = manifest.data_dir(dir);
     let (gen, gen_dir) = w.new_generation()?;
-    for name in [VECTORS, DOCIDS, OFFSETS] {
-        layout::share_file(&old, &gen_dir, name)?;
-    }
-    writer::build_graph(&gen_dir, params, progress)?;
-    manifest.hnsw = Some(params);
-    manifest.data = layout::generation_name(gen);
-    // The shared files' checksums carry over; the graph's is new.
-    let known: Vec<_> = manifest
-        .files
-        .iter()
-        .filter(|f| f.path != layout::GRAPH)
-        .cloned()
-        .collect();
-    manifest.files = writer::checksum_files(&gen_dir, &writer::index_files(true), &known)?;
-    w.commit(&mut manifest)?;
-    Ok(manifest)
+    discard_on_error(&gen_dir, || {
+        for name in [VECTORS, DOCIDS, OFFSETS] {
+            layout::share_file(&old, &gen_dir, name)?;
+        }
+        writer::build_graph(&gen_dir, params, progress)?;
+        manifest.hnsw = Some(params);
+        manifest.data = layout::generation_name(gen);
+        // The shared files' checksums carry over; the graph's is new.
+        let known: Vec<_> = manifest
+            .files
+            .iter()
+            .filter(|f| f.path != layout::GRAPH)
+            .cloned()
+            .collect();
+        manifest.files = writer::checksum_files(&gen_dir, &writer::index_files(true), &known)?;
+        w.commit(&mut manifest)?;
+        Ok(manifest)
+    })
 }

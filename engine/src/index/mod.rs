@@ -65,8 +65,8 @@ impl Index {
         loop {
             let data_before = Manifest::read(dir).ok().map(|m| m.data);
             match Self::open_once(dir) {
-                Err(Error::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound
+                Err(Error::Io { err, .. })
+                    if err.kind() == std::io::ErrorKind::NotFound
                         && tries < 3
                         && Manifest::read(dir).ok().map(|m| m.data) != data_before =>
                 {

@@ -19,6 +19,14 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+impl SharedMut {
+    /// The pointer, through a method: a closure that calls it captures the whole (Sync) wrapper, not
+    /// the raw pointer field, which is neither Send nor Sync.
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let v = match s {
         CpuStorage::F32(v) => v,
@@ -362,7 +370,6 @@ impl CustomOp1 for FusedAttention<'_> {
                 let v = qkv[row0 * 3 * h + 2 * h + head * hd..].as_ptr();
                 scores.clear();
                 scores.resize(len * len, 0.0);
-                let out = out;
                 // Safety: every pointer stays inside its buffer: rows row0..row0+len of qkv (stride 3h)
                 // and of ctx (stride h), columns head*hd..(head+1)*hd; tasks write disjoint (row, head)
                 // blocks of ctx.
@@ -389,7 +396,7 @@ impl CustomOp1 for FusedAttention<'_> {
                 }
                 unsafe {
                     // ctx (len x hd) = P (len x len) @ V (len x hd)
-                    let dst = out.0.add(row0 * h + head * hd);
+                    let dst = out.ptr().add(row0 * h + head * hd);
                     gemm_f32(
                         len,
                         hd,

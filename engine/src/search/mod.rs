@@ -40,7 +40,7 @@ pub(crate) fn non_finite(
 /// Refuses query vectors with values that are not finite numbers, before they reach a search (where
 /// every score would be NaN and seem to blame the index).
 pub fn check_queries(queries: &[f32], dim: usize) -> crate::Result<()> {
-    if dim == 0 || queries.len() % dim != 0 {
+    if dim == 0 || !queries.len().is_multiple_of(dim) {
         return Err(crate::Error::Msg(format!(
             "query vectors of {} values do not fit dimension {dim}",
             queries.len()

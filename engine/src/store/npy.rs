@@ -353,7 +353,9 @@ impl NpyMatrix {
 
 /// Views little-endian f32 bytes as `&[f32]` when aligned (x86-64 and aarch64 are little-endian).
 fn bytemuck_f32(bytes: &[u8]) -> Option<&[f32]> {
-    if cfg!(target_endian = "little") && (bytes.as_ptr() as usize) % 4 == 0 && bytes.len() % 4 == 0
+    if cfg!(target_endian = "little")
+        && (bytes.as_ptr() as usize).is_multiple_of(4)
+        && bytes.len().is_multiple_of(4)
     {
         // Safety: alignment and length checked; every bit pattern is a valid f32.
         Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, bytes.len() / 4) })

@@ -152,8 +152,7 @@ mod tests {
         );
         let null = Output::resolve(Path::new("/dev/null"), &[]).unwrap();
         assert_eq!(null, Output::Direct("/dev/null".into()));
-        null.write(&mut |w: &mut dyn Write| w.write_all(b"x"))
-            .unwrap();
+        null.write(|w: &mut dyn Write| w.write_all(b"x")).unwrap();
         // A symlink is written through; the link stays a link.
         std::fs::write(t.join("target.txt"), "old").unwrap();
         std::os::unix::fs::symlink("target.txt", t.join("link.txt")).unwrap();
