@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Benchmark: HNSW graph build time and peak memory, hnsw_rs (through the engine) against hnswlib, same
-M and ef_construction, same vectors, same thread count, in one run.
+"""Benchmark: HNSW graph build time and peak memory, the engine's builder against hnswlib, same M and
+ef_construction, same vectors, same thread count, in one run.
 
 Datasets: real embeddings (an index's vectors.npy, e.g. the MS MARCO pool encoded by
-scripts/reproduce_here.sh) and N synthetic unit vectors for scale.
+scripts/reproduce_here.sh; it lies in the generation folder the index's manifest names) and N synthetic
+unit vectors for scale.
 
-usage: scripts/bench_hnsw.py --real target/repro/pool/vectors.npy [--synthetic 1000000 --synthetic-dim 16]
+usage: scripts/bench_hnsw.py --real target/repro/pool/gen000001/vectors.npy [--synthetic 1000000 --synthetic-dim 16]
 """
 import argparse
 import os
@@ -52,7 +53,7 @@ def synthetic(path, n, dim, seed=0):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--real", default=os.path.join(ROOT, "target/repro/pool/vectors.npy"))
+    ap.add_argument("--real", default=os.path.join(ROOT, "target/repro/pool/gen000001/vectors.npy"))
     ap.add_argument("--synthetic", type=int, default=1_000_000)
     ap.add_argument("--synthetic-dim", type=int, default=16)
     ap.add_argument("--m", type=int, default=32)
@@ -80,7 +81,7 @@ def main():
             ours = measure([a.bin, path, str(m), str(efc)], env)
             theirs = measure([a.python, "-c", HNSWLIB, path, str(m), str(efc), str(a.threads)])
             dims = f"{shape[0]:,} x {shape[1]}"
-            print(f"{name:<40}{dims:>16}{m:>4}{efc:>5}  {'hnsw_rs':<10}{ours[0]:>9.1f}{ours[2]:>10.0f}")
+            print(f"{name:<40}{dims:>16}{m:>4}{efc:>5}  {'engine':<10}{ours[0]:>9.1f}{ours[2]:>10.0f}")
             print(f"{'':<40}{'':>16}{'':>4}{'':>5}  {'hnswlib':<10}{theirs[0]:>9.1f}{theirs[2]:>10.0f}")
 
 

@@ -2,7 +2,7 @@
 """Benchmark: search speed on the same vectors and queries, in one run.
 
   exact: the engine's blocked GEMM scan against faiss IndexFlatIP (and numpy);
-  HNSW:  the engine's graph (built by hnsw_rs, searched by the engine) against hnswlib and faiss IndexHNSWFlat with the same M and
+  HNSW:  the engine's graph (built and searched by the engine) against hnswlib and faiss IndexHNSWFlat with the same M and
          ef_construction, sweeping ef: queries/s at recall@10 (against exact) of 0.90, 0.95, 0.99;
   time to the first answer after start-up (open, map, graph load, one query).
 
@@ -43,7 +43,8 @@ def main():
     faiss.omp_set_num_threads(a.threads)
     manifest = json.load(open(os.path.join(a.index, "manifest.json")))
     m, efc = manifest["hnsw"]["m"], manifest["hnsw"]["ef_construction"]
-    x = np.load(os.path.join(a.index, "vectors.npy"))
+    # The index's files live in the generation folder its manifest names.
+    x = np.load(os.path.join(a.index, manifest["data"], "vectors.npy"))
     q = np.load(a.queries)
     nq, k = q.shape[0], 10
 
