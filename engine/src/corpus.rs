@@ -252,10 +252,6 @@ impl CorpusReader {
         })
     }
 
-    pub fn format(&self) -> CorpusFormat {
-        self.format
-    }
-
     fn next_title(&mut self, id: &str) -> Result<Option<String>> {
         let Some(t) = &mut self.titles else {
             return Ok(None);

@@ -189,14 +189,6 @@ impl TextEncoder {
         self.format
     }
 
-    pub fn max_len(&self, kind: Kind) -> usize {
-        let t = match kind {
-            Kind::Query => &self.query,
-            Kind::Passage => &self.passage,
-        };
-        t.get_truncation().map(|t| t.max_length).unwrap_or(512)
-    }
-
     /// Token ids of each text, in order (tokenised in parallel).
     pub fn tokenize(&self, kind: Kind, docs: &[Doc]) -> Result<Vec<Tokens>> {
         let tok = match kind {

@@ -2,14 +2,13 @@
 //! the hf-hub cache (downloading only when online).
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 /// SimLM's fine-tuned bi-encoder on the Hugging Face hub.
 pub const DEFAULT_MODEL: &str = "intfloat/simlm-base-msmarco-finetuned";
@@ -103,7 +102,14 @@ impl ModelFiles {
     }
 
     fn from_hub(id: &str) -> Result<Self> {
-        let cache = hf_hub::Cache::from_env();
+        let offline = std::env::var("HF_HUB_OFFLINE")
+            .map(|v| !v.is_empty() && v != "0")
+            .unwrap_or(false);
+        Self::from_hub_cache(id, hf_hub::Cache::from_env(), offline)
+    }
+
+    /// A hub model from `cache`, downloaded into it first unless `offline`.
+    fn from_hub_cache(id: &str, cache: hf_hub::Cache, offline: bool) -> Result<Self> {
         let repo = cache.model(id.to_string());
         let cached = |names: &[&str]| names.iter().find_map(|n| repo.get(n));
         let from_cache = || -> Option<ModelFiles> {
@@ -127,12 +133,9 @@ impl ModelFiles {
              from https://huggingface.co/{id} into a folder and pass that folder as --model",
             cache.path().display()
         );
-        let offline = std::env::var("HF_HUB_OFFLINE")
-            .map(|v| !v.is_empty() && v != "0")
-            .unwrap_or(false);
         if offline {
             return Err(Error::ModelNotFound(format!(
-                "{how_to} (HF_HUB_OFFLINE is set)"
+                "{how_to} (offline: HF_HUB_OFFLINE is set)"
             )));
         }
         download(id)
@@ -162,20 +165,75 @@ impl ModelFiles {
 
     /// A SHA-256 over the weights and tokenizer files, which identifies the model an index was built with.
     pub fn fingerprint(&self) -> Result<String> {
-        let mut h = Sha256::new();
-        for p in [&self.weights, &self.tokenizer, &self.config] {
-            let mut f = std::fs::File::open(p).at(p)?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f.read(&mut buf).at(p)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
+        self.fingerprint_cached(fingerprint_cache_path().as_deref())
+    }
+
+    /// The fingerprint, looked up in (and added to) the cache file `cache` when given: a search starts
+    /// without re-reading the weights, and a file that changed (size or modification time) is hashed
+    /// again.
+    pub fn fingerprint_cached(&self, cache: Option<&Path>) -> Result<String> {
+        let files = [&self.weights, &self.tokenizer, &self.config];
+        let key = fingerprint_key(&files);
+        if let (Some(key), Some(cache)) = (&key, cache) {
+            if let Some(fp) = read_cache(cache).get(key).and_then(|v| v.as_str()) {
+                return Ok(fp.to_string());
             }
         }
-        Ok(format!("sha256:{:x}", h.finalize()))
+        let mut h = Sha256::new();
+        for p in files {
+            crate::store::manifest::hash_file_into(p, &mut h)?;
+        }
+        let fp = format!("sha256:{:x}", h.finalize());
+        if let (Some(key), Some(cache)) = (key, cache) {
+            // Best effort: a cache that cannot be written costs the next start a re-read, nothing more.
+            let mut map = read_cache(cache);
+            map.insert(key, serde_json::Value::String(fp.clone()));
+            if let Some(dir) = cache.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let text = serde_json::Value::Object(map).to_string();
+            let _ = crate::store::atomic_write_str(cache, &text);
+        }
+        Ok(fp)
     }
+}
+
+/// The fingerprint cache's key for a model's files: each file's absolute path, size and modification
+/// time (nanoseconds), so that a changed file is hashed again. `None` when a file cannot be stat'ed.
+fn fingerprint_key(files: &[&PathBuf]) -> Option<String> {
+    let mut key = String::new();
+    for p in files {
+        let abs = std::fs::canonicalize(p).ok()?;
+        let meta = std::fs::metadata(&abs).ok()?;
+        let mtime = meta
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
+        key.push_str(&format!(
+            "{}|{}|{};",
+            abs.display(),
+            meta.len(),
+            mtime.as_nanos()
+        ));
+    }
+    Some(key)
+}
+
+/// Where fingerprints are cached: `$SIMLM_CACHE`, else `$XDG_CACHE_HOME/simlm`, else `~/.cache/simlm`.
+fn fingerprint_cache_path() -> Option<PathBuf> {
+    let dir = std::env::var_os("SIMLM_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("simlm")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/simlm")))?;
+    Some(dir.join("fingerprints.json"))
+}
+
+fn read_cache(path: &Path) -> serde_json::Map<String, serde_json::Value> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
 }
 
 /// Downloads a hub repository's files into the cache; the first request is bounded in time so that a
@@ -245,10 +303,11 @@ mod tests {
 
     #[test]
     fn offline_uncached_hub_id_errors_at_once() {
+        // The cache and the offline switch are passed in: setting HF_HOME here would change it for
+        // the tests running beside this one.
         let tmp = tempfile::tempdir().unwrap();
-        std::env::set_var("HF_HOME", tmp.path());
-        std::env::set_var("HF_HUB_OFFLINE", "1");
-        let e = ModelFiles::resolve("intfloat/simlm-base-msmarco-finetuned")
+        let cache = hf_hub::Cache::new(tmp.path().to_path_buf());
+        let e = ModelFiles::from_hub_cache("intfloat/simlm-base-msmarco-finetuned", cache, true)
             .unwrap_err()
             .to_string();
         assert!(
@@ -256,6 +315,44 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("--model"), "{e}");
+    }
+
+    #[test]
+    fn fingerprints_are_cached_until_a_file_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("m");
+        std::fs::create_dir(&dir).unwrap();
+        for (name, text) in [
+            ("config.json", "{}"),
+            ("tokenizer.json", "{}"),
+            ("model.safetensors", "w1"),
+        ] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let files = ModelFiles {
+            spec: "m".into(),
+            config: dir.join("config.json"),
+            tokenizer: dir.join("tokenizer.json"),
+            tokenizer_config: None,
+            weights: dir.join("model.safetensors"),
+            sentence_bert_config: None,
+            pooling_config: None,
+        };
+        let cache = tmp.path().join("cache/fingerprints.json");
+        let fp = files.fingerprint_cached(Some(&cache)).unwrap();
+        assert_eq!(fp, files.fingerprint_cached(None).unwrap());
+        // The cached value is what a second start reads (shown by editing it).
+        let text = std::fs::read_to_string(&cache).unwrap();
+        std::fs::write(&cache, text.replace(&fp, "sha256:cached")).unwrap();
+        assert_eq!(
+            files.fingerprint_cached(Some(&cache)).unwrap(),
+            "sha256:cached"
+        );
+        // A changed file is hashed again.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(dir.join("model.safetensors"), "w2").unwrap();
+        let fresh = files.fingerprint_cached(Some(&cache)).unwrap();
+        assert!(fresh != "sha256:cached" && fresh != fp, "{fresh}");
     }
 
     #[test]
