@@ -29,7 +29,7 @@
 //! With one thread (a one-thread rayon pool) the build is deterministic: nodes are inserted in row
 //! order after the entry, and every tie is broken by node id.
 
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::Ordering::{Acquire, Release};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
@@ -37,7 +37,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use super::{CodeBook, HnswParams, MAX_LAYER as MAX_LEVEL, NONE};
+use super::{CodeBook, HnswParams, Near, MAX_LAYER as MAX_LEVEL, NONE};
 use crate::search::simd::{dot_u8_kernel, prefetch, DotU8Fn};
 
 /// Seeds the level draw (any fixed value: the graph must not depend on the run).
@@ -187,30 +187,6 @@ fn atomic_into_plain(v: Vec<AtomicU32>) -> Vec<u32> {
     // Safety: as in `atomic_zeros`, the other way round; the Vec is owned, so nothing else accesses
     // the words.
     unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut u32, v.len(), v.capacity()) }
-}
-
-/// A scored node, ordered best first: higher score, then lower id.
-#[derive(Debug, Clone, Copy)]
-struct Near {
-    score: f32,
-    id: u32,
-}
-
-impl PartialEq for Near {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o) == Ordering::Equal
-    }
-}
-impl Eq for Near {}
-impl PartialOrd for Near {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Near {
-    fn cmp(&self, o: &Self) -> Ordering {
-        self.score.total_cmp(&o.score).then(o.id.cmp(&self.id))
-    }
 }
 
 /// A thread's reusable state.

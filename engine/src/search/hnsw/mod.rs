@@ -45,6 +45,31 @@ const MAX_LAYER: usize = 16;
 /// "No list" in the upper-layer index; also the bound on node counts.
 const NONE: u32 = u32::MAX;
 
+/// A scored node, ordered best first: higher score, then lower id (the result order,
+/// `search::rank`; a u32 id keeps the heaps compact). The build's and the walk's heaps hold these.
+#[derive(Debug, Clone, Copy)]
+struct Near {
+    score: f32,
+    id: u32,
+}
+
+impl PartialEq for Near {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Near {}
+impl PartialOrd for Near {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Near {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        crate::search::rank(self.score, self.id as usize, o.score, o.id as usize)
+    }
+}
+
 /// A built graph in memory, in the file's layout.
 pub struct GraphParts {
     m0: usize,

@@ -4,13 +4,14 @@
 //! `min(k, passages)` hits or an error: a damaged graph or matrix never shows as a short or wrong list.
 
 use std::cell::RefCell;
-use std::cmp::Ordering;
+use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use super::format::Graph;
+use super::Near;
 use crate::error::{Error, Result};
 use crate::search::simd::{self, prefetch};
-use crate::search::{rank, sort_hits, Hit};
+use crate::search::{sort_hits, Hit};
 use crate::store::npy::NpyMatrix;
 
 thread_local! {
@@ -23,8 +24,9 @@ struct Scratch {
     /// `visited[row] == epoch` marks a row as seen by the current query.
     visited: Vec<u16>,
     epoch: u16,
-    candidates: BinaryHeap<Best>,
-    found: BinaryHeap<Worst>,
+    candidates: BinaryHeap<Near>,
+    /// The `ef` best found, worst on top.
+    found: BinaryHeap<Reverse<Near>>,
     batch: Vec<u32>,
     weights: Vec<f32>,
 }
@@ -45,36 +47,6 @@ impl Scratch {
     }
 }
 
-/// A scored row ordered best first (the result order; a u32 row keeps the heaps compact).
-#[derive(Clone, Copy)]
-struct Best(f32, u32);
-
-impl PartialEq for Best {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o) == Ordering::Equal
-    }
-}
-impl Eq for Best {}
-impl PartialOrd for Best {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Best {
-    fn cmp(&self, o: &Self) -> Ordering {
-        rank(self.0, self.1 as usize, o.0, o.1 as usize)
-    }
-}
-
-/// A scored row ordered worst first (lower score, then higher row).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Worst(std::cmp::Reverse<Best>);
-
-impl Worst {
-    fn score(&self) -> f32 {
-        (self.0).0 .0
-    }
-}
 impl Graph {
     fn damaged(&self, msg: String) -> Error {
         Error::corrupt(
@@ -178,17 +150,20 @@ impl Graph {
         sc.start(self.n);
         let epoch = sc.epoch;
         sc.visited[cur] = epoch;
-        sc.candidates.push(Best(cur_score, cur as u32));
-        sc.found
-            .push(Worst(std::cmp::Reverse(Best(cur_score, cur as u32))));
+        let start = Near {
+            score: cur_score,
+            id: cur as u32,
+        };
+        sc.candidates.push(start);
+        sc.found.push(Reverse(start));
         let mut floor = cur_score;
-        while let Some(Best(s, row)) = sc.candidates.pop() {
+        while let Some(Near { score: s, id: row }) = sc.candidates.pop() {
             if s < floor && sc.found.len() >= ef {
                 break;
             }
             // The next candidate's links load while this one's neighbours are scored.
             if let Some(next) = sc.candidates.peek() {
-                let at = self.layer0_at + 4 * next.1 as usize * (self.m0 + 1);
+                let at = self.layer0_at + 4 * next.id as usize * (self.m0 + 1);
                 prefetch(self.map.as_ptr().wrapping_add(at), 4 * (self.m0 + 1));
             }
             // Unseen neighbours first (their rows prefetched), then their scores.
@@ -202,20 +177,23 @@ impl Graph {
                 }
             }
             for &nb in &sc.batch {
-                let s = score(nb as usize);
-                if sc.found.len() < ef || s > floor {
-                    sc.candidates.push(Best(s, nb));
-                    sc.found.push(Worst(std::cmp::Reverse(Best(s, nb))));
+                let near = Near {
+                    score: score(nb as usize),
+                    id: nb,
+                };
+                if sc.found.len() < ef || near.score > floor {
+                    sc.candidates.push(near);
+                    sc.found.push(Reverse(near));
                     if sc.found.len() > ef {
                         sc.found.pop();
                     }
                     if let Some(w) = sc.found.peek() {
-                        floor = w.score();
+                        floor = w.0.score;
                     }
                 }
             }
         }
-        Ok(sc.found.drain().map(|w| (w.0).0 .1).collect())
+        Ok(sc.found.drain().map(|w| w.0.id).collect())
     }
 }
 
