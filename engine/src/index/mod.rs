@@ -63,12 +63,13 @@ impl Index {
         // the files' opening: then the manifest has changed, and the new one is opened.
         let mut tries = 0;
         loop {
-            let data_before = Manifest::read(dir).ok().map(|m| m.data);
-            match Self::open_once(dir) {
+            let manifest = Manifest::read(dir)?;
+            let used = manifest.data.clone();
+            match Self::open_with(dir, manifest) {
                 Err(Error::Io { err, .. })
                     if err.kind() == std::io::ErrorKind::NotFound
                         && tries < 3
-                        && Manifest::read(dir).ok().map(|m| m.data) != data_before =>
+                        && Manifest::read(dir).ok().map(|m| m.data) != Some(used) =>
                 {
                     tries += 1;
                 }
@@ -77,8 +78,8 @@ impl Index {
         }
     }
 
-    fn open_once(dir: &Path) -> Result<Self> {
-        let manifest = Manifest::read(dir)?;
+    /// Opens the files `manifest` names.
+    fn open_with(dir: &Path, manifest: Manifest) -> Result<Self> {
         let data = manifest.data_dir(dir);
         let vp = data.join(VECTORS);
         let vectors = NpyMatrix::open(&vp)?;
