@@ -551,6 +551,36 @@ pub fn read_queries(path: &Path) -> Result<Vec<Query>> {
     Ok(out)
 }
 
+/// Reads ids one a line (as `simlm-index import --ids` and `simlm-search batch --query-ids` take
+/// them): plain or gzip-compressed, surrounding spaces dropped; blank lines, ids that would break a run
+/// file and repeated ids are refused with their line numbers. `what` names the ids in messages.
+pub fn read_ids(path: &Path, what: &str) -> Result<Vec<String>> {
+    let mut r = LineReader::open(path)?;
+    let mut out = Vec::new();
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut buf = Vec::new();
+    while r.next_line(&mut buf)?.is_some() {
+        let no = r.line;
+        let bad = |msg: String| Error::invalid(path, Some(no), msg);
+        let id = std::str::from_utf8(&buf)
+            .map_err(|_| bad("not valid UTF-8".into()))?
+            .trim();
+        if id.is_empty() {
+            return Err(bad(format!(
+                "an empty line: the file must hold one {what} id a line, one for each row of the vectors"
+            )));
+        }
+        check_id(id).map_err(|m| bad(m.replacen("id ", &format!("{what} id "), 1)))?;
+        if let Some(first) = seen.insert(id.to_string(), no) {
+            return Err(bad(format!(
+                "{what} id `{id}` appears twice (lines {first} and {no}); every row needs its own id"
+            )));
+        }
+        out.push(id.to_string());
+    }
+    Ok(out)
+}
+
 /// Reads texts to encode, one JSON object a line (`{"text": ..., "title": ...}`, title optional), plain
 /// or gzip-compressed; blank lines are skipped.
 pub fn read_docs_jsonl(path: &Path) -> Result<Vec<Doc>> {

@@ -33,6 +33,9 @@ enum Command {
     Build(BuildArgs),
     /// Encode JSON lines {"text": ..., "title": ...} into a float32 .npy (lines x dim).
     Embed(EmbedArgs),
+    /// Make an index from vectors encoded elsewhere (an f32 or f16 .npy, rows x dimensions, C order).
+    /// It has no model: it answers pre-encoded queries (`simlm-search batch --query-vectors`).
+    Import(ImportArgs),
     /// Build (or rebuild) the HNSW graph of an existing index.
     Hnsw {
         dir: PathBuf,
@@ -91,8 +94,8 @@ struct EncoderArgs {
 
 #[derive(Args, Clone, Copy)]
 struct GraphArgs {
-    /// HNSW neighbours per node.
-    #[arg(long, default_value_t = HnswParams::default().m)]
+    /// HNSW neighbours per node (M).
+    #[arg(long, visible_alias = "m", default_value_t = HnswParams::default().m)]
     hnsw_m: usize,
     /// HNSW ef at construction.
     #[arg(long, default_value_t = HnswParams::default().ef_construction)]
@@ -135,6 +138,33 @@ struct BuildArgs {
     /// Passages per resumable chunk.
     #[arg(long, default_value_t = 4096)]
     chunk_rows: usize,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The vectors: .npy, f32 or f16, one row per passage, C order.
+    #[arg(long)]
+    vectors: PathBuf,
+    /// Passage ids, one a line, in row order (default: the collection's ids, or the row numbers).
+    #[arg(long)]
+    ids: Option<PathBuf>,
+    /// The collection the rows encode, in row order (TSV or JSONL): results show its passages.
+    #[arg(long)]
+    collection: Option<PathBuf>,
+    /// The index folder.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    graph: GraphArgs,
+    /// Skip the HNSW graph (exact search only).
+    #[arg(long)]
+    no_hnsw: bool,
+    /// Worker threads for the graph (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Replace a finished index at --out.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -275,11 +305,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 chunk_rows: a.chunk_rows.max(1),
             };
             let m = index::build(&enc, &opts, &progress)?;
-            if m.sources.skipped_lines > 0 {
-                eprintln!(
-                    "skipped {} malformed lines (--skip-bad)",
-                    m.sources.skipped_lines
-                );
+            let skipped = m.sources.as_ref().map_or(0, |s| s.skipped_lines);
+            if skipped > 0 {
+                eprintln!("skipped {skipped} malformed lines (--skip-bad)");
             }
             eprintln!(
                 "index of {} passages ({} x {} {:?}) written to {}",
@@ -287,6 +315,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 m.count,
                 m.dim,
                 m.dtype,
+                a.out.display()
+            );
+        }
+        Command::Import(a) => {
+            set_threads(a.threads);
+            let opts = index::ImportOptions {
+                vectors: a.vectors,
+                ids: a.ids,
+                collection: a.collection,
+                out: a.out.clone(),
+                hnsw: (!a.no_hnsw).then_some(HnswParams {
+                    m: a.graph.hnsw_m,
+                    ef_construction: a.graph.ef_construction,
+                }),
+                force: a.force,
+            };
+            let m = index::import(&opts, &progress)?;
+            eprintln!(
+                "index of {} imported vectors ({} x {} {:?}{}) written to {}",
+                m.count,
+                m.count,
+                m.dim,
+                m.dtype,
+                if m.hnsw.is_some() { ", HNSW graph" } else { "" },
                 a.out.display()
             );
         }

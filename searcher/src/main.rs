@@ -36,13 +36,20 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         k: usize,
     },
-    /// Run a query file and write a run file for simlm-eval.
+    /// Run a query file (or pre-encoded query vectors) and write a run file for simlm-eval.
     Batch {
         #[command(flatten)]
         common: Common,
         /// Queries: `qid<TAB>text` TSV or BEIR queries.jsonl (`_id`, `text`).
+        #[arg(long, required_unless_present = "query_vectors", conflicts_with = "query_vectors")]
+        queries: Option<PathBuf>,
+        /// Pre-encoded queries instead: an f32 or f16 .npy (queries x dimensions, C order), as
+        /// Pyserini's --encoded-queries; no model is loaded.
         #[arg(long)]
-        queries: PathBuf,
+        query_vectors: Option<PathBuf>,
+        /// The ids of the --query-vectors rows, one a line (default: the row numbers 0..n-1).
+        #[arg(long, requires = "query_vectors")]
+        query_ids: Option<PathBuf>,
         #[arg(long, default_value_t = 1000)]
         k: usize,
         /// The run file to write.
@@ -92,7 +99,9 @@ struct Common {
     threads: Option<usize>,
 }
 
-fn open(c: &Common) -> anyhow::Result<Searcher> {
+/// Opens the index; with `encoder`, with the encoder its manifest names (an index without a model
+/// is refused then, as it cannot answer text).
+fn open(c: &Common, encoder: bool) -> anyhow::Result<Searcher> {
     if let Some(t) = c.threads {
         // candle and rayon both read RAYON_NUM_THREADS; set before either starts its pool.
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
@@ -102,8 +111,13 @@ fn open(c: &Common) -> anyhow::Result<Searcher> {
         device: engine::parse_device(&c.device)?,
         exact: c.exact,
         ef: c.ef,
+        encoder,
     };
-    Ok(Searcher::open(&c.index, &opts)?)
+    let s = Searcher::open(&c.index, &opts)?;
+    if encoder {
+        s.encoder()?;
+    }
+    Ok(s)
 }
 
 /// Answers one query: ranked results with their text, then the encode and search latencies.
@@ -159,29 +173,66 @@ fn trim(s: &str, max: usize) -> String {
     format!("{}...", cut.trim_end())
 }
 
-fn batch(
-    s: &Searcher,
-    queries: &Path,
-    k: usize,
-    out: &Path,
-    fmt: RunFormat,
-    tag: &str,
-) -> anyhow::Result<()> {
-    let qs = engine::corpus::read_queries(queries)?;
-    let m = &s.index.manifest;
-    let collection = std::path::PathBuf::from(&m.sources.collection.path);
-    let mut inputs = vec![
-        queries,
-        collection.as_path(),
-        s.encoder.files().weights.as_path(),
-    ];
-    let titles = m
-        .sources
-        .titles
-        .as_ref()
-        .map(|t| std::path::PathBuf::from(&t.path));
-    inputs.extend(titles.as_deref());
-    let out = Output::resolve(out, &inputs)?;
+/// Where a batch's queries come from.
+enum BatchQueries<'a> {
+    Text(&'a Path),
+    Vectors { path: &'a Path, ids: Option<&'a Path> },
+}
+
+/// Reads pre-encoded queries: their ids and their vectors (row-major).
+fn query_vectors(
+    path: &Path,
+    ids: Option<&Path>,
+    dim: usize,
+) -> anyhow::Result<(Vec<String>, Vec<f32>)> {
+    let m = engine::store::npy::NpyMatrix::open(path)?;
+    if m.header.ndim != 2 || m.rows() == 0 {
+        bail!(
+            "{}: holds {} rows of {} values ({}-D); expected a 2-D array of queries x dimensions with at least one row",
+            path.display(),
+            m.rows(),
+            m.cols(),
+            m.header.ndim
+        );
+    }
+    if m.cols() != dim {
+        bail!(
+            "{}: query vectors of dimension {}, the index holds dimension {dim}: encode the queries with the index's model",
+            path.display(),
+            m.cols()
+        );
+    }
+    let vecs = m.rows_f32(0, m.rows()).into_owned();
+    if let Some(i) = vecs.iter().position(|x| !x.is_finite()) {
+        bail!(
+            "{}: row {} (0-based) has a value that is not a finite number in dimension {}: re-encode the queries",
+            path.display(),
+            i / dim,
+            i % dim
+        );
+    }
+    let qids = match ids {
+        Some(p) => {
+            let ids = engine::corpus::read_ids(p, "query")?;
+            if ids.len() != m.rows() {
+                bail!(
+                    "{}: {} ids for the {} rows of {}: give one id a line for each row, in row order",
+                    p.display(),
+                    ids.len(),
+                    m.rows(),
+                    path.display()
+                );
+            }
+            ids
+        }
+        None => (0..m.rows()).map(|r| r.to_string()).collect(),
+    };
+    Ok((qids, vecs))
+}
+
+/// Encodes text queries, with a progress bar on a terminal.
+fn encode_queries(s: &Searcher, qs: &[engine::corpus::Query]) -> anyhow::Result<Vec<f32>> {
+    let enc = s.encoder()?;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(qs.len() as u64);
         b.set_style(
@@ -195,25 +246,66 @@ fn batch(
     } else {
         None
     };
-    // Encode every query first (the bar counts encoding), then search them together, so that exact
-    // search streams the matrix once per block of queries.
-    let t = Instant::now();
-    let mut vecs: Vec<f32> = Vec::with_capacity(qs.len() * s.index.manifest.dim);
+    // Every query is encoded first, then all are searched together, so that exact search streams
+    // the matrix once per block of queries.
+    let mut vecs: Vec<f32> = Vec::with_capacity(qs.len() * enc.dim());
     for block in qs.chunks(256) {
         let docs: Vec<Doc> = block.iter().map(|q| Doc::query(&q.text)).collect();
-        vecs.extend(s.encoder.encode(Kind::Query, &docs)?);
+        vecs.extend(enc.encode(Kind::Query, &docs)?);
         if let Some(b) = &bar {
-            b.set_position((vecs.len() / s.index.manifest.dim) as u64);
+            b.set_position((vecs.len() / enc.dim()) as u64);
         }
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    Ok(vecs)
+}
+
+fn batch(
+    s: &Searcher,
+    queries: BatchQueries,
+    k: usize,
+    out: &Path,
+    fmt: RunFormat,
+    tag: &str,
+) -> anyhow::Result<()> {
+    let m = &s.index.manifest;
+    // Every file the command reads is protected from --out.
+    let mut inputs: Vec<PathBuf> = Vec::new();
+    match &queries {
+        BatchQueries::Text(p) => inputs.push(p.to_path_buf()),
+        BatchQueries::Vectors { path, ids } => {
+            inputs.push(path.to_path_buf());
+            inputs.extend(ids.map(Path::to_path_buf));
+        }
+    }
+    if let Some(src) = &m.sources {
+        inputs.push(PathBuf::from(&src.collection.path));
+        inputs.extend(src.titles.as_ref().map(|t| PathBuf::from(&t.path)));
+    }
+    if let Ok(enc) = s.encoder() {
+        inputs.push(enc.files().weights.clone());
+    }
+    let input_refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    let out = Output::resolve(out, &input_refs)?;
+    // Timed: the encoding of text queries and the search (for vectors, the search alone).
+    let (qids, vecs, t) = match queries {
+        BatchQueries::Vectors { path, ids } => {
+            let (qids, vecs) = query_vectors(path, ids, m.dim)?;
+            (qids, vecs, Instant::now())
+        }
+        BatchQueries::Text(path) => {
+            let qs = engine::corpus::read_queries(path)?;
+            let t = Instant::now();
+            let vecs = encode_queries(s, &qs)?;
+            (qs.into_iter().map(|q| q.id).collect(), vecs, t)
+        }
+    };
     let results = s.index.search(&vecs, k, s.mode)?;
     let secs = t.elapsed().as_secs_f64();
     out.write(|w| {
-        for (q, hits) in qs.iter().zip(&results) {
-            let qid = &q.id;
+        for (qid, hits) in qids.iter().zip(&results) {
             for (rank, h) in hits.iter().enumerate() {
                 let id = &s.index.ids[h.row];
                 match fmt {
@@ -228,9 +320,9 @@ fn batch(
     })?;
     eprintln!(
         "{} queries ({}, k={k}) in {secs:.2} s ({:.1} queries/s); run written to {}",
-        qs.len(),
+        qids.len(),
         s.mode,
-        qs.len() as f64 / secs.max(1e-9),
+        qids.len() as f64 / secs.max(1e-9),
         out
     );
     Ok(())
@@ -356,22 +448,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if text.trim().is_empty() {
                 bail!("the query is empty: give some text to search for");
             }
-            let s = open(&common)?;
+            let s = open(&common, true)?;
             answer(&s, &text, k, s.mode, &mut std::io::stdout().lock())?;
         }
         Command::Batch {
             common,
             queries,
+            query_vectors,
+            query_ids,
             k,
             out,
             run_format,
             tag,
         } => {
-            let s = open(&common)?;
-            batch(&s, &queries, k, &out, run_format, &tag)?;
+            let source = match (&queries, &query_vectors) {
+                (Some(q), _) => BatchQueries::Text(q),
+                (None, Some(v)) => BatchQueries::Vectors {
+                    path: v,
+                    ids: query_ids.as_deref(),
+                },
+                (None, None) => bail!("give --queries or --query-vectors"),
+            };
+            let s = open(&common, queries.is_some())?;
+            batch(&s, source, k, &out, run_format, &tag)?;
         }
         Command::Repl { common, k } => {
-            let s = open(&common)?;
+            let s = open(&common, true)?;
             repl(&s, k)?;
         }
     }

@@ -63,7 +63,7 @@ fn query_vectors(index: &Index) -> Vec<f32> {
     let enc = Encoder::load(tiny().to_str().unwrap(), &EncoderOptions::default()).unwrap();
     assert_eq!(
         enc.files().fingerprint().unwrap(),
-        index.manifest.model.fingerprint
+        index.manifest.model.as_ref().unwrap().fingerprint
     );
     let docs: Vec<Doc> = queries().iter().map(|(_, t)| Doc::query(t)).collect();
     enc.encode(Kind::Query, &docs).unwrap()

@@ -235,21 +235,22 @@ pub fn build(encoder: &Encoder, opts: &BuildOptions, progress: &dyn Progress) ->
     progress.message("checksumming the index");
     let mut manifest = Manifest {
         format_version: FORMAT_VERSION,
-        model: plan.model,
-        input_format: encoder.format(),
-        pooling: encoder.pooling(),
-        precision: plan.precision,
+        model: Some(plan.model),
+        input_format: Some(encoder.format()),
+        pooling: Some(encoder.pooling()),
+        precision: Some(plan.precision),
         dim: plan.dim,
         dtype: opts.dtype,
         count: plan.end - plan.start,
         shard,
         hnsw: opts.hnsw,
-        sources: Sources {
+        sources: Some(Sources {
             collection: plan.collection,
             titles: plan.titles,
             fix_encoding: opts.read.fix_encoding,
             skipped_lines: scan.skipped,
-        },
+        }),
+        imported: None,
         settings: plan.settings,
         data: layout::generation_name(gen),
         files: writer::checksum_files(&gen_dir, &writer::index_files(opts.hnsw.is_some()), &[])?,

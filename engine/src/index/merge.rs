@@ -54,7 +54,8 @@ pub fn merge(
                 d.display()
             )))
         };
-        if m.model.fingerprint != m0.model.fingerprint {
+        let fingerprint = |m: &Manifest| m.model.as_ref().map(|x| x.fingerprint.clone());
+        if fingerprint(m) != fingerprint(m0) {
             return differ("model");
         }
         if m.input_format != m0.input_format {
@@ -66,11 +67,16 @@ pub fn merge(
         if m.dtype != m0.dtype || m.dim != m0.dim || m.precision != m0.precision {
             return differ("vector type");
         }
-        if m.sources.collection.sha256 != m0.sources.collection.sha256
-            || m.sources.titles.as_ref().map(|t| &t.sha256)
-                != m0.sources.titles.as_ref().map(|t| &t.sha256)
-            || m.sources.fix_encoding != m0.sources.fix_encoding
-        {
+        let sources = |m: &Manifest| {
+            m.sources.as_ref().map(|s| {
+                (
+                    s.collection.sha256.clone(),
+                    s.titles.as_ref().map(|t| t.sha256.clone()),
+                    s.fix_encoding,
+                )
+            })
+        };
+        if sources(m) != sources(m0) {
             return differ("sources");
         }
         if s.count != s0.count || s.total != s0.total || s.chunk_rows != s0.chunk_rows {
@@ -85,19 +91,9 @@ pub fn merge(
         )));
     }
     let (gen, gen_dir) = w.new_generation()?;
-    discard_on_error(&gen_dir, || {
+    writer::discard_on_error(&gen_dir, || {
         join(&ms, s0.total, m0, hnsw, gen, &gen_dir, &w, progress)
     })
-}
-
-/// Runs the rest of a command that writes generation `gen_dir`; if it fails, the generation is
-/// removed (it is not resumable), and the index stays as it was.
-fn discard_on_error<T>(gen_dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let r = f();
-    if r.is_err() {
-        let _ = std::fs::remove_dir_all(gen_dir);
-    }
-    r
 }
 
 /// Writes the merged index into `gen_dir` and commits it.
@@ -157,7 +153,7 @@ pub fn rebuild_graph(dir: &Path, params: HnswParams, progress: &dyn Progress) ->
     super::Index::open(dir)?;
     let old = manifest.data_dir(dir);
     let (gen, gen_dir) = w.new_generation()?;
-    discard_on_error(&gen_dir, || {
+    writer::discard_on_error(&gen_dir, || {
         for name in [VECTORS, DOCIDS, OFFSETS] {
             layout::share_file(&old, &gen_dir, name)?;
         }

@@ -1,8 +1,9 @@
-//! Index folders: building (`build`), joining shards and rebuilding the graph (`merge`), checking
+//! Index folders: building (`build`), importing vectors made elsewhere (`import`), joining shards and rebuilding the graph (`merge`), checking
 //! (`verify`), and opening one for search (`Index`, and `Searcher`: an index with the encoder its
 //! manifest names). The folder's layout is `store::layout`'s.
 
 mod build;
+mod import;
 mod merge;
 mod progress;
 mod searcher;
@@ -10,6 +11,7 @@ mod verify;
 mod writer;
 
 pub use build::{build, scan, shard_range, BuildOptions, Scan};
+pub use import::{import, ImportOptions};
 pub use merge::{merge, rebuild_graph};
 pub use progress::{Progress, Quiet};
 pub use searcher::{Searcher, SearcherOptions};
@@ -188,7 +190,14 @@ impl Index {
 
     /// The passage behind row `row`, read from the collection through its stored offset.
     pub fn passage(&self, row: usize) -> Result<crate::corpus::Record> {
-        let src = &self.manifest.sources.collection;
+        let Some(sources) = &self.manifest.sources else {
+            return Err(Error::invalid(
+                &self.dir,
+                None,
+                "no collection was given to `simlm-index import`: ids and scores only",
+            ));
+        };
+        let src = &sources.collection;
         let path = Path::new(&src.path);
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let changed = || {
@@ -204,7 +213,7 @@ impl Index {
         let rec = crate::corpus::read_record_at(
             path,
             self.offsets[row],
-            self.manifest.sources.fix_encoding,
+            sources.fix_encoding,
         )?;
         if rec.id != self.ids[row] {
             return Err(changed());

@@ -19,6 +19,8 @@ pub struct SearcherOptions {
     pub exact: bool,
     /// The graph's search-time `ef` (default `DEFAULT_EF`).
     pub ef: Option<usize>,
+    /// Load the encoder (false: the queries come as vectors, so no model is needed).
+    pub encoder: bool,
 }
 
 impl Default for SearcherOptions {
@@ -28,13 +30,15 @@ impl Default for SearcherOptions {
             device: candle_core::Device::Cpu,
             exact: false,
             ef: None,
+            encoder: true,
         }
     }
 }
 
 pub struct Searcher {
     pub index: Index,
-    pub encoder: Encoder,
+    /// The index's encoder; `None` for an imported index (no model) or when not asked for.
+    encoder: Option<Encoder>,
     /// The mode the options chose: the graph when the index has one, unless `exact`.
     pub mode: SearchMode,
 }
@@ -43,23 +47,10 @@ impl Searcher {
     pub fn open(dir: &Path, opts: &SearcherOptions) -> Result<Self> {
         let index = Index::open(dir)?;
         let m = &index.manifest;
-        let files = ModelFiles::resolve(opts.model.as_deref().unwrap_or(&m.model.spec))?;
-        if files.fingerprint()? != m.model.fingerprint {
-            return Err(Error::Msg(format!(
-                "model {} is not the one {} was built with ({}; its fingerprint differs): queries must be encoded by the index's model",
-                files.spec,
-                dir.display(),
-                m.model.spec
-            )));
-        }
-        let enc_opts = EncoderOptions {
-            format: m.input_format,
-            pooling: Some(m.pooling),
-            precision: m.precision,
-            device: opts.device.clone(),
-            ..Default::default()
+        let encoder = match &m.model {
+            Some(model) if opts.encoder => Some(Self::load_encoder(dir, m, model, opts)?),
+            _ => None,
         };
-        let encoder = Encoder::from_files(files, &enc_opts)?;
         let mode = if opts.exact || m.hnsw.is_none() {
             SearchMode::Exact
         } else {
@@ -74,6 +65,53 @@ impl Searcher {
         })
     }
 
+    fn load_encoder(
+        dir: &Path,
+        m: &crate::store::manifest::Manifest,
+        model: &crate::store::manifest::ModelInfo,
+        opts: &SearcherOptions,
+    ) -> Result<Encoder> {
+        let files = ModelFiles::resolve(opts.model.as_deref().unwrap_or(&model.spec))?;
+        if files.fingerprint()? != model.fingerprint {
+            return Err(Error::Msg(format!(
+                "model {} is not the one {} was built with ({}; its fingerprint differs): queries must be encoded by the index's model",
+                files.spec,
+                dir.display(),
+                model.spec
+            )));
+        }
+        let (Some(format), Some(pooling), Some(precision)) = (m.input_format, m.pooling, m.precision)
+        else {
+            return Err(Error::corrupt(
+                dir.join(crate::store::layout::MANIFEST),
+                "names a model but not its input format, pooling and precision: the manifest is damaged; rebuild the index",
+            ));
+        };
+        let enc_opts = EncoderOptions {
+            format,
+            pooling: Some(pooling),
+            precision,
+            device: opts.device.clone(),
+            ..Default::default()
+        };
+        Encoder::from_files(files, &enc_opts)
+    }
+
+    /// The index's encoder, or why there is none.
+    pub fn encoder(&self) -> Result<&Encoder> {
+        self.encoder.as_ref().ok_or_else(|| {
+            if self.index.manifest.model.is_none() {
+                Error::Msg(format!(
+                    "{} was imported from vectors made elsewhere and has no model: it answers \
+                     pre-encoded queries only (`simlm-search batch --query-vectors Q.npy`)",
+                    self.index.dir.display()
+                ))
+            } else {
+                Error::Msg("the searcher was opened without its encoder".into())
+            }
+        })
+    }
+
     /// Encodes queries and searches them: the hits, and the encode and search times in seconds.
     pub fn search(
         &self,
@@ -82,7 +120,7 @@ impl Searcher {
         mode: SearchMode,
     ) -> Result<(Vec<Vec<Hit>>, f64, f64)> {
         let t = Instant::now();
-        let vecs = self.encoder.encode(Kind::Query, queries)?;
+        let vecs = self.encoder()?.encode(Kind::Query, queries)?;
         let enc = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let hits = self.index.search(&vecs, k, mode)?;

@@ -16,6 +16,9 @@ use crate::store::npy::NpyMatrix;
 /// An index folder opened for writing: locked for the life of the value.
 pub(crate) struct Writer {
     dir: PathBuf,
+    /// The folder did not exist before this writer: a command that fails before writing anything
+    /// removes it again rather than leave an empty folder behind.
+    created: bool,
     _lock: WriteLock,
 }
 
@@ -25,9 +28,11 @@ impl Writer {
     /// a resumable build.
     pub fn open(dir: &Path) -> Result<Writer> {
         layout::check_out_dir(dir)?;
+        let created = !dir.exists();
         let lock = WriteLock::acquire(dir)?;
         let w = Writer {
             dir: dir.to_path_buf(),
+            created,
             _lock: lock,
         };
         let current = w.current_generation();
@@ -91,6 +96,28 @@ impl Writer {
         let _ = layout::remove_generations_except(&self.dir, &keep);
         Ok(())
     }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let nothing_written = !self.dir.join(MANIFEST).exists()
+            && layout::generations(&self.dir).is_ok_and(|g| g.is_empty());
+        if self.created && nothing_written {
+            let _ = std::fs::remove_file(self.dir.join(layout::LOCK));
+            // Not recursive: only an empty folder goes.
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+/// Runs the rest of a command that writes generation `gen_dir`; if it fails, the generation is
+/// removed (it is not resumable), and the index stays as it was.
+pub(crate) fn discard_on_error<T>(gen_dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let r = f();
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(gen_dir);
+    }
+    r
 }
 
 /// Builds the graph of the matrix in `gen_dir` and writes it there (atomically).

@@ -94,19 +94,36 @@ pub struct Sources {
     pub skipped_lines: usize,
 }
 
+/// Where an index made by `simlm-index import` took its vectors and ids from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Imported {
+    /// The `.npy` file, as an absolute path, and its size when imported.
+    pub vectors: String,
+    pub size: u64,
+    /// The ids file, if one was given (else the ids are the row numbers, or the collection's).
+    pub ids: Option<FileSum>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format_version: u32,
-    pub model: ModelInfo,
-    pub input_format: InputFormat,
-    pub pooling: Pooling,
-    pub precision: Precision,
+    /// The encoder's model, input format, pooling and precision: absent (null) for an index imported
+    /// from vectors made elsewhere, which answers pre-encoded queries only.
+    pub model: Option<ModelInfo>,
+    pub input_format: Option<InputFormat>,
+    pub pooling: Option<Pooling>,
+    pub precision: Option<Precision>,
     pub dim: usize,
     pub dtype: Dtype,
     pub count: usize,
     pub shard: Option<Shard>,
     pub hnsw: Option<HnswParams>,
-    pub sources: Sources,
+    /// The collection behind the ids (absent for an import without `--collection`).
+    pub sources: Option<Sources>,
+    /// Set for an index made by `simlm-index import` (not written otherwise, so that the manifests
+    /// of built indexes, and their checksums, are as they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<Imported>,
     /// A hash of everything a build's vectors depend on (model, format, sources, rows, ...): a build
     /// run again with the same finds the index complete. Empty for merged indexes.
     #[serde(default)]

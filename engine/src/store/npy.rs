@@ -77,6 +77,8 @@ pub struct NpyHeader {
     pub dtype: Dtype,
     pub rows: usize,
     pub cols: usize,
+    /// Dimensions of the array: 1 (a column, `cols` = 1) or 2.
+    pub ndim: usize,
     /// Where the data starts.
     pub data_offset: usize,
 }
@@ -103,10 +105,22 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
     } else if dict.contains("'<f2'") {
         Dtype::F16
     } else {
-        return Err(bad("dtype must be little-endian float32 or float16"));
+        let descr = dict
+            .split("'descr':")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .unwrap_or("?")
+            .trim();
+        return Err(bad(&format!(
+            "dtype {descr} is not little-endian float32 or float16: save the array with \
+             `np.save(path, x.astype(np.float32))`"
+        )));
     };
     if dict.contains("'fortran_order': True") {
-        return Err(bad("Fortran order is not supported"));
+        return Err(bad(
+            "the array is in Fortran (column-major) order: save it with \
+             `np.save(path, np.ascontiguousarray(x))`",
+        ));
     }
     let shape = dict
         .split("'shape':")
@@ -123,12 +137,17 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
     let (rows, cols) = match dims[..] {
         [r, c] => (r, c),
         [r] => (r, 1),
-        _ => return Err(bad("expected a 2-D array")),
+        _ => {
+            return Err(bad(&format!(
+                "expected a 2-D array (rows x dimensions), found shape ({shape})"
+            )))
+        }
     };
     Ok(NpyHeader {
         dtype,
         rows,
         cols,
+        ndim: dims.len(),
         data_offset: start + len,
     })
 }

@@ -1,0 +1,464 @@
+//! `simlm-index import` and `simlm-search batch --query-vectors`, as a user meets them: vectors made
+//! elsewhere (written here as numpy writes them), real binaries, temporary folders.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use engine::index::{Index, SearchMode};
+use engine::store::npy;
+
+use testkit::{ok, s, stderr, write};
+
+fn index_cmd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_simlm-index"))
+        .args(args)
+        .env_remove("SIMLM_FAILPOINT")
+        .output()
+        .unwrap()
+}
+
+/// `simlm-search`, built beside this crate's binary by the workspace build.
+fn search_cmd(args: &[&str]) -> Output {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_simlm-index")).with_file_name("simlm-search");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace",
+        bin.display()
+    );
+    Command::new(bin).args(args).output().unwrap()
+}
+
+fn fails(o: Output) -> String {
+    assert!(!o.status.success(), "succeeded: {}", stderr(&o));
+    let e = stderr(&o);
+    assert!(!e.contains("panicked"), "{e}");
+    e
+}
+
+/// `n` distinct pseudo-random vectors (a fixed xorshift sequence).
+fn vectors(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n * dim)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+/// An `.npy` as numpy writes it (format 1.0, its own header padding), f32 or f16.
+fn save_npy(path: &Path, data: &[f32], rows: usize, cols: usize, f16: bool) {
+    let (descr, body): (&str, Vec<u8>) = if f16 {
+        (
+            "<f2",
+            data.iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect(),
+        )
+    } else {
+        ("<f4", data.iter().flat_map(|x| x.to_le_bytes()).collect())
+    };
+    let mut bytes = npy_header(&format!(
+        "{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}"
+    ));
+    bytes.extend(body);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// An `.npy` header holding `dict`, padded as numpy pads it (data at a multiple of 64 bytes).
+fn npy_header(dict: &str) -> Vec<u8> {
+    let mut d = dict.to_string();
+    while !(10 + d.len() + 1).is_multiple_of(64) {
+        d.push(' ');
+    }
+    d.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend((d.len() as u16).to_le_bytes());
+    b.extend(d.as_bytes());
+    b
+}
+
+/// The exact top `k` rows of `base` for query `q` (inner product), the reference.
+fn brute_force(base: &[f32], dim: usize, q: &[f32], k: usize) -> Vec<usize> {
+    let mut scored: Vec<(f32, usize)> = base
+        .chunks(dim)
+        .enumerate()
+        .map(|(i, v)| (v.iter().zip(q).map(|(a, b)| a * b).sum::<f32>(), i))
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored.iter().take(k).map(|x| x.1).collect()
+}
+
+#[test]
+fn imported_vectors_search_like_the_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (n, dim, nq) = (2000, 48, 40);
+    let base = vectors(n, dim, 1);
+    let queries = vectors(nq, dim, 2);
+    let v = tmp.path().join("v.npy");
+    save_npy(&v, &base, n, dim, false);
+    let q = tmp.path().join("q.npy");
+    save_npy(&q, &queries, nq, dim, false);
+    let ids: String = (0..n).map(|i| format!("doc-{i}\n")).collect();
+    let ids_file = write(tmp.path(), "ids.txt", &ids);
+    let qids: String = (0..nq).map(|i| format!("q{i}\n")).collect();
+    let qids_file = write(tmp.path(), "qids.txt", &qids);
+    let dir = tmp.path().join("idx");
+    ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&v),
+        "--ids",
+        &s(&ids_file),
+        "--out",
+        &s(&dir),
+        "--m",
+        "16",
+        "--threads",
+        "2",
+    ]));
+    ok(index_cmd(&["verify", &s(&dir)]));
+
+    // The matrix is the file's rows, bit for bit; the ids are the file's.
+    let index = Index::open(&dir).unwrap();
+    assert!(index.manifest.model.is_none());
+    assert_eq!(&index.vectors.rows_f32(0, n)[..], &base[..]);
+    assert_eq!(index.ids[7], "doc-7");
+
+    // Exact search through the CLI equals brute force; the graph's recall@10 is high.
+    let run = tmp.path().join("exact.tsv");
+    ok(search_cmd(&[
+        "batch",
+        "--index",
+        &s(&dir),
+        "--query-vectors",
+        &s(&q),
+        "--query-ids",
+        &s(&qids_file),
+        "--exact",
+        "--k",
+        "10",
+        "--out",
+        &s(&run),
+        "--run-format",
+        "msmarco",
+    ]));
+    let text = std::fs::read_to_string(&run).unwrap();
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(lines.len(), nq * 10);
+    for (qi, qv) in queries.chunks(dim).enumerate() {
+        let want: Vec<String> = brute_force(&base, dim, qv, 10)
+            .iter()
+            .map(|r| format!("doc-{r}"))
+            .collect();
+        let got: Vec<String> = lines[qi * 10..qi * 10 + 10]
+            .iter()
+            .map(|l| {
+                assert_eq!(l[0], format!("q{qi}"));
+                l[1].to_string()
+            })
+            .collect();
+        assert_eq!(got, want, "query {qi}");
+    }
+    let hits = index
+        .search(&queries, 10, SearchMode::Hnsw { ef: 128 })
+        .unwrap();
+    let found: usize = hits
+        .iter()
+        .zip(queries.chunks(dim))
+        .map(|(h, qv)| {
+            let want = brute_force(&base, dim, qv, 10);
+            h.iter().filter(|x| want.contains(&x.row)).count()
+        })
+        .sum();
+    let recall = found as f64 / (nq * 10) as f64;
+    assert!(recall >= 0.95, "recall@10 {recall}");
+
+    // Without --query-ids the query ids are the row numbers; the graph is the default mode.
+    let out = ok(search_cmd(&[
+        "batch",
+        "--index",
+        &s(&dir),
+        "--query-vectors",
+        &s(&q),
+        "--k",
+        "3",
+        "--out",
+        "-",
+    ]));
+    let first = String::from_utf8(out.stdout).unwrap();
+    assert!(first.starts_with("0 Q0 doc-"), "{first}");
+    assert_eq!(first.lines().count(), nq * 3);
+
+    // Text queries need a model: refused, saying what the index answers.
+    for args in [
+        vec!["query", "--index", &s(&dir), "hello"],
+        vec![
+            "batch",
+            "--index",
+            &s(&dir),
+            "--queries",
+            &s(&qids_file),
+            "--out",
+            &s(&tmp.path().join("r")),
+        ],
+    ] {
+        let e = fails(search_cmd(&args));
+        assert!(e.contains("--query-vectors"), "{e}");
+    }
+
+    // Query vectors of another dimension, non-finite ones, and a wrong id count are refused.
+    let q2 = tmp.path().join("q2.npy");
+    save_npy(&q2, &vectors(3, dim + 1, 3), 3, dim + 1, false);
+    let mut nan = queries.clone();
+    nan[dim + 5] = f32::NAN;
+    let q3 = tmp.path().join("q3.npy");
+    save_npy(&q3, &nan, nq, dim, false);
+    let short = write(tmp.path(), "short.txt", "a\nb\n");
+    for (args, want) in [
+        (vec!["--query-vectors", &s(&q2)][..].to_vec(), "dimension 49"),
+        (vec!["--query-vectors", &s(&q3)], "row 1 (0-based)"),
+        (
+            vec!["--query-vectors", &s(&q), "--query-ids", &s(&short)],
+            "2 ids for the 40 rows",
+        ),
+    ] {
+        let d = s(&dir);
+        let mut a = vec!["batch", "--index", &d, "--out", "-"];
+        a.extend(args);
+        let e = fails(search_cmd(&a));
+        assert!(e.contains(want), "{e}");
+    }
+}
+
+#[test]
+fn f16_vectors_and_row_number_ids_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (n, dim) = (300, 16);
+    let base = vectors(n, dim, 5);
+    let v = tmp.path().join("v16.npy");
+    save_npy(&v, &base, n, dim, true);
+    let dir = tmp.path().join("idx");
+    ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&v),
+        "--out",
+        &s(&dir),
+        "--no-hnsw",
+    ]));
+    ok(index_cmd(&["verify", &s(&dir)]));
+    let index = Index::open(&dir).unwrap();
+    assert_eq!(index.manifest.dtype, npy::Dtype::F16);
+    assert!(index.manifest.hnsw.is_none());
+    assert_eq!(index.ids[0], "0");
+    assert_eq!(index.ids[n - 1], (n - 1).to_string());
+    let want: Vec<f32> = base
+        .iter()
+        .map(|x| half::f16::from_f32(*x).to_f32())
+        .collect();
+    assert_eq!(&index.vectors.rows_f32(0, n)[..], &want[..]);
+    // The graph can be added afterwards.
+    ok(index_cmd(&["hnsw", &s(&dir), "--m", "8", "--threads", "1"]));
+    ok(index_cmd(&["verify", &s(&dir)]));
+}
+
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn a_collection_gives_ids_and_passage_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let med = testkit::medline();
+    let n = 1033;
+    let dim = 8;
+    let base = vectors(n, dim, 9);
+    let v = tmp.path().join("v.npy");
+    save_npy(&v, &base, n, dim, false);
+    let dir = tmp.path().join("idx");
+    ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&v),
+        "--collection",
+        &s(&med),
+        "--out",
+        &s(&dir),
+        "--no-hnsw",
+    ]));
+    let index = Index::open(&dir).unwrap();
+    let first_line = std::fs::read_to_string(&med).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(first_line.lines().next().unwrap()).unwrap();
+    let first_id = first
+        .get("_id")
+        .or_else(|| first.get("id"))
+        .and_then(|x| x.as_str())
+        .unwrap();
+    assert_eq!(index.ids[0], first_id);
+    let p = index.passage(0).unwrap();
+    assert_eq!(p.id, first_id);
+    assert!(!p.text.is_empty());
+
+    // Ids that disagree with the collection's order are refused, naming the line.
+    let mut ids: Vec<String> = index.ids.clone();
+    ids.swap(3, 4);
+    let ids_file = write(tmp.path(), "ids.txt", ids.join("\n") + "\n");
+    let e = fails(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&v),
+        "--collection",
+        &s(&med),
+        "--ids",
+        &s(&ids_file),
+        "--out",
+        &s(&tmp.path().join("other")),
+    ]));
+    assert!(e.contains("ids.txt, line 4") && e.contains("same order"), "{e}");
+    assert!(!tmp.path().join("other").exists());
+}
+
+#[test]
+fn bad_npy_files_are_refused_and_leave_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (n, dim) = (50, 8);
+    let base = vectors(n, dim, 7);
+    let good = tmp.path().join("good.npy");
+    save_npy(&good, &base, n, dim, false);
+    let dir = tmp.path().join("idx");
+    ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&good),
+        "--out",
+        &s(&dir),
+        "--no-hnsw",
+    ]));
+    let manifest = std::fs::read(dir.join("manifest.json")).unwrap();
+
+    let header = npy_header;
+    let body: Vec<u8> = base.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let mut nan = base.clone();
+    nan[3 * dim + 2] = f32::INFINITY;
+    let nan_body: Vec<u8> = nan.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "f64.npy",
+            [
+                header("{'descr': '<f8', 'fortran_order': False, 'shape': (25, 8), }"),
+                body.clone(),
+            ]
+            .concat(),
+            "astype(np.float32)",
+        ),
+        (
+            "fortran.npy",
+            [
+                header("{'descr': '<f4', 'fortran_order': True, 'shape': (50, 8), }"),
+                body.clone(),
+            ]
+            .concat(),
+            "ascontiguousarray",
+        ),
+        (
+            "flat.npy",
+            [
+                header("{'descr': '<f4', 'fortran_order': False, 'shape': (400,), }"),
+                body.clone(),
+            ]
+            .concat(),
+            "2-D array",
+        ),
+        (
+            "cube.npy",
+            [
+                header("{'descr': '<f4', 'fortran_order': False, 'shape': (5, 10, 8), }"),
+                body.clone(),
+            ]
+            .concat(),
+            "2-D array",
+        ),
+        (
+            "empty.npy",
+            header("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 8), }"),
+            "at least one",
+        ),
+        (
+            "short.npy",
+            [
+                header("{'descr': '<f4', 'fortran_order': False, 'shape': (50, 8), }"),
+                body[..body.len() - 4].to_vec(),
+            ]
+            .concat(),
+            "truncated",
+        ),
+        (
+            "inf.npy",
+            [
+                header("{'descr': '<f4', 'fortran_order': False, 'shape': (50, 8), }"),
+                nan_body,
+            ]
+            .concat(),
+            "row 3 (0-based)",
+        ),
+        ("text.npy", b"id,x\n1,2\n".to_vec(), "not a usable .npy"),
+    ];
+    for (name, bytes, want) in cases {
+        let p = write(tmp.path(), name, bytes);
+        // Into a new folder: an error, and no folder left behind.
+        let fresh = tmp.path().join(format!("new-{name}"));
+        let e = fails(index_cmd(&[
+            "import",
+            "--vectors",
+            &s(&p),
+            "--out",
+            &s(&fresh),
+        ]));
+        assert!(e.contains(name) && e.contains(want), "{name}: {e}");
+        assert!(!fresh.exists(), "{name}: left {}", fresh.display());
+        // Over a finished index with --force: an error, and the index as it was.
+        fails(index_cmd(&[
+            "import",
+            "--vectors",
+            &s(&p),
+            "--out",
+            &s(&dir),
+            "--force",
+        ]));
+        assert_eq!(std::fs::read(dir.join("manifest.json")).unwrap(), manifest);
+        ok(index_cmd(&["verify", &s(&dir)]));
+    }
+
+    // Ids: a wrong count, a repeated id, an id with a space, each named with its line.
+    for (content, want) in [
+        ("a\nb\n", "2 ids for the 50 rows"),
+        (
+            &*(0..50)
+                .map(|i| if i == 9 { "x0\n".into() } else { format!("x{i}\n") })
+                .collect::<String>(),
+            "line 10",
+        ),
+        (
+            &*(0..50)
+                .map(|i| if i == 2 { "a b\n".into() } else { format!("x{i}\n") })
+                .collect::<String>(),
+            "line 3",
+        ),
+    ] {
+        let ids = write(tmp.path(), "ids.txt", content);
+        let e = fails(index_cmd(&[
+            "import",
+            "--vectors",
+            &s(&good),
+            "--ids",
+            &s(&ids),
+            "--out",
+            &s(&tmp.path().join("x")),
+        ]));
+        assert!(e.contains("ids.txt") && e.contains(want), "{e}");
+    }
+}
