@@ -9,6 +9,7 @@ pub mod failpoint;
 pub mod index;
 pub mod model;
 pub mod search;
+pub mod simd;
 pub mod store;
 pub mod text;
 

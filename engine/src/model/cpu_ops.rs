@@ -47,36 +47,7 @@ fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> R
     }
 }
 
-/// Defines `fn $name(args)`, which runs the `#[inline(always)]` function `$generic` compiled for
-/// AVX-512F, or for AVX2+FMA, when the CPU has them (plain arithmetic loops that the compiler then
-/// vectorises for the wider registers), and as portable code otherwise.
-macro_rules! simd_dispatch {
-    ($(#[$doc:meta])* fn $name:ident = $generic:ident($($arg:ident: $ty:ty),*)) => {
-        $(#[$doc])*
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn avx512($($arg: $ty),*) {
-                    $generic($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) {
-                    $generic($($arg),*)
-                }
-                if std::is_x86_feature_detected!("avx512f") {
-                    // Safety: the CPU has the features the function is compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // Safety: the CPU has the features the function is compiled for.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            $generic($($arg),*)
-        }
-    };
-}
+use crate::simd::simd_dispatch;
 
 /// `e^x` for the softmax: 2^(x log2 e) split into an integer power and a degree-7 polynomial on
 /// [-0.5, 0.5]: plain arithmetic that vectorises. Relative error below 2e-6 on [-30, 30] (mostly from

@@ -2,7 +2,6 @@
 
 pub mod exact;
 pub mod hnsw;
-pub mod simd;
 
 /// One result: the matrix row and its inner product with the query.
 #[derive(Debug, Clone, Copy, PartialEq)]

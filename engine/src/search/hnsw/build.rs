@@ -38,7 +38,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::{CodeBook, HnswParams, Near, MAX_LAYER as MAX_LEVEL, NONE};
-use crate::search::simd::{dot_u8_kernel, prefetch, DotU8Fn};
+use crate::simd::{dot_u8_kernel, prefetch, DotU8Fn};
 
 /// Seeds the level draw (any fixed value: the graph must not depend on the run).
 const LEVEL_SEED: u64 = 0x5EED_1E7E_15AB_C0DE;

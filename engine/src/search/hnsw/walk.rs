@@ -10,8 +10,8 @@ use std::collections::BinaryHeap;
 use super::format::Graph;
 use super::Near;
 use crate::error::{Error, Result};
-use crate::search::simd::{self, prefetch};
 use crate::search::{sort_hits, Hit};
+use crate::simd::{self, prefetch};
 use crate::store::npy::NpyMatrix;
 
 thread_local! {

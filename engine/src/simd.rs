@@ -1,5 +1,70 @@
-//! Inner products (f32, and f32 against u8 codes) and the squared distance, with AVX-512 and
-//! AVX2+FMA kernels chosen at run time on x86-64.
+//! The crate's SIMD kernels, chosen once per process by one rule: the CPU's [`Level`] is detected
+//! once, and every kernel family picks its implementation by matching on it.
+//!
+//! | kernel | AVX-512F | AVX2 + FMA | portable | used by |
+//! |---|---|---|---|---|
+//! | `dot` (f32 . f32) | intrinsics | intrinsics | 8-lane loop | graph walk re-scoring |
+//! | `dot_u8` (f32 . u8 codes) | intrinsics | intrinsics | 8-lane loop | graph build and walk |
+//! | GELU, softmax, LayerNorm | generic code compiled for the level ([`simd_dispatch!`]) | same | same | `model::cpu_ops` |
+//!
+//! Exact search scores blocks with the `gemm` crate, which makes its own choice of kernel.
+
+use std::sync::OnceLock;
+
+/// The widest instruction set this CPU runs that the kernels use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Avx512,
+    Avx2Fma,
+    Portable,
+}
+
+/// The CPU's level, detected on first use.
+pub fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                return Level::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Level::Avx2Fma;
+            }
+        }
+        Level::Portable
+    })
+}
+
+/// Defines `fn $name(args)`, which runs the `#[inline(always)]` function `$generic` compiled for
+/// the CPU's [`Level`] (plain arithmetic loops that the compiler vectorises for the wider registers).
+macro_rules! simd_dispatch {
+    ($(#[$doc:meta])* fn $name:ident = $generic:ident($($arg:ident: $ty:ty),*)) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $generic($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $generic($($arg),*)
+                }
+                match $crate::simd::level() {
+                    // Safety: the CPU has the features the function is compiled for.
+                    $crate::simd::Level::Avx512 => return unsafe { avx512($($arg),*) },
+                    // Safety: as above.
+                    $crate::simd::Level::Avx2Fma => return unsafe { avx2($($arg),*) },
+                    $crate::simd::Level::Portable => {}
+                }
+            }
+            $generic($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_dispatch;
 
 /// An inner-product kernel for equal-length slices.
 pub type DotFn = fn(&[f32], &[f32]) -> f32;
@@ -7,45 +72,29 @@ pub type DotFn = fn(&[f32], &[f32]) -> f32;
 /// An inner-product kernel between f32 weights and u8 codes of equal length.
 pub type DotU8Fn = fn(&[f32], &[u8]) -> f32;
 
-/// The fastest inner-product kernel this CPU runs (chosen once by the caller, so hot loops pay no
-/// feature test per call).
+/// The inner-product kernel for this CPU (taken once by the caller, so hot loops pay no dispatch per
+/// call).
 pub fn dot_kernel() -> DotFn {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            return |a, b| {
-                // Safety: the CPU supports AVX-512F, checked above.
-                unsafe { dot_avx512(a, b) }
-            };
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return |a, b| {
-                // Safety: the CPU supports AVX2 and FMA, checked above.
-                unsafe { dot_avx2(a, b) }
-            };
-        }
+    match level() {
+        // Safety (both): the level says the CPU has the features the kernel is compiled for.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => |a, b| unsafe { dot_avx512(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2Fma => |a, b| unsafe { dot_avx2(a, b) },
+        _ => dot_portable,
     }
-    dot_portable
 }
 
-/// The fastest `sum(w[i] * c[i])` kernel over u8 codes this CPU runs.
+/// The `sum(w[i] * c[i])` kernel over u8 codes for this CPU.
 pub fn dot_u8_kernel() -> DotU8Fn {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            return |w, c| {
-                // Safety: the CPU supports AVX-512F, checked above.
-                unsafe { dot_u8_avx512(w, c) }
-            };
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return |w, c| {
-                // Safety: the CPU supports AVX2 and FMA, checked above.
-                unsafe { dot_u8_avx2(w, c) }
-            };
-        }
+    match level() {
+        // Safety (both): the level says the CPU has the features the kernel is compiled for.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => |w, c| unsafe { dot_u8_avx512(w, c) },
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2Fma => |w, c| unsafe { dot_u8_avx2(w, c) },
+        _ => dot_u8_portable,
     }
-    dot_u8_portable
 }
 
 fn dot_u8_portable(w: &[f32], c: &[u8]) -> f32 {
