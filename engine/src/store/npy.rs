@@ -332,6 +332,25 @@ impl NpyMatrix {
         let _ = self.map.advise(memmap2::Advice::Sequential);
     }
 
+    /// Drops rows `[start, end)` from this process's resident memory once a one-time pass has read
+    /// them (the graph build's code pass over a matrix larger than memory): the kernel keeps them in
+    /// its page cache if it has room, and a later read faults them back in from there or the file.
+    pub fn release_rows(&self, start: usize, end: usize) {
+        let row = self.cols() * self.header.dtype.size();
+        let from = self.header.data_offset + start * row;
+        let len = (end - start) * row;
+        if len == 0 || from + len > self.map.len() {
+            return;
+        }
+        // Safety: the map is a read-only, shared map of a file: MADV_DONTNEED only unmaps its pages,
+        // and the next access reads the same bytes from the page cache or the file; no memory this
+        // process wrote is discarded.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, len)
+        };
+    }
+
     pub fn rows(&self) -> usize {
         self.header.rows
     }

@@ -19,8 +19,11 @@ impl CodeBook {
         let (n, dim) = (matrix.rows(), matrix.cols());
         let mut mins = vec![f32::INFINITY; dim];
         let mut maxs = vec![f32::NEG_INFINITY; dim];
+        matrix.advise_sequential();
         for a in (0..n).step_by(STEP) {
-            widen(&matrix.rows_f32(a, (a + STEP).min(n)), &mut mins, &mut maxs);
+            let b = (a + STEP).min(n);
+            widen(&matrix.rows_f32(a, b), &mut mins, &mut maxs);
+            matrix.release_rows(a, b);
         }
         Self::from_ranges(mins, maxs, n)
     }
@@ -50,8 +53,12 @@ impl CodeBook {
     pub fn encode(&self, matrix: &NpyMatrix) -> Vec<u8> {
         let n = matrix.rows();
         let mut codes = Vec::with_capacity(n * matrix.cols());
+        matrix.advise_sequential();
         for a in (0..n).step_by(STEP) {
-            self.encode_into(&matrix.rows_f32(a, (a + STEP).min(n)), &mut codes);
+            let b = (a + STEP).min(n);
+            self.encode_into(&matrix.rows_f32(a, b), &mut codes);
+            // One pass: a matrix larger than memory must not stay resident beside the codes.
+            matrix.release_rows(a, b);
         }
         codes
     }
