@@ -218,7 +218,10 @@ fn imported_vectors_search_like_the_reference() {
     save_npy(&q3, &nan, nq, dim, false);
     let short = write(tmp.path(), "short.txt", "a\nb\n");
     for (args, want) in [
-        (vec!["--query-vectors", &s(&q2)][..].to_vec(), "dimension 49"),
+        (
+            vec!["--query-vectors", &s(&q2)][..].to_vec(),
+            "dimension 49",
+        ),
         (vec!["--query-vectors", &s(&q3)], "row 1 (0-based)"),
         (
             vec!["--query-vectors", &s(&q), "--query-ids", &s(&short)],
@@ -318,7 +321,10 @@ fn a_collection_gives_ids_and_passage_text() {
         "--out",
         &s(&tmp.path().join("other")),
     ]));
-    assert!(e.contains("ids.txt, line 4") && e.contains("same order"), "{e}");
+    assert!(
+        e.contains("ids.txt, line 4") && e.contains("same order"),
+        "{e}"
+    );
     assert!(!tmp.path().join("other").exists());
 }
 
@@ -438,13 +444,25 @@ fn bad_npy_files_are_refused_and_leave_nothing_behind() {
         ("a\nb\n", "2 ids for the 50 rows"),
         (
             &*(0..50)
-                .map(|i| if i == 9 { "x0\n".into() } else { format!("x{i}\n") })
+                .map(|i| {
+                    if i == 9 {
+                        "x0\n".into()
+                    } else {
+                        format!("x{i}\n")
+                    }
+                })
                 .collect::<String>(),
             "line 10",
         ),
         (
             &*(0..50)
-                .map(|i| if i == 2 { "a b\n".into() } else { format!("x{i}\n") })
+                .map(|i| {
+                    if i == 2 {
+                        "a b\n".into()
+                    } else {
+                        format!("x{i}\n")
+                    }
+                })
                 .collect::<String>(),
             "line 3",
         ),

@@ -41,7 +41,11 @@ enum Command {
         #[command(flatten)]
         common: Common,
         /// Queries: `qid<TAB>text` TSV or BEIR queries.jsonl (`_id`, `text`).
-        #[arg(long, required_unless_present = "query_vectors", conflicts_with = "query_vectors")]
+        #[arg(
+            long,
+            required_unless_present = "query_vectors",
+            conflicts_with = "query_vectors"
+        )]
         queries: Option<PathBuf>,
         /// Pre-encoded queries instead: an f32 or f16 .npy (queries x dimensions, C order), as
         /// Pyserini's --encoded-queries; no model is loaded.
@@ -176,7 +180,10 @@ fn trim(s: &str, max: usize) -> String {
 /// Where a batch's queries come from.
 enum BatchQueries<'a> {
     Text(&'a Path),
-    Vectors { path: &'a Path, ids: Option<&'a Path> },
+    Vectors {
+        path: &'a Path,
+        ids: Option<&'a Path>,
+    },
 }
 
 /// Reads pre-encoded queries: their ids and their vectors (row-major).

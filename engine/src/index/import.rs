@@ -165,7 +165,12 @@ fn ids_and_sources(
     let Some(coll) = &opts.collection else {
         return Ok(match listed {
             Some((ids, sum)) => (ids, vec![0; rows], None, Some(sum)),
-            None => ((0..rows).map(|r| r.to_string()).collect(), vec![0; rows], None, None),
+            None => (
+                (0..rows).map(|r| r.to_string()).collect(),
+                vec![0; rows],
+                None,
+                None,
+            ),
         });
     };
     let scan = super::scan(coll, &ReadOptions::default(), progress)?;
@@ -264,11 +269,9 @@ fn first_non_finite(bytes: &[u8], dtype: Dtype) -> Option<usize> {
         // The exponent bits all set: NaN or infinity.
         Dtype::F32 => {
             let exp = 0x7f80_0000u32;
-            let any = bytes
-                .chunks_exact(4)
-                .fold(false, |acc, b| {
-                    acc | (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & exp == exp)
-                });
+            let any = bytes.chunks_exact(4).fold(false, |acc, b| {
+                acc | (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & exp == exp)
+            });
             if !any {
                 return None;
             }

@@ -210,11 +210,7 @@ impl Index {
         if meta.len() != src.size {
             return Err(changed());
         }
-        let rec = crate::corpus::read_record_at(
-            path,
-            self.offsets[row],
-            sources.fix_encoding,
-        )?;
+        let rec = crate::corpus::read_record_at(path, self.offsets[row], sources.fix_encoding)?;
         if rec.id != self.ids[row] {
             return Err(changed());
         }

@@ -80,7 +80,8 @@ impl Searcher {
                 model.spec
             )));
         }
-        let (Some(format), Some(pooling), Some(precision)) = (m.input_format, m.pooling, m.precision)
+        let (Some(format), Some(pooling), Some(precision)) =
+            (m.input_format, m.pooling, m.precision)
         else {
             return Err(Error::corrupt(
                 dir.join(crate::store::layout::MANIFEST),
