@@ -184,6 +184,53 @@ pub fn sort_hits(hits: &mut [(&str, f64)]) {
     });
 }
 
+/// The run formats this crate reads, and that `simlm-search` writes through [`write_run_line`]: one
+/// definition of a run line for both tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunFormat {
+    /// `qid Q0 docid rank score tag` (trec_eval's).
+    Trec,
+    /// `qid<TAB>pid<TAB>rank` (the MS MARCO evaluation script's).
+    Msmarco,
+}
+
+impl std::str::FromStr for RunFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "trec" => Ok(RunFormat::Trec),
+            "msmarco" => Ok(RunFormat::Msmarco),
+            _ => Err(format!("unknown run format `{s}` (trec | msmarco)")),
+        }
+    }
+}
+
+impl std::fmt::Display for RunFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunFormat::Trec => "trec",
+            RunFormat::Msmarco => "msmarco",
+        })
+    }
+}
+
+/// Writes one line of a run: the document at `rank` (1-based) for query `qid`. Scores are written
+/// with six decimals (TREC format; the MS MARCO format has no score column, its rank orders).
+pub fn write_run_line(
+    w: &mut dyn std::io::Write,
+    format: RunFormat,
+    qid: &str,
+    docid: &str,
+    rank: usize,
+    score: f32,
+    tag: &str,
+) -> std::io::Result<()> {
+    match format {
+        RunFormat::Trec => writeln!(w, "{qid} Q0 {docid} {rank} {score:.6} {tag}"),
+        RunFormat::Msmarco => writeln!(w, "{qid}\t{docid}\t{rank}"),
+    }
+}
+
 /// Whole-file UTF-8 check, reporting the first bad line.
 fn into_utf8(data: Vec<u8>, path: &Path) -> Result<String, InputError> {
     String::from_utf8(data).map_err(|e| {
@@ -475,6 +522,26 @@ fn fast_f64(s: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_runs_read_back_in_their_order() {
+        // Docids whose string order is not the rank order: the reader orders TREC lines by score
+        // (ties by docid, trec_eval's rule) and MS MARCO lines by rank.
+        let hits = [("d9", 2.5f32), ("d10", 2.25), ("d2", 1.0)];
+        for format in [RunFormat::Trec, RunFormat::Msmarco] {
+            let mut out = Vec::new();
+            for q in ["q1", "q2"] {
+                for (rank, (d, score)) in hits.iter().enumerate() {
+                    write_run_line(&mut out, format, q, d, rank + 1, *score, "t").unwrap();
+                }
+            }
+            let run = Run::parse(out, Path::new("run")).unwrap();
+            for q in ["q1", "q2"] {
+                assert_eq!(run.ranking(q).unwrap(), vec!["d9", "d10", "d2"], "{format}");
+            }
+            assert_eq!(format.to_string().parse::<RunFormat>().unwrap(), format);
+        }
+    }
 
     fn p() -> &'static Path {
         Path::new("x.txt")

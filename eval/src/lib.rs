@@ -7,5 +7,5 @@ pub mod input;
 pub mod metrics;
 
 pub use compare::{compare, Comparison};
-pub use input::{InputError, Qrels, Run};
+pub use input::{write_run_line, InputError, Qrels, Run, RunFormat};
 pub use metrics::{evaluate, Evaluation, Metric, DEFAULT_METRICS};

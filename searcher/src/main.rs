@@ -7,12 +7,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use engine::index::{SearchMode, Searcher, SearcherOptions};
 use engine::search::hnsw::DEFAULT_EF;
 use engine::search::Hit;
 use engine::store::output::Output;
 use engine::{Doc, Kind};
+use simlm_eval::{write_run_line, RunFormat};
 
 #[derive(Parser)]
 #[command(
@@ -60,7 +61,7 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// trec (6 columns) or msmarco (qid, pid, rank).
-        #[arg(long, value_enum, default_value_t = RunFormat::Trec)]
+        #[arg(long, default_value_t = RunFormat::Trec)]
         run_format: RunFormat,
         /// The run's tag (TREC format).
         #[arg(long, default_value = "simlm")]
@@ -73,12 +74,6 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         k: usize,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum RunFormat {
-    Trec,
-    Msmarco,
 }
 
 #[derive(Args)]
@@ -314,13 +309,7 @@ fn batch(
     out.write(|w| {
         for (qid, hits) in qids.iter().zip(&results) {
             for (rank, h) in hits.iter().enumerate() {
-                let id = &s.index.ids[h.row];
-                match fmt {
-                    RunFormat::Trec => {
-                        writeln!(w, "{qid} Q0 {id} {} {:.6} {tag}", rank + 1, h.score)?
-                    }
-                    RunFormat::Msmarco => writeln!(w, "{qid}\t{id}\t{}", rank + 1)?,
-                }
+                write_run_line(w, fmt, qid, &s.index.ids[h.row], rank + 1, h.score, tag)?;
             }
         }
         Ok(())
