@@ -14,35 +14,7 @@ use crate::text::{
     SIMLM_QUERY_MAX_LEN,
 };
 
-/// How the last hidden states become one vector (always L2-normalised afterwards).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pooling {
-    /// The `[CLS]` state (SimLM; no pooler layer).
-    Cls,
-    /// The mean over non-padding tokens (sentence-transformers).
-    Mean,
-}
-
-impl std::str::FromStr for Pooling {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "cls" => Ok(Pooling::Cls),
-            "mean" => Ok(Pooling::Mean),
-            _ => Err(format!("unknown pooling `{s}` (cls | mean)")),
-        }
-    }
-}
-
-impl std::fmt::Display for Pooling {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Pooling::Cls => "cls",
-            Pooling::Mean => "mean",
-        })
-    }
-}
+pub use crate::model::bert::Pooling;
 
 /// Float type of the forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

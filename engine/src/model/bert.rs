@@ -426,12 +426,42 @@ impl BertModel {
     }
 }
 
+/// How the last hidden states become one vector (always L2-normalised afterwards).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The `[CLS]` state (SimLM; no pooler layer).
+    Cls,
+    /// The mean over non-padding tokens (sentence-transformers).
+    Mean,
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cls" => Ok(Pooling::Cls),
+            "mean" => Ok(Pooling::Mean),
+            _ => Err(format!("unknown pooling `{s}` (cls | mean)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Pooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pooling::Cls => "cls",
+            Pooling::Mean => "mean",
+        })
+    }
+}
+
 /// The pooled vector of each sequence, L2-normalised, as f32 `(batch, hidden)`.
-pub fn pool(hidden: &Tensor, attention_mask: &Tensor, pooling: crate::Pooling) -> Result<Tensor> {
+pub fn pool(hidden: &Tensor, attention_mask: &Tensor, pooling: Pooling) -> Result<Tensor> {
     let hidden = hidden.to_dtype(DType::F32)?;
     let pooled = match pooling {
-        crate::Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-        crate::Pooling::Mean => {
+        Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+        Pooling::Mean => {
             let m = attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
             let sum = hidden.broadcast_mul(&m)?.sum(1)?;
             let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;

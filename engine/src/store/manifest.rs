@@ -11,7 +11,6 @@ use sha2::{Digest, Sha256};
 
 use super::layout::{self, MANIFEST, PROGRESS};
 use crate::error::{Error, IoContext, Result};
-use crate::search::hnsw::HnswParams;
 use crate::store::npy::Dtype;
 use crate::{InputFormat, Pooling, Precision};
 
@@ -62,6 +61,23 @@ pub fn hash_file_into(path: &Path, h: &mut Sha256) -> Result<u64> {
 /// The SHA-256 (hex) of bytes in memory.
 pub fn sha256_bytes(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
+}
+
+/// The HNSW graph's build parameters (recorded in the manifest; `search::hnsw` builds with them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HnswParams {
+    /// Neighbours per node on the upper layers; layer 0 keeps up to twice as many (hnswlib's `M`).
+    pub m: usize,
+    pub ef_construction: usize,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        HnswParams {
+            m: 32,
+            ef_construction: 200,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,22 +21,7 @@ use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::store::npy::NpyMatrix;
 
-/// Build parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct HnswParams {
-    /// Neighbours per node on the upper layers; layer 0 keeps up to twice as many (hnswlib's `M`).
-    pub m: usize,
-    pub ef_construction: usize,
-}
-
-impl Default for HnswParams {
-    fn default() -> Self {
-        HnswParams {
-            m: 32,
-            ef_construction: 200,
-        }
-    }
-}
+pub use crate::store::manifest::HnswParams;
 
 /// The default search-time `ef`.
 pub const DEFAULT_EF: usize = 128;
