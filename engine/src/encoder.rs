@@ -58,10 +58,10 @@ pub fn parse_device(s: &str) -> Result<Device> {
                     .strip_prefix(':')
                     .and_then(|n| n.parse::<usize>().ok())
                     .ok_or_else(|| {
-                        Error::Msg(format!("unknown device `{s}` (cpu | cuda | cuda:N)"))
+                        Error::Device(format!("unknown device `{s}` (cpu | cuda | cuda:N)"))
                     })?,
                 None => {
-                    return Err(Error::Msg(format!(
+                    return Err(Error::Device(format!(
                         "unknown device `{s}` (cpu | cuda | cuda:N)"
                     )))
                 }
@@ -74,7 +74,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<Device> {
     Device::new_cuda(ordinal).map_err(|e| {
-        Error::Msg(format!(
+        Error::Device(format!(
             "cannot open CUDA device {ordinal}: {} (is an NVIDIA GPU and its driver present?)",
             crate::error::first_line(&e)
         ))
@@ -83,7 +83,7 @@ fn cuda_device(ordinal: usize) -> Result<Device> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda_device(_ordinal: usize) -> Result<Device> {
-    Err(Error::Msg(
+    Err(Error::Device(
         "this binary was built without CUDA support: rebuild with `--features cuda` \
          (scripts/build-cuda.sh), or use --device cpu"
             .into(),

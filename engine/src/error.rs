@@ -32,9 +32,16 @@ pub enum Error {
     /// RUST_BACKTRACE is set).
     #[error("tensor error: {}", first_line(.0))]
     Candle(#[from] candle_core::Error),
-    /// Anything else, with its explanation.
+    /// A compute device that cannot be used (unknown name, no CUDA in this build, no GPU).
     #[error("{0}")]
-    Msg(String),
+    Device(String),
+    /// The tokenizer failed on a text.
+    #[error("tokenisation failed: {0}")]
+    Tokenizer(String),
+    /// A request that cannot be done as asked: an option's value, inputs that do not go together
+    /// (shards of different indexes, queries of another dimension, text for an index without a model).
+    #[error("{0}")]
+    Usage(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

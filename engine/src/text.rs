@@ -198,7 +198,7 @@ impl TextEncoder {
         let inputs: Vec<EncodeInput> = docs.iter().map(|d| self.input(kind, d)).collect();
         let encs = tok
             .encode_batch(inputs, true)
-            .map_err(|e| Error::Msg(format!("tokenisation failed: {e}")))?;
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(encs
             .into_iter()
             .map(|e| Tokens {

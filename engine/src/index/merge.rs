@@ -42,13 +42,13 @@ pub fn merge(
         ms.push((d.clone(), m, s));
     }
     if ms.is_empty() {
-        return Err(Error::Msg("merge needs at least one shard folder".into()));
+        return Err(Error::Usage("merge needs at least one shard folder".into()));
     }
     ms.sort_by_key(|(_, _, s)| s.index);
     let (d0, m0, s0) = &ms[0];
     for (d, m, s) in &ms[1..] {
         let differ = |what: &str| {
-            Err(Error::Msg(format!(
+            Err(Error::Usage(format!(
                 "{} and {} differ in {what}: shards of one index must share model, input format, pooling, dtype and sources",
                 d0.display(),
                 d.display()
@@ -85,7 +85,7 @@ pub fn merge(
     }
     let idx: Vec<usize> = ms.iter().map(|(_, _, s)| s.index).collect();
     if idx != (0..s0.count).collect::<Vec<_>>() {
-        return Err(Error::Msg(format!(
+        return Err(Error::Usage(format!(
             "merge needs every shard 0..{} exactly once; got shards {idx:?}",
             s0.count
         )));

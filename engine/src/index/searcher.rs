@@ -73,7 +73,7 @@ impl Searcher {
     ) -> Result<Encoder> {
         let files = ModelFiles::resolve(opts.model.as_deref().unwrap_or(&model.spec))?;
         if files.fingerprint()? != model.fingerprint {
-            return Err(Error::Msg(format!(
+            return Err(Error::Usage(format!(
                 "model {} is not the one {} was built with ({}; its fingerprint differs): queries must be encoded by the index's model",
                 files.spec,
                 dir.display(),
@@ -102,13 +102,13 @@ impl Searcher {
     pub fn encoder(&self) -> Result<&Encoder> {
         self.encoder.as_ref().ok_or_else(|| {
             if self.index.manifest.model.is_none() {
-                Error::Msg(format!(
+                Error::Usage(format!(
                     "{} was imported from vectors made elsewhere and has no model: it answers \
                      pre-encoded queries only (`simlm-search batch --query-vectors Q.npy`)",
                     self.index.dir.display()
                 ))
             } else {
-                Error::Msg("the searcher was opened without its encoder".into())
+                Error::Usage("the searcher was opened without its encoder".into())
             }
         })
     }

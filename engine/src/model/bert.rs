@@ -283,7 +283,7 @@ impl BertModel {
         let h = self.config.hidden_size;
         let hd = self.config.head_dim();
         if s > self.config.max_position_embeddings {
-            return Err(Error::Msg(format!(
+            return Err(Error::Usage(format!(
                 "sequence of {s} tokens exceeds max_position_embeddings = {}",
                 self.config.max_position_embeddings
             )));

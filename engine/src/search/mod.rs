@@ -40,13 +40,13 @@ pub(crate) fn non_finite(
 /// every score would be NaN and seem to blame the index).
 pub fn check_queries(queries: &[f32], dim: usize) -> crate::Result<()> {
     if dim == 0 || !queries.len().is_multiple_of(dim) {
-        return Err(crate::Error::Msg(format!(
+        return Err(crate::Error::Usage(format!(
             "query vectors of {} values do not fit dimension {dim}",
             queries.len()
         )));
     }
     if let Some(i) = queries.iter().position(|x| !x.is_finite()) {
-        return Err(crate::Error::Msg(format!(
+        return Err(crate::Error::Usage(format!(
             "query {} has a value that is not a finite number ({}) in dimension {}",
             i / dim,
             queries[i],

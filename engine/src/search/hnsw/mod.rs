@@ -100,7 +100,9 @@ pub fn build(
         ));
     }
     if params.m == 0 {
-        return Err(Error::Msg("the graph needs --hnsw-m of at least 1".into()));
+        return Err(Error::Usage(
+            "the graph needs --hnsw-m of at least 1".into(),
+        ));
     }
     // The codes first: the construction scores on them, reading a quarter of the f32 bytes.
     let book = CodeBook::fit(matrix);

@@ -77,7 +77,7 @@ impl Graph {
             )));
         }
         if query.len() != dim {
-            return Err(Error::Msg(format!(
+            return Err(Error::Usage(format!(
                 "a query of {} values for vectors of dimension {dim}",
                 query.len()
             )));
