@@ -18,8 +18,20 @@ fn armed() -> Option<&'static (String, bool)> {
         .as_ref()
 }
 
+/// A point armed by the library's own unit tests, which stop a build in-process: it always fails
+/// with an error (an abort would end the test run).
+#[cfg(test)]
+pub(crate) static TEST_POINT: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 /// Aborts the process (or returns an I/O error) when `SIMLM_FAILPOINT` names `name`.
 pub fn hit(name: &str) -> std::io::Result<()> {
+    #[cfg(test)]
+    if TEST_POINT.lock().unwrap().as_deref() == Some(name) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!("failpoint {name}: no space left on device"),
+        ));
+    }
     match armed() {
         Some((point, error)) if point == name => {
             if *error {

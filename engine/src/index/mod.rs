@@ -219,24 +219,4 @@ impl Index {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shards_cover_all_rows_once() {
-        for total in [1, 7, 1033] {
-            for chunk in [1, 4, 64] {
-                for n in 1..5 {
-                    let mut next = 0;
-                    for i in 0..n {
-                        let (a, b) = shard_range(i, n, total, chunk);
-                        assert_eq!(a, next);
-                        assert!(a % chunk == 0 || a == total);
-                        next = b;
-                    }
-                    assert_eq!(next, total);
-                }
-            }
-        }
-    }
-}
+mod tests;

@@ -1,0 +1,196 @@
+//! The library's own tests of a build's resume and of merging shards: in-process, with the tiny BERT
+//! fixture and the head of the Medline collection, stopped through a failpoint armed for the test.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::*;
+use crate::corpus::ReadOptions;
+use crate::failpoint::TEST_POINT;
+use crate::store::layout;
+use crate::store::npy::Dtype;
+use crate::{Encoder, EncoderOptions};
+
+/// The armed failpoint is process-wide: the tests that build run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[test]
+fn shards_cover_all_rows_once() {
+    for total in [1, 7, 1033] {
+        for chunk in [1, 4, 64] {
+            for n in 1..5 {
+                let mut next = 0;
+                for i in 0..n {
+                    let (a, b) = shard_range(i, n, total, chunk);
+                    assert_eq!(a, next);
+                    assert!(a % chunk == 0 || a == total);
+                    next = b;
+                }
+                assert_eq!(next, total);
+            }
+        }
+    }
+}
+
+/// Progress that keeps its messages.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+impl Progress for Recorder {
+    fn stage(&self, _: &str, _: Option<u64>) {}
+    fn set(&self, _: u64) {}
+    fn finish_stage(&self) {}
+    fn message(&self, msg: &str) {
+        self.0.lock().unwrap().push(msg.to_string());
+    }
+}
+
+fn encoder() -> Encoder {
+    Encoder::load(
+        &testkit::s(&testkit::tiny_bert()),
+        &EncoderOptions::default(),
+    )
+    .unwrap()
+}
+
+/// The first `n` passages of Medline, as a collection file in `dir`.
+fn collection(dir: &Path, n: usize) -> PathBuf {
+    let text = std::fs::read_to_string(testkit::medline()).unwrap();
+    let head: String = text.lines().take(n).map(|l| format!("{l}\n")).collect();
+    testkit::write(dir, "docs.jsonl", head)
+}
+
+fn options(collection: &Path, out: &Path) -> BuildOptions {
+    BuildOptions {
+        collection: collection.to_path_buf(),
+        read: ReadOptions::default(),
+        out: out.to_path_buf(),
+        dtype: Dtype::F32,
+        hnsw: None,
+        shard: None,
+        force: false,
+        chunk_rows: 128,
+    }
+}
+
+/// Runs `f` with failpoint `point` armed.
+fn stopped_at<T>(point: &str, f: impl FnOnce() -> T) -> T {
+    *TEST_POINT.lock().unwrap() = Some(point.to_string());
+    let r = f();
+    *TEST_POINT.lock().unwrap() = None;
+    r
+}
+
+fn data(dir: &Path, name: &str) -> Vec<u8> {
+    let m = crate::store::manifest::Manifest::read(dir).unwrap();
+    std::fs::read(m.data_dir(dir).join(name)).unwrap()
+}
+
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn a_stopped_build_resumes_where_it_stopped() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = collection(tmp.path(), 600);
+    let enc = encoder();
+    let clean = tmp.path().join("clean");
+    build(&enc, &options(&docs, &clean), &Quiet).unwrap();
+
+    // Stopped after the first chunk: no index, a resumable generation with 128 rows done.
+    let out = tmp.path().join("resumed");
+    let opts = options(&docs, &out);
+    let e = stopped_at("encode", || build(&enc, &opts, &Quiet)).unwrap_err();
+    assert!(e.to_string().contains("failpoint encode"), "{e}");
+    assert!(!out.join(layout::MANIFEST).exists());
+    assert_eq!(layout::generations(&out).unwrap().len(), 1);
+
+    // Stopped again before the commit, then finished: each run continues the last.
+    let rec = Recorder::default();
+    stopped_at("manifest", || build(&enc, &opts, &rec)).unwrap_err();
+    assert!(
+        rec.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains("resuming after 128 of 600 rows")),
+        "{:?}",
+        rec.0.lock().unwrap()
+    );
+    let m = build(&enc, &opts, &Quiet).unwrap();
+    assert_eq!(m.count, 600);
+    for name in [layout::VECTORS, layout::DOCIDS, layout::OFFSETS] {
+        assert_eq!(data(&out, name), data(&clean, name), "{name}");
+    }
+    assert!(verify(&out).unwrap().is_empty());
+    // The same command once more finds the index complete and changes nothing.
+    let manifest = std::fs::read(out.join(layout::MANIFEST)).unwrap();
+    build(&enc, &opts, &Quiet).unwrap();
+    assert_eq!(std::fs::read(out.join(layout::MANIFEST)).unwrap(), manifest);
+}
+
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn merged_shards_equal_one_build() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = collection(tmp.path(), 500);
+    let enc = encoder();
+    let whole = tmp.path().join("whole");
+    build(&enc, &options(&docs, &whole), &Quiet).unwrap();
+    let shards: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let dir = tmp.path().join(format!("shard{i}"));
+            let mut o = options(&docs, &dir);
+            o.shard = Some((i, 3));
+            build(&enc, &o, &Quiet).unwrap();
+            dir
+        })
+        .collect();
+
+    // Incomplete or repeated sets are refused.
+    let out = tmp.path().join("merged");
+    for set in [
+        vec![shards[0].clone(), shards[2].clone()],
+        vec![shards[0].clone(), shards[1].clone(), shards[1].clone()],
+    ] {
+        let e = merge(&set, &out, None, false, &Quiet).unwrap_err();
+        assert!(e.to_string().contains("exactly once"), "{e}");
+        assert!(!out.exists(), "a refused merge left {}", out.display());
+    }
+    // A merge stopped before its matrix is finished leaves nothing; in any order, it equals the
+    // unsharded build.
+    let reversed: Vec<PathBuf> = shards.iter().rev().cloned().collect();
+    stopped_at("matrix-finish", || {
+        merge(&reversed, &out, None, false, &Quiet)
+    })
+    .unwrap_err();
+    assert!(!out.exists());
+    let m = merge(&reversed, &out, None, false, &Quiet).unwrap();
+    assert_eq!((m.count, m.shard.clone()), (500, None));
+    for name in [layout::VECTORS, layout::DOCIDS, layout::OFFSETS] {
+        assert_eq!(data(&out, name), data(&whole, name), "{name}");
+    }
+    assert!(verify(&out).unwrap().is_empty());
+    // Shards of another collection do not join these.
+    std::fs::create_dir(tmp.path().join("o")).unwrap();
+    let other_docs = collection(&tmp.path().join("o"), 400);
+    let other = tmp.path().join("other1");
+    let mut o = options(&other_docs, &other);
+    o.shard = Some((1, 3));
+    build(&enc, &o, &Quiet).unwrap();
+    let e = merge(
+        &[shards[0].clone(), other, shards[2].clone()],
+        &tmp.path().join("mixed"),
+        None,
+        false,
+        &Quiet,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("differ in sources"), "{e}");
+}
