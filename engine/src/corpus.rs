@@ -54,10 +54,9 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 /// magic bytes), a leading byte-order mark included.
 fn open_raw(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     let mut f = File::open(path).at(path)?;
-    let mut magic = [0u8; 2];
-    let n = f.read(&mut magic).at(path)?;
+    let gz = starts_gzip(&mut f).at(path)?;
     f.seek(SeekFrom::Start(0)).at(path)?;
-    if n == 2 && magic == [0x1f, 0x8b] {
+    if gz {
         Ok(Box::new(BufReader::with_capacity(
             1 << 20,
             flate2::read::MultiGzDecoder::new(f),
@@ -160,10 +159,21 @@ impl LineReader {
     }
 }
 
+/// Whether the file starts with the gzip magic bytes.
 pub fn is_gzip(path: &Path) -> Result<bool> {
-    let mut f = File::open(path).at(path)?;
+    starts_gzip(&mut File::open(path).at(path)?).at(path)
+}
+
+/// Whether the bytes read next from `f` are the gzip magic bytes.
+fn starts_gzip(f: &mut File) -> std::io::Result<bool> {
     let mut magic = [0u8; 2];
-    let n = f.read(&mut magic).at(path)?;
+    let mut n = 0;
+    while n < 2 {
+        match f.read(&mut magic[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
     Ok(n == 2 && magic == [0x1f, 0x8b])
 }
 

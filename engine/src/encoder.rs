@@ -1,14 +1,13 @@
 //! The encoder: texts in, unit vectors out, batched by a token budget.
 
-use std::path::Path;
-
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::model::bert::{pool, BertModel};
 use crate::model::checkpoint::ModelFiles;
 use crate::model::config::BertConfig;
+use crate::model::read_json;
 use crate::text::{
     load_tokenizer, Doc, InputFormat, Kind, TextEncoder, Tokens, SIMLM_PASSAGE_MAX_LEN,
     SIMLM_QUERY_MAX_LEN,
@@ -125,12 +124,6 @@ pub struct Encoder {
     precision: Precision,
     batch_tokens: usize,
     max_batch: usize,
-}
-
-fn read_json(p: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(p).at(p)?;
-    serde_json::from_str(&text)
-        .map_err(|e| Error::invalid(p, Some(e.line()), format!("not valid JSON: {e}")))
 }
 
 /// The pooling a sentence-transformers folder declares (`1_Pooling/config.json`), if any.

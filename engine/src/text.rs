@@ -136,9 +136,7 @@ fn wordpiece_from_vocab(vocab: &Path, tokenizer_config: Option<&Path>) -> Result
 
     let mut lowercase = true;
     if let Some(p) = tokenizer_config {
-        let text = std::fs::read_to_string(p).at(p)?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::invalid(p, Some(e.line()), format!("not valid JSON: {e}")))?;
+        let v = crate::model::read_json(p)?;
         if let Some(b) = v.get("do_lower_case").and_then(|b| b.as_bool()) {
             lowercase = b;
         }

@@ -44,8 +44,7 @@ impl BertConfig {
 
     /// Parses and validates; `path` only names the file in errors.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| Error::invalid(path, Some(e.line()), format!("not valid JSON: {e}")))?;
+        let v: Value = super::parse_json(text, path)?;
         let obj = v
             .as_object()
             .ok_or_else(|| Error::invalid(path, None, "expected a JSON object"))?;
