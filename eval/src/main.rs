@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use simlm_eval::{compare, evaluate, Evaluation, Metric, Qrels, Run, DEFAULT_METRICS};
+use eval::{compare, evaluate, Evaluation, Metric, Qrels, Run, DEFAULT_METRICS};
 
 /// Evaluate a retrieval run against relevance judgments, as trec_eval and the MS MARCO script do.
 #[derive(Parser, Debug)]

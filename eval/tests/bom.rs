@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use simlm_eval::{evaluate, Qrels, Run, DEFAULT_METRICS};
+use eval::{evaluate, Qrels, Run, DEFAULT_METRICS};
 
 use testkit::{gzip, write};
 

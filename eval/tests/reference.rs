@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use simlm_eval::{evaluate, Metric, Qrels, Run};
+use eval::{evaluate, Metric, Qrels, Run};
 
 use testkit::{python, shared};
 

@@ -13,7 +13,7 @@ use engine::search::hnsw::DEFAULT_EF;
 use engine::search::Hit;
 use engine::store::output::Output;
 use engine::{Doc, Kind};
-use simlm_eval::{write_run_line, RunFormat};
+use eval::{write_run_line, RunFormat};
 
 #[derive(Parser)]
 #[command(

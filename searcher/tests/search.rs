@@ -181,11 +181,11 @@ fn a_batch_run_evaluates_with_simlm_eval() {
         }
         let o = search(&args);
         assert!(o.status.success(), "{}", stderr(&o));
-        let qrels = simlm_eval::Qrels::read(&shared().join("data/classic/med/qrels.txt")).unwrap();
-        let r = simlm_eval::Run::read(&run).unwrap();
+        let qrels = eval::Qrels::read(&shared().join("data/classic/med/qrels.txt")).unwrap();
+        let r = eval::Run::read(&run).unwrap();
         assert_eq!(r.queries.len(), 30);
         assert!(r.queries.values().all(|h| h.len() == 100));
-        let e = simlm_eval::evaluate(&qrels, &r, &simlm_eval::DEFAULT_METRICS, 1);
+        let e = eval::evaluate(&qrels, &r, &eval::DEFAULT_METRICS, 1);
         assert_eq!((e.queries, e.missing), (30, 0));
         println!("{fmt}: {:?}", e.means);
     }
