@@ -561,6 +561,70 @@ pub fn read_queries(path: &Path) -> Result<Vec<Query>> {
     Ok(out)
 }
 
+/// Reads pre-encoded queries (Pyserini's `--encoded-queries`): an f32 or f16 `.npy` of queries x
+/// `dim` (the index's dimension), every value finite, and their ids from `ids` (one a line, one per
+/// row) or else the row numbers. Returns the ids and the vectors, row-major.
+pub fn read_query_vectors(
+    path: &Path,
+    ids: Option<&Path>,
+    dim: usize,
+) -> Result<(Vec<String>, Vec<f32>)> {
+    let m = crate::store::npy::NpyMatrix::open(path)?;
+    if m.header.ndim != 2 || m.rows() == 0 {
+        return Err(Error::invalid(
+            path,
+            None,
+            format!(
+                "holds {} values in {} dimension(s); expected a 2-D array of queries x dimensions with at least one row",
+                m.rows() * m.cols(),
+                m.header.ndim
+            ),
+        ));
+    }
+    if m.cols() != dim {
+        return Err(Error::invalid(
+            path,
+            None,
+            format!(
+                "query vectors of dimension {}, the index holds dimension {dim}: encode the queries with the index's model",
+                m.cols()
+            ),
+        ));
+    }
+    let vecs = m.rows_f32(0, m.rows()).into_owned();
+    if let Some(i) = vecs.iter().position(|x| !x.is_finite()) {
+        return Err(Error::invalid(
+            path,
+            None,
+            format!(
+                "row {} (0-based) has a value that is not a finite number in dimension {}: re-encode the queries",
+                i / dim,
+                i % dim
+            ),
+        ));
+    }
+    let qids = match ids {
+        Some(p) => {
+            let ids = read_ids(p, "query")?;
+            if ids.len() != m.rows() {
+                return Err(Error::invalid(
+                    p,
+                    None,
+                    format!(
+                        "{} ids for the {} rows of {}: give one id a line for each row, in row order",
+                        ids.len(),
+                        m.rows(),
+                        path.display()
+                    ),
+                ));
+            }
+            ids
+        }
+        None => (0..m.rows()).map(|r| r.to_string()).collect(),
+    };
+    Ok((qids, vecs))
+}
+
 /// Reads ids one a line (as `simlm-index import --ids` and `simlm-search batch --query-ids` take
 /// them): plain or gzip-compressed, surrounding spaces dropped; blank lines, ids that would break a run
 /// file and repeated ids are refused with their line numbers. `what` names the ids in messages.

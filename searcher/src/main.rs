@@ -181,57 +181,6 @@ enum BatchQueries<'a> {
     },
 }
 
-/// Reads pre-encoded queries: their ids and their vectors (row-major).
-fn query_vectors(
-    path: &Path,
-    ids: Option<&Path>,
-    dim: usize,
-) -> anyhow::Result<(Vec<String>, Vec<f32>)> {
-    let m = engine::store::npy::NpyMatrix::open(path)?;
-    if m.header.ndim != 2 || m.rows() == 0 {
-        bail!(
-            "{}: holds {} rows of {} values ({}-D); expected a 2-D array of queries x dimensions with at least one row",
-            path.display(),
-            m.rows(),
-            m.cols(),
-            m.header.ndim
-        );
-    }
-    if m.cols() != dim {
-        bail!(
-            "{}: query vectors of dimension {}, the index holds dimension {dim}: encode the queries with the index's model",
-            path.display(),
-            m.cols()
-        );
-    }
-    let vecs = m.rows_f32(0, m.rows()).into_owned();
-    if let Some(i) = vecs.iter().position(|x| !x.is_finite()) {
-        bail!(
-            "{}: row {} (0-based) has a value that is not a finite number in dimension {}: re-encode the queries",
-            path.display(),
-            i / dim,
-            i % dim
-        );
-    }
-    let qids = match ids {
-        Some(p) => {
-            let ids = engine::corpus::read_ids(p, "query")?;
-            if ids.len() != m.rows() {
-                bail!(
-                    "{}: {} ids for the {} rows of {}: give one id a line for each row, in row order",
-                    p.display(),
-                    ids.len(),
-                    m.rows(),
-                    path.display()
-                );
-            }
-            ids
-        }
-        None => (0..m.rows()).map(|r| r.to_string()).collect(),
-    };
-    Ok((qids, vecs))
-}
-
 /// Encodes text queries, with a progress bar on a terminal.
 fn encode_queries(s: &Searcher, qs: &[engine::corpus::Query]) -> anyhow::Result<Vec<f32>> {
     let enc = s.encoder()?;
@@ -294,7 +243,7 @@ fn batch(
     // Timed: the encoding of text queries and the search (for vectors, the search alone).
     let (qids, vecs, t) = match queries {
         BatchQueries::Vectors { path, ids } => {
-            let (qids, vecs) = query_vectors(path, ids, m.dim)?;
+            let (qids, vecs) = engine::corpus::read_query_vectors(path, ids, m.dim)?;
             (qids, vecs, Instant::now())
         }
         BatchQueries::Text(path) => {
