@@ -25,6 +25,16 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The default on a device: f16 on CUDA (tensor cores; SimLM's scores move by ~1e-3), f32 on the
+    /// CPU (the reference).
+    pub fn default_for(device: &Device) -> Precision {
+        if device.is_cuda() {
+            Precision::F16
+        } else {
+            Precision::F32
+        }
+    }
+
     pub fn dtype(self) -> DType {
         match self {
             Precision::F32 => DType::F32,

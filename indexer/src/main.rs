@@ -192,11 +192,9 @@ fn set_threads(threads: Option<usize>) {
 fn load_encoder(a: &EncoderArgs) -> anyhow::Result<Encoder> {
     set_threads(a.threads);
     let device = engine::parse_device(&a.device)?;
-    let precision = a.precision.unwrap_or(if device.is_cuda() {
-        Precision::F16
-    } else {
-        Precision::F32
-    });
+    let precision = a
+        .precision
+        .unwrap_or_else(|| Precision::default_for(&device));
     let opts = EncoderOptions {
         format: a.format,
         pooling: a.pooling,
