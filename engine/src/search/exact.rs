@@ -2,9 +2,6 @@
 //! the workers take in parallel; each block is scored against the whole query batch with one GEMM, so
 //! the matrix is streamed once per batch, and every worker keeps its own top-k per query.
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
-
 use rayon::prelude::*;
 
 use super::{sort_hits, Hit};
@@ -14,77 +11,70 @@ use crate::store::npy::NpyMatrix;
 /// Rows scored per GEMM.
 const BLOCK_ROWS: usize = 8192;
 
-/// A heap entry whose `Ord` puts the *worst* hit on top: lowest score, then highest row.
-#[derive(Clone, Copy)]
-struct Worst(Hit);
-
-impl PartialEq for Worst {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o) == Ordering::Equal
-    }
-}
-impl Eq for Worst {}
-impl PartialOrd for Worst {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Worst {
-    fn cmp(&self, o: &Self) -> Ordering {
-        // Greater = worse: lower score, or equal score and higher row.
-        super::rank(o.0.score, o.0.row, self.0.score, self.0.row)
-    }
-}
-
-/// The k best hits seen so far.
+/// The k best hits seen so far: candidates at or above a threshold collect in a buffer; when it holds
+/// 2k (at least 32), a selection keeps the best k and raises the threshold to the k-th score. That is
+/// linear in the candidates, where a heap pays log k for each of them (k = 1000 for a recall run).
 #[derive(Clone)]
 pub struct TopK {
     k: usize,
-    heap: BinaryHeap<Worst>,
+    buf: Vec<Hit>,
+    /// A hit scoring below this cannot be among the k best (k hits at or above it are held).
+    thr: f32,
 }
 
 impl TopK {
     pub fn new(k: usize) -> Self {
         TopK {
             k,
-            heap: BinaryHeap::with_capacity(k + 1),
+            buf: Vec::new(),
+            thr: f32::NEG_INFINITY,
         }
     }
 
     #[inline]
     pub fn push(&mut self, row: usize, score: f32) {
-        if self.k == 0 {
+        // Equal scores are kept: the lower row wins a tie, decided at the selection.
+        if self.k == 0 || score < self.thr {
             return;
         }
-        if self.heap.len() < self.k {
-            self.heap.push(Worst(Hit { row, score }));
-            return;
-        }
-        let worst = self.heap.peek().unwrap().0;
-        if score > worst.score || (score == worst.score && row < worst.row) {
-            self.heap.pop();
-            self.heap.push(Worst(Hit { row, score }));
+        self.buf.push(Hit { row, score });
+        if self.buf.len() >= (2 * self.k).max(32) {
+            self.keep_best();
         }
     }
 
-    /// The lowest score a new hit must beat (−inf until k hits are held).
+    /// Keeps the best k (in no order) and raises the threshold to the worst of them.
+    fn keep_best(&mut self) {
+        if self.buf.len() > self.k {
+            self.buf.select_nth_unstable_by(self.k - 1, |a, b| {
+                super::rank(b.score, b.row, a.score, a.row)
+            });
+            self.buf.truncate(self.k);
+        }
+        if self.buf.len() == self.k {
+            self.thr = self
+                .buf
+                .iter()
+                .map(|h| h.score)
+                .fold(f32::INFINITY, f32::min);
+        }
+    }
+
+    /// The lowest score a new hit must reach (−inf until k hits are held).
     #[inline]
     pub fn threshold(&self) -> f32 {
-        if self.heap.len() < self.k {
-            f32::NEG_INFINITY
-        } else {
-            self.heap.peek().unwrap().0.score
-        }
+        self.thr
     }
 
     pub fn merge(&mut self, other: TopK) {
-        for w in other.heap {
-            self.push(w.0.row, w.0.score);
+        for h in other.buf {
+            self.push(h.row, h.score);
         }
     }
 
-    pub fn into_sorted(self) -> Vec<Hit> {
-        let mut v: Vec<Hit> = self.heap.into_iter().map(|w| w.0).collect();
+    pub fn into_sorted(mut self) -> Vec<Hit> {
+        self.keep_best();
+        let mut v = self.buf;
         sort_hits(&mut v);
         v
     }
@@ -228,6 +218,38 @@ pub fn search_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_k_equals_a_full_sort() {
+        // Many ties (scores on a coarse grid), k below, at and above the selection's buffer size.
+        let n = 5000;
+        let scores: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 % 251) as f32 / 25.0).floor())
+            .collect();
+        for k in [1, 10, 31, 32, 33, 100, 1000, 4999, 5000, 6000] {
+            let mut t = TopK::new(k);
+            let mut halves = (TopK::new(k), TopK::new(k));
+            for (r, &s) in scores.iter().enumerate() {
+                t.push(r, s);
+                if r % 2 == 0 {
+                    halves.0.push(r, s)
+                } else {
+                    halves.1.push(r, s)
+                }
+            }
+            let mut all: Vec<Hit> = scores
+                .iter()
+                .enumerate()
+                .map(|(row, &score)| Hit { row, score })
+                .collect();
+            sort_hits(&mut all);
+            all.truncate(k);
+            assert_eq!(t.into_sorted(), all, "k={k}");
+            halves.0.merge(halves.1);
+            assert_eq!(halves.0.into_sorted(), all, "k={k}, merged");
+        }
+        assert!(TopK::new(0).into_sorted().is_empty());
+    }
 
     #[test]
     fn top_k_prefers_higher_scores_then_lower_rows() {
