@@ -51,6 +51,14 @@ impl Searcher {
             Some(model) if opts.encoder => Some(Self::load_encoder(dir, m, model, opts)?),
             _ => None,
         };
+        if opts.ef.is_some() && !opts.exact && m.hnsw.is_none() {
+            return Err(Error::Usage(format!(
+                "--ef sets the graph search, but {} has no HNSW graph: search it with --exact, or build \
+                 the graph with `simlm-index hnsw {}`",
+                dir.display(),
+                dir.display()
+            )));
+        }
         let mode = if opts.exact || m.hnsw.is_none() {
             SearchMode::Exact
         } else {
