@@ -1,5 +1,7 @@
 //! `simlm-search`: answer queries against an index built by `simlm-index`: one query, a batch run
-//! file, or an interactive loop.
+//! file, an interactive loop, or an HTTP service (`serve.rs`).
+
+mod serve;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -67,6 +69,30 @@ enum Command {
         #[arg(long, default_value = "simlm")]
         tag: String,
     },
+    /// An HTTP service: POST /search and /embed, GET / (a search page), /health, /info, /metrics.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Address to listen on (port 0: any free port, printed at start).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// Largest request body, in bytes.
+        #[arg(long, default_value_t = 1 << 20)]
+        max_body: usize,
+        /// Most queries (or texts to embed) in one request.
+        #[arg(long, default_value_t = 256)]
+        max_queries: usize,
+        /// Largest k.
+        #[arg(long, default_value_t = 1000)]
+        max_k: usize,
+        /// Most queries encoded and searched together in one batch.
+        #[arg(long, default_value_t = 256)]
+        max_batch: usize,
+        /// Milliseconds the batcher waits for more requests after the first of a batch (0: it takes
+        /// what is queued; requests that arrive while a batch runs form the next one).
+        #[arg(long, default_value_t = 0)]
+        batch_wait_ms: u64,
+    },
     /// An interactive loop (one query a line when stdin is not a terminal).
     Repl {
         #[command(flatten)]
@@ -98,9 +124,18 @@ struct Common {
     threads: Option<usize>,
 }
 
-/// Opens the index; with `encoder`, with the encoder its manifest names (an index without a model
-/// is refused then, as it cannot answer text).
-fn open(c: &Common, encoder: bool) -> anyhow::Result<Searcher> {
+/// Whether a command needs the index's encoder.
+#[derive(Clone, Copy, PartialEq)]
+enum Encoder {
+    /// Text queries: an index without a model is refused.
+    Required,
+    /// Loaded when the index has a model (the service answers vectors either way).
+    IfAny,
+    /// Pre-encoded queries only: no model is loaded.
+    No,
+}
+
+fn open(c: &Common, encoder: Encoder) -> anyhow::Result<Searcher> {
     if let Some(t) = c.threads {
         // candle and rayon both read RAYON_NUM_THREADS; set before either starts its pool.
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
@@ -110,10 +145,10 @@ fn open(c: &Common, encoder: bool) -> anyhow::Result<Searcher> {
         device: engine::parse_device(&c.device)?,
         exact: c.exact,
         ef: c.ef,
-        encoder,
+        encoder: encoder != Encoder::No,
     };
     let s = Searcher::open(&c.index, &opts)?;
-    if encoder {
+    if encoder == Encoder::Required {
         s.encoder()?;
     }
     Ok(s)
@@ -253,7 +288,14 @@ fn batch(
             (qs.into_iter().map(|q| q.id).collect(), vecs, t)
         }
     };
-    let results = s.index.search(&vecs, k, s.mode)?;
+    let mode = match s.mode {
+        SearchMode::Hnsw { ef } if ef < k => {
+            eprintln!("note: ef {ef} is below k {k}: the graph search keeps k = {k} candidates");
+            SearchMode::Hnsw { ef: k }
+        }
+        m => m,
+    };
+    let results = s.index.search(&vecs, k, mode)?;
     let secs = t.elapsed().as_secs_f64();
     out.write(|w| {
         for (qid, hits) in qids.iter().zip(&results) {
@@ -266,7 +308,7 @@ fn batch(
     eprintln!(
         "{} queries ({}, k={k}) in {secs:.2} s ({:.1} queries/s); run written to {}",
         qids.len(),
-        s.mode,
+        mode,
         qids.len() as f64 / secs.max(1e-9),
         out
     );
@@ -393,7 +435,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if text.trim().is_empty() {
                 bail!("the query is empty: give some text to search for");
             }
-            let s = open(&common, true)?;
+            let s = open(&common, Encoder::Required)?;
             answer(&s, &text, k, s.mode, &mut std::io::stdout().lock())?;
         }
         Command::Batch {
@@ -414,11 +456,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 (None, None) => bail!("give --queries or --query-vectors"),
             };
-            let s = open(&common, queries.is_some())?;
+            let need = if queries.is_some() {
+                Encoder::Required
+            } else {
+                Encoder::No
+            };
+            let s = open(&common, need)?;
             batch(&s, source, k, &out, run_format, &tag)?;
         }
+        Command::Serve {
+            common,
+            addr,
+            max_body,
+            max_queries,
+            max_k,
+            max_batch,
+            batch_wait_ms,
+        } => {
+            // An index without a model still serves pre-encoded queries.
+            let s = open(&common, Encoder::IfAny)?;
+            serve::serve(
+                s,
+                serve::ServeOptions {
+                    addr,
+                    max_body,
+                    max_queries: max_queries.max(1),
+                    max_k: max_k.max(1),
+                    max_batch: max_batch.max(1),
+                    batch_wait: std::time::Duration::from_millis(batch_wait_ms),
+                },
+            )?;
+        }
         Command::Repl { common, k } => {
-            let s = open(&common, true)?;
+            let s = open(&common, Encoder::Required)?;
             repl(&s, k)?;
         }
     }
