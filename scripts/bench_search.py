@@ -22,6 +22,14 @@ ROUNDS = 3  # interleaved rounds of all three tools
 EFS = [10, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512]
 
 
+# BLAS tuning variables, where a machine sets them, pin OpenBLAS (faiss, numpy) to another CPU's kernels or
+# cache sizes and can slow it: they are removed before either library loads, so every peer runs the
+# kernels it picks for this CPU (printed below with threadpoolctl).
+for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "GOTOBLAS_CORETYPE", "MKL_DEBUG_CPU_TYPE", "MKL_CBWR",
+             "MKL_ENABLE_INSTRUCTIONS"):
+    os.environ.pop(_var, None)
+
+
 def at_recall(points, target):
     """Queries/s of the fastest setting reaching the recall target (None if none does)."""
     ok = [qps for recall, qps in points if recall >= target]
@@ -41,6 +49,13 @@ def main():
     import numpy as np
 
     faiss.omp_set_num_threads(a.threads)
+    try:
+        from threadpoolctl import threadpool_info
+        for lib in threadpool_info():
+            print(f"BLAS/OpenMP: {lib.get('internal_api')} {lib.get('version')}, kernel "
+                  f"{lib.get('architecture', '-')}, {lib.get('num_threads')} threads ({os.path.basename(lib['filepath'])})")
+    except ImportError:
+        print("threadpoolctl not installed: BLAS kernel not shown (scripts/setup-python.sh --bench)")
     manifest = json.load(open(os.path.join(a.index, "manifest.json")))
     m, efc = manifest["hnsw"]["m"], manifest["hnsw"]["ef_construction"]
     # The index's files live in the generation folder its manifest names.
