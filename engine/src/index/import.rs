@@ -43,7 +43,7 @@ const BLOCK_BYTES: usize = 16 << 20;
 /// Imports a matrix (see the module's notes).
 pub fn import(opts: &ImportOptions, progress: &dyn Progress) -> Result<Manifest> {
     let src = &opts.vectors;
-    let header = read_header(src)?;
+    let (file, header) = npy::open_checked(src)?;
     let (rows, dim) = (header.rows, header.cols);
     if header.ndim != 2 || rows == 0 || dim == 0 {
         return Err(Error::invalid(
@@ -60,19 +60,7 @@ pub fn import(opts: &ImportOptions, progress: &dyn Progress) -> Result<Manifest>
             ),
         ));
     }
-    let size = std::fs::metadata(src).at(src)?.len();
-    let need = header.data_offset as u64 + (rows * dim * header.dtype.size()) as u64;
-    if size != need {
-        return Err(Error::invalid(
-            src,
-            None,
-            format!(
-                "the file holds {size} bytes but its header ({rows} x {dim} {:?}) needs {need}: \
-                 it is truncated or damaged; write it again",
-                header.dtype
-            ),
-        ));
-    }
+    let size = file.metadata().at(src)?.len();
 
     let w = Writer::open(&opts.out)?;
     match w.current() {
@@ -84,7 +72,7 @@ pub fn import(opts: &ImportOptions, progress: &dyn Progress) -> Result<Manifest>
 
     let (gen, gen_dir) = w.new_generation()?;
     writer::discard_on_error(&gen_dir, || {
-        let vectors = copy_matrix(src, &header, &gen_dir, progress)?;
+        let vectors = copy_matrix(src, file, &header, &gen_dir, progress)?;
         crate::store::ids::write(&gen_dir, &ids, &offsets)?;
         if let Some(params) = opts.hnsw {
             writer::build_graph(&gen_dir, params, progress)?;
@@ -120,13 +108,6 @@ pub fn import(opts: &ImportOptions, progress: &dyn Progress) -> Result<Manifest>
         w.commit(&mut manifest)?;
         Ok(manifest)
     })
-}
-
-fn read_header(path: &Path) -> Result<npy::NpyHeader> {
-    let mut f = std::fs::File::open(path).at(path)?;
-    let mut head = Vec::with_capacity(4096);
-    (&mut f).take(1 << 16).read_to_end(&mut head).at(path)?;
-    npy::parse_header(&head, path)
 }
 
 fn absolute(p: &Path) -> String {
@@ -216,13 +197,13 @@ fn ids_and_sources(
 /// the new file's checksum (computed while writing: the header for the final row count is known).
 fn copy_matrix(
     src: &Path,
+    mut f: std::fs::File,
     header: &npy::NpyHeader,
     gen_dir: &Path,
     progress: &dyn Progress,
 ) -> Result<FileSum> {
     let (rows, dim, dtype) = (header.rows, header.cols, header.dtype);
     let row_bytes = dim * dtype.size();
-    let mut f = std::fs::File::open(src).at(src)?;
     f.seek(SeekFrom::Start(header.data_offset as u64)).at(src)?;
     let mut out = NpyAppender::resume(&gen_dir.join(PARTIAL), dtype, dim, 0, 1)?;
     let mut sha = Sha256::new();

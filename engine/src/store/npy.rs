@@ -294,25 +294,31 @@ pub struct NpyMatrix {
     path: PathBuf,
 }
 
+/// Opens an `.npy` file and reads its header, checking that the file holds exactly the bytes the
+/// header needs (a truncated or padded file is refused); returns the file and the header.
+pub fn open_checked(path: &Path) -> Result<(File, NpyHeader)> {
+    let mut f = File::open(path).at(path)?;
+    let mut head = Vec::with_capacity(4096);
+    (&mut f).take(1 << 16).read_to_end(&mut head).at(path)?;
+    let header = parse_header(&head, path)?;
+    let need = header.data_offset as u64 + (header.rows * header.cols * header.dtype.size()) as u64;
+    let have = f.metadata().at(path)?.len();
+    if have != need {
+        return Err(Error::invalid(
+            path,
+            None,
+            format!(
+                "the file holds {have} bytes but its header ({} x {} {:?}) needs {need}: it is truncated or damaged",
+                header.rows, header.cols, header.dtype
+            ),
+        ));
+    }
+    Ok((f, header))
+}
+
 impl NpyMatrix {
     pub fn open(path: &Path) -> Result<Self> {
-        let mut f = File::open(path).at(path)?;
-        let mut head = vec![0u8; 4096];
-        let n = read_up_to(&mut f, &mut head).at(path)?;
-        let header = parse_header(&head[..n], path)?;
-        let need =
-            header.data_offset as u64 + (header.rows * header.cols * header.dtype.size()) as u64;
-        let have = f.metadata().at(path)?.len();
-        if have != need {
-            return Err(Error::invalid(
-                path,
-                None,
-                format!(
-                    "the file holds {have} bytes but its header ({} x {} {:?}) needs {need}: it is truncated or damaged",
-                    header.rows, header.cols, header.dtype
-                ),
-            ));
-        }
+        let (f, header) = open_checked(path)?;
         // Safety: the file is opened read-only; the index folder is not modified while it is searched.
         let map = unsafe { Mmap::map(&f) }.at(path)?;
         Ok(NpyMatrix {
