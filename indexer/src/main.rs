@@ -102,6 +102,15 @@ struct GraphArgs {
     ef_construction: usize,
 }
 
+impl GraphArgs {
+    fn params(self) -> HnswParams {
+        HnswParams {
+            m: self.hnsw_m,
+            ef_construction: self.ef_construction,
+        }
+    }
+}
+
 #[derive(Args)]
 struct BuildArgs {
     #[command(flatten)]
@@ -294,10 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out: a.out.clone(),
                 dtype: a.dtype,
                 // A shard's graph is built after the merge.
-                hnsw: (!a.no_hnsw && shard.is_none()).then_some(HnswParams {
-                    m: a.graph.hnsw_m,
-                    ef_construction: a.graph.ef_construction,
-                }),
+                hnsw: (!a.no_hnsw && shard.is_none()).then_some(a.graph.params()),
                 shard,
                 force: a.force,
                 chunk_rows: a.chunk_rows.max(1),
@@ -323,10 +329,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ids: a.ids,
                 collection: a.collection,
                 out: a.out.clone(),
-                hnsw: (!a.no_hnsw).then_some(HnswParams {
-                    m: a.graph.hnsw_m,
-                    ef_construction: a.graph.ef_construction,
-                }),
+                hnsw: (!a.no_hnsw).then_some(a.graph.params()),
                 force: a.force,
             };
             let m = index::import(&opts, &progress)?;
@@ -346,11 +349,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             threads,
         } => {
             set_threads(threads);
-            let params = HnswParams {
-                m: graph.hnsw_m,
-                ef_construction: graph.ef_construction,
-            };
-            index::rebuild_graph(&dir, params, &progress)?;
+            index::rebuild_graph(&dir, graph.params(), &progress)?;
             eprintln!("HNSW graph written to {}", dir.display());
         }
         Command::Info { dir } => info(&dir)?,
@@ -375,10 +374,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_hnsw,
             force,
         } => {
-            let params = (!no_hnsw).then_some(HnswParams {
-                m: graph.hnsw_m,
-                ef_construction: graph.ef_construction,
-            });
+            let params = (!no_hnsw).then_some(graph.params());
             let m = index::merge(&shards, &out, params, force, &progress)?;
             eprintln!(
                 "merged {} shards: {} passages in {}",
