@@ -235,7 +235,7 @@ fn run_batch(s: &Searcher, jobs: Vec<Job>) {
                 Work::Embed { kind, texts: ts } => {
                     let slot = if *kind == Kind::Query { 0 } else { 1 };
                     for (qi, t) in ts.iter().enumerate() {
-                        texts[slot].push(Doc::query(t));
+                        texts[slot].push(Doc::new(None, t));
                         at[slot].push((ji, qi));
                     }
                 }

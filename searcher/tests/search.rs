@@ -42,14 +42,7 @@ fn med_index() -> &'static Path {
 }
 
 fn queries() -> Vec<(String, String)> {
-    std::fs::read_to_string(shared().join("data/classic/med/queries.tsv"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (a, b) = l.split_once('\t').unwrap();
-            (a.to_string(), b.to_string())
-        })
-        .collect()
+    testkit::medline_queries()
 }
 
 fn search(args: &[&str]) -> Output {

@@ -112,14 +112,7 @@ fn post(addr: &str, path: &str, v: &Value) -> (u16, Value) {
 }
 
 fn queries() -> Vec<(String, String)> {
-    std::fs::read_to_string(shared().join("data/classic/med/queries.tsv"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (a, b) = l.split_once('\t').unwrap();
-            (a.to_string(), b.to_string())
-        })
-        .collect()
+    testkit::medline_queries()
 }
 
 #[test]

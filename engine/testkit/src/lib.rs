@@ -26,6 +26,18 @@ pub fn medline() -> PathBuf {
     shared().join("data/classic/med/docs.jsonl")
 }
 
+/// Medline's queries, `(id, text)`, in file order.
+pub fn medline_queries() -> Vec<(String, String)> {
+    std::fs::read_to_string(shared().join("data/classic/med/queries.tsv"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (a, b) = l.split_once('\t').unwrap();
+            (a.to_string(), b.to_string())
+        })
+        .collect()
+}
+
 /// The Python that has the reference tools (SIMLM_PYTHON, else the repository's .venv, else python3).
 pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("SIMLM_PYTHON") {
