@@ -6,8 +6,9 @@
 //! | `dot` (f32 . f32) | intrinsics | intrinsics | 8-lane loop | graph walk re-scoring |
 //! | `dot_u8` (f32 . u8 codes) | intrinsics | intrinsics | 8-lane loop | graph build and walk |
 //! | GELU, softmax, LayerNorm | generic code compiled for the level ([`simd_dispatch!`]) | same | same | `model::cpu_ops` |
+//! | `score_tile` (6 queries x 16 rows, with the top-k test) | the AVX2 kernel | intrinsics | 16-lane loop | exact search |
 //!
-//! Exact search scores blocks with the `gemm` crate, which makes its own choice of kernel.
+//! The encoder's matrix products go through the `gemm` crate, which makes its own choice of kernel.
 
 use std::sync::OnceLock;
 
@@ -280,6 +281,136 @@ pub(crate) fn prefetch(p: *const u8, len: usize) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (p, len);
+}
+
+/// Queries in one tile (the broadcast side of [`score_tile_kernel`]).
+pub const TILE_Q: usize = 6;
+/// Rows in one tile (two 8-lane registers).
+pub const TILE_R: usize = 16;
+
+/// What one tile reports: for each of its queries, the bits of the rows that scored at or above the
+/// query's threshold, and whether any score was not finite (NaN or infinite).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileHits {
+    pub at_or_above: [u16; TILE_Q],
+    pub non_finite: bool,
+}
+
+/// The exact-search tile kernel: `out[i * TILE_R + j] = a_i . b_j` for a panel of [`TILE_Q`] queries
+/// and one of [`TILE_R`] rows, both packed k-major (`a[k * TILE_Q + i]`, `b[k * TILE_R + j]`, `dim`
+/// steps of k), and each score compared with its query's threshold `thr[i]` while still in registers.
+pub type TileFn = fn(
+    dim: usize,
+    a: &[f32],
+    b: &[f32],
+    thr: &[f32; TILE_Q],
+    out: &mut [f32; TILE_Q * TILE_R],
+) -> TileHits;
+
+/// The tile kernel for this CPU. An AVX-512 CPU runs the AVX2 kernel (it has AVX2 and FMA).
+pub fn score_tile_kernel() -> TileFn {
+    #[cfg(target_arch = "x86_64")]
+    if level() != Level::Portable
+        && std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+    {
+        return |dim, a, b, thr, out| {
+            assert!(a.len() >= dim * TILE_Q && b.len() >= dim * TILE_R);
+            // Safety: the CPU has AVX2 and FMA (checked when the kernel was chosen), and the assert
+            // bounds every load to the two slices.
+            unsafe { score_tile_avx2(dim, a.as_ptr(), b.as_ptr(), thr, out) }
+        };
+    }
+    score_tile_portable
+}
+
+/// The portable tile kernel, for tests that compare it with the one the CPU runs.
+#[cfg(test)]
+pub(crate) fn tests_portable_tile() -> TileFn {
+    score_tile_portable
+}
+
+fn score_tile_portable(
+    dim: usize,
+    a: &[f32],
+    b: &[f32],
+    thr: &[f32; TILE_Q],
+    out: &mut [f32; TILE_Q * TILE_R],
+) -> TileHits {
+    let mut acc = [[0f32; TILE_R]; TILE_Q];
+    for (ak, bk) in a[..dim * TILE_Q]
+        .chunks_exact(TILE_Q)
+        .zip(b[..dim * TILE_R].chunks_exact(TILE_R))
+    {
+        for (row, &x) in acc.iter_mut().zip(ak) {
+            for (c, &y) in row.iter_mut().zip(bk) {
+                *c += x * y;
+            }
+        }
+    }
+    let mut hits = TileHits {
+        at_or_above: [0; TILE_Q],
+        non_finite: false,
+    };
+    for (i, row) in acc.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            out[i * TILE_R + j] = v;
+            hits.non_finite |= !v.is_finite();
+            if v >= thr[i] {
+                hits.at_or_above[i] |= 1 << j;
+            }
+        }
+    }
+    hits
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn score_tile_avx2(
+    dim: usize,
+    a: *const f32,
+    b: *const f32,
+    thr: &[f32; TILE_Q],
+    out: &mut [f32; TILE_Q * TILE_R],
+) -> TileHits {
+    use std::arch::x86_64::*;
+    // Twelve accumulators (6 queries x 2 halves of 8 rows), two row registers and one broadcast:
+    // 15 of the 16 registers, the classic 6 x 16 shape.
+    let mut c = [[_mm256_setzero_ps(); 2]; TILE_Q];
+    let (mut pa, mut pb) = (a, b);
+    for _ in 0..dim {
+        let b0 = _mm256_loadu_ps(pb);
+        let b1 = _mm256_loadu_ps(pb.add(8));
+        for (i, ci) in c.iter_mut().enumerate() {
+            let x = _mm256_broadcast_ss(&*pa.add(i));
+            ci[0] = _mm256_fmadd_ps(x, b0, ci[0]);
+            ci[1] = _mm256_fmadd_ps(x, b1, ci[1]);
+        }
+        pa = pa.add(TILE_Q);
+        pb = pb.add(TILE_R);
+    }
+    // x * 0 is 0 for a finite x and NaN otherwise: the sum is 0 exactly when every score is finite.
+    let zero = _mm256_setzero_ps();
+    let mut nf = zero;
+    let mut hits = TileHits {
+        at_or_above: [0; TILE_Q],
+        non_finite: false,
+    };
+    for (i, ci) in c.iter().enumerate() {
+        let o = out.as_mut_ptr().add(i * TILE_R);
+        _mm256_storeu_ps(o, ci[0]);
+        _mm256_storeu_ps(o.add(8), ci[1]);
+        nf = _mm256_add_ps(
+            nf,
+            _mm256_add_ps(_mm256_mul_ps(ci[0], zero), _mm256_mul_ps(ci[1], zero)),
+        );
+        let t = _mm256_set1_ps(thr[i]);
+        let lo = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(ci[0], t)) as u16;
+        let hi = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(ci[1], t)) as u16;
+        hits.at_or_above[i] = lo | hi << 8;
+    }
+    hits.non_finite = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(nf, zero)) != 0;
+    hits
 }
 
 #[cfg(test)]

@@ -1,16 +1,23 @@
 //! Exact inner-product search: every query against every row. The matrix is cut into blocks, and
-//! each worker takes one run of consecutive blocks; each block is scored against the whole query
-//! batch with one GEMM, so the matrix is streamed once per batch, and every worker keeps one top-k
-//! per query for its whole run.
+//! each worker takes one run of consecutive blocks, so the matrix is streamed once per query batch.
+//! A block is packed into panels of 16 rows and scored against panels of 6 queries by one tile
+//! kernel ([`crate::simd::score_tile_kernel`]), which also compares the 96 scores with the queries'
+//! top-k thresholds while they are still in registers: no score matrix is written or read back, and
+//! only the few scores that can enter a top-k leave the kernel.
 
 use rayon::prelude::*;
 
 use super::{sort_hits, Hit};
 use crate::error::Result;
+use crate::simd::{score_tile_kernel, TILE_Q, TILE_R};
 use crate::store::npy::NpyMatrix;
 
-/// Rows scored per GEMM (with 1,024 queries, an 8 MB score block).
+/// Rows per unit of work (a worker takes a run of consecutive blocks).
 const BLOCK_ROWS: usize = 2048;
+
+/// Rows packed at a time: 8 panels of 16, 384 KB at width 768, which stay in a 512 KB L2 cache
+/// while every query panel passes over them.
+const PACK_ROWS: usize = 128;
 
 /// The k best hits seen so far: candidates at or above a threshold collect in a buffer; when it holds
 /// 2k (at least 32), a selection keeps the best k and raises the threshold to the k-th score. That is
@@ -18,9 +25,17 @@ const BLOCK_ROWS: usize = 2048;
 #[derive(Clone)]
 pub struct TopK {
     k: usize,
-    buf: Vec<Hit>,
+    /// 8-byte candidates: a batch of 1,024 queries at k = 1000 holds up to 16 MB of them per worker.
+    buf: Vec<Cand>,
     /// A hit scoring below this cannot be among the k best (k hits at or above it are held).
     thr: f32,
+}
+
+/// A candidate hit; rows are below 2^32 (checked by [`search_rows`]).
+#[derive(Clone, Copy)]
+struct Cand {
+    score: f32,
+    row: u32,
 }
 
 impl TopK {
@@ -38,7 +53,10 @@ impl TopK {
         if self.k == 0 || score < self.thr {
             return;
         }
-        self.buf.push(Hit { row, score });
+        self.buf.push(Cand {
+            score,
+            row: row as u32,
+        });
         if self.buf.len() >= (2 * self.k).max(32) {
             self.keep_best();
         }
@@ -48,7 +66,7 @@ impl TopK {
     fn keep_best(&mut self) {
         if self.buf.len() > self.k {
             self.buf.select_nth_unstable_by(self.k - 1, |a, b| {
-                super::rank(b.score, b.row, a.score, a.row)
+                super::rank(b.score, b.row as usize, a.score, a.row as usize)
             });
             self.buf.truncate(self.k);
         }
@@ -69,73 +87,117 @@ impl TopK {
 
     pub fn merge(&mut self, other: TopK) {
         for h in other.buf {
-            self.push(h.row, h.score);
+            self.push(h.row as usize, h.score);
         }
     }
 
     pub fn into_sorted(mut self) -> Vec<Hit> {
         self.keep_best();
-        let mut v = self.buf;
+        let mut v: Vec<Hit> = self
+            .buf
+            .iter()
+            .map(|c| Hit {
+                row: c.row as usize,
+                score: c.score,
+            })
+            .collect();
         sort_hits(&mut v);
         v
     }
 }
 
-/// `scores[q * n + r] = queries[q] . rows[r]`, for `nq` queries and `n` rows of width `dim`.
-pub fn score_block(
-    queries: &[f32],
-    nq: usize,
-    rows: &[f32],
-    n: usize,
-    dim: usize,
-    scores: &mut [f32],
-) {
-    assert!(queries.len() >= nq * dim && rows.len() >= n * dim && scores.len() >= nq * n);
-    // Safety: the asserts above bound every access gemm makes: dst is nq x n (row stride n), lhs is
-    // nq x dim (row stride dim), rhs is the transpose of the n x dim row block (element (k, j) at
-    // j * dim + k).
-    unsafe {
-        gemm::gemm(
-            nq,
-            n,
-            dim,
-            scores.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            queries.as_ptr(),
-            1,
-            dim as isize,
-            rows.as_ptr(),
-            dim as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+/// Packs `nq` queries (row-major, width `dim`) into panels of [`TILE_Q`], k-major
+/// (`panel[k * TILE_Q + i]`), the last panel padded with zero queries.
+fn pack_queries(queries: &[f32], nq: usize, dim: usize) -> Vec<f32> {
+    let mut out = vec![0f32; nq.div_ceil(TILE_Q) * dim * TILE_Q];
+    for (q, src) in queries.chunks_exact(dim).take(nq).enumerate() {
+        let panel = &mut out[(q / TILE_Q) * dim * TILE_Q..][..dim * TILE_Q];
+        for (k, &v) in src.iter().enumerate() {
+            panel[k * TILE_Q + q % TILE_Q] = v;
+        }
+    }
+    out
+}
+
+/// Packs `n` rows (row-major, width `dim`) into panels of [`TILE_R`], k-major, the last panel padded
+/// with zero rows.
+fn pack_rows(rows: &[f32], n: usize, dim: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(n.div_ceil(TILE_R) * dim * TILE_R, 0.0);
+    for (r, src) in rows.chunks_exact(dim).take(n).enumerate() {
+        let panel = &mut out[(r / TILE_R) * dim * TILE_R..][..dim * TILE_R];
+        for (k, &v) in src.iter().enumerate() {
+            panel[k * TILE_R + r % TILE_R] = v;
+        }
     }
 }
 
-/// The first score in `s` that is NaN or infinite, if any. `x * 0` is 0 for every finite `x` and NaN
-/// otherwise, so the sum is 0 exactly when all are finite; the lanes let it vectorise (a few hundred
-/// instructions per 8,192 scores, beside the GEMM's millions).
-fn first_non_finite(s: &[f32]) -> Option<usize> {
-    let mut acc = [0f32; 16];
-    let chunks = s.chunks_exact(16);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (a, x) in acc.iter_mut().zip(c) {
-            *a += x * 0.0;
+/// One worker's share: rows `[a, b)` of each block in `run`, scored against every query and kept in
+/// `tops`. The first non-finite score met (lowest row) is noted in `bad`.
+fn scan_run(
+    matrix: &NpyMatrix,
+    run: &[(usize, usize)],
+    packed_queries: &[f32],
+    tops: &mut [TopK],
+    bad: &mut Option<(usize, f32)>,
+) {
+    let dim = matrix.cols();
+    let nq = tops.len();
+    let tile = score_tile_kernel();
+    let mut packed_rows = Vec::new();
+    let mut out = [0f32; TILE_Q * TILE_R];
+    let q_panels = nq.div_ceil(TILE_Q);
+    for &(a, b) in run {
+        for c in (a..b).step_by(PACK_ROWS) {
+            let d = (c + PACK_ROWS).min(b);
+            pack_rows(&matrix.rows_f32(c, d), d - c, dim, &mut packed_rows);
+            // Each query panel (18 KB at width 768, in L1) passes over the packed rows (in L2).
+            for qp in 0..q_panels {
+                let q0 = qp * TILE_Q;
+                let live_q = (nq - q0).min(TILE_Q);
+                let panel = &packed_queries[qp * dim * TILE_Q..][..dim * TILE_Q];
+                for (jp, rows) in packed_rows.chunks_exact(dim * TILE_R).enumerate() {
+                    let row0 = c + jp * TILE_R;
+                    let live_rows = (d - row0).min(TILE_R);
+                    let mut thr = [f32::INFINITY; TILE_Q];
+                    for (t, top) in thr.iter_mut().zip(&tops[q0..q0 + live_q]) {
+                        *t = top.threshold();
+                    }
+                    let hits = tile(dim, panel, rows, &thr, &mut out);
+                    if hits.non_finite {
+                        note_non_finite(&out, live_q, live_rows, row0, bad);
+                    }
+                    let row_mask = u16::MAX >> (TILE_R - live_rows);
+                    for (i, top) in tops[q0..q0 + live_q].iter_mut().enumerate() {
+                        let mut m = hits.at_or_above[i] & row_mask;
+                        while m != 0 {
+                            let j = m.trailing_zeros() as usize;
+                            m &= m - 1;
+                            // Equal scores go through push(), which applies the lower-row rule.
+                            top.push(row0 + j, out[i * TILE_R + j]);
+                        }
+                    }
+                }
+            }
         }
     }
-    let tail: f32 = rest.iter().map(|x| x * 0.0).sum();
-    if acc.iter().sum::<f32>() + tail == 0.0 {
-        None
-    } else {
-        s.iter().position(|x| !x.is_finite())
+}
+
+/// Notes the lowest row of a tile with a non-finite score among its live queries and rows.
+fn note_non_finite(
+    out: &[f32; TILE_Q * TILE_R],
+    live_q: usize,
+    live_rows: usize,
+    row0: usize,
+    bad: &mut Option<(usize, f32)>,
+) {
+    for j in 0..live_rows {
+        if let Some(i) = (0..live_q).find(|&i| !out[i * TILE_R + j].is_finite()) {
+            if bad.is_none_or(|(r, _)| row0 + j < r) {
+                *bad = Some((row0 + j, out[i * TILE_R + j]));
+            }
+            return;
+        }
     }
 }
 
@@ -158,6 +220,16 @@ pub fn search_rows(
     if nq == 0 {
         return Ok(Vec::new());
     }
+    if end > u32::MAX as usize {
+        return Err(crate::error::Error::Unsupported {
+            path: matrix.path().to_path_buf(),
+            msg: format!(
+                "{end} rows: exact search takes at most {} rows per index; split the collection into shards",
+                u32::MAX
+            ),
+        });
+    }
+    let packed_queries = pack_queries(queries, nq, dim);
     let blocks: Vec<(usize, usize)> = (start..end)
         .step_by(BLOCK_ROWS)
         .map(|a| (a, (a + BLOCK_ROWS).min(end)))
@@ -170,33 +242,10 @@ pub fn search_rows(
         .par_chunks(per)
         .map(|run| {
             let mut tops = vec![TopK::new(k); nq];
-            let mut scores = Vec::<f32>::new();
             let mut bad = None::<(usize, f32)>;
-            for &(a, b) in run {
-                let rows = matrix.rows_f32(a, b);
-                let n = b - a;
-                scores.resize(nq * n, 0.0);
-                score_block(queries, nq, &rows, n, dim, &mut scores);
-                for (q, top) in tops.iter_mut().enumerate() {
-                    let s = &scores[q * n..(q + 1) * n];
-                    if let Some(i) = first_non_finite(s) {
-                        if bad.is_none_or(|(r, _)| a + i < r) {
-                            bad = Some((a + i, s[i]));
-                        }
-                    }
-                    let mut thr = top.threshold();
-                    for (i, &v) in s.iter().enumerate() {
-                        // Equal scores go through push(), which applies the lower-row rule.
-                        if v >= thr {
-                            top.push(a + i, v);
-                            thr = top.threshold();
-                        }
-                    }
-                }
-            }
-            (tops, scores, bad)
+            scan_run(matrix, run, &packed_queries, &mut tops, &mut bad);
+            (tops, bad)
         })
-        .map(|(tops, _, bad)| (tops, bad))
         .reduce(
             || (vec![TopK::new(k); nq], None),
             |(mut x, xbad), (y, ybad)| {
@@ -262,32 +311,88 @@ mod tests {
         assert_eq!(v.iter().map(|h| h.row).collect::<Vec<_>>(), [3, 0]);
     }
 
+    /// Brute force in f64, the reference for the tiles.
+    fn brute(queries: &[f32], rows: &[f32], dim: usize, k: usize) -> Vec<Vec<usize>> {
+        queries
+            .chunks_exact(dim)
+            .map(|q| {
+                let mut s: Vec<(f64, usize)> = rows
+                    .chunks_exact(dim)
+                    .enumerate()
+                    .map(|(r, x)| (q.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum(), r))
+                    .collect();
+                s.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                s.into_iter().take(k).map(|(_, r)| r).collect()
+            })
+            .collect()
+    }
+
     #[test]
-    fn gemm_block_equals_dot_products() {
-        let dim = 5;
-        let q: Vec<f32> = (0..2 * dim).map(|i| i as f32 * 0.1).collect();
-        let rows: Vec<f32> = (0..3 * dim).map(|i| (i as f32 * 0.37).sin()).collect();
-        let mut s = vec![0.0; 6];
-        score_block(&q, 2, &rows, 3, dim, &mut s);
-        for qi in 0..2 {
-            for r in 0..3 {
-                let want: f32 = (0..dim).map(|j| q[qi * dim + j] * rows[r * dim + j]).sum();
-                assert!((s[qi * 3 + r] - want).abs() < 1e-5);
+    fn tiles_equal_brute_force_at_every_edge() {
+        // Query and row counts off the tile sizes (6 and 16) and the block size, odd widths, and
+        // more than one chunk of query panels.
+        let tmp = tempfile::tempdir().unwrap();
+        for (n, nq, dim, k) in [
+            (1, 1, 1, 1),
+            (17, 7, 3, 5),
+            (2049, 13, 33, 40),
+            (4100, 125, 8, 3),
+        ] {
+            let rows: Vec<f32> = (0..n * dim)
+                .map(|i| (i * 7919 % 1013) as f32 / 1013.0 - 0.5)
+                .collect();
+            let queries: Vec<f32> = (0..nq * dim)
+                .map(|i| (i * 104_729 % 997) as f32 / 997.0 - 0.5)
+                .collect();
+            let p = tmp.path().join(format!("v{n}.npy"));
+            crate::store::npy::write_f32(&p, &rows, n, dim).unwrap();
+            let m = NpyMatrix::open(&p).unwrap();
+            let got = search(&m, &queries, k).unwrap();
+            let want = brute(&queries, &rows, dim, k);
+            for (q, (g, w)) in got.iter().zip(&want).enumerate() {
+                let g: Vec<usize> = g.iter().map(|h| h.row).collect();
+                assert_eq!(&g, w, "n={n} nq={nq} dim={dim} query {q}");
             }
         }
     }
 
     #[test]
+    fn every_tile_kernel_scores_and_compares_alike() {
+        let dim = 37;
+        let a: Vec<f32> = (0..dim * TILE_Q).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..dim * TILE_R).map(|i| (i as f32 * 0.11).cos()).collect();
+        let thr = [-1.0, 0.0, 0.5, f32::NEG_INFINITY, f32::INFINITY, 0.1];
+        let mut kernels: Vec<crate::simd::TileFn> = vec![crate::simd::score_tile_kernel()];
+        kernels.push(crate::simd::tests_portable_tile());
+        for f in kernels {
+            let mut out = [0f32; TILE_Q * TILE_R];
+            let hits = f(dim, &a, &b, &thr, &mut out);
+            assert!(!hits.non_finite);
+            for i in 0..TILE_Q {
+                for j in 0..TILE_R {
+                    let want: f32 = (0..dim)
+                        .map(|k| a[k * TILE_Q + i] * b[k * TILE_R + j])
+                        .sum();
+                    let got = out[i * TILE_R + j];
+                    assert!((got - want).abs() < 1e-4, "{i} {j}: {got} vs {want}");
+                    assert_eq!(hits.at_or_above[i] >> j & 1 == 1, got >= thr[i], "{i} {j}");
+                }
+            }
+            let mut b2 = b.clone();
+            b2[5 * TILE_R + 9] = f32::NAN;
+            assert!(f(dim, &a, &b2, &thr, &mut out).non_finite);
+            b2[5 * TILE_R + 9] = f32::INFINITY;
+            assert!(f(dim, &a, &b2, &thr, &mut out).non_finite);
+        }
+    }
+
+    #[test]
     fn a_damaged_row_is_an_error_naming_it() {
-        assert_eq!(first_non_finite(&[0.5; 100]), None);
-        let mut s = vec![0.5f32; 100];
-        s[37] = f32::NAN;
-        s[90] = f32::INFINITY;
-        assert_eq!(first_non_finite(&s), Some(37));
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("v.npy");
         let mut data = vec![0.5f32; 20_000 * 4];
         data[12_345 * 4 + 2] = f32::NAN;
+        data[19_999 * 4] = f32::INFINITY;
         crate::store::npy::write_f32(&p, &data, 20_000, 4).unwrap();
         let m = NpyMatrix::open(&p).unwrap();
         let e = search(&m, &[1.0, 0.0, 0.0, 1.0], 500)
@@ -298,6 +403,7 @@ mod tests {
             "{e}"
         );
         data[12_345 * 4 + 2] = 0.5;
+        data[19_999 * 4] = 0.5;
         crate::store::npy::write_f32(&p, &data, 20_000, 4).unwrap();
         let m = NpyMatrix::open(&p).unwrap();
         assert_eq!(
