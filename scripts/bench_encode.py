@@ -1,78 +1,177 @@
 #!/usr/bin/env python3
-"""Benchmark: passages/s of the engine's encoder against PyTorch (transformers) on the same machine.
+"""Benchmark: the engine's encoder against PyTorch and ONNX Runtime, each driven at its best, in one run.
 
-Encodes the first N passages of the MS MARCO pool collection in SimLM's passage format (title `-`,
-144 tokens) with the same checkpoint and thread count, in one run:
-  * simlm-index embed (length-sorted batches under a token budget),
-  * PyTorch as SimLM's encode_main.py does it: file order, batches padded to their longest,
-  * PyTorch length-sorted, as sentence-transformers does it.
-Also checks that the three agree (cosine of the [CLS] vectors).
+Passages: the first N of the MS MARCO pool in SimLM's passage format (title `-`, at most 144 tokens),
+[CLS] pooling, unit vectors. Peers, each with the same thread count:
+  * the engine: a whole `simlm-index embed` process (start-up, tokenisation, encoding, writing);
+  * PyTorch (transformers), texts sorted by token length, the best of several batch sizes;
+  * sentence-transformers' own `encode` (its character-length order, the folder's pooling);
+  * ONNX Runtime: the model exported with torch.onnx.export, fused by onnxruntime.transformers'
+    BERT optimizer, all graph optimisations on, texts sorted by token length, the best batch size.
+The peers' timings include their tokenisation. Batch sizes are chosen on the first 512 passages, then
+every encoder runs in interleaved rounds and keeps its fastest.
 
-usage: scripts/bench_encode.py [--model models/all-MiniLM-L6-v2] [--n 2000] [--threads 2]
+One query: the first Q dev.small queries (SimLM's query format, at most 32 tokens) encoded one at a
+time, p50 and p99 latency (engine: `encode_latency`, the REPL's and the service's path).
+
+usage: scripts/bench_encode.py [--model models/all-MiniLM-L6-v2 | --base] [--n 2000] [--threads 2]
+  --base: a BERT-base-shaped checkpoint (12 layers, 768 wide) with seeded random weights, made once
+          under target/bench-models/.
 """
 import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MINILM = os.path.join(ROOT, "models/all-MiniLM-L6-v2")
+BATCHES = [8, 16, 32, 64, 128]
 
 
-def load_passages(path, n):
+def load_tsv(path, n):
     out = []
     with open(path, encoding="utf-8") as f:
         for line in f:
-            pid, text = line.rstrip("\n").split("\t", 1)
-            out.append(text)
+            out.append(line.rstrip("\n").split("\t", 1)[1])
             if len(out) == n:
                 break
     return out
 
 
-def torch_encode(model, tok, texts, batch, sort, torch):
-    order = list(range(len(texts)))
-    if sort:
-        # As sentence-transformers' encode: longest text (in characters) first.
-        order.sort(key=lambda i: -len(texts[i]))
-    vecs = [None] * len(texts)
-    with torch.inference_mode():
-        for s in range(0, len(order), batch):
-            idx = order[s:s + batch]
-            enc = tok(["-"] * len(idx), [texts[i] for i in idx], max_length=144, truncation=True,
-                      padding=True, return_tensors="pt")
-            out = model(**enc).last_hidden_state[:, 0]
-            out = torch.nn.functional.normalize(out, dim=-1)
-            for j, i in enumerate(idx):
-                vecs[i] = out[j]
-    return torch.stack(vecs)
+def make_base(dest):
+    """A BERT-base-shaped checkpoint with seeded random weights and MiniLM's (bert-base-uncased) vocabulary."""
+    if os.path.exists(os.path.join(dest, "model.safetensors")):
+        return dest
+    import torch
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                     intermediate_size=3072)
+    tmp = dest + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    BertModel(cfg).eval().save_pretrained(tmp, safe_serialization=True)
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(os.path.join(MINILM, f), tmp)
+    os.replace(tmp, dest)
+    return dest
+
+
+def sorted_batches(lengths, batch):
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[s:s + batch] for s in range(0, len(order), batch)]
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=os.path.join(ROOT, "models/all-MiniLM-L6-v2"))
+    ap.add_argument("--model", default=MINILM)
+    ap.add_argument("--base", action="store_true", help="a BERT-base-shaped random checkpoint instead of --model")
     ap.add_argument("--collection", default=os.path.join(ROOT, "../shared/data/msmarco/pool/collection.tsv"))
+    ap.add_argument("--queries", default=os.path.join(ROOT, "../shared/data/msmarco/queries.dev.small.tsv"))
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--q", type=int, default=1000, help="queries for the one-query latency")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/simlm-index"))
-    ap.add_argument("--batch-tokens", type=int, default=4096)
-    ap.add_argument("--torch-batch", type=int, default=128, help="encode_main.py-style batch size")
-    ap.add_argument("--st-batch", type=int, default=32, help="sentence-transformers batch size")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each encoder keeps its best")
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release"))
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each encoder keeps its best")
+    ap.add_argument("--engine-args", default="", help="extra simlm-index embed options (e.g. --precision int8)")
     a = ap.parse_args()
 
+    os.environ["OMP_NUM_THREADS"] = str(a.threads)
     import numpy as np
+    import onnxruntime as ort
     import torch
     from transformers import AutoModel, AutoTokenizer
 
     torch.set_num_threads(a.threads)
-    texts = load_passages(a.collection, a.n)
-    tok = AutoTokenizer.from_pretrained(a.model)
-    model = AutoModel.from_pretrained(a.model).eval()
-    torch_encode(model, tok, texts[:64], 32, False, torch)  # warm-up
+    torch.set_num_interop_threads(1)
+    model_dir = make_base(os.path.join(ROOT, "target/bench-models/bert-base-random")) if a.base else a.model
+    texts = load_tsv(a.collection, a.n)
+    queries = load_tsv(a.queries, a.q + 10)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+    cfg = model.config
+    print(f"model {model_dir}: {cfg.num_hidden_layers} layers, {cfg.hidden_size} wide; {a.threads} threads")
+    print(f"PyTorch {torch.__version__}: {torch.get_num_threads()} threads, MKL {torch.backends.mkl.is_available()}, "
+          f"oneDNN {torch.backends.mkldnn.is_available()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+
+    def tokenize_passages(idx, tensors):
+        return tok(["-"] * len(idx), [texts[i] for i in idx], max_length=144, truncation="longest_first",
+                   padding=True, return_tensors=tensors)
+
+    lengths = [len(x) for x in tok(["-"] * len(texts), texts, max_length=144, truncation="longest_first")["input_ids"]]
+
+    def torch_run(idx_all, batch):
+        vecs = np.zeros((len(texts), cfg.hidden_size), dtype=np.float32)
+        with torch.inference_mode():
+            for idx in sorted_batches([lengths[i] for i in idx_all], batch):
+                idx = [idx_all[i] for i in idx]
+                out = model(**tokenize_passages(idx, "pt")).last_hidden_state[:, 0]
+                vecs[idx] = torch.nn.functional.normalize(out, dim=-1).numpy()
+        return vecs
+
+    # ONNX Runtime: export, then the BERT fusions (attention, LayerNorm, GELU) of its transformers optimizer.
+    work = tempfile.mkdtemp(prefix="bench_encode.")
+    onnx_path = os.path.join(work, "model.onnx")
+    enc = tokenize_passages(list(range(4)), "pt")
+    with torch.inference_mode():
+        torch.onnx.export(model, (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]), onnx_path,
+                          input_names=["input_ids", "attention_mask", "token_type_ids"],
+                          output_names=["last_hidden_state"], opset_version=17, dynamo=False,
+                          dynamic_axes={n: {0: "b", 1: "s"} for n in ["input_ids", "attention_mask", "token_type_ids",
+                                                                      "last_hidden_state"]})
+    ort_note = "graph optimisations ORT_ENABLE_ALL"
+    try:
+        from onnxruntime.transformers import optimizer
+        opt = optimizer.optimize_model(onnx_path, model_type="bert", num_heads=cfg.num_attention_heads,
+                                       hidden_size=cfg.hidden_size)
+        opt.save_model_to_file(os.path.join(work, "model.opt.onnx"))
+        onnx_path = os.path.join(work, "model.opt.onnx")
+        ort_note += f" after the BERT optimizer (fused: {opt.get_fused_operator_statistics()})"
+    except Exception as e:  # the optimizer is optional: the plain export still runs, and the note says so
+        ort_note += f" (BERT optimizer failed: {e})"
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = a.threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+    print(f"ONNX Runtime {ort.__version__}: {sess.get_providers()}, intra-op threads {a.threads}; {ort_note}")
+
+    def ort_run(idx_all, batch):
+        vecs = np.zeros((len(texts), cfg.hidden_size), dtype=np.float32)
+        for idx in sorted_batches([lengths[i] for i in idx_all], batch):
+            idx = [idx_all[i] for i in idx]
+            e = tokenize_passages(idx, "np")
+            out = sess.run(None, {k: e[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})[0][:, 0]
+            vecs[idx] = out / np.linalg.norm(out, axis=1, keepdims=True)
+        return vecs
+
+    st = None
+    try:
+        from sentence_transformers import SentenceTransformer
+        st = SentenceTransformer(model_dir, device="cpu")
+        st.max_seq_length = 144
+    except Exception as e:
+        print(f"sentence-transformers not run: {e}")
+
+    def timed(f):
+        t = time.perf_counter()
+        v = f()
+        return time.perf_counter() - t, v
+
+    # Batch sizes: each peer's fastest on the first 512 passages.
+    probe = list(range(min(512, len(texts))))
+    best_batch = {}
+    for name, f in (("torch", torch_run), ("ort", ort_run)):
+        f(probe[:32], 8)  # warm-up
+        speeds = {b: timed(lambda: f(probe, b))[0] for b in BATCHES}
+        best_batch[name] = min(speeds, key=speeds.get)
+        print(f"{name} batch sizes on {len(probe)} passages: " +
+              ", ".join(f"{b}: {len(probe) / s:.1f}/s" for b, s in speeds.items()) + f" -> {best_batch[name]}")
 
     with tempfile.TemporaryDirectory() as tmp:
         inp = os.path.join(tmp, "in.jsonl")
@@ -80,45 +179,77 @@ def main():
             for t in texts:
                 f.write(json.dumps({"text": t}) + "\n")
         out = os.path.join(tmp, "out.npy")
+        cmd = [os.path.join(a.bin, "simlm-index"), "embed", "--model", model_dir, "--kind", "passage", "--input", inp,
+               "--out", out, "--format", "simlm", "--pooling", "cls", "--threads", str(a.threads)] + a.engine_args.split()
 
-        def run_ours():
-            p = subprocess.run([a.bin, "embed", "--model", a.model, "--kind", "passage", "--input", inp, "--out",
-                                out, "--format", "simlm", "--pooling", "cls", "--threads", str(a.threads),
-                                "--batch-tokens", str(a.batch_tokens)], capture_output=True, text=True)
+        def run_engine():
+            p = subprocess.run(cmd, capture_output=True, text=True)
             if p.returncode != 0:
                 sys.exit(p.stderr)
-            return float(re.search(r"encoded (\d+) texts in ([\d.]+) s", p.stderr).group(2))
 
-        def timed(f):
-            t = time.perf_counter()
-            v = f()
-            return time.perf_counter() - t, v
-
-        # Interleaved rounds, so that a slow spell of the machine does not fall on one encoder only;
-        # each keeps its fastest round.
-        ours_s = file_s = sorted_s = float("inf")
+        best = {}
+        everyone = [("engine", run_engine), ("torch", lambda: torch_run(list(range(len(texts))), best_batch["torch"])),
+                    ("ort", lambda: ort_run(list(range(len(texts))), best_batch["ort"]))]
+        if st is not None:
+            everyone.append(("st", lambda: st.encode(texts, batch_size=32, normalize_embeddings=True)))
+        vecs = {}
         for r in range(a.rounds):
-            ours_s = min(ours_s, run_ours())
-            s, v_file = timed(lambda: torch_encode(model, tok, texts, a.torch_batch, False, torch))
-            file_s = min(file_s, s)
-            s, v_sorted = timed(lambda: torch_encode(model, tok, texts, a.st_batch, True, torch))
-            sorted_s = min(sorted_s, s)
-            print(f"round {r + 1}: engine {ours_s:.2f} s, PyTorch file order {file_s:.2f} s, "
-                  f"PyTorch sorted {sorted_s:.2f} s (best so far)", file=sys.stderr)
+            for name, f in everyone:
+                s, v = timed(f)
+                best[name] = min(best.get(name, float("inf")), s)
+                vecs[name] = v
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f} s" for k, v in best.items()) + " (best so far)",
+                  file=sys.stderr)
         ours = np.load(out)
 
+    # One query at a time.
+    lat = {}
+    r = subprocess.run([os.path.join(a.bin, "examples/encode_latency"), model_dir, a.queries, str(a.q), str(a.threads)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(r.stderr)
+    j = json.loads(r.stdout.strip().splitlines()[-1])
+    lat["engine"] = (j["p50_ms"], j["p99_ms"])
+
+    def peer_latency(f):
+        ms = []
+        for i, q in enumerate(queries):
+            t = time.perf_counter()
+            f(q)
+            if i >= 10:
+                ms.append((time.perf_counter() - t) * 1e3)
+        ms.sort()
+        return ms[len(ms) // 2], ms[round((len(ms) - 1) * 0.99)]
+
+    def torch_one(q):
+        with torch.inference_mode():
+            model(**tok(q, max_length=32, truncation=True, return_tensors="pt")).last_hidden_state[:, 0]
+
+    def ort_one(q):
+        e = tok(q, max_length=32, truncation=True, return_tensors="np")
+        sess.run(None, {k: e[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})
+
+    lat["torch"] = peer_latency(torch_one)
+    lat["ort"] = peer_latency(ort_one)
+    shutil.rmtree(work, ignore_errors=True)
+
     n = len(texts)
-    cos = (ours * v_file.numpy()).sum(1)
-    print(f"{n} passages of {os.path.basename(a.collection)}, simlm format (144 tokens), model {os.path.basename(a.model)}, "
-          f"{a.threads} threads, torch {torch.__version__}; best of {a.rounds} interleaved rounds")
-    print(f"{'encoder':<44}{'seconds':>9}{'passages/s':>12}")
-    print(f"{'simlm-index embed (batch tokens %d)' % a.batch_tokens:<44}{ours_s:>9.2f}{n / ours_s:>12.1f}")
-    print(f"{'PyTorch, file order, batch %d (encode_main)' % a.torch_batch:<44}{file_s:>9.2f}{n / file_s:>12.1f}")
-    print(f"{'PyTorch, length-sorted, batch %d (s-t)' % a.st_batch:<44}{sorted_s:>9.2f}{n / sorted_s:>12.1f}")
-    best = min(file_s, sorted_s)
-    print(f"ratio vs the faster PyTorch way: {best / ours_s:.2f}x")
-    cos_sorted = (ours * v_sorted.numpy()).sum(1)
-    print(f"min cosine ours vs PyTorch: {cos.min():.6f} (file order), {cos_sorted.min():.6f} (sorted)")
+    names = {"engine": "simlm-index embed (whole process)",
+             "torch": f"PyTorch, token-length order, batch {best_batch['torch']}",
+             "ort": f"ONNX Runtime, token-length order, batch {best_batch['ort']}",
+             "st": "sentence-transformers encode, batch 32"}
+    print(f"\n{n} passages of {os.path.basename(a.collection)}, simlm format (144 tokens); best of {a.rounds} "
+          f"interleaved rounds; {a.threads} threads")
+    print(f"{'encoder':<50}{'seconds':>9}{'passages/s':>12}")
+    for k, s in best.items():
+        print(f"{names[k]:<50}{s:>9.2f}{n / s:>12.1f}")
+    peer = min(best["torch"], best["ort"])
+    print(f"engine vs the faster of PyTorch and ONNX Runtime: {peer / best['engine']:.2f}x")
+    print(f"\none query ({a.q} dev.small queries, one at a time): p50 / p99 ms")
+    for k, (p50, p99) in lat.items():
+        print(f"  {k:<8} {p50:7.2f} / {p99:7.2f}")
+    for k in ("torch", "ort"):
+        print(f"min cosine engine vs {k}: {(ours * vecs[k]).sum(1).min():.6f}")
 
 
 if __name__ == "__main__":

@@ -297,8 +297,19 @@ impl Encoder {
         let ids = Tensor::from_vec(ids, (b, s), dev)?;
         let types = Tensor::from_vec(types, (b, s), dev)?;
         let mask = Tensor::from_vec(mask, (b, s), dev)?;
-        let hidden = self.model.forward(&ids, &types, &mask)?;
-        let pooled = pool(&hidden, &mask, self.pooling)?;
+        let pooled = match self.pooling {
+            // [CLS] pooling reads one row: the model's last layer computes only that row.
+            Pooling::Cls => pool(
+                &self.model.forward_cls(&ids, &types, &mask)?,
+                &mask.narrow(1, 0, 1)?,
+                Pooling::Cls,
+            )?,
+            Pooling::Mean => pool(
+                &self.model.forward(&ids, &types, &mask)?,
+                &mask,
+                Pooling::Mean,
+            )?,
+        };
         Ok(pooled
             .to_device(&Device::Cpu)?
             .flatten_all()?

@@ -480,3 +480,73 @@ fn bad_npy_files_are_refused_and_leave_nothing_behind() {
         assert!(e.contains("ids.txt") && e.contains(want), "{e}");
     }
 }
+
+/// `simlm-index hnsw` with a checkpoint every chunk, killed right after its first checkpoint (the
+/// failpoint aborts, as `kill -9` would): the index is as it was, and the next run resumes from the
+/// checkpoint (and says so) to the very graph of a run that never stopped (one thread).
+#[test]
+fn a_killed_graph_build_resumes_from_its_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (n, dim) = (3_000, 16);
+    let v = tmp.path().join("v.npy");
+    save_npy(&v, &vectors(n, dim, 11), n, dim, false);
+    let dir = tmp.path().join("idx");
+    ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&v),
+        "--out",
+        &s(&dir),
+        "--no-hnsw",
+    ]));
+    let manifest = std::fs::read(dir.join("manifest.json")).unwrap();
+    let hnsw = |failpoint: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_simlm-index"));
+        c.args(["hnsw", &s(&dir), "--m", "8", "--threads", "1"])
+            .env("SIMLM_GRAPH_CHUNK", "500")
+            .env("SIMLM_GRAPH_CHECKPOINT_SECS", "0")
+            .env_remove("SIMLM_FAILPOINT");
+        if let Some(p) = failpoint {
+            c.env("SIMLM_FAILPOINT", p);
+        }
+        c.output().unwrap()
+    };
+    let e = fails(hnsw(Some("graph-checkpoint")));
+    assert!(e.contains("failpoint graph-checkpoint"), "{e}");
+    assert_eq!(std::fs::read(dir.join("manifest.json")).unwrap(), manifest);
+    assert!(dir.join("graph.partial/state.json").is_file());
+    ok(index_cmd(&["verify", &s(&dir)]));
+    let o = hnsw(None);
+    ok(o.clone());
+    assert!(
+        stderr(&o).contains("resuming the graph after 1500 of 3000 nodes"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !dir.join("graph.partial").exists(),
+        "the commit removes the checkpoint"
+    );
+    let graph_of = |d: &Path| {
+        let m = Index::open(d).unwrap().manifest;
+        std::fs::read(d.join(&m.data).join("graph.hnsw")).unwrap()
+    };
+    let resumed = graph_of(&dir);
+    // The same graph built in one go, in a second index of the same vectors.
+    let dir2 = tmp.path().join("idx2");
+    ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&v),
+        "--out",
+        &s(&dir2),
+        "--m",
+        "8",
+        "--threads",
+        "1",
+    ]));
+    assert!(
+        resumed == graph_of(&dir2),
+        "a resumed build made another graph"
+    );
+}

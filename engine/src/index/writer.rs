@@ -94,6 +94,8 @@ impl Writer {
             }
         }
         let _ = layout::remove_generations_except(&self.dir, &keep);
+        // A committed index supersedes any graph build in progress.
+        hnsw::checkpoint::remove(&self.dir);
         Ok(())
     }
 }
@@ -128,7 +130,16 @@ pub(crate) fn build_graph(
 ) -> Result<()> {
     let matrix = NpyMatrix::open(&gen_dir.join(layout::VECTORS))?;
     progress.stage("graph", Some(matrix.rows() as u64));
-    let g = hnsw::build(&matrix, params, &|n| progress.set(n as u64))?;
+    // Checkpoints go beside the generations: a stopped build's generation is removed by the next
+    // writer, its checkpoint is not.
+    let index_dir = gen_dir.parent().unwrap_or(gen_dir);
+    let note = |m: &str| progress.message(m);
+    let g = hnsw::build_resumable(
+        &matrix,
+        params,
+        &|n| progress.set(n as u64),
+        Some((index_dir, &note)),
+    )?;
     progress.finish_stage();
     g.save(&gen_dir.join(GRAPH))?;
     failpoint::hit("graph-saved").at(gen_dir.join(GRAPH))

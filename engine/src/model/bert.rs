@@ -279,6 +279,29 @@ impl BertModel {
         token_type_ids: &Tensor,
         attention_mask: &Tensor,
     ) -> Result<Tensor> {
+        self.forward_inner(input_ids, token_type_ids, attention_mask, false)
+    }
+
+    /// The last hidden state of the first token only, `(batch, 1, hidden)`: what [CLS] pooling reads.
+    /// On the fused f32 CPU path the last layer then computes attention, its output projection and
+    /// the feed-forward block for that one row of each sequence (keys and values still come from
+    /// every token), which saves about three quarters of that layer.
+    pub fn forward_cls(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
+        self.forward_inner(input_ids, token_type_ids, attention_mask, true)
+    }
+
+    fn forward_inner(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        cls_only: bool,
+    ) -> Result<Tensor> {
         let (b, s) = input_ids.dims2()?;
         let h = self.config.hidden_size;
         let hd = self.config.head_dim();
@@ -302,10 +325,16 @@ impl BertModel {
         let scale = 1.0 / (hd as f64).sqrt();
 
         let x = if self.device.is_cpu() && self.dtype == DType::F32 {
-            self.layers_cpu_f32(x, attention_mask, b, s, scale)?
+            self.layers_cpu_f32(x, attention_mask, b, s, scale, cls_only)?
         } else {
             self.layers_generic(x, attention_mask, b, s, scale)?
         };
+        if cls_only {
+            if x.dims2()?.0 == b {
+                return Ok(x.reshape((b, 1, h))?);
+            }
+            return Ok(x.reshape((b, s, h))?.narrow(1, 0, 1)?);
+        }
         Ok(x.reshape((b, s, h))?)
     }
 }
@@ -363,6 +392,7 @@ impl BertModel {
         b: usize,
         s: usize,
         scale: f64,
+        cls_only: bool,
     ) -> Result<Tensor> {
         use super::cpu_ops::{FusedAttention, FusedLinear};
         let lengths: Vec<usize> = attention_mask
@@ -379,9 +409,11 @@ impl BertModel {
             head_dim: self.config.head_dim(),
             lengths: &lengths,
             scale: scale as f32,
+            first_token_only: false,
         };
         let erf = self.config.hidden_act == Activation::GeluErf;
-        for layer in &self.layers {
+        let last = self.layers.len().saturating_sub(1);
+        for (li, layer) in self.layers.iter().enumerate() {
             let linear = |l: &Linear,
                           residual: Option<&Tensor>,
                           gelu: bool,
@@ -396,7 +428,21 @@ impl BertModel {
                 })
             };
             let qkv = linear(&layer.qkv, None, false, None, &x)?;
-            let ctx = qkv.apply_op1_no_bwd(&attention)?;
+            let ctx = if cls_only && li == last {
+                // From here on, only the first row of each sequence.
+                let h = self.config.hidden_size;
+                x = x
+                    .reshape((b, s, h))?
+                    .narrow(1, 0, 1)?
+                    .reshape((b, h))?
+                    .contiguous()?;
+                qkv.apply_op1_no_bwd(&FusedAttention {
+                    first_token_only: true,
+                    ..attention
+                })?
+            } else {
+                qkv.apply_op1_no_bwd(&attention)?
+            };
             x = linear(
                 &layer.attn_out,
                 Some(&x),

@@ -311,6 +311,8 @@ pub struct FusedAttention<'a> {
     /// Real tokens of each sequence (the rest is padding).
     pub lengths: &'a [usize],
     pub scale: f32,
+    /// Only the first token's row of each sequence: the output is `(batch, hidden)`.
+    pub first_token_only: bool,
 }
 
 impl CustomOp1 for FusedAttention<'_> {
@@ -324,6 +326,9 @@ impl CustomOp1 for FusedAttention<'_> {
         let h = nh * hd;
         if qkv.len() != b * sq * 3 * h || self.lengths.len() != b {
             candle_core::bail!("fused-attention: shape mismatch");
+        }
+        if self.first_token_only {
+            return Ok((CpuStorage::F32(self.first_rows(qkv)), Shape::from((b, h))));
         }
         let mut ctx = vec![0f32; b * sq * h];
         let out = SharedMut(ctx.as_mut_ptr());
@@ -386,6 +391,39 @@ impl CustomOp1 for FusedAttention<'_> {
                 }
             });
         Ok((CpuStorage::F32(ctx), Shape::from((b * sq, h))))
+    }
+}
+
+impl FusedAttention<'_> {
+    /// The attention context of each sequence's first token, `(batch, hidden)`: one query row against
+    /// the sequence's real keys, per (sequence, head).
+    fn first_rows(&self, qkv: &[f32]) -> Vec<f32> {
+        let (sq, nh, hd) = (self.seq, self.heads, self.head_dim);
+        let h = nh * hd;
+        let mut ctx = vec![0f32; self.batch * h];
+        ctx.par_chunks_mut(h)
+            .enumerate()
+            .for_each_init(Vec::new, |scores, (bi, out)| {
+                let len = self.lengths[bi].min(sq);
+                let row = |t: usize| &qkv[(bi * sq + t) * 3 * h..][..3 * h];
+                for head in 0..nh {
+                    let q = &row(0)[head * hd..][..hd];
+                    scores.clear();
+                    scores.extend((0..len).map(|t| {
+                        let k = &row(t)[h + head * hd..][..hd];
+                        q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>()
+                    }));
+                    softmax(scores, self.scale);
+                    let o = &mut out[head * hd..][..hd];
+                    for (t, &p) in scores.iter().enumerate() {
+                        let v = &row(t)[2 * h + head * hd..][..hd];
+                        for (o, v) in o.iter_mut().zip(v) {
+                            *o += p * v;
+                        }
+                    }
+                }
+            });
+        ctx
     }
 }
 

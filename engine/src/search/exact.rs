@@ -1,6 +1,6 @@
 //! Exact inner-product search: every query against every row. The matrix is cut into blocks, and
 //! each worker takes one run of consecutive blocks, so the matrix is streamed once per query batch.
-//! A block is packed into panels of 16 rows and scored against panels of 6 queries by one tile
+//! Rows are packed 128 at a time into panels of 16 and scored against panels of 6 queries by one tile
 //! kernel ([`crate::simd::score_tile_kernel`]), which also compares the 96 scores with the queries'
 //! top-k thresholds while they are still in registers: no score matrix is written or read back, and
 //! only the few scores that can enter a top-k leave the kernel.
@@ -147,7 +147,13 @@ fn scan_run(
     let mut packed_rows = Vec::new();
     let mut out = [0f32; TILE_Q * TILE_R];
     let q_panels = nq.div_ceil(TILE_Q);
-    for &(a, b) in run {
+    // A matrix larger than memory is read from disk: each block is released once scored, and the
+    // next one is asked for ahead.
+    let release = matrix.exceeds_half_of_memory();
+    for (bi, &(a, b)) in run.iter().enumerate() {
+        if let Some(&(na, nb)) = run.get(bi + 1) {
+            matrix.prefetch_rows(na, nb);
+        }
         for c in (a..b).step_by(PACK_ROWS) {
             let d = (c + PACK_ROWS).min(b);
             pack_rows(&matrix.rows_f32(c, d), d - c, dim, &mut packed_rows);
@@ -179,6 +185,9 @@ fn scan_run(
                     }
                 }
             }
+        }
+        if release {
+            matrix.release_rows(a, b);
         }
     }
 }

@@ -338,16 +338,40 @@ impl NpyMatrix {
         let _ = self.map.advise(memmap2::Advice::Sequential);
     }
 
+    /// Asks the kernel to start reading rows `[start, end)` now (the next block of a pass), so that
+    /// the disk works while the current block is scored.
+    pub fn prefetch_rows(&self, start: usize, end: usize) {
+        if let Some((from, len)) = self.byte_range(start, end) {
+            let _ = self.map.advise_range(memmap2::Advice::WillNeed, from, len);
+        }
+    }
+
+    /// Whether the matrix holds more than half of this machine's memory (Linux's `MemTotal`; false
+    /// where that is unknown). A pass over such a matrix releases each block once read
+    /// ([`Self::release_rows`]), so that its resident memory stays one block per worker.
+    pub fn exceeds_half_of_memory(&self) -> bool {
+        let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        });
+        total.is_some_and(|t| self.map.len() as u64 > t / 2)
+    }
+
+    fn byte_range(&self, start: usize, end: usize) -> Option<(usize, usize)> {
+        let row = self.cols() * self.header.dtype.size();
+        let from = self.header.data_offset + start * row;
+        let len = end.saturating_sub(start) * row;
+        (len > 0 && from + len <= self.map.len()).then_some((from, len))
+    }
+
     /// Drops rows `[start, end)` from this process's resident memory once a one-time pass has read
     /// them (the graph build's code pass over a matrix larger than memory): the kernel keeps them in
     /// its page cache if it has room, and a later read faults them back in from there or the file.
     pub fn release_rows(&self, start: usize, end: usize) {
-        let row = self.cols() * self.header.dtype.size();
-        let from = self.header.data_offset + start * row;
-        let len = (end - start) * row;
-        if len == 0 || from + len > self.map.len() {
+        let Some((from, len)) = self.byte_range(start, end) else {
             return;
-        }
+        };
         // Safety: the map is a read-only, shared map of a file: MADV_DONTNEED only unmaps its pages,
         // and the next access reads the same bytes from the page cache or the file; no memory this
         // process wrote is discarded.

@@ -76,6 +76,19 @@ pub(super) struct Links {
 ///
 /// Panics when the inputs disagree in size, when `m` is 0, or when the upper layers would need more
 /// than `u32::MAX - 1` words.
+/// What a build calls between two chunks of insertions (none in flight) with the number of nodes
+/// inserted and the link arrays: a checkpoint's chance (see `checkpoint`). An error stops the build.
+pub(super) type AfterChunk<'a> =
+    &'a (dyn Fn(usize, &[AtomicU32], &[AtomicU32]) -> std::io::Result<()> + Sync);
+
+/// Sizes of the link arrays of an `n`-node graph with lists of `m` (`m0 = 2m` on layer 0): layer-0
+/// words, upper-layer words.
+pub(super) fn array_words(n: usize, m: usize) -> (usize, usize) {
+    let upper: usize = (0..n).map(|u| draw_level(u, m) as usize * (1 + m)).sum();
+    (n * (1 + 2 * m), upper)
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(super) fn build(
     codes: &[u8],
     n: usize,
@@ -83,7 +96,10 @@ pub(super) fn build(
     book: &CodeBook,
     params: HnswParams,
     progress: &(dyn Fn(usize) + Sync),
-) -> Links {
+    mut resume: Option<super::checkpoint::Saved>,
+    chunk: usize,
+    after_chunk: AfterChunk,
+) -> std::io::Result<Links> {
     assert_eq!(codes.len(), n * dim, "codes must hold n rows of dim bytes");
     assert!(
         book.mins.len() == dim && book.steps.len() == dim,
@@ -118,14 +134,32 @@ pub(super) fn build(
         top,
         entry,
         dot: dot_u8_kernel(),
-        layer0: atomic_zeros(n * (1 + m0)),
-        upper: atomic_zeros(words),
+        layer0: match &mut resume {
+            Some(r) => atomic_from_plain(std::mem::take(&mut r.layer0)),
+            None => atomic_zeros(n * (1 + m0)),
+        },
+        upper: match &mut resume {
+            Some(r) => atomic_from_plain(std::mem::take(&mut r.upper)),
+            None => atomic_zeros(words),
+        },
         locks: (0..n).map(|_| AtomicBool::new(false)).collect(),
         levels,
         upper_at,
     };
+    assert_eq!(
+        graph.layer0.len(),
+        n * (1 + m0),
+        "a resumed layer 0 of another size"
+    );
+    assert_eq!(
+        graph.upper.len(),
+        words,
+        "resumed upper layers of another size"
+    );
     let scratch = Scratches::new(n, dim, m0);
-    let done = AtomicUsize::new(0);
+    let from = resume.as_ref().map_or(0, |r| r.inserted.min(n));
+    drop(resume);
+    let done = AtomicUsize::new(from);
     // The entry first, then the rows in order.
     let insert = |i: usize| {
         let u = match i {
@@ -140,13 +174,23 @@ pub(super) fn build(
         }
     };
     let start = n.min(SEQUENTIAL_START);
-    (0..start).for_each(insert);
-    (start..n).into_par_iter().for_each(insert);
+    (from.min(start)..start).for_each(insert);
+    // The parallel phase in chunks: between two, no insertion is in flight and the arrays are a
+    // consistent state (the first `a` nodes of the order inserted).
+    let mut a = from.max(start);
+    while a < n {
+        let b = (a + chunk.max(1)).min(n);
+        (a..b).into_par_iter().for_each(insert);
+        a = b;
+        if a < n {
+            after_chunk(a, &graph.layer0, &graph.upper)?;
+        }
+    }
     if !n.is_multiple_of(PROGRESS_STEP) {
         progress(n);
     }
     graph.reach_every_node(&scratch);
-    Links {
+    Ok(Links {
         m0,
         m,
         top,
@@ -155,7 +199,7 @@ pub(super) fn build(
         layer0: atomic_into_plain(graph.layer0),
         upper_at: graph.upper_at,
         upper: atomic_into_plain(graph.upper),
-    }
+    })
 }
 
 /// A node's level: `floor(-ln(U) / ln(m))`, `U` uniform in (0, 1] from a hash of its id.
@@ -178,6 +222,13 @@ fn atomic_zeros(len: usize) -> Vec<AtomicU32> {
     let mut v = std::mem::ManuallyDrop::new(vec![0u32; len]);
     // Safety: AtomicU32 has the size, alignment and bit validity of u32, so the allocation is a
     // valid Vec<AtomicU32> of the same length and capacity; the original Vec is not dropped.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut AtomicU32, v.len(), v.capacity()) }
+}
+
+/// `v` as atomic words, without a copy.
+fn atomic_from_plain(v: Vec<u32>) -> Vec<AtomicU32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // Safety: as in `atomic_zeros`.
     unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut AtomicU32, v.len(), v.capacity()) }
 }
 

@@ -61,7 +61,20 @@ fn build_in(threads: usize, vectors: &[f32], dim: usize, params: HnswParams) -> 
         .num_threads(threads)
         .build()
         .unwrap();
-    pool.install(|| build(&codes, vectors.len() / dim, dim, &book, params, &|_| {}))
+    pool.install(|| {
+        build(
+            &codes,
+            vectors.len() / dim,
+            dim,
+            &book,
+            params,
+            &|_| {},
+            None,
+            1 << 16,
+            &|_, _, _| Ok(()),
+        )
+        .unwrap()
+    })
 }
 
 /// The arrays agree with the file format, and every node (n >= 2) has an incoming layer-0 link.
@@ -185,8 +198,100 @@ fn progress_counts_every_insertion() {
             ef_construction: 16,
         },
         &|d| seen.lock().unwrap().push(d),
-    );
+        None,
+        1 << 16,
+        &|_, _, _| Ok(()),
+    )
+    .unwrap();
     let mut seen = seen.into_inner().unwrap();
     seen.sort_unstable();
     assert_eq!(seen, vec![16_384, 32_768, 40_000]);
+}
+
+/// A one-thread build stopped at a chunk boundary and resumed from the words it had then gives the
+/// same graph as one that never stopped, whichever boundary it stopped at.
+#[test]
+fn a_resumed_build_equals_an_uninterrupted_one() {
+    use super::checkpoint::Saved;
+    use std::sync::atomic::Ordering::Relaxed;
+    let dim = 16;
+    let n = 4_000;
+    let vectors = unit_vectors(n, dim, 5);
+    let params = HnswParams {
+        m: 6,
+        ef_construction: 40,
+    };
+    let book = CodeBook::fit_rows(&vectors, dim);
+    let mut codes = Vec::new();
+    book.encode_into(&vectors, &mut codes);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let chunk = 700;
+    let whole = pool.install(|| {
+        build(
+            &codes,
+            n,
+            dim,
+            &book,
+            params,
+            &|_| {},
+            None,
+            chunk,
+            &|_, _, _| Ok(()),
+        )
+        .unwrap()
+    });
+    assert_eq!(
+        super::build::array_words(n, params.m),
+        (whole.layer0.len(), whole.upper.len())
+    );
+    for stop_at in [1_700, 3_800] {
+        // The stop: the chunk callback saves the words, then fails.
+        let saved = std::sync::Mutex::new(None::<Saved>);
+        let stopped = pool.install(|| {
+            build(
+                &codes,
+                n,
+                dim,
+                &book,
+                params,
+                &|_| {},
+                None,
+                chunk,
+                &|done, l0, up| {
+                    if done == stop_at {
+                        *saved.lock().unwrap() = Some(Saved {
+                            inserted: done,
+                            layer0: l0.iter().map(|w| w.load(Relaxed)).collect(),
+                            upper: up.iter().map(|w| w.load(Relaxed)).collect(),
+                        });
+                        return Err(std::io::Error::other("stopped"));
+                    }
+                    Ok(())
+                },
+            )
+        });
+        assert!(stopped.is_err());
+        let saved = saved
+            .into_inner()
+            .unwrap()
+            .expect("a chunk boundary at stop_at");
+        let resumed = pool.install(|| {
+            build(
+                &codes,
+                n,
+                dim,
+                &book,
+                params,
+                &|_| {},
+                Some(saved),
+                chunk,
+                &|_, _, _| Ok(()),
+            )
+            .unwrap()
+        });
+        assert!(resumed == whole, "resumed after {stop_at}: another graph");
+    }
 }

@@ -10,6 +10,7 @@
 //!   returned scores, and their order and ties, are those of exact search.
 
 mod build;
+pub mod checkpoint;
 pub mod codes;
 mod format;
 mod walk;
@@ -27,6 +28,9 @@ pub use crate::store::manifest::HnswParams;
 pub const DEFAULT_EF: usize = 128;
 
 const MAX_LAYER: usize = 16;
+
+/// Insertions between two chances of a checkpoint (`SIMLM_GRAPH_CHUNK` overrides it, for tests).
+const CHUNK: usize = 65_536;
 /// "No list" in the upper-layer index; also the bound on node counts.
 const NONE: u32 = u32::MAX;
 
@@ -88,6 +92,20 @@ pub fn build(
     params: HnswParams,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<GraphParts> {
+    build_resumable(matrix, params, progress, None)
+}
+
+/// An index folder for a build's checkpoints, and where to say that it resumes.
+pub type CheckpointsIn<'a> = (&'a std::path::Path, &'a dyn Fn(&str));
+
+/// [`build`], with checkpoints in index folder `dir` (see `checkpoint`): a build of the same graph
+/// that finds one there starts from it, and says so through `note`.
+pub fn build_resumable(
+    matrix: &NpyMatrix,
+    params: HnswParams,
+    progress: &(dyn Fn(usize) + Sync),
+    checkpoints: Option<CheckpointsIn>,
+) -> Result<GraphParts> {
     let n = matrix.rows();
     if n >= NONE as usize {
         return Err(Error::invalid(
@@ -108,13 +126,50 @@ pub fn build(
     let book = CodeBook::fit(matrix);
     let codes = book.encode(matrix);
     failpoint::hit("codes").map_err(|e| Error::io(matrix.path(), e))?;
-    let halfway = std::sync::atomic::AtomicBool::new(false);
-    let links = build::build(&codes, n, matrix.cols(), &book, params, &|done| {
-        progress(done);
-        if 2 * done >= n && !halfway.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            let _ = failpoint::hit("graph");
-        }
+    let ck = checkpoints
+        .map(|(dir, _)| checkpoint::Checkpoints::new(dir, n, matrix.cols(), params, &codes));
+    let resume = ck.as_ref().and_then(|c| {
+        let (l0, up) = build::array_words(n, params.m);
+        c.load(l0, up)
     });
+    if let (Some(r), Some((dir, note))) = (&resume, checkpoints) {
+        note(&format!(
+            "resuming the graph after {} of {n} nodes (checkpoint in {})",
+            r.inserted,
+            dir.join(checkpoint::FOLDER).display()
+        ));
+    }
+    let halfway = std::sync::atomic::AtomicBool::new(false);
+    let save = |inserted: usize,
+                l0: &[std::sync::atomic::AtomicU32],
+                up: &[std::sync::atomic::AtomicU32]| match &ck {
+        Some(c) => c.save_if_due(inserted, l0, up),
+        None => Ok(()),
+    };
+    let chunk = std::env::var("SIMLM_GRAPH_CHUNK")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(CHUNK);
+    let links = build::build(
+        &codes,
+        n,
+        matrix.cols(),
+        &book,
+        params,
+        &|done| {
+            progress(done);
+            if 2 * done >= n && !halfway.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                let _ = failpoint::hit("graph");
+            }
+        },
+        resume,
+        chunk,
+        &save,
+    )
+    .map_err(|e| {
+        let dir = checkpoints.map_or(matrix.path(), |(d, _)| d);
+        Error::io(dir.join(checkpoint::FOLDER), e)
+    })?;
     Ok(GraphParts {
         m0: links.m0,
         m: links.m,
