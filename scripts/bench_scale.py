@@ -100,6 +100,12 @@ threadpoolctl matplotlib):
   .venv/bin/python scripts/bench_scale.py --n 20000 --queries 1000 --rounds 3
   .venv/bin/python scripts/bench_scale.py --seed-vectors simlm-passages.npy --dim 768
   .venv/bin/python scripts/bench_scale.py --full                      # 8,841,823 x 768, engine only
+  .venv/bin/python scripts/bench_scale.py --tools hnswlib --resume     # one tool now, the others later:
+  each tool's figures are saved in OUT/roundR/TOOL.json when it finishes; --resume reuses them.
+  With --full the base streams from the generator into `simlm-index import --vectors FIFO` (one copy on
+  disk, the index's), the truth is computed from the index's vectors.npy, and a stopped run resumes: the
+  same command again skips the finished import (OUT/round1/full-progress.json) and the graph build
+  resumes from the engine's checkpoint; the build time is then the sum of the runs' wall times.
 Output: a markdown table (printed and in OUT/results.md), OUT/results.json, OUT/recall_qps.png;
 OUT defaults to WORK/results-N.
 """
@@ -353,15 +359,19 @@ class Mixture:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def write(self, path, n, seed, stream, dups=True):
-        dim = len(self.model["mu"])
         tmp = path + ".part"
         with open(tmp, "wb") as f:
-            npy_write_header(f, n, dim)
-            for b, s in enumerate(range(0, n, BLOCK)):
-                f.write(self.block(seed, stream, b, min(BLOCK, n - s), dups).tobytes())
-                if b % 16 == 15:
-                    log(f"  {os.path.basename(path)}: {s + BLOCK:,}/{n:,} rows")
+            self.write_to(f, os.path.basename(path), n, seed, stream, dups)
         os.replace(tmp, path)
+
+    def write_to(self, f, name, n, seed, stream, dups=True):
+        """The .npy bytes of n rows into an open file or pipe."""
+        dim = len(self.model["mu"])
+        npy_write_header(f, n, dim)
+        for b, s in enumerate(range(0, n, BLOCK)):
+            f.write(self.block(seed, stream, b, min(BLOCK, n - s), dups).tobytes())
+            if b % 16 == 15:
+                log(f"  {name}: {s + BLOCK:,}/{n:,} rows")
 
 
 def shape_stats(x, rng, sample=1000, k=20, spectrum=True):
@@ -436,6 +446,11 @@ def exact_truth(base, q, k, threads):
     return best_i, best_s
 
 
+def int_keys(d):
+    """JSON object keys that were ints (the exact results' k) back to ints."""
+    return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in d.items()}
+
+
 def prepare_data(a):
     """Base, queries and truth for (seed, n, dim, seed): generated once, then read from the cache."""
     import numpy as np
@@ -477,6 +492,15 @@ def prepare_data(a):
         os.replace(model_path + ".part.npz", model_path)
         json.dump(info, open(info_path, "w"), indent=1)
     mix = None
+    if a.stream_base and not os.path.exists(paths["base"]):
+        # --full: the base is never written here; it streams from the generator into the engine's import
+        # (`--vectors` a named pipe), whose vectors.npy then serves as the base for the truth. Disk: one
+        # copy of the matrix (27.2 GB) instead of two.
+        mix = Mixture(model, a.n, a.seed)
+        paths["stream"] = mix
+        if not os.path.exists(paths["queries"]):
+            mix.write(paths["queries"], a.queries, a.seed, 2, dups=False)
+        return paths, info
     if not os.path.exists(paths["base"]):
         mix = Mixture(model, a.n, a.seed)
         log(f"generating {a.n:,} x {a.dim} base vectors ({mix.k:,} topics) into {paths['base']} ...")
@@ -520,9 +544,17 @@ with open(sys.argv[1], "w") as f:
 '''
 
 
+class StepFailed(RuntimeError):
+    """A measured command exited non-zero; its wall time and stderr come with it."""
+
+    def __init__(self, msg, wall, err):
+        super().__init__(msg)
+        self.wall, self.err = wall, err
+
+
 def measure(cmd, env):
     """Runs cmd; returns stdout, stderr, wall seconds, peak RSS MiB (os.wait4's ru_maxrss), and the peak of
-    RssAnon sampled from /proc every 50 ms, MiB."""
+    RssAnon sampled from /proc every 50 ms, MiB. A non-zero exit raises StepFailed."""
     import tempfile
     fd, rusage = tempfile.mkstemp(prefix="bench_scale_rusage_")
     os.close(fd)
@@ -565,8 +597,8 @@ def measure(cmd, env):
         got = f.read().split()
     os.remove(rusage)
     if p.returncode != 0 or len(got) != 2 or got[1] != "0":
-        raise RuntimeError(f"{' '.join(cmd[:3])} ... exited {got[1] if len(got) == 2 else p.returncode}:\n"
-                           f"{bufs['err'][-3000:]}")
+        raise StepFailed(f"{' '.join(cmd[:3])} ... exited {got[1] if len(got) == 2 else p.returncode}:\n"
+                         f"{bufs['err'][-3000:]}", wall, bufs["err"])
     return bufs["out"], bufs["err"], wall, int(got[0]) / 1024, peak_anon[0] / 1024
 
 
@@ -747,18 +779,90 @@ class Engine:
     def build(self, paths, folder):
         a = self.a
         idx = os.path.join(folder, "engine-index")
-        shutil.rmtree(idx, ignore_errors=True)
-        r = {}
-        _, err, wall, rss, anon = measure([self.index_bin, "import", "--vectors", paths["base"], "--out", idx, "--no-hnsw",
-                                           "--threads", str(a.threads)], self.env)
-        r["import_seconds"], r["import_rss_mib"], r["import_anon_mib"] = wall, rss, anon
-        _, err, wall, rss, anon = measure([self.index_bin, "hnsw", idx, self.m_flag, str(a.m), "--ef-construction",
-                                           str(a.ef_construction), "--threads", str(a.threads)], self.env)
-        g = GRAPH_LINE.search(err)
-        r["step_seconds"] = wall
-        r["build_seconds"] = float(g.group(1)) if g else wall
-        r["build_seconds_source"] = "graph: done line" if g else "step wall time (no `graph: done` line)"
-        r["rss_mib"], r["anon_mib"] = rss, anon
+        # --full spans sessions: its record keeps the steps already done (and their figures), and a
+        # stopped graph build resumes from the engine's checkpoint (DIR/graph.partial).
+        record_path = os.path.join(folder, "full-progress.json")
+        record = json.load(open(record_path)) if a.stream_base and os.path.exists(record_path) else {}
+        if record and not os.path.exists(os.path.join(idx, "manifest.json")):
+            record = {}  # the index it describes is gone
+
+        def save_record():
+            if a.stream_base:
+                json.dump(record, open(record_path + ".part", "w"), indent=1)
+                os.replace(record_path + ".part", record_path)
+
+        if "import" not in record:
+            shutil.rmtree(idx, ignore_errors=True)
+            stream = paths.get("stream")
+            if stream is not None:
+                fifo = os.path.join(folder, "base.fifo")
+                if os.path.exists(fifo):
+                    os.remove(fifo)
+                os.mkfifo(fifo)
+                failed = []
+
+                def feed():
+                    try:
+                        with open(fifo, "wb") as f:
+                            stream.write_to(f, "base (streamed)", a.n, a.seed, 1)
+                    except Exception as e:  # the importer stopped reading: its own error says why
+                        failed.append(e)
+                feeder = threading.Thread(target=feed)
+                feeder.start()
+                _, err, wall, rss, anon = measure([self.index_bin, "import", "--vectors", fifo, "--out", idx,
+                                                   "--no-hnsw", "--threads", str(a.threads)], self.env)
+                feeder.join()
+                os.remove(fifo)
+                if failed or not os.path.exists(os.path.join(idx, "manifest.json")):
+                    raise SystemExit(f"streamed import failed: {failed}\n{err[-2000:]}")
+            else:
+                _, err, wall, rss, anon = measure([self.index_bin, "import", "--vectors", paths["base"], "--out", idx,
+                                                   "--no-hnsw", "--threads", str(a.threads)], self.env)
+            record["import"] = {"seconds": wall, "rss_mib": rss, "anon_mib": anon,
+                                "streamed_from_generator": stream is not None}
+            save_record()
+        r = {"import_seconds": record["import"]["seconds"], "import_rss_mib": record["import"]["rss_mib"],
+             "import_anon_mib": record["import"]["anon_mib"],
+             "import_streamed": record["import"].get("streamed_from_generator", False)}
+        if paths.get("stream") is not None:
+            manifest = json.load(open(os.path.join(idx, "manifest.json")))
+            paths["base"] = os.path.join(idx, manifest["data"], "vectors.npy")
+        if not os.path.exists(paths["truth"]):
+            import numpy as np
+            log(f"exact top {TRUTH_K} of {a.queries:,} queries (numpy, blocks, from {paths['base']}) ...")
+            t = time.perf_counter()
+            ids, scores = exact_truth(paths["base"], np.load(paths["queries"]), TRUTH_K, a.threads)
+            np.save(paths["truth_scores"], scores)
+            np.save(paths["truth"] + ".part.npy", ids)
+            os.replace(paths["truth"] + ".part.npy", paths["truth"])
+            log(f"  {time.perf_counter() - t:.0f} s")
+        if "graph" not in record:
+            try:
+                _, err, wall, rss, anon = measure([self.index_bin, "hnsw", idx, self.m_flag, str(a.m),
+                                                   "--ef-construction", str(a.ef_construction),
+                                                   "--threads", str(a.threads)], self.env)
+            except StepFailed as e:  # stopped: recorded below, and the next run resumes it
+                err, wall, rss, anon = e.err, e.wall, None, None
+            g = GRAPH_LINE.search(err)
+            runs = record.get("graph_runs", [])
+            runs.append({"wall_s": wall, "rss_mib": rss, "anon_mib": anon, "done": bool(g),
+                         "resumed": "resuming the graph" in err})
+            record["graph_runs"] = runs
+            if not g:
+                save_record()
+                raise SystemExit(f"the graph build stopped ({len(runs)} run(s) so far); run the same command again "
+                                 f"to resume it from its checkpoint:\n{err[-2000:]}")
+            record["graph"] = {"done_line_s": float(g.group(1)), "wall_s": sum(x["wall_s"] for x in runs),
+                               "rss_mib": max(x["rss_mib"] or 0 for x in runs),
+                               "anon_mib": max(x["anon_mib"] or 0 for x in runs), "runs": len(runs)}
+            save_record()
+        gr = record.get("graph") or {}
+        r["step_seconds"] = gr.get("wall_s")
+        # Across runs (a resumed build), the sum of the runs' wall times; in one run, its `graph: done` line.
+        r["build_seconds"] = gr["wall_s"] if gr.get("runs", 1) > 1 else gr.get("done_line_s", gr.get("wall_s"))
+        r["build_seconds_source"] = (f"sum of {gr['runs']} runs' wall time (resumed)" if gr.get("runs", 1) > 1
+                                     else "graph: done line")
+        r["rss_mib"], r["anon_mib"] = gr.get("rss_mib"), gr.get("anon_mib")
         manifest = json.load(open(os.path.join(idx, "manifest.json")))
         gen = os.path.join(idx, manifest["data"])
         r["index_bytes"] = os.path.getsize(os.path.join(gen, "graph.hnsw"))
@@ -1025,9 +1129,15 @@ def main():
     ap.add_argument("--keep-indexes", action="store_true")
     ap.add_argument("--generate-only", action="store_true", help="make (or check) the data and truth, then stop")
     ap.add_argument("--full", action="store_true", help="8,841,823 x 768, engine only, 1,000 queries, ef 64/128/256")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the figures of tools already done in OUT/roundR/TOOL.json (same arguments)")
+    ap.add_argument("--stream-base", action="store_true",
+                    help="engine only: stream the base into the import (no base.npy), resumable (--full does this)")
     a = ap.parse_args()
+    if a.stream_base:
+        a.tools, a.rounds = "engine", 1
     if a.full:
-        a.n, a.tools, a.rounds = FULL_N, "engine", 1
+        a.n, a.tools, a.rounds, a.stream_base = FULL_N, "engine", 1, True
         a.queries = a.queries or 1000
         a.efs = a.efs or "64,128,256"
     a.queries = a.queries or 10_000
@@ -1037,11 +1147,13 @@ def main():
     a.out = a.out or os.path.join(a.work, f"results-{a.n}")
     os.makedirs(a.out, exist_ok=True)
     if a.full:
-        need = a.n * a.dim * 4 * 2.3
+        # One copy of the matrix (streamed into the index), the graph file (codes and links) and a
+        # checkpoint of the links.
+        need = a.n * a.dim * 4 * 1.45
         free = shutil.disk_usage(a.work).free
-        if not os.path.exists(os.path.join(a.work, "data")) and free < need:
-            sys.exit(f"--full needs ~{need / 2**30:.0f} GiB under {a.work} (base, the index's copy, codes); "
-                     f"{free / 2**30:.0f} GiB free")
+        if not os.path.exists(os.path.join(a.out, "round1", "full-progress.json")) and free < need:
+            sys.exit(f"--full needs ~{need / 2**30:.0f} GiB under {a.work} (the index's matrix, its graph and a "
+                     f"checkpoint); {free / 2**30:.0f} GiB free")
 
     # The parent's own BLAS (data generation, ground truth) keeps to --threads too (numpy loaded first:
     # threadpoolctl limits the libraries already loaded).
@@ -1064,7 +1176,7 @@ def main():
 
     t0 = time.perf_counter()
     paths, info = prepare_data(a)
-    n, dim = npy_shape(paths["base"])
+    n, dim = (a.n, a.dim) if "stream" in paths else npy_shape(paths["base"])
     nq = npy_shape(paths["queries"])[0]
     log(f"data: {paths['folder']} ({time.perf_counter() - t0:.0f} s)")
     log(json.dumps({"check_seed": info["check_seed"], "check_generated": info["check_generated"]}))
@@ -1078,6 +1190,11 @@ def main():
         for tool in order:
             folder = os.path.join(a.out, f"round{r + 1}")
             os.makedirs(folder, exist_ok=True)
+            saved = os.path.join(folder, f"{tool}.json")
+            if a.resume and os.path.exists(saved):
+                res[tool] = json.load(open(saved), object_hook=int_keys)
+                log(f"round {r + 1}/{a.rounds}: {tool}: from {saved} (--resume)")
+                continue
             log(f"round {r + 1}/{a.rounds}: {tool} ...")
             t = time.perf_counter()
             if tool == "engine":
@@ -1092,6 +1209,9 @@ def main():
             log(f"  {tool}: {time.perf_counter() - t:.0f} s; build {res[tool]['build']['build_seconds']:.2f} s, "
                 f"peak RSS {res[tool]['build']['rss_mib']:.0f} MiB; "
                 + " ".join(f"ef{h['ef']}:{h['recall']:.3f}/{h['qps']:.0f}" for h in res[tool]["hnsw"]))
+            # Each tool's figures as soon as it is done: a run stopped later keeps them (--resume).
+            json.dump(res[tool], open(saved + ".part", "w"), indent=1, default=str)
+            os.replace(saved + ".part", saved)
         rounds.append({t: res[t] for t in tools})
     res = combine(rounds, a.stat)
     text = report(a, info, res, n, dim, nq, blas, removed)

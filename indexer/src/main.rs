@@ -151,7 +151,8 @@ struct BuildArgs {
 
 #[derive(Args)]
 struct ImportArgs {
-    /// The vectors: .npy, f32 or f16, one row per passage, C order.
+    /// The vectors: .npy, f32 or f16, one row per passage, C order; `-` reads them from standard
+    /// input (as does a named pipe): an encoder's output is then never stored twice.
     #[arg(long)]
     vectors: PathBuf,
     /// Passage ids, one a line, in row order (default: the collection's ids, or the row numbers).

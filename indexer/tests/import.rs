@@ -550,3 +550,65 @@ fn a_killed_graph_build_resumes_from_its_checkpoint() {
         "a resumed build made another graph"
     );
 }
+
+/// `--vectors -`: the .npy arrives on standard input (a pipe, no seeking). The index equals the one
+/// imported from the file; a stream that ends early or runs long is refused, and nothing is left.
+#[test]
+fn vectors_stream_in_through_standard_input() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let (n, dim) = (700, 12);
+    let v = tmp.path().join("v.npy");
+    save_npy(&v, &vectors(n, dim, 3), n, dim, false);
+    let bytes = std::fs::read(&v).unwrap();
+    let piped = |input: Vec<u8>, out: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_simlm-index"))
+            .args(["import", "--vectors", "-", "--out", &s(out), "--no-hnsw"])
+            .env_remove("SIMLM_FAILPOINT")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = c.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || {
+            // The importer may stop reading early (an error): a broken pipe is expected then.
+            let _ = stdin.write_all(&input);
+        });
+        let o = c.wait_with_output().unwrap();
+        writer.join().unwrap();
+        o
+    };
+    let a = tmp.path().join("from-stdin");
+    ok(piped(bytes.clone(), &a));
+    ok(index_cmd(&["verify", &s(&a)]));
+    let b = tmp.path().join("from-file");
+    ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&v),
+        "--out",
+        &s(&b),
+        "--no-hnsw",
+    ]));
+    let (ia, ib) = (Index::open(&a).unwrap(), Index::open(&b).unwrap());
+    assert_eq!(
+        &ia.vectors.rows_f32(0, n)[..],
+        &ib.vectors.rows_f32(0, n)[..]
+    );
+    assert_eq!(ia.ids, ib.ids);
+
+    let short = tmp.path().join("short");
+    let e = fails(piped(bytes[..bytes.len() - 100].to_vec(), &short));
+    assert!(
+        e.contains("standard input") && e.contains("ended within rows"),
+        "{e}"
+    );
+    assert!(!short.exists(), "a refused stream leaves no folder");
+    let mut long = bytes.clone();
+    long.extend_from_slice(&[0u8; 48]);
+    let e = fails(piped(long, &short));
+    assert!(e.contains("more data follows"), "{e}");
+    assert!(!short.exists());
+}

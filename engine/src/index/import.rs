@@ -42,8 +42,28 @@ const BLOCK_BYTES: usize = 16 << 20;
 
 /// Imports a matrix (see the module's notes).
 pub fn import(opts: &ImportOptions, progress: &dyn Progress) -> Result<Manifest> {
-    let src = &opts.vectors;
-    let (file, header) = npy::open_checked(src)?;
+    // `-` (standard input) or a named pipe: the matrix arrives as a stream, from an encoder or a
+    // generator, and is never stored twice.
+    let stdin = opts.vectors.as_os_str() == "-";
+    let src: &Path = if stdin {
+        Path::new("standard input")
+    } else {
+        &opts.vectors
+    };
+    let (input, header, stream): (Box<dyn Read>, npy::NpyHeader, bool) = if stdin || is_fifo(src) {
+        let mut r: Box<dyn Read> = if stdin {
+            Box::new(std::io::stdin().lock())
+        } else {
+            Box::new(std::fs::File::open(src).at(src)?)
+        };
+        let header = npy::read_stream_header(&mut r, src)?;
+        (r, header, true)
+    } else {
+        let (mut file, header) = npy::open_checked(src)?;
+        file.seek(SeekFrom::Start(header.data_offset as u64))
+            .at(src)?;
+        (Box::new(file), header, false)
+    };
     let (rows, dim) = (header.rows, header.cols);
     if header.ndim != 2 || rows == 0 || dim == 0 {
         return Err(Error::invalid(
@@ -60,7 +80,7 @@ pub fn import(opts: &ImportOptions, progress: &dyn Progress) -> Result<Manifest>
             ),
         ));
     }
-    let size = file.metadata().at(src)?.len();
+    let size = header.data_offset as u64 + (rows * dim * header.dtype.size()) as u64;
 
     let w = Writer::open(&opts.out)?;
     match w.current() {
@@ -72,7 +92,7 @@ pub fn import(opts: &ImportOptions, progress: &dyn Progress) -> Result<Manifest>
 
     let (gen, gen_dir) = w.new_generation()?;
     writer::discard_on_error(&gen_dir, || {
-        let vectors = copy_matrix(src, file, &header, &gen_dir, progress)?;
+        let vectors = copy_matrix(src, input, &header, stream, &gen_dir, progress)?;
         crate::store::ids::write(&gen_dir, &ids, &offsets)?;
         if let Some(params) = opts.hnsw {
             writer::build_graph(&gen_dir, params, progress)?;
@@ -96,7 +116,7 @@ pub fn import(opts: &ImportOptions, progress: &dyn Progress) -> Result<Manifest>
             hnsw: opts.hnsw,
             sources,
             imported: Some(Imported {
-                vectors: absolute(src),
+                vectors: if stdin { "-".into() } else { absolute(src) },
                 size,
                 ids: ids_sum,
             }),
@@ -108,6 +128,17 @@ pub fn import(opts: &ImportOptions, progress: &dyn Progress) -> Result<Manifest>
         w.commit(&mut manifest)?;
         Ok(manifest)
     })
+}
+
+#[cfg(unix)]
+fn is_fifo(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_fifo())
+}
+
+#[cfg(not(unix))]
+fn is_fifo(_: &Path) -> bool {
+    false
 }
 
 fn absolute(p: &Path) -> String {
@@ -197,14 +228,14 @@ fn ids_and_sources(
 /// the new file's checksum (computed while writing: the header for the final row count is known).
 fn copy_matrix(
     src: &Path,
-    mut f: std::fs::File,
+    mut f: Box<dyn Read>,
     header: &npy::NpyHeader,
+    stream: bool,
     gen_dir: &Path,
     progress: &dyn Progress,
 ) -> Result<FileSum> {
     let (rows, dim, dtype) = (header.rows, header.cols, header.dtype);
     let row_bytes = dim * dtype.size();
-    f.seek(SeekFrom::Start(header.data_offset as u64)).at(src)?;
     let mut out = NpyAppender::resume(&gen_dir.join(PARTIAL), dtype, dim, 0, 1)?;
     let mut sha = Sha256::new();
     sha.update(npy::header(dtype, rows, Some(dim)));
@@ -215,7 +246,20 @@ fn copy_matrix(
     while done < rows {
         let n = block_rows.min(rows - done);
         let bytes = &mut buf[..n * row_bytes];
-        f.read_exact(bytes).at(src)?;
+        if let Err(e) = f.read_exact(bytes) {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                return Err(Error::invalid(
+                    src,
+                    None,
+                    format!(
+                        "the data ended within rows {done}..{} of the header's {rows}: the file is \
+                         truncated, or the program writing the stream stopped early",
+                        done + n
+                    ),
+                ));
+            }
+            return Err(Error::io(src, e));
+        }
         if let Some(bad) = first_non_finite(bytes, dtype) {
             let row = done + bad / dim;
             return Err(Error::invalid(
@@ -232,6 +276,15 @@ fn copy_matrix(
         out.append_bytes(bytes)?;
         done += n;
         progress.set(done as u64);
+    }
+    if stream && f.read(&mut [0u8; 1]).at(src)? != 0 {
+        return Err(Error::invalid(
+            src,
+            None,
+            format!(
+                "more data follows the header's {rows} x {dim} values: the header's shape is wrong"
+            ),
+        ));
     }
     progress.finish_stage();
     failpoint::hit("matrix-finish").at(gen_dir.join(PARTIAL))?;

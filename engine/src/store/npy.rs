@@ -316,6 +316,30 @@ pub fn open_checked(path: &Path) -> Result<(File, NpyHeader)> {
     Ok((f, header))
 }
 
+/// Reads an `.npy` header from the start of a stream (a pipe: no seeking, no size to check), leaving
+/// the stream at the first data byte. `name` names the stream in errors.
+pub fn read_stream_header(r: &mut impl Read, name: &Path) -> Result<NpyHeader> {
+    let mut head = vec![0u8; 10];
+    r.read_exact(&mut head).at(name)?;
+    let extra = match head.get(6) {
+        Some(2 | 3) => 2,
+        _ => 0,
+    };
+    head.resize(10 + extra, 0);
+    r.read_exact(&mut head[10..]).at(name)?;
+    let len = if extra == 0 {
+        u16::from_le_bytes([head[8], head[9]]) as usize
+    } else {
+        u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize
+    };
+    if &head[..6] == b"\x93NUMPY" && len <= 1 << 20 {
+        let start = head.len();
+        head.resize(start + len, 0);
+        r.read_exact(&mut head[start..]).at(name)?;
+    }
+    parse_header(&head, name)
+}
+
 impl NpyMatrix {
     pub fn open(path: &Path) -> Result<Self> {
         let (f, header) = open_checked(path)?;
