@@ -117,8 +117,19 @@ def main():
     work = tempfile.mkdtemp(prefix="bench_encode.")
     onnx_path = os.path.join(work, "model.onnx")
     enc = tokenize_passages(list(range(4)), "pt")
-    with torch.inference_mode():
-        torch.onnx.export(model, (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]), onnx_path,
+    class Wrapped(torch.nn.Module):
+        """The three inputs by position, the last hidden state out (what the export traces)."""
+
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).last_hidden_state
+
+    with torch.no_grad():
+        torch.onnx.export(Wrapped(model).eval(), (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]), onnx_path,
                           input_names=["input_ids", "attention_mask", "token_type_ids"],
                           output_names=["last_hidden_state"], opset_version=17, dynamo=False,
                           dynamic_axes={n: {0: "b", 1: "s"} for n in ["input_ids", "attention_mask", "token_type_ids",

@@ -262,7 +262,9 @@ impl Encoder {
         // On the CPU, whole batches go to the worker threads (each batch's GEMMs then run on one
         // thread): that scales better than splitting every GEMM. A batch's result does not depend on
         // the thread that computes it.
-        let results: Vec<Result<Vec<f32>>> = if self.model.device().is_cpu() {
+        // One batch alone (a query from the REPL or the service) runs on the calling thread, so that its
+        // matrix products are split across the pool instead of running on one worker.
+        let results: Vec<Result<Vec<f32>>> = if self.model.device().is_cpu() && batches.len() > 1 {
             batches.par_iter().map(run).collect()
         } else {
             batches.iter().map(run).collect()

@@ -23,6 +23,8 @@ struct Linear {
     /// `(in, out)`, contiguous, so that `x @ weight` is a plain row-major GEMM.
     weight: Tensor,
     bias: Tensor,
+    /// The weight packed for the small-batch kernel (`cpu_ops::PackedWeight`), made on first use.
+    packed: std::sync::OnceLock<Option<super::cpu_ops::PackedWeight>>,
 }
 
 impl Linear {
@@ -101,6 +103,7 @@ impl Weights<'_> {
         Ok(Linear {
             weight: w.t()?.contiguous()?,
             bias: b,
+            packed: Default::default(),
         })
     }
 
@@ -232,6 +235,7 @@ impl BertModel {
             let qkv = Linear {
                 weight: Tensor::cat(&[&q.weight, &k.weight, &v.weight], 1)?.contiguous()?,
                 bias: Tensor::cat(&[&q.bias, &k.bias, &v.bias], 0)?,
+                packed: Default::default(),
             };
             layers.push(Layer {
                 qkv,
@@ -421,6 +425,10 @@ impl BertModel {
                           input: &Tensor| {
                 input.apply_op1_no_bwd(&FusedLinear {
                     weight: &l.weight,
+                    packed: l
+                        .packed
+                        .get_or_init(|| super::cpu_ops::PackedWeight::of(&l.weight).ok())
+                        .as_ref(),
                     bias: &l.bias,
                     residual,
                     gelu,

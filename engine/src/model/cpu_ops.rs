@@ -13,6 +13,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
+use crate::simd::{TILE_Q, TILE_R};
+
 /// A raw pointer that parallel tasks may share: each task writes a disjoint region.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
@@ -211,6 +213,8 @@ unsafe fn gemm_f32(
 /// contiguous.
 pub struct FusedLinear<'a> {
     pub weight: &'a Tensor,
+    /// The same weight packed for the small-batch path (used up to [`SMALL_ROWS`] rows).
+    pub packed: Option<&'a PackedWeight>,
     pub bias: &'a Tensor,
     pub residual: Option<&'a Tensor>,
     pub gelu: bool,
@@ -259,30 +263,37 @@ impl CustomOp1 for FusedLinear<'_> {
         })?;
         // Safety: every one of the rows * out elements was written just above.
         unsafe { dst.set_len(rows * out) };
-        with_f32(self.weight, "weight", |w| {
-            // Safety: dst is rows x out, x is rows x inp, w is inp x out, all contiguous row-major.
-            // Inside a rayon worker (batches encoded in parallel) one thread per GEMM does better than
-            // splitting each GEMM again.
-            let parallel = rayon::current_thread_index().is_none();
-            unsafe {
-                gemm_f32(
-                    rows,
-                    out,
-                    inp,
-                    dst.as_mut_ptr(),
-                    out as isize,
-                    true,
-                    x.as_ptr(),
-                    inp as isize,
-                    1,
-                    w.as_ptr(),
-                    out as isize,
-                    1,
-                    parallel,
-                )
-            };
-            Ok(())
-        })?;
+        let small = self
+            .packed
+            .filter(|p| rows <= SMALL_ROWS && p.inp == inp && p.out == out);
+        if let Some(p) = small {
+            p.add_product(x, rows, &mut dst);
+        } else {
+            with_f32(self.weight, "weight", |w| {
+                // Safety: dst is rows x out, x is rows x inp, w is inp x out, all contiguous row-major.
+                // Inside a rayon worker (batches encoded in parallel) one thread per GEMM does better than
+                // splitting each GEMM again.
+                let parallel = rayon::current_thread_index().is_none();
+                unsafe {
+                    gemm_f32(
+                        rows,
+                        out,
+                        inp,
+                        dst.as_mut_ptr(),
+                        out as isize,
+                        true,
+                        x.as_ptr(),
+                        inp as isize,
+                        1,
+                        w.as_ptr(),
+                        out as isize,
+                        1,
+                        parallel,
+                    )
+                };
+                Ok(())
+            })?;
+        }
         if self.gelu {
             dst.par_chunks_mut(4096).for_each(gelu_slice);
         }
@@ -299,6 +310,92 @@ impl CustomOp1 for FusedLinear<'_> {
             })?;
         }
         Ok((CpuStorage::F32(dst), Shape::from((rows, out))))
+    }
+}
+
+/// Up to this many rows (a query or a few), a projection runs on weights packed once, with the tile
+/// kernel: the general GEMM packs the whole weight matrix on every call, which for a handful of rows
+/// costs more than the products.
+pub const SMALL_ROWS: usize = 64;
+
+/// A `(inp, out)` weight packed into panels of [`TILE_R`] output columns, k-major
+/// (`panel[k * TILE_R + j]`), the last panel padded with zero columns.
+pub struct PackedWeight {
+    inp: usize,
+    out: usize,
+    panels: Vec<f32>,
+}
+
+impl PackedWeight {
+    pub fn of(weight: &Tensor) -> Result<PackedWeight> {
+        let (inp, out) = weight.dims2()?;
+        with_f32(weight, "weight", |w| {
+            let np = out.div_ceil(TILE_R);
+            let mut panels = vec![0f32; np * inp * TILE_R];
+            for (p, panel) in panels.chunks_exact_mut(inp * TILE_R).enumerate() {
+                let cols = (out - p * TILE_R).min(TILE_R);
+                for k in 0..inp {
+                    panel[k * TILE_R..k * TILE_R + cols]
+                        .copy_from_slice(&w[k * out + p * TILE_R..k * out + p * TILE_R + cols]);
+                }
+            }
+            Ok(PackedWeight { inp, out, panels })
+        })
+    }
+
+    /// `dst (rows x out) += x (rows x inp) @ W`.
+    fn add_product(&self, x: &[f32], rows: usize, dst: &mut [f32]) {
+        let (inp, out) = (self.inp, self.out);
+        // The rows in panels of TILE_Q, k-major, zero-padded.
+        let qp = rows.div_ceil(TILE_Q);
+        let mut a = vec![0f32; qp * inp * TILE_Q];
+        for (r, src) in x.chunks_exact(inp).take(rows).enumerate() {
+            let panel = &mut a[(r / TILE_Q) * inp * TILE_Q..][..inp * TILE_Q];
+            for (k, &v) in src.iter().enumerate() {
+                panel[k * TILE_Q + r % TILE_Q] = v;
+            }
+        }
+        let tile = crate::simd::score_tile_kernel();
+        let never = [f32::INFINITY; TILE_Q];
+        let dst_ptr = SharedMut(dst.as_mut_ptr());
+        // Column panels in parallel (each writes its own columns of dst), unless this already runs
+        // on a worker (batches in parallel).
+        let run = |p: usize, b: &[f32]| {
+            let mut t = [0f32; TILE_Q * TILE_R];
+            let cols = (out - p * TILE_R).min(TILE_R);
+            for q in 0..qp {
+                tile(
+                    inp,
+                    &a[q * inp * TILE_Q..][..inp * TILE_Q],
+                    b,
+                    &never,
+                    &mut t,
+                );
+                for i in 0..(rows - q * TILE_Q).min(TILE_Q) {
+                    let r = q * TILE_Q + i;
+                    // Safety: row r < rows, columns p*TILE_R.. +cols < out: inside dst (rows x out);
+                    // each task owns column panel p.
+                    let d = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            dst_ptr.ptr().add(r * out + p * TILE_R),
+                            cols,
+                        )
+                    };
+                    for (d, v) in d.iter_mut().zip(&t[i * TILE_R..]) {
+                        *d += v;
+                    }
+                }
+            }
+        };
+        let chunks = self.panels.par_chunks_exact(inp * TILE_R);
+        if rayon::current_thread_index().is_none() {
+            chunks.enumerate().for_each(|(p, b)| run(p, b));
+        } else {
+            self.panels
+                .chunks_exact(inp * TILE_R)
+                .enumerate()
+                .for_each(|(p, b)| run(p, b));
+        }
     }
 }
 

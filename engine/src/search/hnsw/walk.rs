@@ -157,40 +157,68 @@ impl Graph {
         sc.candidates.push(start);
         sc.found.push(Reverse(start));
         let mut floor = cur_score;
-        while let Some(Near { score: s, id: row }) = sc.candidates.pop() {
-            if s < floor && sc.found.len() >= ef {
+        // Nodes the walk may restart from when it runs out of candidates short of `ef` rows (a part of
+        // the graph it cannot reach from where it entered layer 0): the unvisited ones, by id.
+        let mut restart = 0usize;
+        loop {
+            while let Some(Near { score: s, id: row }) = sc.candidates.pop() {
+                if s < floor && sc.found.len() >= ef {
+                    break;
+                }
+                // The next candidate's links load while this one's neighbours are scored.
+                if let Some(next) = sc.candidates.peek() {
+                    let at = self.layer0_at + 4 * next.id as usize * (self.m0 + 1);
+                    prefetch(self.map.as_ptr().wrapping_add(at), 4 * (self.m0 + 1));
+                }
+                // Unseen neighbours first (their rows prefetched), then their scores.
+                sc.batch.clear();
+                for &nb in self.neighbours(row as usize, 0)? {
+                    let i = nb as usize;
+                    if sc.visited[i] != epoch {
+                        sc.visited[i] = epoch;
+                        sc.batch.push(nb);
+                        prefetch(base.wrapping_add(i * stride), stride);
+                    }
+                }
+                for &nb in &sc.batch {
+                    let near = Near {
+                        score: score(nb as usize),
+                        id: nb,
+                    };
+                    if sc.found.len() < ef || near.score > floor {
+                        sc.candidates.push(near);
+                        sc.found.push(Reverse(near));
+                        if sc.found.len() > ef {
+                            sc.found.pop();
+                        }
+                        if let Some(w) = sc.found.peek() {
+                            floor = w.0.score;
+                        }
+                    }
+                }
+            }
+            if sc.found.len() >= ef.min(self.n) {
                 break;
             }
-            // The next candidate's links load while this one's neighbours are scored.
-            if let Some(next) = sc.candidates.peek() {
-                let at = self.layer0_at + 4 * next.id as usize * (self.m0 + 1);
-                prefetch(self.map.as_ptr().wrapping_add(at), 4 * (self.m0 + 1));
+            while restart < self.n && sc.visited[restart] == epoch {
+                restart += 1;
             }
-            // Unseen neighbours first (their rows prefetched), then their scores.
-            sc.batch.clear();
-            for &nb in self.neighbours(row as usize, 0)? {
-                let i = nb as usize;
-                if sc.visited[i] != epoch {
-                    sc.visited[i] = epoch;
-                    sc.batch.push(nb);
-                    prefetch(base.wrapping_add(i * stride), stride);
-                }
+            if restart == self.n {
+                break;
             }
-            for &nb in &sc.batch {
-                let near = Near {
-                    score: score(nb as usize),
-                    id: nb,
-                };
-                if sc.found.len() < ef || near.score > floor {
-                    sc.candidates.push(near);
-                    sc.found.push(Reverse(near));
-                    if sc.found.len() > ef {
-                        sc.found.pop();
-                    }
-                    if let Some(w) = sc.found.peek() {
-                        floor = w.0.score;
-                    }
-                }
+            sc.visited[restart] = epoch;
+            let seed = Near {
+                score: score(restart),
+                id: restart as u32,
+            };
+            sc.candidates.clear();
+            sc.candidates.push(seed);
+            sc.found.push(Reverse(seed));
+            if sc.found.len() > ef {
+                sc.found.pop();
+            }
+            if let Some(w) = sc.found.peek() {
+                floor = w.0.score;
             }
         }
         Ok(sc.found.drain().map(|w| w.0.id).collect())
