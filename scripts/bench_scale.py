@@ -510,15 +510,22 @@ def prepare_data(a):
     if not os.path.exists(paths["queries"]):
         mix = mix or Mixture(model, a.n, a.seed)
         mix.write(paths["queries"], a.queries, a.seed, 2, dups=False)
-    if not os.path.exists(paths["truth"]):
-        log(f"exact top {TRUTH_K} of {a.queries:,} queries (numpy, blocks) ...")
-        t = time.perf_counter()
-        ids, scores = exact_truth(paths["base"], np.load(paths["queries"]), TRUTH_K, a.threads)
-        np.save(paths["truth_scores"], scores)
-        np.save(paths["truth"] + ".part.npy", ids)
-        os.replace(paths["truth"] + ".part.npy", paths["truth"])
-        log(f"  {time.perf_counter() - t:.0f} s")
+    make_truth(a, paths)
     return paths, info
+
+
+def make_truth(a, paths):
+    """The exact top TRUTH_K of the queries over paths["base"], computed once and cached."""
+    import numpy as np
+    if os.path.exists(paths["truth"]):
+        return
+    log(f"exact top {TRUTH_K} of {a.queries:,} queries (numpy, blocks, from {paths['base']}) ...")
+    t = time.perf_counter()
+    ids, scores = exact_truth(paths["base"], np.load(paths["queries"]), TRUTH_K, a.threads)
+    np.save(paths["truth_scores"], scores)
+    np.save(paths["truth"] + ".part.npy", ids)
+    os.replace(paths["truth"] + ".part.npy", paths["truth"])
+    log(f"  {time.perf_counter() - t:.0f} s")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -827,15 +834,7 @@ class Engine:
         if paths.get("stream") is not None:
             manifest = json.load(open(os.path.join(idx, "manifest.json")))
             paths["base"] = os.path.join(idx, manifest["data"], "vectors.npy")
-        if not os.path.exists(paths["truth"]):
-            import numpy as np
-            log(f"exact top {TRUTH_K} of {a.queries:,} queries (numpy, blocks, from {paths['base']}) ...")
-            t = time.perf_counter()
-            ids, scores = exact_truth(paths["base"], np.load(paths["queries"]), TRUTH_K, a.threads)
-            np.save(paths["truth_scores"], scores)
-            np.save(paths["truth"] + ".part.npy", ids)
-            os.replace(paths["truth"] + ".part.npy", paths["truth"])
-            log(f"  {time.perf_counter() - t:.0f} s")
+        make_truth(a, paths)
         if "graph" not in record:
             try:
                 _, err, wall, rss, anon = measure([self.index_bin, "hnsw", idx, self.m_flag, str(a.m),

@@ -32,6 +32,22 @@ struct Scratch {
 }
 
 impl Scratch {
+    /// Takes `near` as a candidate and a found row if there is room among the `ef` found or it beats
+    /// the worst of them (`floor`, raised to the new worst).
+    #[inline]
+    fn offer(&mut self, near: Near, ef: usize, floor: &mut f32) {
+        if self.found.len() < ef || near.score > *floor {
+            self.candidates.push(near);
+            self.found.push(Reverse(near));
+            if self.found.len() > ef {
+                self.found.pop();
+            }
+            if let Some(w) = self.found.peek() {
+                *floor = w.0.score;
+            }
+        }
+    }
+
     fn start(&mut self, n: usize) {
         if self.visited.len() != n {
             self.visited = vec![0; n];
@@ -180,21 +196,16 @@ impl Graph {
                         prefetch(base.wrapping_add(i * stride), stride);
                     }
                 }
-                for &nb in &sc.batch {
-                    let near = Near {
-                        score: score(nb as usize),
-                        id: nb,
-                    };
-                    if sc.found.len() < ef || near.score > floor {
-                        sc.candidates.push(near);
-                        sc.found.push(Reverse(near));
-                        if sc.found.len() > ef {
-                            sc.found.pop();
-                        }
-                        if let Some(w) = sc.found.peek() {
-                            floor = w.0.score;
-                        }
-                    }
+                for i in 0..sc.batch.len() {
+                    let nb = sc.batch[i];
+                    sc.offer(
+                        Near {
+                            score: score(nb as usize),
+                            id: nb,
+                        },
+                        ef,
+                        &mut floor,
+                    );
                 }
             }
             if sc.found.len() >= ef.min(self.n) {
@@ -207,19 +218,15 @@ impl Graph {
                 break;
             }
             sc.visited[restart] = epoch;
-            let seed = Near {
-                score: score(restart),
-                id: restart as u32,
-            };
-            sc.candidates.clear();
-            sc.candidates.push(seed);
-            sc.found.push(Reverse(seed));
-            if sc.found.len() > ef {
-                sc.found.pop();
-            }
-            if let Some(w) = sc.found.peek() {
-                floor = w.0.score;
-            }
+            // found holds fewer than ef rows here: the seed is always taken.
+            sc.offer(
+                Near {
+                    score: score(restart),
+                    id: restart as u32,
+                },
+                ef,
+                &mut floor,
+            );
         }
         Ok(sc.found.drain().map(|w| w.0.id).collect())
     }
