@@ -514,12 +514,18 @@ fn a_killed_graph_build_resumes_from_its_checkpoint() {
     let e = fails(hnsw(Some("graph-checkpoint")));
     assert!(e.contains("failpoint graph-checkpoint"), "{e}");
     assert_eq!(std::fs::read(dir.join("manifest.json")).unwrap(), manifest);
-    assert!(dir.join("graph.partial/state.json").is_file());
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("graph.partial/state.json")).unwrap())
+            .unwrap();
+    let before = state["build_seconds"].as_f64().unwrap();
+    assert!(before > 0.0, "{state}");
     ok(index_cmd(&["verify", &s(&dir)]));
     let o = hnsw(None);
     ok(o.clone());
     assert!(
-        stderr(&o).contains("resuming the graph after 1500 of 3000 nodes"),
+        stderr(&o).contains(&format!(
+            "resuming the graph after 1500 of 3000 nodes, {before:.1} s of building so far"
+        )),
         "{}",
         stderr(&o)
     );

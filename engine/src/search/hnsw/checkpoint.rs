@@ -56,11 +56,16 @@ struct State {
     inserted: usize,
     layer0_words: usize,
     upper_words: usize,
+    /// Seconds of building (all runs, from each run's start to this checkpoint) that the nodes
+    /// inserted so far took: a resumed build's time is this plus its own.
+    #[serde(default)]
+    build_seconds: f64,
 }
 
 /// The state a build resumes from: nodes `0..inserted` of the insertion order are in the arrays.
 pub(super) struct Saved {
     pub inserted: usize,
+    pub build_seconds: f64,
     pub layer0: Vec<u32>,
     pub upper: Vec<u32>,
 }
@@ -71,11 +76,22 @@ pub struct Checkpoints {
     identity: Identity,
     every: Duration,
     last: Mutex<Instant>,
+    /// When this run started, and the seconds of the runs before it (from the checkpoint it resumed).
+    started: Instant,
+    prior_seconds: Mutex<f64>,
 }
 
 impl Checkpoints {
-    /// Checkpoints of the graph of `codes` (`rows x dim`) with `params`, in index folder `dir`.
-    pub fn new(dir: &Path, rows: usize, dim: usize, params: HnswParams, codes: &[u8]) -> Self {
+    /// Checkpoints of the graph of `codes` (`rows x dim`) with `params`, in index folder `dir`, for a
+    /// run that started at `started`.
+    pub fn new(
+        dir: &Path,
+        rows: usize,
+        dim: usize,
+        params: HnswParams,
+        codes: &[u8],
+        started: Instant,
+    ) -> Self {
         let every = std::env::var("SIMLM_GRAPH_CHECKPOINT_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -93,6 +109,8 @@ impl Checkpoints {
             },
             every,
             last: Mutex::new(Instant::now()),
+            started,
+            prior_seconds: Mutex::new(0.0),
         }
     }
 
@@ -109,8 +127,10 @@ impl Checkpoints {
             {
                 return None;
             }
+            *self.prior_seconds.lock().unwrap() = state.build_seconds;
             Some(Saved {
                 inserted: state.inserted,
+                build_seconds: state.build_seconds,
                 layer0: read_words(&d.join(LAYER0), layer0_words)?,
                 upper: read_words(&d.join(UPPER), upper_words)?,
             })
@@ -151,6 +171,8 @@ impl Checkpoints {
             inserted,
             layer0_words: layer0.len(),
             upper_words: upper.len(),
+            build_seconds: *self.prior_seconds.lock().unwrap()
+                + self.started.elapsed().as_secs_f64(),
         };
         let mut f = std::fs::File::create(new.join(STATE))?;
         f.write_all(&serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?)?;

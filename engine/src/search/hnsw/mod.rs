@@ -122,20 +122,22 @@ pub fn build_resumable(
             "the graph needs --hnsw-m of at least 1".into(),
         ));
     }
+    let started = std::time::Instant::now();
     // The codes first: the construction scores on them, reading a quarter of the f32 bytes.
     let book = CodeBook::fit(matrix);
     let codes = book.encode(matrix);
     failpoint::hit("codes").map_err(|e| Error::io(matrix.path(), e))?;
     let ck = checkpoints
-        .map(|(dir, _)| checkpoint::Checkpoints::new(dir, n, matrix.cols(), params, &codes));
+        .map(|(dir, _)| checkpoint::Checkpoints::new(dir, n, matrix.cols(), params, &codes, started));
     let resume = ck.as_ref().and_then(|c| {
         let (l0, up) = build::array_words(n, params.m);
         c.load(l0, up)
     });
     if let (Some(r), Some((dir, note))) = (&resume, checkpoints) {
         note(&format!(
-            "resuming the graph after {} of {n} nodes (checkpoint in {})",
+            "resuming the graph after {} of {n} nodes, {:.1} s of building so far (checkpoint in {})",
             r.inserted,
+            r.build_seconds,
             dir.join(checkpoint::FOLDER).display()
         ));
     }
