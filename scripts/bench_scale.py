@@ -1123,7 +1123,8 @@ def main():
     ap.add_argument("--seed-clusters", type=int, default=256, help="k-means topics fitted on the seed")
     ap.add_argument("--near-dups", type=float, default=None,
                     help="share of rows made near-duplicates of another (default: half the seed's near-duplicate share)")
-    ap.add_argument("--work", default="/work/scale", help="cache of seed, data and truth; outputs")
+    ap.add_argument("--work", default=os.path.join(ROOT, "target", "bench-scale"),
+                    help="cache of seed, data and truth; outputs (default target/bench-scale; --full needs ~40 GiB)")
     ap.add_argument("--out", help="results folder (default WORK/results-N)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release"), help="folder of simlm-index, simlm-search")
     ap.add_argument("--python", default=sys.executable, help="Python with numpy, hnswlib, faiss-cpu, threadpoolctl")

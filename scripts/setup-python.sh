@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates .venv with the Python packages the tests compare against: numpy (reads our .npy files) and
 # pytrec_eval (trec_eval's C code, the reference for simlm-eval). Idempotent.
-# With --bench it adds what the benchmarks run beside the engine: torch, transformers, faiss-cpu, hnswlib,
-# threadpoolctl (which BLAS kernel the peers use) and matplotlib (plots).
+# With --bench it adds what the benchmarks run beside the engine: torch, transformers, onnx, onnxruntime,
+# sentence-transformers, faiss-cpu, hnswlib, threadpoolctl (which BLAS kernel the peers use) and
+# matplotlib (plots).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$root/.venv"
@@ -11,7 +12,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pkgs=(numpy pytrec-eval-terrier)
 if [ "${1:-}" = "--bench" ]; then
-  pkgs+=(torch transformers faiss-cpu hnswlib threadpoolctl matplotlib)
+  pkgs+=(torch transformers onnx onnxruntime sentence-transformers faiss-cpu hnswlib threadpoolctl matplotlib)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

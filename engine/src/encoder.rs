@@ -22,6 +22,8 @@ pub enum Precision {
     F32,
     F16,
     Bf16,
+    /// f32 with the linear layers' products on int8 (dynamic quantisation; CPU only).
+    Int8,
 }
 
 impl Precision {
@@ -40,6 +42,7 @@ impl Precision {
             Precision::F32 => DType::F32,
             Precision::F16 => DType::F16,
             Precision::Bf16 => DType::BF16,
+            Precision::Int8 => DType::F32,
         }
     }
 }
@@ -51,7 +54,8 @@ impl std::str::FromStr for Precision {
             "f32" | "fp32" => Ok(Precision::F32),
             "f16" | "fp16" => Ok(Precision::F16),
             "bf16" => Ok(Precision::Bf16),
-            _ => Err(format!("unknown precision `{s}` (f32 | f16 | bf16)")),
+            "int8" => Ok(Precision::Int8),
+            _ => Err(format!("unknown precision `{s}` (f32 | f16 | bf16 | int8)")),
         }
     }
 }
@@ -196,13 +200,16 @@ impl Encoder {
             }
         };
         let weights = files.load_weights()?;
-        let model = BertModel::from_weights(
+        let mut model = BertModel::from_weights(
             weights,
             &config,
             &files.weights,
             opts.precision.dtype(),
             &opts.device,
         )?;
+        if opts.precision == Precision::Int8 {
+            model.quantize_int8(&files.weights)?;
+        }
         Ok(Encoder {
             model,
             text,

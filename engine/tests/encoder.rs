@@ -71,6 +71,60 @@ fn half_precision_is_finite_and_close_to_f32() {
     }
 }
 
+/// `--precision int8`: the real MiniLM's passage vectors stay within a cosine of 0.99 of f32 (the
+/// worst and the mean are printed), a vector does not depend on its batch, and the tiny fixture
+/// checkpoints (random weights, so the hardest case for a fixed number of levels) stay finite and
+/// close.
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn int8_vectors_stay_close_to_f32() {
+    let docs = passages();
+    let int8 = EncoderOptions {
+        precision: Precision::Int8,
+        ..Default::default()
+    };
+    let mut models = vec![(minilm(), 0.99)];
+    models.push((fixtures().join("tiny-bert"), 0.98));
+    for (model, floor) in models {
+        let spec = model.to_str().unwrap();
+        let want = Encoder::load(spec, &EncoderOptions::default())
+            .unwrap()
+            .encode(Kind::Passage, &docs)
+            .unwrap();
+        let enc = Encoder::load(spec, &int8).unwrap();
+        let got = enc.encode(Kind::Passage, &docs).unwrap();
+        let d = enc.dim();
+        let cos: Vec<f64> = (0..docs.len())
+            .map(|i| cosine(&got[i * d..(i + 1) * d], &want[i * d..(i + 1) * d]))
+            .collect();
+        let worst = cos.iter().cloned().fold(1.0, f64::min);
+        let mean = cos.iter().sum::<f64>() / cos.len() as f64;
+        println!(
+            "int8 {}: cosine to f32 over {} passages: worst {worst:.5}, mean {mean:.5}",
+            model.display(),
+            docs.len()
+        );
+        assert!(worst >= floor, "{}: worst cosine {worst}", model.display());
+        assert!(
+            got != want,
+            "int8 gave the f32 vectors: the integer path did not run"
+        );
+        for (i, doc) in docs.iter().enumerate().step_by(11) {
+            let alone = enc
+                .encode(Kind::Passage, std::slice::from_ref(doc))
+                .unwrap();
+            let diff = max_abs_diff(&got[i * d..(i + 1) * d], &alone);
+            assert!(
+                diff <= 1e-5,
+                "int8 passage {i}: {diff} between batch and alone"
+            );
+        }
+    }
+}
+
 #[test]
 #[cfg_attr(
     no_shared,

@@ -81,7 +81,8 @@ struct EncoderArgs {
     /// cpu | cuda | cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Forward precision: f32 | f16 | bf16 (default: f32 on cpu, f16 on cuda).
+    /// Forward precision: f32 | f16 | bf16 | int8 (default: f32 on cpu, f16 on cuda). int8: the
+    /// linear layers on 8-bit integers (CPU only; faster, vectors within a small cosine of f32).
     #[arg(long)]
     precision: Option<Precision>,
     /// Token budget of one forward pass (batch size x longest sequence).

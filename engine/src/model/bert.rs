@@ -25,6 +25,8 @@ struct Linear {
     bias: Tensor,
     /// The weight packed for the small-batch kernel (`cpu_ops::PackedWeight`), made on first use.
     packed: std::sync::OnceLock<Option<super::cpu_ops::PackedWeight>>,
+    /// The weight as 7-bit integers (`--precision int8`): when present, the projection runs on it.
+    quant: Option<super::int8::QuantWeight>,
 }
 
 impl Linear {
@@ -104,6 +106,7 @@ impl Weights<'_> {
             weight: w.t()?.contiguous()?,
             bias: b,
             packed: Default::default(),
+            quant: None,
         })
     }
 
@@ -236,6 +239,7 @@ impl BertModel {
                 weight: Tensor::cat(&[&q.weight, &k.weight, &v.weight], 1)?.contiguous()?,
                 bias: Tensor::cat(&[&q.bias, &k.bias, &v.bias], 0)?,
                 packed: Default::default(),
+                quant: None,
             };
             layers.push(Layer {
                 qkv,
@@ -265,6 +269,34 @@ impl BertModel {
 
     pub fn config(&self) -> &BertConfig {
         &self.config
+    }
+
+    /// Quantises every linear layer's weight to int8 (see `model::int8`); the forward then runs the
+    /// projections on integers. CPU and f32 only. `path` names the weight file in errors.
+    pub fn quantize_int8(&mut self, path: &Path) -> Result<()> {
+        if !self.device.is_cpu() || self.dtype != DType::F32 {
+            return Err(Error::Usage(
+                "int8 runs on the CPU (dynamic quantisation of the linear layers): use --device cpu, \
+                 or f16 / bf16 on CUDA"
+                    .into(),
+            ));
+        }
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (name, l) in [
+                ("attention.self.query/key/value", &mut layer.qkv),
+                ("attention.output.dense", &mut layer.attn_out),
+                ("intermediate.dense", &mut layer.intermediate),
+                ("output.dense", &mut layer.output),
+            ] {
+                let (inp, out) = l.weight.dims2()?;
+                let w = l.weight.flatten_all()?.to_vec1::<f32>()?;
+                let q = super::int8::QuantWeight::of(&w, inp, out).map_err(|e| {
+                    Error::invalid(path, None, format!("encoder.layer.{i}.{name}: {e}"))
+                })?;
+                l.quant = Some(q);
+            }
+        }
+        Ok(())
     }
 
     pub fn dtype(&self) -> DType {
@@ -425,6 +457,7 @@ impl BertModel {
                           input: &Tensor| {
                 input.apply_op1_no_bwd(&FusedLinear {
                     weight: &l.weight,
+                    quant: l.quant.as_ref(),
                     packed: l
                         .packed
                         .get_or_init(|| super::cpu_ops::PackedWeight::of(&l.weight).ok())

@@ -215,6 +215,8 @@ pub struct FusedLinear<'a> {
     pub weight: &'a Tensor,
     /// The same weight packed for the small-batch path (used up to [`SMALL_ROWS`] rows).
     pub packed: Option<&'a PackedWeight>,
+    /// The weight as int8 (`--precision int8`): when present, the product runs on it, at any size.
+    pub quant: Option<&'a super::int8::QuantWeight>,
     pub bias: &'a Tensor,
     pub residual: Option<&'a Tensor>,
     pub gelu: bool,
@@ -266,7 +268,16 @@ impl CustomOp1 for FusedLinear<'_> {
         let small = self
             .packed
             .filter(|p| rows <= SMALL_ROWS && p.inp == inp && p.out == out);
-        if let Some(p) = small {
+        if let Some(q) = self.quant {
+            if q.inp() != inp || q.out() != out {
+                candle_core::bail!(
+                    "fused-linear: int8 weight {}x{}, input width {inp}",
+                    q.inp(),
+                    q.out()
+                );
+            }
+            q.add_product(x, rows, &mut dst);
+        } else if let Some(p) = small {
             p.add_product(x, rows, &mut dst);
         } else {
             with_f32(self.weight, "weight", |w| {

@@ -3,6 +3,7 @@ pub mod bert;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu_ops;
+pub mod int8;
 
 use std::path::Path;
 

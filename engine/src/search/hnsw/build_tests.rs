@@ -264,6 +264,7 @@ fn a_resumed_build_equals_an_uninterrupted_one() {
                     if done == stop_at {
                         *saved.lock().unwrap() = Some(Saved {
                             inserted: done,
+                            build_seconds: 0.0,
                             layer0: l0.iter().map(|w| w.load(Relaxed)).collect(),
                             upper: up.iter().map(|w| w.load(Relaxed)).collect(),
                         });

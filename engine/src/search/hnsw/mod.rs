@@ -127,8 +127,9 @@ pub fn build_resumable(
     let book = CodeBook::fit(matrix);
     let codes = book.encode(matrix);
     failpoint::hit("codes").map_err(|e| Error::io(matrix.path(), e))?;
-    let ck = checkpoints
-        .map(|(dir, _)| checkpoint::Checkpoints::new(dir, n, matrix.cols(), params, &codes, started));
+    let ck = checkpoints.map(|(dir, _)| {
+        checkpoint::Checkpoints::new(dir, n, matrix.cols(), params, &codes, started)
+    });
     let resume = ck.as_ref().and_then(|c| {
         let (l0, up) = build::array_words(n, params.m);
         c.load(l0, up)

@@ -1,0 +1,381 @@
+//! Dynamic int8 quantisation of the encoder's linear layers (`--precision int8`, CPU only).
+//!
+//! * Weights: per output column, symmetric, 7-bit (`-63..=63`), quantised once at load. Seven bits,
+//!   not eight, because AVX2's `vpmaddubsw` (u8 x i8) adds each pair of products into a *saturating*
+//!   i16: `2 * 255 * 63 = 32,130` stays below 32,767, where 8-bit weights could overflow silently.
+//! * Activations: per row, asymmetric u8 (`0..=255`) over the row's range widened to hold zero,
+//!   quantised as each projection runs (dynamic), so no calibration data is needed.
+//! * Product: `y[r, j] = sa[r] * sw[j] * (sum_k qa[r, k] qw[k, j] - za[r] * sum_k qw[k, j])`. The sums
+//!   are exact in i32 (at most 255 * 63 * width), so the AVX2 kernel and the portable loop give the
+//!   same bits.
+//!
+//! Everything else of the forward (attention, softmax, GELU, LayerNorm, residuals) stays f32.
+
+use rayon::prelude::*;
+
+use crate::simd::{level, simd_dispatch, Level};
+
+/// Output columns per weight panel.
+const NR: usize = 16;
+/// Rows per micro-tile.
+const MR: usize = 4;
+/// Largest weight magnitude after quantisation (7 bits; see the module notes).
+const W_MAX: f32 = 63.0;
+/// Micro-tiles of rows per task.
+const ROW_TILES: usize = 16;
+
+/// A `(inp, out)` f32 weight as 7-bit integers, per-column scales and column sums.
+///
+/// Layout: `out.div_ceil(16)` panels of 16 columns; in a panel, for each group of four input rows
+/// `t`, 64 bytes: column `c`'s four weights `w[4t..4t+4, c]` at bytes `4c..4c+4`. The input width is
+/// padded to a multiple of four and the last panel to 16 columns, with zeros.
+pub struct QuantWeight {
+    inp: usize,
+    /// `inp` rounded up to a multiple of four.
+    kp: usize,
+    out: usize,
+    panels: Vec<i8>,
+    /// Per column (padded to whole panels).
+    scale: Vec<f32>,
+    /// `sum_k qw[k, j]` per column (padded to whole panels).
+    colsum: Vec<i32>,
+}
+
+impl QuantWeight {
+    /// Quantises `w` (`inp x out`, row-major). `Err` names the first non-finite weight's position.
+    pub fn of(w: &[f32], inp: usize, out: usize) -> Result<QuantWeight, String> {
+        assert_eq!(w.len(), inp * out, "weight shape");
+        if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "non-finite weight {} at row {}, column {}",
+                w[i],
+                i / out,
+                i % out
+            ));
+        }
+        let kp = inp.div_ceil(4) * 4;
+        let np = out.div_ceil(NR);
+        let mut scale = vec![0f32; np * NR];
+        let mut colsum = vec![0i32; np * NR];
+        let mut panels = vec![0i8; np * kp * NR];
+        for j in 0..out {
+            let amax = (0..inp).map(|k| w[k * out + j].abs()).fold(0f32, f32::max);
+            let s = if amax > 0.0 { amax / W_MAX } else { 1.0 };
+            scale[j] = s;
+            let (p, c) = (j / NR, j % NR);
+            let panel = &mut panels[p * kp * NR..][..kp * NR];
+            for k in 0..inp {
+                let q = (w[k * out + j] / s).round().clamp(-W_MAX, W_MAX) as i8;
+                panel[(k / 4) * 4 * NR + c * 4 + k % 4] = q;
+                colsum[j] += q as i32;
+            }
+        }
+        Ok(QuantWeight {
+            inp,
+            kp,
+            out,
+            panels,
+            scale,
+            colsum,
+        })
+    }
+
+    pub fn inp(&self) -> usize {
+        self.inp
+    }
+
+    pub fn out(&self) -> usize {
+        self.out
+    }
+
+    /// `dst (rows x out) += x (rows x inp) @ W`, with `x` quantised per row on the way.
+    pub fn add_product(&self, x: &[f32], rows: usize, dst: &mut [f32]) {
+        assert!(x.len() >= rows * self.inp && dst.len() >= rows * self.out);
+        let on_worker = rayon::current_thread_index().is_some();
+        let a = QuantRows::of(x, rows, self.inp, self.kp, on_worker);
+        let kernel = tile_kernel();
+        let np = self.out.div_ceil(NR);
+        let tiles = rows.div_ceil(MR);
+        let blocks = tiles.div_ceil(ROW_TILES);
+        // Enough tasks to keep every thread busy: row blocks, and the panels cut into groups when
+        // there are few rows (a query).
+        let threads = rayon::current_num_threads();
+        let groups = if on_worker {
+            1
+        } else {
+            (4 * threads).div_ceil(blocks).clamp(1, np)
+        };
+        let per_group = np.div_ceil(groups);
+        let dst_ptr = SharedMut(dst.as_mut_ptr());
+        let task = |t: usize| {
+            let (block, group) = (t / groups, t % groups);
+            let panels = (group * per_group)..((group + 1) * per_group).min(np);
+            let tiles = (block * ROW_TILES)..((block + 1) * ROW_TILES).min(tiles);
+            let mut acc = [[0i32; NR]; MR];
+            for p in panels {
+                let b = &self.panels[p * self.kp * NR..][..self.kp * NR];
+                let cols = (self.out - p * NR).min(NR);
+                let sw = &self.scale[p * NR..][..NR];
+                let cs = &self.colsum[p * NR..][..NR];
+                for tile in tiles.clone() {
+                    let r0 = tile * MR;
+                    kernel(self.kp, &a.q[r0 * self.kp..][..MR * self.kp], b, &mut acc);
+                    for (i, acc) in acc.iter().enumerate().take((rows - r0).min(MR)) {
+                        let r = r0 + i;
+                        let (sa, za) = (a.scale[r], a.zero[r]);
+                        // Safety: row r < rows and columns p*NR .. p*NR+cols <= out lie inside dst
+                        // (rows x out); each task owns its (row block, panel group) region.
+                        let d = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                dst_ptr.ptr().add(r * self.out + p * NR),
+                                cols,
+                            )
+                        };
+                        for c in 0..cols {
+                            d[c] += sa * sw[c] * (acc[c] - za * cs[c]) as f32;
+                        }
+                    }
+                }
+            }
+        };
+        if on_worker || blocks * groups == 1 {
+            (0..blocks * groups).for_each(task);
+        } else {
+            (0..blocks * groups).into_par_iter().for_each(task);
+        }
+    }
+}
+
+/// A raw pointer that parallel tasks may share: each task writes a disjoint region.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Rows quantised to u8: `x[r, k] ~ scale[r] * (q[r, k] - zero[r])`. Rows are `kp` bytes (zero
+/// padded) and their count is padded to a whole micro-tile with zero rows.
+struct QuantRows {
+    q: Vec<u8>,
+    scale: Vec<f32>,
+    zero: Vec<i32>,
+}
+
+impl QuantRows {
+    fn of(x: &[f32], rows: usize, inp: usize, kp: usize, on_worker: bool) -> QuantRows {
+        let padded = rows.div_ceil(MR) * MR;
+        let mut q = vec![0u8; padded * kp];
+        let mut scale = vec![0f32; rows];
+        let mut zero = vec![0i32; rows];
+        let one = |((q, x), (s, z)): ((&mut [u8], &[f32]), (&mut f32, &mut i32))| {
+            (*s, *z) = quantize_row(x, q);
+        };
+        let it = q
+            .chunks_mut(kp)
+            .zip(x.chunks(inp))
+            .zip(scale.iter_mut().zip(zero.iter_mut()));
+        if on_worker || rows < 16 {
+            it.for_each(one);
+        } else {
+            q.par_chunks_mut(kp)
+                .zip(x.par_chunks(inp))
+                .zip(scale.par_iter_mut().zip(zero.par_iter_mut()))
+                .for_each(one);
+        }
+        QuantRows { q, scale, zero }
+    }
+}
+
+/// Quantises one row into `q` (`q.len() >= x.len()`): its scale and zero point. A row with a
+/// non-finite value gets a NaN scale, so that its outputs are NaN as in f32.
+fn quantize_row(x: &[f32], q: &mut [u8]) -> (f32, i32) {
+    let (mut lo, mut hi) = (0f32, 0f32);
+    let mut finite = true;
+    for &v in x {
+        finite &= v.is_finite();
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if !finite {
+        return (f32::NAN, 0);
+    }
+    if hi == lo {
+        // All zeros: any scale; zero point 0 and codes 0.
+        return (1.0, 0);
+    }
+    let s = (hi - lo) / 255.0;
+    let zero = (-lo / s).round().clamp(0.0, 255.0);
+    quantize_into(x, &mut q[..x.len()], 1.0 / s, zero);
+    (s, zero as i32)
+}
+
+#[inline(always)]
+fn quantize_into_generic(x: &[f32], q: &mut [u8], inv: f32, zero: f32) {
+    for (q, &v) in q.iter_mut().zip(x) {
+        // Round half away from zero, by truncating (v * inv + zero) + 0.5 of a value >= 0 after the
+        // clamp: the same rule on every CPU.
+        let t = (v * inv + zero).clamp(0.0, 255.0) + 0.5;
+        *q = t as u8;
+    }
+}
+
+simd_dispatch! {
+    /// `q = clamp(round(x * inv) + zero, 0, 255)`.
+    fn quantize_into = quantize_into_generic(x: &[f32], q: &mut [u8], inv: f32, zero: f32)
+}
+
+/// `acc[r][c] = sum_k a[r * kp + k] * panel(k, c)` for the micro-tile's MR rows.
+type TileFn = fn(usize, &[u8], &[i8], &mut [[i32; NR]; MR]);
+
+fn tile_kernel() -> TileFn {
+    match level() {
+        // Safety: the level says the CPU has AVX2.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 | Level::Avx2Fma => |kp, a, b, acc| unsafe { tile_avx2(kp, a, b, acc) },
+        _ => tile_portable,
+    }
+}
+
+fn tile_portable(kp: usize, a: &[u8], b: &[i8], acc: &mut [[i32; NR]; MR]) {
+    for (r, acc) in acc.iter_mut().enumerate() {
+        *acc = [0; NR];
+        let row = &a[r * kp..][..kp];
+        for (t, quad) in b.chunks_exact(4 * NR).take(kp / 4).enumerate() {
+            let x = &row[4 * t..4 * t + 4];
+            for (c, w) in quad.chunks_exact(4).enumerate() {
+                acc[c] += (0..4).map(|i| x[i] as i32 * w[i] as i32).sum::<i32>();
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tile_avx2(kp: usize, a: &[u8], b: &[i8], acc: &mut [[i32; NR]; MR]) {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= MR * kp && b.len() >= kp * NR && kp % 4 == 0);
+    let ones = _mm256_set1_epi16(1);
+    let mut c = [_mm256_setzero_si256(); 2 * MR];
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    for t in 0..kp / 4 {
+        // Safety: t * 64 + 64 <= kp * NR = b.len(); r * kp + 4t + 4 <= MR * kp <= a.len().
+        let b0 = _mm256_loadu_si256(pb.add(t * 4 * NR) as *const __m256i);
+        let b1 = _mm256_loadu_si256(pb.add(t * 4 * NR + 32) as *const __m256i);
+        for r in 0..MR {
+            let x = _mm256_set1_epi32(std::ptr::read_unaligned(
+                pa.add(r * kp + 4 * t) as *const i32
+            ));
+            // u8 x i8 pairs into i16 (no saturation with 7-bit weights), then pairs into i32.
+            c[2 * r] = _mm256_add_epi32(
+                c[2 * r],
+                _mm256_madd_epi16(_mm256_maddubs_epi16(x, b0), ones),
+            );
+            c[2 * r + 1] = _mm256_add_epi32(
+                c[2 * r + 1],
+                _mm256_madd_epi16(_mm256_maddubs_epi16(x, b1), ones),
+            );
+        }
+    }
+    for r in 0..MR {
+        _mm256_storeu_si256(acc[r].as_mut_ptr() as *mut __m256i, c[2 * r]);
+        _mm256_storeu_si256(acc[r].as_mut_ptr().add(8) as *mut __m256i, c[2 * r + 1]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: u64) -> impl FnMut() -> f32 {
+        let mut s = seed;
+        move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+    }
+
+    /// The product against f64 arithmetic on the dequantised values (exact up to f32 rounding), and
+    /// the kernel for this CPU against the portable one, bit for bit, on shapes with ragged edges.
+    #[test]
+    fn int8_product_matches_its_definition_and_the_portable_kernel() {
+        let mut r = lcg(7);
+        for (rows, inp, out) in [(1, 5, 3), (7, 33, 17), (13, 64, 48), (70, 130, 40)] {
+            let w: Vec<f32> = (0..inp * out).map(|_| r()).collect();
+            let mut x: Vec<f32> = (0..rows * inp).map(|_| 3.0 * r() + 0.5).collect();
+            x[..inp].fill(0.0); // an all-zero row
+            let qw = QuantWeight::of(&w, inp, out).unwrap();
+            let mut dst = vec![1f32; rows * out];
+            qw.add_product(&x, rows, &mut dst);
+            // The definition: dequantised rows times dequantised weights.
+            let a = QuantRows::of(&x, rows, inp, qw.kp, true);
+            for i in 0..rows {
+                for j in 0..out {
+                    let (p, c) = (j / NR, j % NR);
+                    let mut want = 0f64;
+                    for k in 0..inp {
+                        let qwk = qw.panels[p * qw.kp * NR + (k / 4) * 4 * NR + c * 4 + k % 4];
+                        let xa = a.scale[i] as f64 * (a.q[i * qw.kp + k] as f64 - a.zero[i] as f64);
+                        want += xa * qw.scale[j] as f64 * qwk as f64;
+                    }
+                    let got = dst[i * out + j] as f64 - 1.0;
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{rows}x{inp}x{out} [{i},{j}]: {got} vs {want}"
+                    );
+                    // And close to the f32 product (quantisation error only).
+                    let exact: f64 = (0..inp)
+                        .map(|k| x[i * inp + k] as f64 * w[k * out + j] as f64)
+                        .sum();
+                    assert!(
+                        (got - exact).abs() <= 0.05 * (1.0 + exact.abs()) + 0.02 * inp as f64,
+                        "{got} vs f32 {exact}"
+                    );
+                }
+            }
+            // The CPU's kernel against the portable one.
+            let b = &qw.panels[..qw.kp * NR];
+            let (mut k1, mut k2) = ([[0i32; NR]; MR], [[0i32; NR]; MR]);
+            tile_kernel()(qw.kp, &a.q[..MR * qw.kp], b, &mut k1);
+            tile_portable(qw.kp, &a.q[..MR * qw.kp], b, &mut k2);
+            assert_eq!(k1, k2);
+        }
+    }
+
+    /// Extreme codes: every activation 255 and every weight +-63, the largest pair sums the kernel
+    /// sees, stay exact (no i16 saturation).
+    #[test]
+    fn largest_codes_do_not_saturate() {
+        let (inp, out) = (768, 16);
+        let w: Vec<f32> = (0..inp * out)
+            .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
+            .collect();
+        let qw = QuantWeight::of(&w, inp, out).unwrap();
+        let a = vec![255u8; MR * qw.kp];
+        let (mut k1, mut k2) = ([[0i32; NR]; MR], [[0i32; NR]; MR]);
+        tile_kernel()(qw.kp, &a, &qw.panels[..qw.kp * NR], &mut k1);
+        tile_portable(qw.kp, &a, &qw.panels[..qw.kp * NR], &mut k2);
+        assert_eq!(k1, k2);
+        for (c, v) in k1[0].iter().enumerate() {
+            assert_eq!(*v, 255 * qw.colsum[c]);
+        }
+    }
+
+    #[test]
+    fn non_finite_inputs_are_reported_or_propagate() {
+        let e = QuantWeight::of(&[1.0, f32::NAN, 0.0, 2.0], 2, 2)
+            .err()
+            .unwrap();
+        assert!(e.contains("row 0, column 1"), "{e}");
+        let qw = QuantWeight::of(&[1.0, 0.5, 0.0, 2.0], 2, 2).unwrap();
+        let mut dst = vec![0f32; 4];
+        qw.add_product(&[1.0, f32::INFINITY, 1.0, 1.0], 2, &mut dst);
+        assert!(dst[0].is_nan() && dst[1].is_nan() && dst[2].is_finite() && dst[3].is_finite());
+    }
+}
