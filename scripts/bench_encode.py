@@ -14,14 +14,18 @@ every encoder runs in interleaved rounds and keeps its fastest.
 One query: the first Q dev.small queries (SimLM's query format, at most 32 tokens) encoded one at a
 time, p50 and p99 latency (engine: `encode_latency`, the REPL's and the service's path).
 
-usage: scripts/bench_encode.py [--model models/all-MiniLM-L6-v2 | --base] [--n 2000] [--threads 2]
+With --int8, two more encoders run in the same rounds: the engine's `--precision int8` and ONNX
+Runtime's dynamic int8 (`quantize_dynamic` of the optimised model: int8 weights per channel with
+reduce_range, its setting for CPUs without VNNI, u8 activations), and their vectors' cosine to their
+own f32 vectors is printed.
+
+usage: scripts/bench_encode.py [--model models/all-MiniLM-L6-v2 | --base] [--n 2000] [--threads 2] [--int8]
   --base: a BERT-base-shaped checkpoint (12 layers, 768 wide) with seeded random weights, made once
           under target/bench-models/.
 """
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -77,7 +81,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release"))
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each encoder keeps its best")
-    ap.add_argument("--engine-args", default="", help="extra simlm-index embed options (e.g. --precision int8)")
+    ap.add_argument("--engine-args", default="", help="extra simlm-index embed options")
+    ap.add_argument("--int8", action="store_true", help="also the engine's --precision int8 and ONNX Runtime's dynamic int8")
     a = ap.parse_args()
 
     os.environ["OMP_NUM_THREADS"] = str(a.threads)
@@ -152,14 +157,26 @@ def main():
     sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
     print(f"ONNX Runtime {ort.__version__}: {sess.get_providers()}, intra-op threads {a.threads}; {ort_note}")
 
-    def ort_run(idx_all, batch):
-        vecs = np.zeros((len(texts), cfg.hidden_size), dtype=np.float32)
-        for idx in sorted_batches([lengths[i] for i in idx_all], batch):
-            idx = [idx_all[i] for i in idx]
-            e = tokenize_passages(idx, "np")
-            out = sess.run(None, {k: e[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})[0][:, 0]
-            vecs[idx] = out / np.linalg.norm(out, axis=1, keepdims=True)
-        return vecs
+    sessions = {"ort": sess}
+    if a.int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        int8_path = os.path.join(work, "model.int8.onnx")
+        quantize_dynamic(onnx_path, int8_path, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+        sessions["ort-int8"] = ort.InferenceSession(int8_path, so, providers=["CPUExecutionProvider"])
+        print("ONNX Runtime int8: quantize_dynamic(weight_type=QInt8, per_channel=True, reduce_range=True) "
+              "of the optimised model")
+
+    def ort_runner(session):
+        def run(idx_all, batch):
+            vecs = np.zeros((len(texts), cfg.hidden_size), dtype=np.float32)
+            for idx in sorted_batches([lengths[i] for i in idx_all], batch):
+                idx = [idx_all[i] for i in idx]
+                e = tokenize_passages(idx, "np")
+                out = session.run(None, {k: e[k].astype(np.int64)
+                                         for k in ("input_ids", "attention_mask", "token_type_ids")})[0][:, 0]
+                vecs[idx] = out / np.linalg.norm(out, axis=1, keepdims=True)
+            return vecs
+        return run
 
     st = None
     try:
@@ -177,7 +194,7 @@ def main():
     # Batch sizes: each peer's fastest on the first 512 passages.
     probe = list(range(min(512, len(texts))))
     best_batch = {}
-    for name, f in (("torch", torch_run), ("ort", ort_run)):
+    for name, f in [("torch", torch_run)] + [(k, ort_runner(v)) for k, v in sessions.items()]:
         f(probe[:32], 8)  # warm-up
         speeds = {b: timed(lambda: f(probe, b))[0] for b in BATCHES}
         best_batch[name] = min(speeds, key=speeds.get)
@@ -190,17 +207,27 @@ def main():
             for t in texts:
                 f.write(json.dumps({"text": t}) + "\n")
         out = os.path.join(tmp, "out.npy")
-        cmd = [os.path.join(a.bin, "simlm-index"), "embed", "--model", model_dir, "--kind", "passage", "--input", inp,
-               "--out", out, "--format", "simlm", "--pooling", "cls", "--threads", str(a.threads)] + a.engine_args.split()
+        out8 = os.path.join(tmp, "out.int8.npy")
 
-        def run_engine():
-            p = subprocess.run(cmd, capture_output=True, text=True)
-            if p.returncode != 0:
-                sys.exit(p.stderr)
+        def engine_runner(dest, extra):
+            cmd = [os.path.join(a.bin, "simlm-index"), "embed", "--model", model_dir, "--kind", "passage", "--input",
+                   inp, "--out", dest, "--format", "simlm", "--pooling", "cls", "--threads", str(a.threads)]
+            cmd += a.engine_args.split() + extra
+
+            def run():
+                p = subprocess.run(cmd, capture_output=True, text=True)
+                if p.returncode != 0:
+                    sys.exit(p.stderr)
+            return run
 
         best = {}
-        everyone = [("engine", run_engine), ("torch", lambda: torch_run(list(range(len(texts))), best_batch["torch"])),
-                    ("ort", lambda: ort_run(list(range(len(texts))), best_batch["ort"]))]
+        everyone = [("engine", engine_runner(out, [])),
+                    ("torch", lambda: torch_run(list(range(len(texts))), best_batch["torch"])),
+                    ("ort", lambda: ort_runner(sess)(list(range(len(texts))), best_batch["ort"]))]
+        if a.int8:
+            everyone += [("engine-int8", engine_runner(out8, ["--precision", "int8"])),
+                         ("ort-int8", lambda: ort_runner(sessions["ort-int8"])(list(range(len(texts))),
+                                                                               best_batch["ort-int8"]))]
         if st is not None:
             everyone.append(("st", lambda: st.encode(texts, batch_size=32, normalize_embeddings=True)))
         vecs = {}
@@ -212,15 +239,17 @@ def main():
             print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f} s" for k, v in best.items()) + " (best so far)",
                   file=sys.stderr)
         ours = np.load(out)
+        ours8 = np.load(out8) if a.int8 else None
 
     # One query at a time.
     lat = {}
-    r = subprocess.run([os.path.join(a.bin, "examples/encode_latency"), model_dir, a.queries, str(a.q), str(a.threads)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(r.stderr)
-    j = json.loads(r.stdout.strip().splitlines()[-1])
-    lat["engine"] = (j["p50_ms"], j["p99_ms"])
+    for name, precision in [("engine", "f32")] + ([("engine-int8", "int8")] if a.int8 else []):
+        r = subprocess.run([os.path.join(a.bin, "examples/encode_latency"), model_dir, a.queries, str(a.q),
+                            str(a.threads), precision], capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(r.stderr)
+        j = json.loads(r.stdout.strip().splitlines()[-1])
+        lat[name] = (j["p50_ms"], j["p99_ms"])
 
     def peer_latency(f):
         ms = []
@@ -236,19 +265,24 @@ def main():
         with torch.inference_mode():
             model(**tok(q, max_length=32, truncation=True, return_tensors="pt")).last_hidden_state[:, 0]
 
-    def ort_one(q):
-        e = tok(q, max_length=32, truncation=True, return_tensors="np")
-        sess.run(None, {k: e[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})
+    def ort_one(session):
+        def one(q):
+            e = tok(q, max_length=32, truncation=True, return_tensors="np")
+            session.run(None, {k: e[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})
+        return one
 
     lat["torch"] = peer_latency(torch_one)
-    lat["ort"] = peer_latency(ort_one)
+    for name, session in sessions.items():
+        lat[name] = peer_latency(ort_one(session))
     shutil.rmtree(work, ignore_errors=True)
 
     n = len(texts)
     names = {"engine": "simlm-index embed (whole process)",
              "torch": f"PyTorch, token-length order, batch {best_batch['torch']}",
              "ort": f"ONNX Runtime, token-length order, batch {best_batch['ort']}",
-             "st": "sentence-transformers encode, batch 32"}
+             "st": "sentence-transformers encode, batch 32",
+             "engine-int8": "simlm-index embed --precision int8",
+             "ort-int8": f"ONNX Runtime int8, batch {best_batch.get('ort-int8')}"}
     print(f"\n{n} passages of {os.path.basename(a.collection)}, simlm format (144 tokens); best of {a.rounds} "
           f"interleaved rounds; {a.threads} threads")
     print(f"{'encoder':<50}{'seconds':>9}{'passages/s':>12}")
@@ -256,11 +290,18 @@ def main():
         print(f"{names[k]:<50}{s:>9.2f}{n / s:>12.1f}")
     peer = min(best["torch"], best["ort"])
     print(f"engine vs the faster of PyTorch and ONNX Runtime: {peer / best['engine']:.2f}x")
+    if a.int8:
+        print(f"engine int8 vs engine f32: {best['engine'] / best['engine-int8']:.2f}x; "
+              f"vs ONNX Runtime int8: {best['ort-int8'] / best['engine-int8']:.2f}x")
     print(f"\none query ({a.q} dev.small queries, one at a time): p50 / p99 ms")
     for k, (p50, p99) in lat.items():
         print(f"  {k:<8} {p50:7.2f} / {p99:7.2f}")
     for k in ("torch", "ort"):
         print(f"min cosine engine vs {k}: {(ours * vecs[k]).sum(1).min():.6f}")
+    if a.int8:
+        for name, q, f in (("engine int8 vs engine f32", ours8, ours), ("ONNX Runtime int8 vs its f32", vecs["ort-int8"], vecs["ort"])):
+            c = (q * f).sum(1)
+            print(f"cosine {name}: min {c.min():.5f}, mean {c.mean():.5f}")
 
 
 if __name__ == "__main__":

@@ -6,14 +6,18 @@
 #     with all-MiniLM-L6-v2, judged TREC DL19 and DL20 queries against the in-pool qrels, exact and HNSW,
 #     beside the BM25 runs of the same queries evaluated the same way.
 # Every step is skipped when its output exists (delete target/repro to start over).
-#   scripts/reproduce_here.sh [scifact|pool|all]
+# A second argument picks the encoder's precision (default f32); int8 writes to target/repro-int8, so
+# the two tables sit side by side (the effect of --precision int8 on retrieval).
+#   scripts/reproduce_here.sh [scifact|pool|all] [f32|int8]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 what="${1:-all}"
+precision="${2:-f32}"
 shared="${SIMLM_SHARED:-$root/../shared}"
 bin="${SIMLM_BIN:-$root/target/release}"
 out="$root/target/repro"
+[ "$precision" = f32 ] || out="$root/target/repro-$precision"
 model="$root/models/all-MiniLM-L6-v2"
 mkdir -p "$out"
 scripts/fetch-minilm.sh >/dev/null
@@ -24,7 +28,7 @@ fi
 index() { # name collection format [extra args]
   local name="$1" coll="$2" fmt="$3"; shift 3
   [ -f "$out/$name/manifest.json" ] || "$bin/simlm-index" build --model "$model" --format "$fmt" \
-    --collection "$coll" --out "$out/$name" "$@"
+    --collection "$coll" --out "$out/$name" --precision "$precision" "$@"
 }
 search() { # name queries run-name [search args]
   local name="$1" queries="$2" run="$3"; shift 3

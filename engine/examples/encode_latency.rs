@@ -1,16 +1,16 @@
 //! One-query encoding latency, as a REPL or a service pays it: loads a model, encodes each query of a
 //! TSV file (`id<TAB>text`) alone, in SimLM's query format, and prints the latency percentiles as one
 //! JSON line. The first 10 queries warm up and are not counted.
-//! Usage: encode_latency MODEL_DIR QUERIES.tsv N [THREADS]
+//! Usage: encode_latency MODEL_DIR QUERIES.tsv N [THREADS [PRECISION]]   (PRECISION: f32 | int8 | ...)
 
 use std::time::Instant;
 
-use engine::{Doc, Encoder, EncoderOptions, Kind};
+use engine::{Doc, Encoder, EncoderOptions, Kind, Precision};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
-        eprintln!("usage: encode_latency MODEL_DIR QUERIES.tsv N [THREADS]");
+        eprintln!("usage: encode_latency MODEL_DIR QUERIES.tsv N [THREADS [PRECISION]]");
         std::process::exit(2);
     }
     let n: usize = args[3].parse().expect("N: a number of queries");
@@ -20,7 +20,18 @@ fn main() {
             .build_global()
             .expect("thread pool");
     }
-    let enc = Encoder::load(&args[1], &EncoderOptions::default()).unwrap_or_else(|e| {
+    let precision: Precision = match args.get(5) {
+        Some(p) => p.parse().unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(2)
+        }),
+        None => Precision::F32,
+    };
+    let opts = EncoderOptions {
+        precision,
+        ..Default::default()
+    };
+    let enc = Encoder::load(&args[1], &opts).unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(1)
     });

@@ -119,6 +119,34 @@ fn index_vectors_equal_embed_and_numpy_opens_them() {
     assert!(String::from_utf8_lossy(&info.stdout).contains("bytes/passage"));
 }
 
+/// `--precision int8`: the manifest says so (queries are then encoded the same way), the vectors
+/// stay near the f32 index's, and switching precision on a finished index needs --force.
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn an_int8_index_records_its_precision_and_stays_near_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, q) = (tmp.path().join("f32"), tmp.path().join("int8"));
+    ok(build(&f, &[]));
+    ok(build(&q, &["--precision", "int8"]));
+    let m = engine::store::manifest::Manifest::read(&q).unwrap();
+    assert_eq!(m.precision, Some(engine::Precision::Int8));
+    let o = build(&f, &["--precision", "int8"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
+    let a = NpyMatrix::open(&data(&f).join("vectors.npy")).unwrap();
+    let b = NpyMatrix::open(&data(&q).join("vectors.npy")).unwrap();
+    let (va, vb) = (a.rows_f32(0, 1033), b.rows_f32(0, 1033));
+    let worst = va
+        .chunks(32)
+        .zip(vb.chunks(32))
+        .map(|(x, y)| x.iter().zip(y).map(|(x, y)| x * y).sum::<f32>())
+        .fold(1f32, f32::min);
+    assert!(worst >= 0.98 && va != vb, "int8 vs f32 cosine {worst}");
+}
+
 #[test]
 #[cfg_attr(
     no_shared,

@@ -90,10 +90,13 @@ impl QuantWeight {
 
     /// `dst (rows x out) += x (rows x inp) @ W`, with `x` quantised per row on the way.
     pub fn add_product(&self, x: &[f32], rows: usize, dst: &mut [f32]) {
+        self.add_product_with(tile_kernel(), x, rows, dst)
+    }
+
+    fn add_product_with(&self, kernel: TileFn, x: &[f32], rows: usize, dst: &mut [f32]) {
         assert!(x.len() >= rows * self.inp && dst.len() >= rows * self.out);
         let on_worker = rayon::current_thread_index().is_some();
         let a = QuantRows::of(x, rows, self.inp, self.kp, on_worker);
-        let kernel = tile_kernel();
         let np = self.out.div_ceil(NR);
         let tiles = rows.div_ceil(MR);
         let blocks = tiles.div_ceil(ROW_TILES);
@@ -111,30 +114,27 @@ impl QuantWeight {
             let (block, group) = (t / groups, t % groups);
             let panels = (group * per_group)..((group + 1) * per_group).min(np);
             let tiles = (block * ROW_TILES)..((block + 1) * ROW_TILES).min(tiles);
-            let mut acc = [[0i32; NR]; MR];
             for p in panels {
                 let b = &self.panels[p * self.kp * NR..][..self.kp * NR];
-                let cols = (self.out - p * NR).min(NR);
-                let sw = &self.scale[p * NR..][..NR];
-                let cs = &self.colsum[p * NR..][..NR];
                 for tile in tiles.clone() {
                     let r0 = tile * MR;
-                    kernel(self.kp, &a.q[r0 * self.kp..][..MR * self.kp], b, &mut acc);
-                    for (i, acc) in acc.iter().enumerate().take((rows - r0).min(MR)) {
-                        let r = r0 + i;
-                        let (sa, za) = (a.scale[r], a.zero[r]);
-                        // Safety: row r < rows and columns p*NR .. p*NR+cols <= out lie inside dst
-                        // (rows x out); each task owns its (row block, panel group) region.
-                        let d = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                dst_ptr.ptr().add(r * self.out + p * NR),
-                                cols,
-                            )
-                        };
-                        for c in 0..cols {
-                            d[c] += sa * sw[c] * (acc[c] - za * cs[c]) as f32;
-                        }
-                    }
+                    let n = (rows - r0).min(MR);
+                    let mut out = Out {
+                        rows: n,
+                        cols: (self.out - p * NR).min(NR),
+                        sa: [0.0; MR],
+                        za: [0; MR],
+                        sw: self.scale[p * NR..][..NR].try_into().unwrap(),
+                        cs: self.colsum[p * NR..][..NR].try_into().unwrap(),
+                        // Safety: row r0 < rows and column p * NR < out: inside dst.
+                        dst: unsafe { dst_ptr.ptr().add(r0 * self.out + p * NR) },
+                        stride: self.out,
+                    };
+                    out.sa[..n].copy_from_slice(&a.scale[r0..r0 + n]);
+                    out.za[..n].copy_from_slice(&a.zero[r0..r0 + n]);
+                    // Safety: `out` covers rows r0..r0+n and columns p*NR..p*NR+cols of dst
+                    // (rows x out), a region this task owns (its row block and panel group).
+                    unsafe { kernel(self.kp, &a.q[r0 * self.kp..][..MR * self.kp], b, &out) };
                 }
             }
         };
@@ -229,21 +229,56 @@ simd_dispatch! {
     fn quantize_into = quantize_into_generic(x: &[f32], q: &mut [u8], inv: f32, zero: f32)
 }
 
-/// `acc[r][c] = sum_k a[r * kp + k] * panel(k, c)` for the micro-tile's MR rows.
-type TileFn = fn(usize, &[u8], &[i8], &mut [[i32; NR]; MR]);
+/// Where a micro-tile's products go: `dst[r * stride + c] += sa[r] * sw[c] * (acc[r][c] - za[r] *
+/// cs[c])` for the first `rows` rows and `cols` columns.
+struct Out {
+    rows: usize,
+    cols: usize,
+    sa: [f32; MR],
+    za: [i32; MR],
+    sw: [f32; NR],
+    cs: [i32; NR],
+    dst: *mut f32,
+    stride: usize,
+}
+
+impl Out {
+    /// The epilogue in scalar code (edge tiles, and the portable kernel): the same operations in the
+    /// same order as the vector epilogue, so both give the same bits.
+    ///
+    /// Safety: `dst` must be valid for the `rows x cols` region at `stride`.
+    unsafe fn write(&self, acc: &[[i32; NR]; MR]) {
+        for (r, acc) in acc.iter().enumerate().take(self.rows) {
+            let d = std::slice::from_raw_parts_mut(self.dst.add(r * self.stride), self.cols);
+            for (c, d) in d.iter_mut().enumerate() {
+                *d += self.sa[r] * self.sw[c] * (acc[c] - self.za[r] * self.cs[c]) as f32;
+            }
+        }
+    }
+}
+
+/// Sums `a[r * kp + k] * panel(k, c)` for the micro-tile's MR rows (`a` holds MR rows of `kp`
+/// bytes) and writes them through `out`.
+type TileFn = unsafe fn(usize, &[u8], &[i8], &Out);
 
 fn tile_kernel() -> TileFn {
     match level() {
-        // Safety: the level says the CPU has AVX2.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 | Level::Avx2Fma => |kp, a, b, acc| unsafe { tile_avx2(kp, a, b, acc) },
+        Level::Avx512 | Level::Avx2Fma => tile_avx2_checked,
         _ => tile_portable,
     }
 }
 
-fn tile_portable(kp: usize, a: &[u8], b: &[i8], acc: &mut [[i32; NR]; MR]) {
+/// Safety: as [`TileFn`]; the CPU must have AVX2 (checked by the caller, [`tile_kernel`]).
+#[cfg(target_arch = "x86_64")]
+unsafe fn tile_avx2_checked(kp: usize, a: &[u8], b: &[i8], out: &Out) {
+    tile_avx2(kp, a, b, out)
+}
+
+/// Safety: `out.dst` valid for its region.
+unsafe fn tile_portable(kp: usize, a: &[u8], b: &[i8], out: &Out) {
+    let mut acc = [[0i32; NR]; MR];
     for (r, acc) in acc.iter_mut().enumerate() {
-        *acc = [0; NR];
         let row = &a[r * kp..][..kp];
         for (t, quad) in b.chunks_exact(4 * NR).take(kp / 4).enumerate() {
             let x = &row[4 * t..4 * t + 4];
@@ -252,11 +287,12 @@ fn tile_portable(kp: usize, a: &[u8], b: &[i8], acc: &mut [[i32; NR]; MR]) {
             }
         }
     }
+    out.write(&acc)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn tile_avx2(kp: usize, a: &[u8], b: &[i8], acc: &mut [[i32; NR]; MR]) {
+unsafe fn tile_avx2(kp: usize, a: &[u8], b: &[i8], out: &Out) {
     use std::arch::x86_64::*;
     assert!(a.len() >= MR * kp && b.len() >= kp * NR && kp % 4 == 0);
     let ones = _mm256_set1_epi16(1);
@@ -281,9 +317,41 @@ unsafe fn tile_avx2(kp: usize, a: &[u8], b: &[i8], acc: &mut [[i32; NR]; MR]) {
             );
         }
     }
+    if out.rows < MR || out.cols < NR {
+        let mut acc = [[0i32; NR]; MR];
+        for r in 0..MR {
+            _mm256_storeu_si256(acc[r].as_mut_ptr() as *mut __m256i, c[2 * r]);
+            _mm256_storeu_si256(acc[r].as_mut_ptr().add(8) as *mut __m256i, c[2 * r + 1]);
+        }
+        return out.write(&acc);
+    }
+    // The whole tile: Out::write's operations, eight columns at a time (mul, mul, add; no FMA, so the
+    // bits match the scalar epilogue).
+    let sw = [
+        _mm256_loadu_ps(out.sw.as_ptr()),
+        _mm256_loadu_ps(out.sw.as_ptr().add(8)),
+    ];
+    let cs = [
+        _mm256_loadu_si256(out.cs.as_ptr() as *const __m256i),
+        _mm256_loadu_si256(out.cs.as_ptr().add(8) as *const __m256i),
+    ];
     for r in 0..MR {
-        _mm256_storeu_si256(acc[r].as_mut_ptr() as *mut __m256i, c[2 * r]);
-        _mm256_storeu_si256(acc[r].as_mut_ptr().add(8) as *mut __m256i, c[2 * r + 1]);
+        let sa = _mm256_set1_ps(out.sa[r]);
+        let za = _mm256_set1_epi32(out.za[r]);
+        for h in 0..2 {
+            let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(
+                c[2 * r + h],
+                _mm256_mullo_epi32(za, cs[h]),
+            ));
+            let d = out.dst.add(r * out.stride + 8 * h);
+            _mm256_storeu_ps(
+                d,
+                _mm256_add_ps(
+                    _mm256_loadu_ps(d),
+                    _mm256_mul_ps(_mm256_mul_ps(sa, sw[h]), v),
+                ),
+            );
+        }
     }
 }
 
@@ -339,31 +407,43 @@ mod tests {
                     );
                 }
             }
-            // The CPU's kernel against the portable one.
-            let b = &qw.panels[..qw.kp * NR];
-            let (mut k1, mut k2) = ([[0i32; NR]; MR], [[0i32; NR]; MR]);
-            tile_kernel()(qw.kp, &a.q[..MR * qw.kp], b, &mut k1);
-            tile_portable(qw.kp, &a.q[..MR * qw.kp], b, &mut k2);
-            assert_eq!(k1, k2);
+            // The CPU's kernel against the portable one, bit for bit.
+            let mut d2 = vec![1f32; rows * out];
+            qw.add_product_with(tile_portable, &x, rows, &mut d2);
+            assert!(
+                dst.iter().zip(&d2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{rows}x{inp}x{out}: the kernels differ"
+            );
         }
     }
 
-    /// Extreme codes: every activation 255 and every weight +-63, the largest pair sums the kernel
-    /// sees, stay exact (no i16 saturation).
+    /// Extreme codes: activations at 0 and 255 and every weight at +-63, the largest pair sums the
+    /// kernel sees, stay exact (no i16 saturation).
     #[test]
     fn largest_codes_do_not_saturate() {
-        let (inp, out) = (768, 16);
+        let (rows, inp, out) = (8, 768, 32);
         let w: Vec<f32> = (0..inp * out)
             .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
             .collect();
         let qw = QuantWeight::of(&w, inp, out).unwrap();
-        let a = vec![255u8; MR * qw.kp];
-        let (mut k1, mut k2) = ([[0i32; NR]; MR], [[0i32; NR]; MR]);
-        tile_kernel()(qw.kp, &a, &qw.panels[..qw.kp * NR], &mut k1);
-        tile_portable(qw.kp, &a, &qw.panels[..qw.kp * NR], &mut k2);
-        assert_eq!(k1, k2);
-        for (c, v) in k1[0].iter().enumerate() {
-            assert_eq!(*v, 255 * qw.colsum[c]);
+        // Rows of -1 and +1 in runs: codes 1 and 255 (zero point 128), weights -63 and +63.
+        let x: Vec<f32> = (0..rows * inp)
+            .map(|i| if (i / 7) % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        let mut d1 = vec![0f32; rows * out];
+        let mut d2 = vec![0f32; rows * out];
+        qw.add_product(&x, rows, &mut d1);
+        qw.add_product_with(tile_portable, &x, rows, &mut d2);
+        assert_eq!(d1, d2);
+        for i in 0..rows {
+            for j in 0..out {
+                let exact: f32 = (0..inp).map(|k| x[i * inp + k] * w[k * out + j]).sum();
+                assert!(
+                    (d1[i * out + j] - exact).abs() <= 0.02 * inp as f32,
+                    "{} vs {exact}",
+                    d1[i * out + j]
+                );
+            }
         }
     }
 
