@@ -161,7 +161,10 @@ def main():
     if a.int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
         int8_path = os.path.join(work, "model.int8.onnx")
-        quantize_dynamic(onnx_path, int8_path, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+        import onnx
+        # The fused operators' outputs have no inferred type; the quantizer is told they are float.
+        quantize_dynamic(onnx_path, int8_path, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         sessions["ort-int8"] = ort.InferenceSession(int8_path, so, providers=["CPUExecutionProvider"])
         print("ONNX Runtime int8: quantize_dynamic(weight_type=QInt8, per_channel=True, reduce_range=True) "
               "of the optimised model")

@@ -7,6 +7,7 @@ pub mod encoder;
 pub mod error;
 pub mod failpoint;
 pub mod index;
+pub mod memory;
 pub mod model;
 pub mod search;
 pub mod simd;

@@ -236,6 +236,9 @@ impl CustomOp1 for FusedLinear<'_> {
         if win != inp {
             candle_core::bail!("fused-linear: input width {inp}, weight {win} x {out}");
         }
+        // The elementwise passes (bias, GELU, LayerNorm) of a small output (a query) run on this
+        // thread: splitting a few thousand values across threads costs more in wake-ups than it saves.
+        let serial = rows * out <= SERIAL_ELEMENTS || rayon::current_thread_index().is_some();
         // The output starts as bias (+ residual), written once (no zero fill); the GEMM adds into it.
         let mut dst: Vec<f32> = Vec::with_capacity(rows * out);
         with_f32(self.bias, "bias", |b| {
@@ -245,21 +248,33 @@ impl CustomOp1 for FusedLinear<'_> {
                     if r.len() != rows * out {
                         candle_core::bail!("fused-linear: residual shape mismatch");
                     }
-                    spare
-                        .par_chunks_mut(out)
-                        .zip(r.par_chunks(out))
-                        .for_each(|(d, r)| {
-                            for ((d, r), b) in d.iter_mut().zip(r).zip(b) {
-                                d.write(r + b);
-                            }
-                        });
+                    let fill = |(d, r): (&mut [std::mem::MaybeUninit<f32>], &[f32])| {
+                        for ((d, r), b) in d.iter_mut().zip(r).zip(b) {
+                            d.write(r + b);
+                        }
+                    };
+                    if serial {
+                        spare.chunks_mut(out).zip(r.chunks(out)).for_each(fill);
+                    } else {
+                        spare
+                            .par_chunks_mut(out)
+                            .zip(r.par_chunks(out))
+                            .for_each(fill);
+                    }
                     Ok(())
                 })?,
-                None => spare.par_chunks_mut(out).for_each(|d| {
-                    for (d, b) in d.iter_mut().zip(b) {
-                        d.write(*b);
+                None => {
+                    let fill = |d: &mut [std::mem::MaybeUninit<f32>]| {
+                        for (d, b) in d.iter_mut().zip(b) {
+                            d.write(*b);
+                        }
+                    };
+                    if serial {
+                        spare.chunks_mut(out).for_each(fill);
+                    } else {
+                        spare.par_chunks_mut(out).for_each(fill);
                     }
-                }),
+                }
             }
             Ok(())
         })?;
@@ -306,7 +321,11 @@ impl CustomOp1 for FusedLinear<'_> {
             })?;
         }
         if self.gelu {
-            dst.par_chunks_mut(4096).for_each(gelu_slice);
+            if serial {
+                gelu_slice(&mut dst);
+            } else {
+                dst.par_chunks_mut(4096).for_each(gelu_slice);
+            }
         }
         if let Some((w, b, eps)) = self.norm {
             with_f32(w, "norm weight", |w| {
@@ -314,8 +333,13 @@ impl CustomOp1 for FusedLinear<'_> {
                     if w.len() != out || b.len() != out {
                         candle_core::bail!("fused-linear: norm width mismatch");
                     }
-                    dst.par_chunks_mut(out)
-                        .for_each(|row| layer_norm(row, w, b, eps));
+                    if serial {
+                        dst.chunks_mut(out)
+                            .for_each(|row| layer_norm(row, w, b, eps));
+                    } else {
+                        dst.par_chunks_mut(out)
+                            .for_each(|row| layer_norm(row, w, b, eps));
+                    }
                     Ok(())
                 })
             })?;
@@ -323,6 +347,9 @@ impl CustomOp1 for FusedLinear<'_> {
         Ok((CpuStorage::F32(dst), Shape::from((rows, out))))
     }
 }
+
+/// Up to this many output values, a projection's elementwise passes run on the calling thread.
+const SERIAL_ELEMENTS: usize = 1 << 15;
 
 /// Up to this many rows (a query or a few), a projection runs on weights packed once, with the tile
 /// kernel: the general GEMM packs the whole weight matrix on every call, which for a handful of rows

@@ -217,9 +217,10 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `len` zeroed atomic words, allocated zeroed (untouched pages cost no memory until written).
+/// `len` zeroed atomic words, allocated zeroed (untouched pages cost no memory until written), on
+/// huge pages where the kernel gives them (see `memory`).
 fn atomic_zeros(len: usize) -> Vec<AtomicU32> {
-    let mut v = std::mem::ManuallyDrop::new(vec![0u32; len]);
+    let mut v = std::mem::ManuallyDrop::new(crate::memory::huge_zeroed::<u32>(len));
     // Safety: AtomicU32 has the size, alignment and bit validity of u32, so the allocation is a
     // valid Vec<AtomicU32> of the same length and capacity; the original Vec is not dropped.
     unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut AtomicU32, v.len(), v.capacity()) }
@@ -267,7 +268,7 @@ struct Scratch {
 impl Scratch {
     fn new(n: usize, dim: usize, m0: usize) -> Scratch {
         Scratch {
-            visited: vec![0; n],
+            visited: crate::memory::huge_zeroed(n),
             epoch: 0,
             candidates: BinaryHeap::new(),
             found: BinaryHeap::new(),

@@ -212,7 +212,7 @@ fn read_words(path: &Path, len: usize) -> Option<Vec<u32>> {
     if f.metadata().ok()?.len() != 4 * len as u64 {
         return None;
     }
-    let mut out = Vec::with_capacity(len);
+    let mut out = crate::memory::huge_with_capacity(len);
     let mut buf = vec![0u8; 1 << 20];
     while out.len() < len {
         let n = ((len - out.len()) * 4).min(buf.len());

@@ -52,7 +52,8 @@ impl CodeBook {
     /// The codes of every row of the matrix, row-major.
     pub fn encode(&self, matrix: &NpyMatrix) -> Vec<u8> {
         let n = matrix.rows();
-        let mut codes = Vec::with_capacity(n * matrix.cols());
+        // Read at random through the whole build: huge pages (see `memory`).
+        let mut codes = crate::memory::huge_with_capacity(n * matrix.cols());
         matrix.advise_sequential();
         for a in (0..n).step_by(STEP) {
             let b = (a + STEP).min(n);
