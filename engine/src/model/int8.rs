@@ -95,6 +95,9 @@ impl QuantWeight {
 
     fn add_product_with(&self, kernel: TileFn, x: &[f32], rows: usize, dst: &mut [f32]) {
         assert!(x.len() >= rows * self.inp && dst.len() >= rows * self.out);
+        if rows == 0 {
+            return;
+        }
         let on_worker = rayon::current_thread_index().is_some();
         let a = QuantRows::of(x, rows, self.inp, self.kp, on_worker);
         let np = self.out.div_ceil(NR);
