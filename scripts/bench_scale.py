@@ -552,11 +552,12 @@ with open(sys.argv[1], "w") as f:
 
 
 class StepFailed(RuntimeError):
-    """A measured command exited non-zero; its wall time and stderr come with it."""
+    """A measured command exited non-zero; its wall time, stderr and peak memory (None where unknown)
+    come with it."""
 
-    def __init__(self, msg, wall, err):
+    def __init__(self, msg, wall, err, rss=None, anon=None):
         super().__init__(msg)
-        self.wall, self.err = wall, err
+        self.wall, self.err, self.rss, self.anon = wall, err, rss, anon
 
 
 def measure(cmd, env):
@@ -605,7 +606,8 @@ def measure(cmd, env):
     os.remove(rusage)
     if p.returncode != 0 or len(got) != 2 or got[1] != "0":
         raise StepFailed(f"{' '.join(cmd[:3])} ... exited {got[1] if len(got) == 2 else p.returncode}:\n"
-                         f"{bufs['err'][-3000:]}", wall, bufs["err"])
+                         f"{bufs['err'][-3000:]}", wall, bufs["err"],
+                         int(got[0]) / 1024 if len(got) == 2 else None, peak_anon[0] / 1024 or None)
     return bufs["out"], bufs["err"], wall, int(got[0]) / 1024, peak_anon[0] / 1024
 
 
@@ -842,7 +844,7 @@ class Engine:
                                                    "--ef-construction", str(a.ef_construction),
                                                    "--threads", str(a.threads)], self.env)
             except StepFailed as e:  # stopped: recorded below, and the next run resumes it
-                err, wall, rss, anon = e.err, e.wall, None, None
+                err, wall, rss, anon = e.err, e.wall, e.rss, e.anon
             g = GRAPH_LINE.search(err)
             resumed = RESUME_LINE.search(err)
             runs = record.get("graph_runs", [])
