@@ -169,13 +169,16 @@ struct QuantRows {
     zero: Vec<i32>,
 }
 
+/// One row's input, codes, scale and zero point, as the quantiser's iterators hand them out.
+type RowItem<'a> = ((&'a mut [u8], &'a [f32]), (&'a mut f32, &'a mut i32));
+
 impl QuantRows {
     fn of(x: &[f32], rows: usize, inp: usize, kp: usize, on_worker: bool) -> QuantRows {
         let padded = rows.div_ceil(MR) * MR;
         let mut q = vec![0u8; padded * kp];
         let mut scale = vec![0f32; rows];
         let mut zero = vec![0i32; rows];
-        let one = |((q, x), (s, z)): ((&mut [u8], &[f32]), (&mut f32, &mut i32))| {
+        let one = |((q, x), (s, z)): RowItem| {
             (*s, *z) = quantize_row(x, q);
         };
         let it = q
@@ -362,7 +365,7 @@ unsafe fn tile_portable(kp: usize, a: &[u8], b: &[i8], out: &Out) {
 #[target_feature(enable = "avx2")]
 unsafe fn tile_avx2(kp: usize, a: &[u8], b: &[i8], out: &Out) {
     use std::arch::x86_64::*;
-    assert!(a.len() >= MR * kp && b.len() >= kp * NR && kp % 4 == 0);
+    assert!(a.len() >= MR * kp && b.len() >= kp * NR && kp.is_multiple_of(4));
     let ones = _mm256_set1_epi16(1);
     let mut c = [_mm256_setzero_si256(); 2 * MR];
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
