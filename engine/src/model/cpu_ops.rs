@@ -15,16 +15,17 @@ use rayon::prelude::*;
 
 use crate::simd::{TILE_Q, TILE_R};
 
-/// A raw pointer that parallel tasks may share: each task writes a disjoint region.
+/// A raw pointer that parallel tasks may share: each task writes a disjoint region (also used by
+/// `model::int8`).
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
+pub(super) struct SharedMut(pub(super) *mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
     /// The pointer, through a method: a closure that calls it captures the whole (Sync) wrapper, not
     /// the raw pointer field, which is neither Send nor Sync.
-    fn ptr(&self) -> *mut f32 {
+    pub(super) fn ptr(&self) -> *mut f32 {
         self.0
     }
 }

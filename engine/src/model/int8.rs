@@ -13,6 +13,7 @@
 
 use rayon::prelude::*;
 
+use super::cpu_ops::SharedMut;
 use crate::simd::{level, simd_dispatch, Level};
 
 /// Output columns per weight panel.
@@ -149,18 +150,6 @@ impl QuantWeight {
     }
 }
 
-/// A raw pointer that parallel tasks may share: each task writes a disjoint region.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    fn ptr(&self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Rows quantised to u8: `x[r, k] ~ scale[r] * (q[r, k] - zero[r])`. Rows are `kp` bytes (zero
 /// padded) and their count is padded to a whole micro-tile with zero rows.
 struct QuantRows {
@@ -230,6 +219,19 @@ fn row_range_generic(x: &[f32], out: &mut [f32; 3]) {
             probe[i] += c[i] * 0.0;
         }
     }
+    finish_range(lo, hi, probe, rest, out);
+}
+
+/// The last (under eight) values of a row into the lanes, then the lanes folded into `out`: the
+/// same for the generic and the AVX2 range.
+#[inline(always)]
+fn finish_range(
+    mut lo: [f32; 8],
+    mut hi: [f32; 8],
+    mut probe: [f32; 8],
+    rest: &[f32],
+    out: &mut [f32; 3],
+) {
     for (i, &v) in rest.iter().enumerate() {
         lo[i] = if v < lo[i] { v } else { lo[i] };
         hi[i] = if v > hi[i] { v } else { hi[i] };
@@ -272,16 +274,7 @@ unsafe fn row_range_avx2(x: &[f32], out: &mut [f32; 3]) {
     _mm256_storeu_ps(l.as_mut_ptr(), lo);
     _mm256_storeu_ps(h.as_mut_ptr(), hi);
     _mm256_storeu_ps(p.as_mut_ptr(), probe);
-    for (i, &v) in x[n8..].iter().enumerate() {
-        l[i] = if v < l[i] { v } else { l[i] };
-        h[i] = if v > h[i] { v } else { h[i] };
-        p[i] += v * 0.0;
-    }
-    *out = [
-        l.iter().fold(0f32, |a, &b| if b < a { b } else { a }),
-        h.iter().fold(0f32, |a, &b| if b > a { b } else { a }),
-        p.iter().sum(),
-    ];
+    finish_range(l, h, p, &x[n8..], out);
 }
 
 #[inline(always)]
