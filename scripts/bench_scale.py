@@ -12,7 +12,7 @@ What it measures (same vectors, same queries, same M / efConstruction / threads 
   HNSW       recall@10 (against exact inner-product top 10 computed here with numpy) and queries/s for each
              ef of a grid;
   exact      queries/s of the engine's exact search and faiss IndexFlatIP at k = 10 and k = 1000;
-  targets    the issue's: engine inserts/s >= 1.25x hnswlib's; engine peak RSS <= 0.5x hnswlib's; engine
+  targets    engine inserts/s >= 1.25x hnswlib's; engine peak RSS <= 0.5x hnswlib's; engine
              recall@10 at every ef >= hnswlib's - 0.005; engine queries/s at recall@10 0.95 >= 1.3x
              hnswlib's (log queries/s interpolated linearly in recall between the two ef settings around
              0.95).
@@ -105,7 +105,8 @@ threadpoolctl matplotlib):
   With --full the base streams from the generator into `simlm-index import --vectors FIFO` (one copy on
   disk, the index's), the truth is computed from the index's vectors.npy, and a stopped run resumes: the
   same command again skips the finished import (OUT/round1/full-progress.json) and the graph build
-  resumes from the engine's checkpoint; the build time is then the sum of the runs' wall times.
+  resumes from the engine's checkpoint; the build time is then the checkpoint's recorded seconds of
+  building plus the last run's wall time (work lost after a checkpoint is redone and counted once).
 Output: a markdown table (printed and in OUT/results.md), OUT/results.json, OUT/recall_qps.png;
 OUT defaults to WORK/results-N.
 """

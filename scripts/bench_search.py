@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: search speed on the same vectors and queries, in one run.
 
-  exact: the engine's blocked GEMM scan against faiss IndexFlatIP (and numpy);
+  exact: the engine's tile-kernel scan against faiss IndexFlatIP (and numpy);
   HNSW:  the engine's graph (built and searched by the engine) against hnswlib and faiss IndexHNSWFlat with the same M and
          ef_construction, sweeping ef: queries/s at recall@10 (against exact) of 0.90, 0.95, 0.99;
   time to the first answer after start-up (open, map, graph load, one query).

@@ -7,7 +7,7 @@
            send the queries one a request (k 10, the index's default mode, no passage text) at concurrency
            1, 8 and 64: queries/s and p50 / p99 latency;
   faults   while 8 good clients run: clients that send half a request and disconnect, slow clients that
-           send a byte at a time, and a burst of malformed requests (bad JSON, unknown fields, k 0, empty
+           send their request 8 bytes every 20 ms, and a burst of malformed requests (bad JSON, unknown fields, k 0, empty
            queries, over-long bodies). Every good answer is checked against the service's own answer for
            that query when it ran alone; every bad request must get its 4xx; the server's RSS is read from
            /proc before and after.

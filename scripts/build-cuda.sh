@@ -10,7 +10,7 @@
 #
 # Run time needs, on the GPU machine: the driver (libcuda.so.1) and libcudart/libcublas/libcublasLt/
 # libcurand/libnvrtc of CUDA 13 on LD_LIBRARY_PATH (a PyTorch installation carries them: see
-# scripts/gpu_bench.sh, which sets that up).
+# scripts/gpu_bench.py, which sets that up).
 #   CUDA_COMPUTE_CAP=90 scripts/build-cuda.sh
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"

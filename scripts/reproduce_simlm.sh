@@ -94,11 +94,15 @@ else
 fi
 
 # ---- 2. index ---------------------------------------------------------------------------------
+# On a GPU the binaries need the cuda feature: they are kept apart from the CPU ones (target/cuda).
+build_args=(--release --locked -p indexer -p searcher -p eval)
+if [ "$device" = cuda ]; then
+  build_args+=(--features cuda --target-dir "$root/target/cuda")
+  [ -z "${SIMLM_BIN:-}" ] && bin="$root/target/cuda/release"
+fi
 if [ ! -x "$bin/simlm-index" ] || [ ! -x "$bin/simlm-search" ] || [ ! -x "$bin/simlm-eval" ]; then
   log "build the binaries"
-  features=()
-  [ "$device" = cuda ] && features=(--features cuda)
-  (cd "$root" && cargo build --release --locked -p indexer -p searcher -p eval "${features[@]}")
+  (cd "$root" && cargo build "${build_args[@]}")
 fi
 if [ ! -f "$work/index/manifest.json" ]; then
   log "encode the collection ($device)"

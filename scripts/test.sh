@@ -10,6 +10,11 @@ scripts/fetch-minilm.sh
 scripts/setup-python.sh
 export SIMLM_PYTHON="$root/.venv/bin/python"
 shared="${SIMLM_SHARED:-$root/../shared}"
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+else
+  echo "note: rustfmt is not installed (rustup component add rustfmt): formatting not checked"
+fi
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
 if [ ! -d "$shared/fixtures" ] || [ ! -d "$shared/data" ]; then

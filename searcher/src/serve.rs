@@ -24,7 +24,6 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use engine::index::{SearchMode, Searcher};
-use engine::search::hnsw::DEFAULT_EF;
 use engine::search::Hit;
 use engine::{Doc, Kind};
 use serde::Deserialize;
@@ -491,12 +490,8 @@ async fn search(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>
             Err(why) => return error(StatusCode::UNPROCESSABLE_ENTITY, why),
         }
     } else {
-        match s.mode {
-            SearchMode::Exact if s.index.manifest.hnsw.is_some() => {
-                SearchMode::Hnsw { ef: DEFAULT_EF }
-            }
-            m => m,
-        }
+        // The service's own default: `--exact`, `--ef N`, or the graph at its default ef.
+        s.mode
     };
     let done = match submit(&app, Work::Search { queries, k, mode }).await {
         Ok(d) => d,

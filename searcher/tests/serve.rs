@@ -209,6 +209,21 @@ fn the_service_answers_like_the_batch_mode() {
     let (status, v) = post(&addr, "/search", &json!({"query": qs[0].1}));
     assert_eq!((status, v["mode"].as_str()), (200, Some("hnsw ef=128")));
     assert_eq!(v["hits"].as_array().unwrap().len(), 10);
+    // `serve --exact` and `serve --ef N` set the default of a request that names neither.
+    for (flags, mode) in [
+        (&["--exact"][..], "exact"),
+        (&["--ef", "64"][..], "hnsw ef=64"),
+    ] {
+        let other = start(&index, flags);
+        let (status, v) = post(&other.addr, "/search", &json!({"query": qs[0].1}));
+        assert_eq!((status, v["mode"].as_str()), (200, Some(mode)), "{flags:?}");
+        let (status, info) = http(&other.addr, "GET", "/info", b"");
+        let info: Value = serde_json::from_slice(&info).unwrap();
+        assert_eq!((status, info["default_mode"].as_str()), (200, Some(mode)));
+        if mode == "exact" {
+            same(&hits(&v["hits"]), &want(&qs[0].0), &qs[0].0);
+        }
+    }
 
     // /embed equals simlm-index embed.
     let texts: Vec<&str> = qs[..3].iter().map(|(_, t)| t.as_str()).collect();
