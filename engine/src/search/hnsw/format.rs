@@ -21,6 +21,8 @@ use crate::error::{Error, IoContext, Result};
 const MAGIC: &[u8; 8] = b"SIMLMHNS";
 const VERSION: u32 = 1;
 pub(super) const HEADER_LEN: usize = 64;
+/// Words converted to bytes at a time when the graph file is written.
+const WRITE_WORDS: usize = 1 << 18;
 
 pub(super) fn pad4(n: usize) -> usize {
     n.div_ceil(4) * 4
@@ -55,12 +57,17 @@ impl GraphParts {
             w.write_all(&h)?;
             w.write_all(&self.levels)?;
             w.write_all(&vec![0u8; pad4(self.len()) - self.len()])?;
+            // In bounded pieces: a whole-array byte copy would add layer 0's size (2.3 GB at 8.8M
+            // nodes) to the builder's peak memory.
+            let mut buf = Vec::with_capacity(4 * WRITE_WORDS);
             for words in [&self.layer0, &self.upper_at, &self.upper] {
-                let mut buf = Vec::with_capacity(4 * words.len());
-                words
-                    .iter()
-                    .for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
-                w.write_all(&buf)?;
+                for piece in words.chunks(WRITE_WORDS) {
+                    buf.clear();
+                    piece
+                        .iter()
+                        .for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
+                    w.write_all(&buf)?;
+                }
             }
             for x in self.book.mins.iter().chain(&self.book.steps) {
                 w.write_all(&x.to_le_bytes())?;
