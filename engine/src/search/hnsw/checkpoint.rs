@@ -197,13 +197,7 @@ pub fn remove(dir: &Path) {
 fn write_words(path: &Path, words: &[AtomicU32]) -> std::io::Result<()> {
     let f = std::fs::File::create(path)?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
-    for chunk in words.chunks(1 << 16) {
-        let bytes: Vec<u8> = chunk
-            .iter()
-            .flat_map(|x| x.load(Relaxed).to_le_bytes())
-            .collect();
-        w.write_all(&bytes)?;
-    }
+    super::format::write_le_words(&mut w, words.iter().map(|x| x.load(Relaxed)))?;
     w.into_inner().map_err(|e| e.into_error())?.sync_all()
 }
 

@@ -21,8 +21,26 @@ use crate::error::{Error, IoContext, Result};
 const MAGIC: &[u8; 8] = b"SIMLMHNS";
 const VERSION: u32 = 1;
 pub(super) const HEADER_LEN: usize = 64;
-/// Words converted to bytes at a time when the graph file is written.
+/// Words converted to bytes at a time by [`write_le_words`].
 const WRITE_WORDS: usize = 1 << 18;
+
+/// Writes `words` as little-endian u32s through a bounded buffer: a whole-array byte copy would add
+/// the array's size (layer 0: 2.3 GB at 8.8M nodes) to the builder's peak memory. Used by the graph
+/// file and by its checkpoints.
+pub(super) fn write_le_words(
+    w: &mut impl Write,
+    words: impl Iterator<Item = u32>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(4 * WRITE_WORDS);
+    for x in words {
+        buf.extend_from_slice(&x.to_le_bytes());
+        if buf.len() == buf.capacity() {
+            w.write_all(&buf)?;
+            buf.clear();
+        }
+    }
+    w.write_all(&buf)
+}
 
 pub(super) fn pad4(n: usize) -> usize {
     n.div_ceil(4) * 4
@@ -57,17 +75,8 @@ impl GraphParts {
             w.write_all(&h)?;
             w.write_all(&self.levels)?;
             w.write_all(&vec![0u8; pad4(self.len()) - self.len()])?;
-            // In bounded pieces: a whole-array byte copy would add layer 0's size (2.3 GB at 8.8M
-            // nodes) to the builder's peak memory.
-            let mut buf = Vec::with_capacity(4 * WRITE_WORDS);
             for words in [&self.layer0, &self.upper_at, &self.upper] {
-                for piece in words.chunks(WRITE_WORDS) {
-                    buf.clear();
-                    piece
-                        .iter()
-                        .for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
-                    w.write_all(&buf)?;
-                }
+                write_le_words(w, words.iter().copied())?;
             }
             for x in self.book.mins.iter().chain(&self.book.steps) {
                 w.write_all(&x.to_le_bytes())?;
