@@ -1,4 +1,5 @@
-//! Transparent huge pages for the large arrays that are read at random: the graph build's codes,
+//! Memory hints to the kernel. Transparent huge pages for the large arrays that are read at random:
+//! the graph build's codes,
 //! link lists and visited tables. With 4 KiB pages, nearly every random access into a multi-GiB array
 //! also misses the TLB and walks the page tables; 2 MiB pages cover 512 times as much per entry.
 //!
@@ -62,3 +63,96 @@ macro_rules! zero {
     )*};
 }
 zero!(u8, u16, u32, u64);
+
+/// This machine's memory in bytes (Linux's `MemTotal`), where it can be read.
+pub fn total_memory() -> Option<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Reads `file` (`len` bytes) into the page cache on a background thread, in large sequential
+/// requests (`POSIX_FADV_WILLNEED`), so that a search's first random reads of a memory-mapped file
+/// find their pages there instead of each waiting for the disk. Nothing waits for it; the searches
+/// run meanwhile, and a page they need first is read when they touch it. A hint: errors are ignored,
+/// and elsewhere than Linux nothing is done.
+pub fn warm_page_cache(file: std::fs::File, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        const STEP: u64 = 32 << 20;
+        let _ = std::thread::Builder::new()
+            .name("page-cache-warm".into())
+            .spawn(move || {
+                let mut at = 0u64;
+                while at < len {
+                    let n = STEP.min(len - at);
+                    // Safety: posix_fadvise only reads the open file's pages into the page cache.
+                    let rc = unsafe {
+                        libc::posix_fadvise(
+                            file.as_raw_fd(),
+                            at as libc::off_t,
+                            n as libc::off_t,
+                            libc::POSIX_FADV_WILLNEED,
+                        )
+                    };
+                    if rc != 0 {
+                        return;
+                    }
+                    at += n;
+                }
+            });
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, len);
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+
+    /// How many of the file's pages are in the page cache (`mincore` on a map of it).
+    fn resident_pages(f: &std::fs::File, len: usize) -> usize {
+        // Safety: a read-only map of a file this test wrote and does not change.
+        let map = unsafe { memmap2::Mmap::map(f) }.unwrap();
+        let page = 4096;
+        let mut v = vec![0u8; len.div_ceil(page)];
+        // Safety: `v` holds one byte for each page of the mapped range.
+        let rc = unsafe { libc::mincore(map.as_ptr() as *mut libc::c_void, len, v.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        v.iter().filter(|&&b| b & 1 == 1).count()
+    }
+
+    #[test]
+    fn warming_reads_a_file_into_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("data");
+        let len = 8 << 20;
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.write_all(&vec![7u8; len]).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        let f = std::fs::File::open(&p).unwrap();
+        // Written back, the clean pages can be dropped from the cache; a file system that keeps them
+        // (tmpfs) cannot show the warming, and the test has nothing to check there.
+        // Safety: posix_fadvise only drops clean cached pages of the open file.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let pages = len / 4096;
+        if resident_pages(&f, len) == pages {
+            eprintln!("the page cache kept the file: nothing to observe here");
+            return;
+        }
+        super::warm_page_cache(f.try_clone().unwrap(), len as u64);
+        let start = std::time::Instant::now();
+        while resident_pages(&f, len) < pages {
+            assert!(
+                start.elapsed().as_secs() < 30,
+                "{} of {pages} pages read after 30 s",
+                resident_pages(&f, len)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}

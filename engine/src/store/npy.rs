@@ -292,6 +292,8 @@ pub struct NpyMatrix {
     map: Mmap,
     pub header: NpyHeader,
     path: PathBuf,
+    /// Whether the file holds more than half of this machine's memory (decided on first use).
+    beyond_memory: std::sync::OnceLock<bool>,
 }
 
 /// Opens an `.npy` file and reads its header, checking that the file holds exactly the bytes the
@@ -349,6 +351,7 @@ impl NpyMatrix {
             map,
             header,
             path: path.to_path_buf(),
+            beyond_memory: std::sync::OnceLock::new(),
         })
     }
 
@@ -374,12 +377,24 @@ impl NpyMatrix {
     /// where that is unknown). A pass over such a matrix releases each block once read
     /// ([`Self::release_rows`]), so that its resident memory stays one block per worker.
     pub fn exceeds_half_of_memory(&self) -> bool {
-        let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kb * 1024)
-        });
-        total.is_some_and(|t| self.map.len() as u64 > t / 2)
+        *self.beyond_memory.get_or_init(|| {
+            crate::memory::total_memory().is_some_and(|t| self.map.len() as u64 > t / 2)
+        })
+    }
+
+    /// Takes the matrix as larger than memory (its disk paths: rows asked for ahead, blocks released
+    /// once read), whatever its size, for tests of those paths.
+    #[cfg(test)]
+    pub(crate) fn assume_beyond_memory(&self) {
+        let _ = self.beyond_memory.set(true);
+    }
+
+    /// Asks the kernel to start reading each of `rows` now, all together, so that the disk serves
+    /// them in parallel instead of one page fault at a time when they are read next.
+    pub fn prefetch_row_list(&self, rows: &[u32]) {
+        for &r in rows {
+            self.prefetch_rows(r as usize, r as usize + 1);
+        }
     }
 
     fn byte_range(&self, start: usize, end: usize) -> Option<(usize, usize)> {

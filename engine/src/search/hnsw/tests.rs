@@ -103,6 +103,33 @@ fn finds_every_row_first_and_agrees_with_brute_force() {
 }
 
 #[test]
+fn a_matrix_beyond_memory_gives_the_same_hits() {
+    // Larger than memory, the re-scored rows are asked for ahead and the exact pass releases each
+    // block it has read: hints that must not change a single hit.
+    let (n, dim) = (1500, 32);
+    let (dir, data) = setup(n, dim, Dtype::F32);
+    let path = dir.path().join("vectors.npy");
+    let (in_memory, on_disk) = (
+        NpyMatrix::open(&path).unwrap(),
+        NpyMatrix::open(&path).unwrap(),
+    );
+    on_disk.assume_beyond_memory();
+    assert!(on_disk.exceeds_half_of_memory() && !in_memory.exceeds_half_of_memory());
+    let g = open(dir.path()).unwrap();
+    let queries = unit_vectors(n + 50, dim);
+    let queries = &queries[n * dim..];
+    for q in queries.chunks(dim) {
+        let a = g.search(&in_memory, q, 10, 40).unwrap();
+        let b = g.search(&on_disk, q, 10, 40).unwrap();
+        assert_eq!(a, b);
+    }
+    let a = crate::search::exact::search(&in_memory, queries, 100).unwrap();
+    let b = crate::search::exact::search(&on_disk, queries, 100).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(b[0][0].row, brute_force(&data, dim, &queries[..dim], 1)[0]);
+}
+
+#[test]
 fn searches_half_precision_matrices() {
     let (n, dim) = (500, 16);
     let (dir, data) = setup(n, dim, Dtype::F16);

@@ -235,6 +235,11 @@ impl Graph {
 /// Exact inner products of `query` with the `rows` of the matrix; a non-finite one (a damaged row) is
 /// an error naming the row.
 fn rescore(matrix: &NpyMatrix, query: &[f32], rows: &[u32]) -> Result<Vec<Hit>> {
+    // A matrix larger than memory is mostly on disk: ask for all the candidates' rows at once, so that
+    // the disk reads them in parallel (one page fault after another would wait for each in turn).
+    if matrix.exceeds_half_of_memory() {
+        matrix.prefetch_row_list(rows);
+    }
     let dot = simd::dot_kernel();
     rows.iter()
         .map(|&r| {
