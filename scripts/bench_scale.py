@@ -30,7 +30,8 @@ The peers and their settings:
            knn_query(Q, k=10, num_threads=T) (time = knn_query only).
   faiss    IndexHNSWFlat(dim, M, METRIC_INNER_PRODUCT), hnsw.efConstruction, omp_set_num_threads(T),
            add(chunk) per chunk (time = add only); write_index / read_index; hnsw.efSearch = ef, search(Q, 10).
-           Exact: IndexFlatIP filled chunk by chunk, search(Q, 10) and search(Q, 1000).
+           Exact: IndexFlatIP filled chunk by chunk, search(Q, 10) and search(Q, 1000). The tool
+           `faiss-flat` runs this exact part alone (no graph built).
   Both peers read the base in chunks with plain reads (no memory map): their peak RSS is their own index plus
   one chunk, their best case (an np.load of the whole base would add 3 GB at 1M). The children run with
   the BLAS tuning variables (OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE, GOTO*, MKL_DEBUG_CPU_TYPE, MKL_CBWR,
@@ -102,6 +103,7 @@ threadpoolctl matplotlib):
   .venv/bin/python scripts/bench_scale.py --full                      # 8,841,823 x 768, engine only
   .venv/bin/python scripts/bench_scale.py --tools hnswlib --resume     # one tool now, the others later:
   each tool's figures are saved in OUT/roundR/TOOL.json when it finishes; --resume reuses them.
+  .venv/bin/python scripts/bench_scale.py --tools engine,hnswlib,faiss-flat --resume  # faiss exact only
   With --full the base streams from the generator into `simlm-index import --vectors FIFO` (one copy on
   disk, the index's), the truth is computed from the index's vectors.npy, and a stopped run resumes: the
   same command again skips the finished import (OUT/round1/full-progress.json) and the graph build
@@ -980,11 +982,17 @@ def run_peer(a, env, name, paths, folder, efs):
     if not a.keep_indexes:
         os.remove(idx)
     if name == "faiss" and not a.no_exact:
-        out, _, _, frss, _ = measure([py, "-c", FAISS_FLAT, paths["base"], paths["queries"], paths["truth"],
-                                      str(a.threads), str(a.repeat), str(CHUNK)], env)
-        r["exact"] = {int(row["k"]): {"recall": row["recall"], "qps": row["qps"], "rss_mib": frss}
-                      for row in parse_lines(out, "k")}
+        r["exact"] = run_faiss_flat(a, env, paths)
     return r
+
+
+def run_faiss_flat(a, env, paths):
+    """faiss IndexFlatIP's exact search at k = 10 and 1000 (also the tool `faiss-flat` alone: the exact
+    comparison without building faiss's graph)."""
+    out, _, _, frss, _ = measure([a.python, "-c", FAISS_FLAT, paths["base"], paths["queries"], paths["truth"],
+                                  str(a.threads), str(a.repeat), str(CHUNK)], env)
+    return {int(row["k"]): {"recall": row["recall"], "qps": row["qps"], "rss_mib": frss}
+            for row in parse_lines(out, "k")}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1016,16 +1024,9 @@ def combine(rounds, stat):
     out = {}
     for tool in rounds[0]:
         rs = [r[tool] for r in rounds]
-        b = {key: pick([x["build"][key] for x in rs], False)
-             for key in rs[0]["build"] if isinstance(rs[0]["build"][key], (int, float))}
-        b.update({k: v for k, v in rs[0]["build"].items() if not isinstance(v, (int, float))})
-        hnsw = []
-        for i, row in enumerate(rs[0]["hnsw"]):
-            hnsw.append({"ef": row["ef"], "recall": statistics.median([x["hnsw"][i]["recall"] for x in rs]),
-                         "qps": pick([x["hnsw"][i]["qps"] for x in rs], True),
-                         "rss_mib": max(x["hnsw"][i]["rss_mib"] for x in rs),
-                         "wall_s": statistics.median([x["hnsw"][i].get("wall_s", 0.0) for x in rs])})
-        t = {"build": b, "hnsw": hnsw}
+        t = {}
+        if "build" in rs[0]:
+            t = combine_graph(rs, pick)
         if "exact" in rs[0]:
             t["exact"] = {k: {"recall": statistics.median([x["exact"][k]["recall"] for x in rs]),
                               "qps": pick([x["exact"][k]["qps"] for x in rs], True),
@@ -1036,6 +1037,22 @@ def combine(rounds, stat):
                           for k in rs[0]["exact"]}
         out[tool] = t
     return out
+
+
+def combine_graph(rs, pick):
+    """One graph tool's build and HNSW figures over rounds."""
+    b = {key: pick([x["build"][key] for x in rs], False)
+         for key in rs[0]["build"] if isinstance(rs[0]["build"][key], (int, float))}
+    b.update({k: v for k, v in rs[0]["build"].items() if not isinstance(v, (int, float))})
+    hnsw = []
+    for i, row in enumerate(rs[0]["hnsw"]):
+        hnsw.append({"ef": row["ef"], "recall": statistics.median([x["hnsw"][i]["recall"] for x in rs]),
+                     "qps": pick([x["hnsw"][i]["qps"] for x in rs], True),
+                     "rss_mib": max(x["hnsw"][i]["rss_mib"] for x in rs),
+                     "wall_s": statistics.median([x["hnsw"][i].get("wall_s", 0.0) for x in rs]),
+                     **{f: rs[0]["hnsw"][i][f] for f in ("cold_qps", "cold_wall_s", "cold_rss_mib")
+                        if f in rs[0]["hnsw"][i]}})
+    return {"build": b, "hnsw": hnsw}
 
 
 def report(a, info, res, n, dim, nq, blas_lines, env_removed):
@@ -1064,7 +1081,7 @@ def report(a, info, res, n, dim, nq, blas_lines, env_removed):
     L.append("")
     L.append("| tool | build s | inserts/s | peak RSS MiB | anon MiB | index file B/vec | on disk B/vec | step wall s | search peak RSS MiB |")
     L.append("|---|---|---|---|---|---|---|---|---|")
-    for tool, r in res.items():
+    for tool, r in graph_tools(res).items():
         b = r["build"]
         L.append(f"| {tool} | {b['build_seconds']:.2f} | {n / b['build_seconds']:,.0f} | {b['rss_mib']:,.0f} | "
                  f"{b['anon_mib']:,.0f} | {b['index_bytes'] / n:,.1f} | {b['disk_bytes'] / n:,.1f} | {b['step_seconds']:.2f} | "
@@ -1095,7 +1112,7 @@ def report(a, info, res, n, dim, nq, blas_lines, env_removed):
                          f"{x['read_gb_per_s']:.2f} GB/s over the whole pass, against the disk's sequential "
                          f"read rate of " + (f"{disk:.2f} GB/s (dd, direct I/O)" if disk else "(not measured)"))
     L.append("")
-    tools = list(res)
+    tools = list(graph_tools(res))
     L.append("HNSW search, recall@10 / queries/s per ef:")
     L.append("")
     L.append("| ef | " + " | ".join(f"{t} R@10 | {t} q/s" for t in tools) + " |")
@@ -1115,20 +1132,22 @@ def report(a, info, res, n, dim, nq, blas_lines, env_removed):
             q, note = at_recall([(h["recall"], h["qps"]) for h in res[t]["hnsw"]], target)
             cells.append("-" if q is None else f"{note}{q:,.0f}")
         L.append(f"| {t} | " + " | ".join(cells) + " |")
-    ex = {t: res[t]["exact"] for t in tools if "exact" in res[t]}
+    ex = {t: res[t]["exact"] for t in res if "exact" in res[t]}
     if ex:
         L.append("")
         L.append("Exact search, queries/s (R@10 of the top 10 against numpy's truth):")
         L.append("")
         L.append("| tool | k = 10 | k = 1000 |")
         L.append("|---|---|---|")
-        names = {"engine": "engine (simlm-search --exact)", "faiss": "faiss IndexFlatIP"}
+        names = {"engine": "engine (simlm-search --exact)", "faiss": "faiss IndexFlatIP",
+                 "faiss-flat": "faiss IndexFlatIP"}
         for t, e in ex.items():
             L.append(f"| {names.get(t, t)} | " + " | ".join(f"{e[k]['qps']:,.1f} (R@10 {e[k]['recall']:.4f})"
                                                            for k in (10, 1000)) + " |")
-        if len(ex) == 2:
+        peer = next((t for t in ("faiss", "faiss-flat") if t in ex), None)
+        if "engine" in ex and peer:
             L.append("")
-            L.append("engine / faiss: " + ", ".join(f"k={k} {ex['engine'][k]['qps'] / ex['faiss'][k]['qps']:.2f}x"
+            L.append("engine / faiss: " + ", ".join(f"k={k} {ex['engine'][k]['qps'] / ex[peer][k]['qps']:.2f}x"
                                                       for k in (10, 1000)))
     if "engine" in res and "hnswlib" in res:
         L.append("")
@@ -1163,12 +1182,17 @@ def report(a, info, res, n, dim, nq, blas_lines, env_removed):
     return "\n".join(L)
 
 
+def graph_tools(res):
+    """The tools of `res` that built a graph (`faiss-flat` runs exact search only)."""
+    return {t: r for t, r in res.items() if "hnsw" in r}
+
+
 def plot(res, path, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for tool, r in res.items():
+    for tool, r in graph_tools(res).items():
         pts = r["hnsw"]
         ax.plot([p["recall"] for p in pts], [p["qps"] for p in pts], marker="o", label=tool)
         for p in pts:
@@ -1227,6 +1251,9 @@ def main():
     a.rounds = a.rounds or (3 if a.n <= 100_000 else 1)
     efs = [int(e) for e in (a.efs or "10,16,32,64,128,256,512").split(",")]
     tools = [t for t in a.tools.split(",") if t]
+    unknown = [t for t in tools if t not in ("engine", "hnswlib", "faiss", "faiss-flat")]
+    if unknown or not tools:
+        sys.exit(f"--tools {a.tools!r}: name one or more of engine, hnswlib, faiss, faiss-flat (comma-separated)")
     a.out = a.out or os.path.join(a.work, f"results-{a.n}")
     os.makedirs(a.out, exist_ok=True)
     if a.full:
@@ -1250,7 +1277,7 @@ def main():
     env = child_env(a.threads)
     removed = sorted(k for k in os.environ if BLAS_TUNING.match(k))
     blas = []
-    if "faiss" in tools or "hnswlib" in tools:
+    if {"faiss", "faiss-flat", "hnswlib"} & set(tools):
         out, _, _, _, _ = measure([a.python, "-c", FAISS_INFO], env)
         blas = out.strip().splitlines()
         for line in blas:
@@ -1287,11 +1314,17 @@ def main():
                     res[tool]["exact"] = engine.exact(paths, folder)
                 if not a.keep_indexes:
                     shutil.rmtree(engine.index, ignore_errors=True)
+            elif tool == "faiss-flat":
+                res[tool] = {"exact": run_faiss_flat(a, env, paths)}
             else:
                 res[tool] = run_peer(a, env, tool, paths, folder, efs)
-            log(f"  {tool}: {time.perf_counter() - t:.0f} s; build {res[tool]['build']['build_seconds']:.2f} s, "
-                f"peak RSS {res[tool]['build']['rss_mib']:.0f} MiB; "
-                + " ".join(f"ef{h['ef']}:{h['recall']:.3f}/{h['qps']:.0f}" for h in res[tool]["hnsw"]))
+            if "build" in res[tool]:
+                log(f"  {tool}: {time.perf_counter() - t:.0f} s; build {res[tool]['build']['build_seconds']:.2f} s, "
+                    f"peak RSS {res[tool]['build']['rss_mib']:.0f} MiB; "
+                    + " ".join(f"ef{h['ef']}:{h['recall']:.3f}/{h['qps']:.0f}" for h in res[tool]["hnsw"]))
+            else:
+                log(f"  {tool}: {time.perf_counter() - t:.0f} s; exact "
+                    + " ".join(f"k={k}:{x['recall']:.3f}/{x['qps']:.1f}" for k, x in res[tool]["exact"].items()))
             # Each tool's figures as soon as it is done: a run stopped later keeps them (--resume).
             json.dump(res[tool], open(saved + ".part", "w"), indent=1, default=str)
             os.replace(saved + ".part", saved)
