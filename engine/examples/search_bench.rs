@@ -1,4 +1,4 @@
-//! Search benchmark driver: exact search and HNSW at several ef over an index folder, with queries
+//! Search benchmark driver: exact search (k 10 and 1000) and HNSW at several ef over an index folder, with queries
 //! from an `.npy` file. Prints queries/s, recall@10 against exact, and the time to the first answer
 //! (open + map + graph load + one query); each setting's speed is the best of three passes. Usage: search_bench INDEX_DIR QUERIES.npy EF[,EF...]
 
@@ -68,6 +68,8 @@ fn main() {
     let nq = q.rows();
     let (secs, exact) = best_of_three(|| index.search(&queries, 10, SearchMode::Exact).unwrap());
     println!("exact qps {:.1}", nq as f64 / secs);
+    let (secs, _) = best_of_three(|| index.search(&queries, 1000, SearchMode::Exact).unwrap());
+    println!("exact1000 qps {:.1}", nq as f64 / secs);
     for ef in efs {
         let (secs, approx) =
             best_of_three(|| index.search(&queries, 10, SearchMode::Hnsw { ef }).unwrap());
