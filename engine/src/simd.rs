@@ -307,8 +307,16 @@ pub type TileFn = fn(
     out: &mut [f32; TILE_Q * TILE_R],
 ) -> TileHits;
 
-/// The tile kernel for this CPU. An AVX-512 CPU runs the AVX2 kernel (it has AVX2 and FMA).
+/// The tile kernel for this CPU: AVX-512 where the CPU has it, else AVX2 + FMA, else portable.
 pub fn score_tile_kernel() -> TileFn {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        return |dim, a, b, thr, out| {
+            assert!(a.len() >= dim * TILE_Q && b.len() >= dim * TILE_R);
+            // Safety: the CPU has AVX-512 F (the level), and the assert bounds every load.
+            unsafe { score_tile_avx512(dim, a.as_ptr(), b.as_ptr(), thr, out) }
+        };
+    }
     #[cfg(target_arch = "x86_64")]
     if level() != Level::Portable
         && std::is_x86_feature_detected!("avx2")
@@ -411,6 +419,58 @@ unsafe fn score_tile_avx2(
     }
     hits.non_finite = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(nf, zero)) != 0;
     hits
+}
+
+/// The AVX2 kernel's tile with one 16-lane register per query (a panel's sixteen rows at one k): six
+/// accumulators, one row load and six broadcasts a step, the same FMAs in the same order (the same
+/// bits), and the threshold compare straight into a 16-bit mask.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn score_tile_avx512(
+    dim: usize,
+    a: *const f32,
+    b: *const f32,
+    thr: &[f32; TILE_Q],
+    out: &mut [f32; TILE_Q * TILE_R],
+) -> TileHits {
+    use std::arch::x86_64::*;
+    let mut c = [_mm512_setzero_ps(); TILE_Q];
+    let (mut pa, mut pb) = (a, b);
+    for _ in 0..dim {
+        let r = _mm512_loadu_ps(pb);
+        for (i, ci) in c.iter_mut().enumerate() {
+            *ci = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(i)), r, *ci);
+        }
+        pa = pa.add(TILE_Q);
+        pb = pb.add(TILE_R);
+    }
+    // x * 0 is 0 for a finite x and NaN otherwise: the sum is 0 exactly when every score is finite.
+    let zero = _mm512_setzero_ps();
+    let mut nf = zero;
+    let mut hits = TileHits {
+        at_or_above: [0; TILE_Q],
+        non_finite: false,
+    };
+    for (i, &ci) in c.iter().enumerate() {
+        _mm512_storeu_ps(out.as_mut_ptr().add(i * TILE_R), ci);
+        nf = _mm512_add_ps(nf, _mm512_mul_ps(ci, zero));
+        hits.at_or_above[i] = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(ci, _mm512_set1_ps(thr[i]));
+    }
+    hits.non_finite = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(nf, zero) != 0;
+    hits
+}
+
+#[cfg(test)]
+pub(crate) fn tests_avx2_tile() -> Option<TileFn> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        return Some(|dim, a, b, thr, out| {
+            assert!(a.len() >= dim * TILE_Q && b.len() >= dim * TILE_R);
+            // Safety: the CPU has AVX2 and FMA (checked above), and the assert bounds every load.
+            unsafe { score_tile_avx2(dim, a.as_ptr(), b.as_ptr(), thr, out) }
+        });
+    }
+    None
 }
 
 #[cfg(test)]

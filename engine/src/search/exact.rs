@@ -373,6 +373,15 @@ mod tests {
         let thr = [-1.0, 0.0, 0.5, f32::NEG_INFINITY, f32::INFINITY, 0.1];
         let mut kernels: Vec<crate::simd::TileFn> = vec![crate::simd::score_tile_kernel()];
         kernels.push(crate::simd::tests_portable_tile());
+        if let Some(avx2) = crate::simd::tests_avx2_tile() {
+            // The CPU's kernel (AVX-512 where it has it) and the AVX2 one: the same FMAs, the same bits.
+            let (mut o1, mut o2) = ([0f32; TILE_Q * TILE_R], [0f32; TILE_Q * TILE_R]);
+            let h1 = kernels[0](dim, &a, &b, &thr, &mut o1);
+            let h2 = avx2(dim, &a, &b, &thr, &mut o2);
+            assert_eq!(h1, h2);
+            assert!(o1.iter().zip(&o2).all(|(x, y)| x.to_bits() == y.to_bits()));
+            kernels.push(avx2);
+        }
         for f in kernels {
             let mut out = [0f32; TILE_Q * TILE_R];
             let hits = f(dim, &a, &b, &thr, &mut out);
