@@ -317,19 +317,27 @@ pub fn score_tile_kernel() -> TileFn {
             unsafe { score_tile_avx512(dim, a.as_ptr(), b.as_ptr(), thr, out) }
         };
     }
+    if level() != Level::Portable {
+        if let Some(avx2) = avx2_tile() {
+            return avx2;
+        }
+    }
+    score_tile_portable
+}
+
+/// The AVX2 + FMA tile kernel, where the CPU has both (the dispatch's choice below AVX-512, and the
+/// twin the tests compare the AVX-512 kernel with).
+pub(crate) fn avx2_tile() -> Option<TileFn> {
     #[cfg(target_arch = "x86_64")]
-    if level() != Level::Portable
-        && std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma")
-    {
-        return |dim, a, b, thr, out| {
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        return Some(|dim, a, b, thr, out| {
             assert!(a.len() >= dim * TILE_Q && b.len() >= dim * TILE_R);
             // Safety: the CPU has AVX2 and FMA (checked when the kernel was chosen), and the assert
             // bounds every load to the two slices.
             unsafe { score_tile_avx2(dim, a.as_ptr(), b.as_ptr(), thr, out) }
-        };
+        });
     }
-    score_tile_portable
+    None
 }
 
 /// The portable tile kernel, for tests that compare it with the one the CPU runs.
@@ -458,19 +466,6 @@ unsafe fn score_tile_avx512(
     }
     hits.non_finite = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(nf, zero) != 0;
     hits
-}
-
-#[cfg(test)]
-pub(crate) fn tests_avx2_tile() -> Option<TileFn> {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        return Some(|dim, a, b, thr, out| {
-            assert!(a.len() >= dim * TILE_Q && b.len() >= dim * TILE_R);
-            // Safety: the CPU has AVX2 and FMA (checked above), and the assert bounds every load.
-            unsafe { score_tile_avx2(dim, a.as_ptr(), b.as_ptr(), thr, out) }
-        });
-    }
-    None
 }
 
 #[cfg(test)]

@@ -373,7 +373,7 @@ mod tests {
         let thr = [-1.0, 0.0, 0.5, f32::NEG_INFINITY, f32::INFINITY, 0.1];
         let mut kernels: Vec<crate::simd::TileFn> = vec![crate::simd::score_tile_kernel()];
         kernels.push(crate::simd::tests_portable_tile());
-        if let Some(avx2) = crate::simd::tests_avx2_tile() {
+        if let Some(avx2) = crate::simd::avx2_tile() {
             // The CPU's kernel (AVX-512 where it has it) and the AVX2 one: the same FMAs, the same bits.
             let (mut o1, mut o2) = ([0f32; TILE_Q * TILE_R], [0f32; TILE_Q * TILE_R]);
             let h1 = kernels[0](dim, &a, &b, &thr, &mut o1);
