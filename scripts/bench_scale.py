@@ -776,6 +776,7 @@ RESUME_LINE = re.compile(r"resuming the graph after (\d+) of (\d+) nodes, ([\d.]
 class Engine:
     def __init__(self, a, env):
         self.a, self.env = a, env
+        self.first_pass = None  # the untimed first search process of the last search() (not --full)
         self.index_bin = os.path.join(a.bin, "simlm-index")
         self.search_bin = os.path.join(a.bin, "simlm-search")
         problems = []
@@ -893,7 +894,7 @@ class Engine:
         a = self.a
         run = os.path.join(folder, "engine.run")
         best = None
-        for _ in range(repeat or a.repeat):
+        for _ in range(a.repeat if repeat is None else repeat):
             _, err, wall, rss, anon = measure([self.search_bin, "batch", "--index", self.index, "--query-vectors",
                                                paths["queries"], "--k", str(k), *mode, "--threads", str(a.threads),
                                                "--out", run, "--run-format", "msmarco"], self.env)
@@ -925,10 +926,7 @@ class Engine:
         for ef in efs:
             for f in ("graph.hnsw", "vectors.npy"):
                 drop_cached(os.path.join(gen, f))
-            a = self.a.repeat
-            self.a.repeat = 1
-            cold = self._batch(paths, folder, ["--ef", str(ef)], 10)
-            self.a.repeat = a
+            cold = self._batch(paths, folder, ["--ef", str(ef)], 10, repeat=1)
             warm = self._batch(paths, folder, ["--ef", str(ef)], 10)
             out.append(dict(ef=ef, **warm, cold_qps=cold["qps"], cold_wall_s=cold["wall_s"],
                             cold_rss_mib=cold["rss_mib"]))
@@ -1327,7 +1325,7 @@ def main():
             if tool == "engine":
                 res[tool] = {"build": engine.build(paths, folder)}
                 res[tool]["hnsw"] = engine.search(paths, folder, efs)
-                if getattr(engine, "first_pass", None):
+                if engine.first_pass:
                     res[tool]["first_pass"] = engine.first_pass
                 if not a.no_exact:
                     res[tool]["exact"] = engine.exact(paths, folder)
