@@ -16,7 +16,7 @@ time, p50 and p99 latency (engine: `encode_latency`, the REPL's and the service'
 
 With --int8, two more encoders run in the same rounds: the engine's `--precision int8` and ONNX
 Runtime's dynamic int8 (`quantize_dynamic` of the optimised model: int8 weights per channel with
-reduce_range, its setting for CPUs without VNNI, u8 activations), and their vectors' cosine to their
+reduce_range on CPUs without VNNI, its advice for them; full range with VNNI; u8 activations), and their vectors' cosine to their
 own f32 vectors is printed.
 
 usage: scripts/bench_encode.py [--model models/all-MiniLM-L6-v2 | --base] [--n 2000] [--threads 2] [--int8]
@@ -63,6 +63,15 @@ def make_base(dest):
         shutil.copy(os.path.join(MINILM, f), tmp)
     os.replace(tmp, dest)
     return dest
+
+
+def cpu_has_vnni():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def sorted_batches(lengths, batch):
@@ -119,8 +128,9 @@ def main():
         return vecs
 
     # ONNX Runtime: export, then the BERT fusions (attention, LayerNorm, GELU) of its transformers optimizer.
+    # Two exports: transformers' eager attention (the pattern the optimizer fuses into its Attention
+    # operator) and SDPA (left unfused); the probe below keeps whichever runs faster, per precision.
     work = tempfile.mkdtemp(prefix="bench_encode.")
-    onnx_path = os.path.join(work, "model.onnx")
     enc = tokenize_passages(list(range(4)), "pt")
     class Wrapped(torch.nn.Module):
         """The three inputs by position, the last hidden state out (what the export traces)."""
@@ -133,41 +143,50 @@ def main():
             return self.m(input_ids=input_ids, attention_mask=attention_mask,
                           token_type_ids=token_type_ids).last_hidden_state
 
-    with torch.no_grad():
-        torch.onnx.export(Wrapped(model).eval(), (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]), onnx_path,
-                          input_names=["input_ids", "attention_mask", "token_type_ids"],
-                          output_names=["last_hidden_state"], opset_version=17, dynamo=False,
-                          dynamic_axes={n: {0: "b", 1: "s"} for n in ["input_ids", "attention_mask", "token_type_ids",
-                                                                      "last_hidden_state"]})
-    ort_note = "graph optimisations ORT_ENABLE_ALL"
-    try:
-        from onnxruntime.transformers import optimizer
-        opt = optimizer.optimize_model(onnx_path, model_type="bert", num_heads=cfg.num_attention_heads,
-                                       hidden_size=cfg.hidden_size)
-        opt.save_model_to_file(os.path.join(work, "model.opt.onnx"))
-        onnx_path = os.path.join(work, "model.opt.onnx")
-        ort_note += f" after the BERT optimizer (fused: {opt.get_fused_operator_statistics()})"
-    except Exception as e:  # the optimizer is optional: the plain export still runs, and the note says so
-        ort_note += f" (BERT optimizer failed: {e})"
     so = ort.SessionOptions()
     so.intra_op_num_threads = a.threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
-    print(f"ONNX Runtime {ort.__version__}: {sess.get_providers()}, intra-op threads {a.threads}; {ort_note}")
-
-    sessions = {"ort": sess}
+    reduce = not cpu_has_vnni()
+    candidates = {"ort": {}, "ort-int8": {}}  # family -> export -> session
+    ort_notes = {}
+    for impl in ("eager", "sdpa"):
+        onnx_path = os.path.join(work, f"model.{impl}.onnx")
+        m = AutoModel.from_pretrained(model_dir, attn_implementation=impl).eval()
+        with torch.no_grad():
+            torch.onnx.export(Wrapped(m).eval(), (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]),
+                              onnx_path, input_names=["input_ids", "attention_mask", "token_type_ids"],
+                              output_names=["last_hidden_state"], opset_version=17, dynamo=False,
+                              dynamic_axes={n: {0: "b", 1: "s"} for n in ["input_ids", "attention_mask",
+                                                                          "token_type_ids", "last_hidden_state"]})
+        note = "graph optimisations ORT_ENABLE_ALL"
+        try:
+            from onnxruntime.transformers import optimizer
+            opt = optimizer.optimize_model(onnx_path, model_type="bert", num_heads=cfg.num_attention_heads,
+                                           hidden_size=cfg.hidden_size)
+            opt.save_model_to_file(os.path.join(work, f"model.{impl}.opt.onnx"))
+            onnx_path = os.path.join(work, f"model.{impl}.opt.onnx")
+            fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+            note += f" after the BERT optimizer (fused: {fused})"
+        except Exception as e:  # the optimizer is optional: the plain export still runs, and the note says so
+            note += f" (BERT optimizer failed: {e})"
+        ort_notes[impl] = note
+        candidates["ort"][impl] = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+        print(f"ONNX Runtime {ort.__version__}, {impl} export: intra-op threads {a.threads}; {note}")
+        if a.int8:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+            import onnx
+            int8_path = os.path.join(work, f"model.{impl}.int8.onnx")
+            # The fused operators' outputs have no inferred type; the quantizer is told they are float.
+            # reduce_range (7-bit weights) is ONNX Runtime's advice for CPUs without VNNI, where u8 x i8
+            # products go through a saturating 16-bit add; with VNNI the full 8-bit range is its best setting.
+            quantize_dynamic(onnx_path, int8_path, weight_type=QuantType.QInt8, per_channel=True,
+                             reduce_range=reduce, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            candidates["ort-int8"][impl] = ort.InferenceSession(int8_path, so, providers=["CPUExecutionProvider"])
     if a.int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-        int8_path = os.path.join(work, "model.int8.onnx")
-        import onnx
-        # The fused operators' outputs have no inferred type; the quantizer is told they are float.
-        quantize_dynamic(onnx_path, int8_path, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        sessions["ort-int8"] = ort.InferenceSession(int8_path, so, providers=["CPUExecutionProvider"])
-        print("ONNX Runtime int8: quantize_dynamic(weight_type=QInt8, per_channel=True, reduce_range=True) "
-              "of the optimised model")
+        print(f"ONNX Runtime int8: quantize_dynamic(weight_type=QInt8, per_channel=True, reduce_range={reduce}) "
+              f"of each optimised model (CPU {'without' if reduce else 'with'} VNNI)")
 
     def ort_runner(session):
         def run(idx_all, batch):
@@ -194,15 +213,33 @@ def main():
         v = f()
         return time.perf_counter() - t, v
 
-    # Batch sizes: each peer's fastest on the first 512 passages.
+    # Batch sizes (and, for ONNX Runtime, the export): each peer's fastest on the first 512 passages.
     probe = list(range(min(512, len(texts))))
     best_batch = {}
-    for name, f in [("torch", torch_run)] + [(k, ort_runner(v)) for k, v in sessions.items()]:
+    sessions, ort_export = {}, {}
+
+    def sweep(name, f):
         f(probe[:32], 8)  # warm-up
         speeds = {b: timed(lambda: f(probe, b))[0] for b in BATCHES}
-        best_batch[name] = min(speeds, key=speeds.get)
         print(f"{name} batch sizes on {len(probe)} passages: " +
-              ", ".join(f"{b}: {len(probe) / s:.1f}/s" for b, s in speeds.items()) + f" -> {best_batch[name]}")
+              ", ".join(f"{b}: {len(probe) / s:.1f}/s" for b, s in speeds.items()))
+        return speeds
+
+    speeds = sweep("torch", torch_run)
+    best_batch["torch"] = min(speeds, key=speeds.get)
+    for family, exports in candidates.items():
+        if not exports:
+            continue
+        best = None
+        for impl, session in exports.items():
+            speeds = sweep(f"{family} ({impl} export)", ort_runner(session))
+            b = min(speeds, key=speeds.get)
+            if best is None or speeds[b] < best[0]:
+                best = (speeds[b], impl, b)
+        _, impl, b = best
+        sessions[family], ort_export[family], best_batch[family] = exports[impl], impl, b
+        print(f"{family}: {impl} export, batch {b}")
+    sess = sessions["ort"]
 
     with tempfile.TemporaryDirectory() as tmp:
         inp = os.path.join(tmp, "in.jsonl")
@@ -282,10 +319,10 @@ def main():
     n = len(texts)
     names = {"engine": "simlm-index embed (whole process)",
              "torch": f"PyTorch, token-length order, batch {best_batch['torch']}",
-             "ort": f"ONNX Runtime, token-length order, batch {best_batch['ort']}",
+             "ort": f"ONNX Runtime, {ort_export['ort']} export, token-length order, batch {best_batch['ort']}",
              "st": "sentence-transformers encode, batch 32",
              "engine-int8": "simlm-index embed --precision int8",
-             "ort-int8": f"ONNX Runtime int8, batch {best_batch.get('ort-int8')}"}
+             "ort-int8": f"ONNX Runtime int8, {ort_export.get('ort-int8')} export, batch {best_batch.get('ort-int8')}"}
     print(f"\n{n} passages of {os.path.basename(a.collection)}, simlm format (144 tokens); best of {a.rounds} "
           f"interleaved rounds; {a.threads} threads")
     print(f"{'encoder':<50}{'seconds':>9}{'passages/s':>12}")

@@ -8,6 +8,7 @@ use std::time::Instant;
 use engine::{Doc, Encoder, EncoderOptions, Kind, Precision};
 
 fn main() {
+    engine::memory::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
         eprintln!("usage: encode_latency MODEL_DIR QUERIES.tsv N [THREADS [PRECISION]]");

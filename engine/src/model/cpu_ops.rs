@@ -240,8 +240,40 @@ impl CustomOp1 for FusedLinear<'_> {
         // The elementwise passes (bias, GELU, LayerNorm) of a small output (a query) run on this
         // thread: splitting a few thousand values across threads costs more in wake-ups than it saves.
         let serial = rows * out <= SERIAL_ELEMENTS || rayon::current_thread_index().is_some();
-        // The output starts as bias (+ residual), written once (no zero fill); the GEMM adds into it.
         let mut dst: Vec<f32> = Vec::with_capacity(rows * out);
+        if let Some(q) = self.quant {
+            if q.inp() != inp || q.out() != out {
+                candle_core::bail!(
+                    "fused-linear: int8 weight {}x{}, input width {inp}",
+                    q.inp(),
+                    q.out()
+                );
+            }
+            // The int8 tiles' epilogues write residual + bias + product straight into the output.
+            with_f32(self.bias, "bias", |b| {
+                if b.len() != out {
+                    candle_core::bail!("fused-linear: bias width mismatch");
+                }
+                let spare = &mut dst.spare_capacity_mut()[..rows * out];
+                match self.residual {
+                    Some(r) => with_f32(r, "residual", |r| {
+                        if r.len() != rows * out {
+                            candle_core::bail!("fused-linear: residual shape mismatch");
+                        }
+                        q.product_into(x, rows, b, Some(r), spare);
+                        Ok(())
+                    }),
+                    None => {
+                        q.product_into(x, rows, b, None, spare);
+                        Ok(())
+                    }
+                }
+            })?;
+            // Safety: product_into wrote every one of the rows * out elements.
+            unsafe { dst.set_len(rows * out) };
+            return self.finish(dst, rows, out, serial);
+        }
+        // The output starts as bias (+ residual), written once (no zero fill); the GEMM adds into it.
         with_f32(self.bias, "bias", |b| {
             let spare = &mut dst.spare_capacity_mut()[..rows * out];
             match self.residual {
@@ -284,16 +316,7 @@ impl CustomOp1 for FusedLinear<'_> {
         let small = self
             .packed
             .filter(|p| rows <= SMALL_ROWS && p.inp == inp && p.out == out);
-        if let Some(q) = self.quant {
-            if q.inp() != inp || q.out() != out {
-                candle_core::bail!(
-                    "fused-linear: int8 weight {}x{}, input width {inp}",
-                    q.inp(),
-                    q.out()
-                );
-            }
-            q.add_product(x, rows, &mut dst);
-        } else if let Some(p) = small {
+        if let Some(p) = small {
             p.add_product(x, rows, &mut dst);
         } else {
             with_f32(self.weight, "weight", |w| {
@@ -321,6 +344,19 @@ impl CustomOp1 for FusedLinear<'_> {
                 Ok(())
             })?;
         }
+        self.finish(dst, rows, out, serial)
+    }
+}
+
+impl FusedLinear<'_> {
+    /// GELU or LayerNorm over the projection's output, as asked.
+    fn finish(
+        &self,
+        mut dst: Vec<f32>,
+        rows: usize,
+        out: usize,
+        serial: bool,
+    ) -> Result<(CpuStorage, Shape)> {
         if self.gelu {
             if serial {
                 gelu_slice(&mut dst);

@@ -18,12 +18,14 @@ use crate::simd::{level, simd_dispatch, Level};
 
 /// Output columns per weight panel.
 const NR: usize = 16;
+/// Weight panels per micro-tile: a tile covers `NP * NR` = 32 output columns.
+const NP: usize = 2;
 /// Rows per micro-tile.
-const MR: usize = 4;
+const MR: usize = 8;
 /// Largest weight magnitude after quantisation (7 bits; see the module notes).
 const W_MAX: f32 = 63.0;
 /// Micro-tiles of rows per task.
-const ROW_TILES: usize = 16;
+const ROW_TILES: usize = 8;
 
 /// A `(inp, out)` f32 weight as 7-bit integers, per-column scales and column sums.
 ///
@@ -95,50 +97,127 @@ impl QuantWeight {
     }
 
     fn add_product_with(&self, kernel: TileFn, x: &[f32], rows: usize, dst: &mut [f32]) {
-        assert!(x.len() >= rows * self.inp && dst.len() >= rows * self.out);
+        assert!(dst.len() >= rows * self.out);
+        let d = dst.as_mut_ptr();
+        // Safety: dst holds rows x out values, read (as the residual) and written in place.
+        unsafe { self.product_with(kernel, x, rows, None, d, d) }
+    }
+
+    /// `dst (rows x out) = residual + bias + x (rows x inp) @ W` (without a residual: `bias + x @ W`),
+    /// every value of `dst` written once, in the tiles' epilogues: the same bits as filling `dst` with
+    /// `residual + bias` and then adding the product.
+    pub fn product_into(
+        &self,
+        x: &[f32],
+        rows: usize,
+        bias: &[f32],
+        residual: Option<&[f32]>,
+        dst: &mut [std::mem::MaybeUninit<f32>],
+    ) {
+        assert!(bias.len() == self.out && dst.len() >= rows * self.out);
+        let res = match residual {
+            Some(r) => {
+                assert!(r.len() >= rows * self.out);
+                r.as_ptr()
+            }
+            None => std::ptr::null(),
+        };
+        // Safety: dst holds rows x out writable values, res (when not null) rows x out readable ones.
+        unsafe {
+            self.product_with(
+                tile_kernel(),
+                x,
+                rows,
+                Some(bias),
+                res,
+                dst.as_mut_ptr() as *mut f32,
+            )
+        }
+    }
+
+    /// Safety: `dst` must be valid for writes, and `res` (unless null) for reads, of rows x out values
+    /// (they may be the same).
+    unsafe fn product_with(
+        &self,
+        kernel: TileFn,
+        x: &[f32],
+        rows: usize,
+        bias: Option<&[f32]>,
+        res: *const f32,
+        dst: *mut f32,
+    ) {
+        assert!(x.len() >= rows * self.inp);
         if rows == 0 {
             return;
         }
         let on_worker = rayon::current_thread_index().is_some();
         let a = QuantRows::of(x, rows, self.inp, self.kp, on_worker);
         let np = self.out.div_ceil(NR);
+        let pairs = np.div_ceil(NP);
         let tiles = rows.div_ceil(MR);
         let blocks = tiles.div_ceil(ROW_TILES);
-        // Enough tasks to keep every thread busy: row blocks, and the panels cut into groups when
+        // Enough tasks to keep every thread busy: row blocks, and the panel pairs cut into groups when
         // there are few rows (a query).
         let threads = rayon::current_num_threads();
         let groups = if on_worker {
             1
         } else {
-            (4 * threads).div_ceil(blocks).clamp(1, np)
+            (4 * threads).div_ceil(blocks).clamp(1, pairs)
         };
-        let per_group = np.div_ceil(groups);
-        let dst_ptr = SharedMut(dst.as_mut_ptr());
+        let per_group = pairs.div_ceil(groups);
+        let dst_ptr = SharedMut(dst);
+        let res_ptr = SharedConst(res);
+        let panel = self.kp * NR;
         let task = |t: usize| {
             let (block, group) = (t / groups, t % groups);
-            let panels = (group * per_group)..((group + 1) * per_group).min(np);
+            let pairs = (group * per_group)..((group + 1) * per_group).min(pairs);
             let tiles = (block * ROW_TILES)..((block + 1) * ROW_TILES).min(tiles);
-            for p in panels {
-                let b = &self.panels[p * self.kp * NR..][..self.kp * NR];
+            for pair in pairs {
+                let c0 = pair * NP * NR;
+                let cols = (self.out - c0).min(NP * NR);
+                let used = cols.div_ceil(NR) * NR;
+                let b = &self.panels[pair * NP * panel..][..cols.div_ceil(NR) * panel];
+                // One epilogue description per pair, its row fields updated per tile (a fresh one
+                // per tile was a copy of half a KiB each time).
+                let mut out = Out {
+                    rows: 0,
+                    cols,
+                    sa: [0.0; MR],
+                    za: [0; MR],
+                    sw: [0.0; NP * NR],
+                    cs: [0; NP * NR],
+                    bias: [0.0; NP * NR],
+                    dst: std::ptr::null_mut(),
+                    res: std::ptr::null(),
+                    stride: self.out,
+                };
+                out.sw[..used].copy_from_slice(&self.scale[c0..c0 + used]);
+                out.cs[..used].copy_from_slice(&self.colsum[c0..c0 + used]);
+                if let Some(bias) = bias {
+                    out.bias[..cols].copy_from_slice(&bias[c0..c0 + cols]);
+                }
                 for tile in tiles.clone() {
                     let r0 = tile * MR;
                     let n = (rows - r0).min(MR);
-                    let mut out = Out {
-                        rows: n,
-                        cols: (self.out - p * NR).min(NR),
-                        sa: [0.0; MR],
-                        za: [0; MR],
-                        sw: self.scale[p * NR..][..NR].try_into().unwrap(),
-                        cs: self.colsum[p * NR..][..NR].try_into().unwrap(),
-                        // Safety: row r0 < rows and column p * NR < out: inside dst.
-                        dst: unsafe { dst_ptr.ptr().add(r0 * self.out + p * NR) },
-                        stride: self.out,
-                    };
+                    out.rows = n;
+                    // Safety: row r0 < rows and column c0 < out: inside dst (and res).
+                    out.dst = unsafe { dst_ptr.ptr().add(r0 * self.out + c0) };
+                    if !res_ptr.ptr().is_null() {
+                        out.res = unsafe { res_ptr.ptr().add(r0 * self.out + c0) };
+                    }
                     out.sa[..n].copy_from_slice(&a.scale[r0..r0 + n]);
                     out.za[..n].copy_from_slice(&a.zero[r0..r0 + n]);
-                    // Safety: `out` covers rows r0..r0+n and columns p*NR..p*NR+cols of dst
-                    // (rows x out), a region this task owns (its row block and panel group).
-                    unsafe { kernel(self.kp, &a.q[r0 * self.kp..][..MR * self.kp], b, &out) };
+                    // Safety: `out` covers rows r0..r0+n and columns c0..c0+cols of dst (rows x out),
+                    // a region this task owns (its row block and pair group); `b` holds the
+                    // cols.div_ceil(NR) panels of those columns.
+                    unsafe {
+                        kernel(
+                            self.kp,
+                            &a.q[tile * MR * self.kp..][..MR * self.kp],
+                            b,
+                            &out,
+                        )
+                    };
                 }
             }
         };
@@ -150,7 +229,7 @@ impl QuantWeight {
     }
 }
 
-/// Rows quantised to u8: `x[r, k] ~ scale[r] * (q[r, k] - zero[r])`. Rows are `kp` bytes (zero
+/// Rows quantised to u8: `x[r, k] ~ scale[r] * (q[r * kp + k] - zero[r])`. Rows are `kp` bytes (zero
 /// padded) and their count is padded to a whole micro-tile with zero rows.
 struct QuantRows {
     q: Vec<u8>,
@@ -158,7 +237,7 @@ struct QuantRows {
     zero: Vec<i32>,
 }
 
-/// One row's input, codes, scale and zero point, as the quantiser's iterators hand them out.
+/// One row's codes, input, scale and zero point, as the quantiser's iterators hand them out.
 type RowItem<'a> = ((&'a mut [u8], &'a [f32]), (&'a mut f32, &'a mut i32));
 
 impl QuantRows {
@@ -293,36 +372,58 @@ simd_dispatch! {
     fn quantize_into = quantize_into_generic(x: &[f32], q: &mut [u8], inv: f32, zero: f32)
 }
 
-/// Where a micro-tile's products go: `dst[r * stride + c] += sa[r] * sw[c] * (acc[r][c] - za[r] *
-/// cs[c])` for the first `rows` rows and `cols` columns.
+/// A read-only raw pointer that parallel tasks may share (the residual).
+#[derive(Clone, Copy)]
+struct SharedConst(*const f32);
+unsafe impl Send for SharedConst {}
+unsafe impl Sync for SharedConst {}
+
+impl SharedConst {
+    /// Through a method, so that closures capture the (Sync) wrapper.
+    fn ptr(&self) -> *const f32 {
+        self.0
+    }
+}
+
+/// Where a micro-tile's products go: `dst[r * stride + c] = (res[r * stride + c] + bias[c]) + sa[r]
+/// * sw[c] * (acc[r][c] - za[r] * cs[c])` for the first `rows` rows and `cols` columns (`bias[c]`
+/// alone where `res` is null; `res` may be `dst`).
 struct Out {
     rows: usize,
     cols: usize,
     sa: [f32; MR],
     za: [i32; MR],
-    sw: [f32; NR],
-    cs: [i32; NR],
+    sw: [f32; NP * NR],
+    cs: [i32; NP * NR],
+    bias: [f32; NP * NR],
     dst: *mut f32,
+    res: *const f32,
     stride: usize,
 }
 
 impl Out {
     /// The epilogue in scalar code (edge tiles, and the portable kernel): the same operations in the
-    /// same order as the vector epilogue, so both give the same bits.
+    /// same order as the vector epilogues, so all give the same bits.
     ///
-    /// Safety: `dst` must be valid for the `rows x cols` region at `stride`.
-    unsafe fn write(&self, acc: &[[i32; NR]; MR]) {
+    /// Safety: `dst` (and `res`, unless null) must be valid for the `rows x cols` region at `stride`.
+    unsafe fn write(&self, acc: &[[i32; NP * NR]; MR]) {
         for (r, acc) in acc.iter().enumerate().take(self.rows) {
-            let d = std::slice::from_raw_parts_mut(self.dst.add(r * self.stride), self.cols);
-            for (c, d) in d.iter_mut().enumerate() {
-                *d += self.sa[r] * self.sw[c] * (acc[c] - self.za[r] * self.cs[c]) as f32;
+            for (c, &acc) in acc.iter().enumerate().take(self.cols) {
+                let i = r * self.stride + c;
+                let base = if self.res.is_null() {
+                    self.bias[c]
+                } else {
+                    *self.res.add(i) + self.bias[c]
+                };
+                let v = self.sa[r] * self.sw[c] * (acc - self.za[r] * self.cs[c]) as f32;
+                self.dst.add(i).write(base + v);
             }
         }
     }
 }
 
-/// Sums `a[r * kp + k] * panel(k, c)` for the micro-tile's MR rows (`a` holds MR rows of `kp`
-/// bytes) and writes them through `out`.
+/// Sums `a[r * kp + k] * panel(k, c)` for the micro-tile's rows (`a`: [`MR`] rows of `kp` bytes) and its columns (`b`: `out.cols.div_ceil(NR)` consecutive panels), and writes them
+/// through `out`.
 type TileFn = unsafe fn(usize, &[u8], &[i8], &Out);
 
 fn tile_kernel() -> TileFn {
@@ -346,7 +447,18 @@ fn has_vnni() -> bool {
 /// Safety: as [`TileFn`]; the CPU must have AVX-512 F, BW and VNNI (checked by [`tile_kernel`]).
 #[cfg(target_arch = "x86_64")]
 unsafe fn tile_vnni_checked(kp: usize, a: &[u8], b: &[i8], out: &Out) {
-    tile_vnni(kp, a, b, out)
+    // Four row counts and one or two panels: each shape its own fully unrolled body, so that a
+    // query's last rows do not pay for a whole 8-row tile.
+    match (out.rows.div_ceil(2), out.cols > NR) {
+        (4, true) => tile_vnni::<8, 2>(kp, a, b, out),
+        (4, false) => tile_vnni::<8, 1>(kp, a, b, out),
+        (3, true) => tile_vnni::<6, 2>(kp, a, b, out),
+        (3, false) => tile_vnni::<6, 1>(kp, a, b, out),
+        (2, true) => tile_vnni::<4, 2>(kp, a, b, out),
+        (2, false) => tile_vnni::<4, 1>(kp, a, b, out),
+        (_, true) => tile_vnni::<2, 2>(kp, a, b, out),
+        (_, false) => tile_vnni::<2, 1>(kp, a, b, out),
+    }
 }
 
 /// Safety: as [`TileFn`]; the CPU must have AVX2 (checked by the caller, [`tile_kernel`]).
@@ -357,122 +469,149 @@ unsafe fn tile_avx2_checked(kp: usize, a: &[u8], b: &[i8], out: &Out) {
 
 /// Safety: `out.dst` valid for its region.
 unsafe fn tile_portable(kp: usize, a: &[u8], b: &[i8], out: &Out) {
-    let mut acc = [[0i32; NR]; MR];
-    for (r, acc) in acc.iter_mut().enumerate() {
-        let row = &a[r * kp..][..kp];
-        for (t, quad) in b.chunks_exact(4 * NR).take(kp / 4).enumerate() {
-            let x = &row[4 * t..4 * t + 4];
-            for (c, w) in quad.chunks_exact(4).enumerate() {
-                acc[c] += (0..4).map(|i| x[i] as i32 * w[i] as i32).sum::<i32>();
+    let mut acc = [[0i32; NP * NR]; MR];
+    let panels = out.cols.div_ceil(NR);
+    for (r, acc) in acc.iter_mut().enumerate().take(out.rows) {
+        for t in 0..kp / 4 {
+            let x = &a[r * kp + 4 * t..][..4];
+            for p in 0..panels {
+                let quad = &b[p * kp * NR + t * 4 * NR..][..4 * NR];
+                for (c, w) in quad.chunks_exact(4).enumerate() {
+                    acc[p * NR + c] += (0..4).map(|i| x[i] as i32 * w[i] as i32).sum::<i32>();
+                }
             }
         }
     }
     out.write(&acc)
 }
 
+/// Four rows by sixteen columns at a time (eight accumulators: AVX2 has sixteen registers), into an
+/// accumulator array, then the scalar epilogue's operations.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn tile_avx2(kp: usize, a: &[u8], b: &[i8], out: &Out) {
     use std::arch::x86_64::*;
-    assert!(a.len() >= MR * kp && b.len() >= kp * NR && kp.is_multiple_of(4));
+    let panels = out.cols.div_ceil(NR);
+    assert!(a.len() >= MR * kp && b.len() >= panels * kp * NR && kp.is_multiple_of(4));
     let ones = _mm256_set1_epi16(1);
-    let mut c = [_mm256_setzero_si256(); 2 * MR];
+    let mut acc = [[0i32; NP * NR]; MR];
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    for t in 0..kp / 4 {
-        // Safety: t * 64 + 64 <= kp * NR = b.len(); r * kp + 4t + 4 <= MR * kp <= a.len().
-        let b0 = _mm256_loadu_si256(pb.add(t * 4 * NR) as *const __m256i);
-        let b1 = _mm256_loadu_si256(pb.add(t * 4 * NR + 32) as *const __m256i);
-        for r in 0..MR {
-            let x = _mm256_set1_epi32(std::ptr::read_unaligned(
-                pa.add(r * kp + 4 * t) as *const i32
-            ));
-            // u8 x i8 pairs into i16 (no saturation with 7-bit weights), then pairs into i32.
-            c[2 * r] = _mm256_add_epi32(
-                c[2 * r],
-                _mm256_madd_epi16(_mm256_maddubs_epi16(x, b0), ones),
-            );
-            c[2 * r + 1] = _mm256_add_epi32(
-                c[2 * r + 1],
-                _mm256_madd_epi16(_mm256_maddubs_epi16(x, b1), ones),
-            );
+    for h in 0..out.rows.div_ceil(4) {
+        for p in 0..panels {
+            let mut c = [_mm256_setzero_si256(); 8];
+            let pb = pb.add(p * kp * NR);
+            for t in 0..kp / 4 {
+                // Safety: t * 64 + 64 <= kp * NR, inside panel p; (4h + r) * kp + 4t + 4 <= MR * kp.
+                let b0 = _mm256_loadu_si256(pb.add(t * 4 * NR) as *const __m256i);
+                let b1 = _mm256_loadu_si256(pb.add(t * 4 * NR + 32) as *const __m256i);
+                for r in 0..4 {
+                    let x = _mm256_set1_epi32(std::ptr::read_unaligned(
+                        pa.add((4 * h + r) * kp + 4 * t) as *const i32,
+                    ));
+                    // u8 x i8 pairs into i16 (no saturation with 7-bit weights), then pairs into i32.
+                    c[2 * r] = _mm256_add_epi32(
+                        c[2 * r],
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(x, b0), ones),
+                    );
+                    c[2 * r + 1] = _mm256_add_epi32(
+                        c[2 * r + 1],
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(x, b1), ones),
+                    );
+                }
+            }
+            for r in 0..4 {
+                let row = acc[4 * h + r][p * NR..].as_mut_ptr();
+                _mm256_storeu_si256(row as *mut __m256i, c[2 * r]);
+                _mm256_storeu_si256(row.add(8) as *mut __m256i, c[2 * r + 1]);
+            }
         }
     }
-    if out.rows < MR || out.cols < NR {
-        let mut acc = [[0i32; NR]; MR];
-        for r in 0..MR {
-            _mm256_storeu_si256(acc[r].as_mut_ptr() as *mut __m256i, c[2 * r]);
-            _mm256_storeu_si256(acc[r].as_mut_ptr().add(8) as *mut __m256i, c[2 * r + 1]);
-        }
+    if out.rows < MR || out.cols < NP * NR {
         return out.write(&acc);
     }
-    // The whole tile: Out::write's operations, eight columns at a time (mul, mul, add; no FMA, so the
-    // bits match the scalar epilogue).
-    let sw = [
-        _mm256_loadu_ps(out.sw.as_ptr()),
-        _mm256_loadu_ps(out.sw.as_ptr().add(8)),
-    ];
-    let cs = [
-        _mm256_loadu_si256(out.cs.as_ptr() as *const __m256i),
-        _mm256_loadu_si256(out.cs.as_ptr().add(8) as *const __m256i),
-    ];
-    for r in 0..MR {
+    // The whole tile: Out::write's operations, eight columns at a time (no FMA, so the bits match the
+    // scalar epilogue).
+    for (r, acc) in acc.iter().enumerate() {
         let sa = _mm256_set1_ps(out.sa[r]);
         let za = _mm256_set1_epi32(out.za[r]);
-        for h in 0..2 {
+        for c in (0..NP * NR).step_by(8) {
+            let sw = _mm256_loadu_ps(out.sw.as_ptr().add(c));
+            let cs = _mm256_loadu_si256(out.cs.as_ptr().add(c) as *const __m256i);
             let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(
-                c[2 * r + h],
-                _mm256_mullo_epi32(za, cs[h]),
+                _mm256_loadu_si256(acc.as_ptr().add(c) as *const __m256i),
+                _mm256_mullo_epi32(za, cs),
             ));
-            let d = out.dst.add(r * out.stride + 8 * h);
+            let i = r * out.stride + c;
+            let bias = _mm256_loadu_ps(out.bias.as_ptr().add(c));
+            let base = if out.res.is_null() {
+                bias
+            } else {
+                _mm256_add_ps(_mm256_loadu_ps(out.res.add(i)), bias)
+            };
             _mm256_storeu_ps(
-                d,
-                _mm256_add_ps(
-                    _mm256_loadu_ps(d),
-                    _mm256_mul_ps(_mm256_mul_ps(sa, sw[h]), v),
-                ),
+                out.dst.add(i),
+                _mm256_add_ps(base, _mm256_mul_ps(_mm256_mul_ps(sa, sw), v)),
             );
         }
     }
 }
 
-/// The AVX2 kernel's sums with one `vpdpbusd` per row and step: the sixteen columns' four u8 x i8
+/// `R` rows by `P` panels with one `vpdpbusd` per row, panel and step: sixteen columns' four u8 x i8
 /// products added straight into i32 lanes (no i16 step, so nothing can saturate), the same integers
-/// as the other kernels, and the same epilogue, sixteen columns at a time.
+/// as the other kernels. Up to 8 x 2 = 16 accumulators, so that the loads (two panel vectors and one
+/// broadcast per row) and the latency of each `vpdpbusd` hide behind independent products. The
+/// epilogue is the scalar one's operations, sixteen columns at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_vnni(kp: usize, a: &[u8], b: &[i8], out: &Out) {
+unsafe fn tile_vnni<const R: usize, const P: usize>(kp: usize, a: &[u8], b: &[i8], out: &Out) {
     use std::arch::x86_64::*;
-    assert!(a.len() >= MR * kp && b.len() >= kp * NR && kp.is_multiple_of(4));
-    let mut c = [_mm512_setzero_si512(); MR];
+    assert!(R <= MR && P <= NP && out.rows <= R && (out.cols > NR) == (P == 2));
+    assert!(a.len() >= MR * kp && b.len() >= P * kp * NR && kp.is_multiple_of(4));
+    let mut c = [[_mm512_setzero_si512(); P]; R];
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
     for t in 0..kp / 4 {
-        // Safety: t * 64 + 64 <= kp * NR = b.len(); r * kp + 4t + 4 <= MR * kp <= a.len().
-        let w = _mm512_loadu_si512(pb.add(t * 4 * NR) as *const __m512i);
+        // Safety: t * 64 + 64 <= kp * NR inside each of the P panels; r * kp + 4t + 4 <= MR * kp.
+        let mut w = [_mm512_setzero_si512(); P];
+        for (p, w) in w.iter_mut().enumerate() {
+            *w = _mm512_loadu_si512(pb.add(p * kp * NR + t * 4 * NR) as *const __m512i);
+        }
         for (r, c) in c.iter_mut().enumerate() {
             let x = _mm512_set1_epi32(std::ptr::read_unaligned(
                 pa.add(r * kp + 4 * t) as *const i32
             ));
-            *c = _mm512_dpbusd_epi32(*c, x, w);
+            for (c, w) in c.iter_mut().zip(&w) {
+                *c = _mm512_dpbusd_epi32(*c, x, *w);
+            }
         }
     }
-    if out.rows < MR || out.cols < NR {
-        let mut acc = [[0i32; NR]; MR];
-        for r in 0..MR {
-            _mm512_storeu_si512(acc[r].as_mut_ptr() as *mut __m512i, c[r]);
+    if out.rows < R || out.cols < P * NR {
+        let mut acc = [[0i32; NP * NR]; MR];
+        for (acc, c) in acc.iter_mut().zip(&c) {
+            for (p, c) in c.iter().enumerate() {
+                _mm512_storeu_si512(acc[p * NR..].as_mut_ptr() as *mut __m512i, *c);
+            }
         }
         return out.write(&acc);
     }
-    let sw = _mm512_loadu_ps(out.sw.as_ptr());
-    let cs = _mm512_loadu_si512(out.cs.as_ptr() as *const __m512i);
-    for (r, &c) in c.iter().enumerate() {
+    for (r, c) in c.iter().enumerate() {
         let sa = _mm512_set1_ps(out.sa[r]);
         let za = _mm512_set1_epi32(out.za[r]);
-        let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(c, _mm512_mullo_epi32(za, cs)));
-        let d = out.dst.add(r * out.stride);
-        _mm512_storeu_ps(
-            d,
-            _mm512_add_ps(_mm512_loadu_ps(d), _mm512_mul_ps(_mm512_mul_ps(sa, sw), v)),
-        );
+        for (p, &c) in c.iter().enumerate() {
+            let sw = _mm512_loadu_ps(out.sw.as_ptr().add(p * NR));
+            let cs = _mm512_loadu_si512(out.cs.as_ptr().add(p * NR) as *const __m512i);
+            let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(c, _mm512_mullo_epi32(za, cs)));
+            let i = r * out.stride + p * NR;
+            let bias = _mm512_loadu_ps(out.bias.as_ptr().add(p * NR));
+            let base = if out.res.is_null() {
+                bias
+            } else {
+                _mm512_add_ps(_mm512_loadu_ps(out.res.add(i)), bias)
+            };
+            _mm512_storeu_ps(
+                out.dst.add(i),
+                _mm512_add_ps(base, _mm512_mul_ps(_mm512_mul_ps(sa, sw), v)),
+            );
+        }
     }
 }
 
@@ -558,6 +697,37 @@ mod tests {
                 assert!(
                     d3.iter().zip(&d2).all(|(a, b)| a.to_bits() == b.to_bits()),
                     "{rows}x{inp}x{out}: the {name} kernel differs from the portable one"
+                );
+            }
+        }
+    }
+
+    /// `product_into` (bias, with and without a residual, written into uninitialised memory) gives
+    /// the bits of filling the output with `residual + bias` and adding the product, on every kernel.
+    #[test]
+    fn product_into_matches_fill_then_add() {
+        let mut r = lcg(11);
+        for (rows, inp, out) in [(1, 8, 16), (9, 40, 33), (21, 64, 96)] {
+            let w: Vec<f32> = (0..inp * out).map(|_| r()).collect();
+            let x: Vec<f32> = (0..rows * inp).map(|_| 2.0 * r()).collect();
+            let bias: Vec<f32> = (0..out).map(|_| r()).collect();
+            let res: Vec<f32> = (0..rows * out).map(|_| r()).collect();
+            let qw = QuantWeight::of(&w, inp, out).unwrap();
+            for residual in [None, Some(&res[..])] {
+                let mut want: Vec<f32> = (0..rows * out)
+                    .map(|i| residual.map_or(bias[i % out], |r| r[i] + bias[i % out]))
+                    .collect();
+                qw.add_product_with(tile_portable, &x, rows, &mut want);
+                let mut got = Vec::with_capacity(rows * out);
+                qw.product_into(&x, rows, &bias, residual, got.spare_capacity_mut());
+                // Safety: product_into wrote all rows * out values.
+                unsafe { got.set_len(rows * out) };
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{rows}x{inp}x{out}, residual {}",
+                    residual.is_some()
                 );
             }
         }
