@@ -6,10 +6,12 @@ Passages: the first N of the MS MARCO pool in SimLM's passage format (title `-`,
   * the engine: a whole `simlm-index embed` process (start-up, tokenisation, encoding, writing);
   * PyTorch (transformers), texts sorted by token length, the best of several batch sizes;
   * sentence-transformers' own `encode` (its character-length order, the folder's pooling);
-  * ONNX Runtime: the model exported with torch.onnx.export, fused by onnxruntime.transformers'
-    BERT optimizer, all graph optimisations on, texts sorted by token length, the best batch size.
-The peers' timings include their tokenisation. Batch sizes are chosen on the first 512 passages, then
-every encoder runs in interleaved rounds and keeps its fastest.
+  * ONNX Runtime: the model exported with torch.onnx.export twice (transformers' eager attention, which
+    the optimizer fuses into its Attention operator, and SDPA), each fused by onnxruntime.transformers'
+    BERT optimizer, all graph optimisations on, texts sorted by token length; the faster export and
+    batch size are kept.
+The peers' timings include their tokenisation. Batch sizes (and exports) are chosen on the first
+--probe passages (512), then every encoder runs in interleaved rounds and keeps its fastest.
 
 One query: the first Q dev.small queries (SimLM's query format, at most 32 tokens) encoded one at a
 time, p50 and p99 latency (engine: `encode_latency`, the REPL's and the service's path).
@@ -20,6 +22,7 @@ reduce_range on CPUs without VNNI, its advice for them; full range with VNNI; u8
 own f32 vectors is printed.
 
 usage: scripts/bench_encode.py [--model models/all-MiniLM-L6-v2 | --base] [--n 2000] [--threads 2] [--int8]
+                               [--rounds 2] [--probe 512] [--q 1000]
   --base: a BERT-base-shaped checkpoint (12 layers, 768 wide) with seeded random weights, made once
           under target/bench-models/.
 """
@@ -87,6 +90,7 @@ def main():
     ap.add_argument("--queries", default=os.path.join(ROOT, "../shared/data/msmarco/queries.dev.small.tsv"))
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--q", type=int, default=1000, help="queries for the one-query latency")
+    ap.add_argument("--probe", type=int, default=512, help="passages on which each peer's batch size is chosen")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release"))
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each encoder keeps its best")
@@ -214,7 +218,7 @@ def main():
         return time.perf_counter() - t, v
 
     # Batch sizes (and, for ONNX Runtime, the export): each peer's fastest on the first 512 passages.
-    probe = list(range(min(512, len(texts))))
+    probe = list(range(min(a.probe, len(texts))))
     best_batch = {}
     sessions, ort_export = {}, {}
 

@@ -420,6 +420,15 @@ impl PackedWeight {
 
     /// `dst (rows x out) += x (rows x inp) @ W`.
     fn add_product(&self, x: &[f32], rows: usize, dst: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if rows <= WIDE_ROWS && crate::simd::level() == crate::simd::Level::Avx512 {
+            return self.add_product_wide(x, rows, dst);
+        }
+        self.add_product_tiles(x, rows, dst)
+    }
+
+    /// [`PackedWeight::add_product`] with the 6 x 16 tile kernel, any row count.
+    fn add_product_tiles(&self, x: &[f32], rows: usize, dst: &mut [f32]) {
         let (inp, out) = (self.inp, self.out);
         // The rows in panels of TILE_Q, k-major, zero-padded.
         let qp = rows.div_ceil(TILE_Q);
@@ -471,6 +480,84 @@ impl PackedWeight {
                 .enumerate()
                 .for_each(|(p, b)| run(p, b));
         }
+    }
+}
+
+/// Up to this many rows, the AVX-512 small-batch product runs all of them against each weight panel
+/// in one pass (one accumulator register per row): a query's projections read each weight once
+/// instead of once per 6-row tile, and for a query the weights come from memory, not cache.
+#[cfg(target_arch = "x86_64")]
+const WIDE_ROWS: usize = 24;
+
+#[cfg(target_arch = "x86_64")]
+impl PackedWeight {
+    /// [`PackedWeight::add_product`] for up to [`WIDE_ROWS`] rows on AVX-512: the rows padded to a
+    /// multiple of 8 and packed k-major in one panel. Each output is the same sequence of FMAs over k
+    /// as in the 6 x 16 tile kernel, so the result has the same bits.
+    fn add_product_wide(&self, x: &[f32], rows: usize, dst: &mut [f32]) {
+        let (inp, out) = (self.inp, self.out);
+        let r = rows.div_ceil(8).max(1) * 8;
+        let mut a = vec![0f32; inp * r];
+        for (i, src) in x.chunks_exact(inp).take(rows).enumerate() {
+            for (k, &v) in src.iter().enumerate() {
+                a[k * r + i] = v;
+            }
+        }
+        let dst_ptr = SharedMut(dst.as_mut_ptr());
+        let run = |p: usize, b: &[f32]| {
+            let mut t = [0f32; WIDE_ROWS * TILE_R];
+            assert!(b.len() >= inp * TILE_R && a.len() >= inp * r);
+            // Safety: the CPU has AVX-512 F (the caller checked the level); the assert bounds the loads.
+            unsafe {
+                match r {
+                    8 => rows_panel_avx512::<8>(inp, a.as_ptr(), b.as_ptr(), t.as_mut_ptr()),
+                    16 => rows_panel_avx512::<16>(inp, a.as_ptr(), b.as_ptr(), t.as_mut_ptr()),
+                    _ => rows_panel_avx512::<24>(inp, a.as_ptr(), b.as_ptr(), t.as_mut_ptr()),
+                }
+            }
+            let cols = (out - p * TILE_R).min(TILE_R);
+            for i in 0..rows {
+                // Safety: row i < rows, columns p*TILE_R.. +cols <= out: inside dst (rows x out);
+                // each task owns column panel p.
+                let d = unsafe {
+                    std::slice::from_raw_parts_mut(dst_ptr.ptr().add(i * out + p * TILE_R), cols)
+                };
+                for (d, v) in d.iter_mut().zip(&t[i * TILE_R..]) {
+                    *d += v;
+                }
+            }
+        };
+        let chunks = self.panels.par_chunks_exact(inp * TILE_R);
+        if rayon::current_thread_index().is_none() {
+            chunks.enumerate().for_each(|(p, b)| run(p, b));
+        } else {
+            self.panels
+                .chunks_exact(inp * TILE_R)
+                .enumerate()
+                .for_each(|(p, b)| run(p, b));
+        }
+    }
+}
+
+/// `out[i * 16 + j] = sum_k a[k * R + i] * b[k * 16 + j]`, one 16-lane accumulator per row, FMAs in
+/// order of k.
+///
+/// Safety: AVX-512 F; `a` holds `k * R` values, `b` `k * 16`, `out` `R * 16`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_panel_avx512<const R: usize>(k: usize, a: *const f32, b: *const f32, out: *mut f32) {
+    use std::arch::x86_64::*;
+    let mut c = [_mm512_setzero_ps(); R];
+    for t in 0..k {
+        // 8 KiB ahead in the panel (past its end is harmless: a prefetch does not fault).
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((t + 128) * TILE_R) as *const i8);
+        let w = _mm512_loadu_ps(b.add(t * TILE_R));
+        for (i, c) in c.iter_mut().enumerate() {
+            *c = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(t * R + i)), w, *c);
+        }
+    }
+    for (i, &c) in c.iter().enumerate() {
+        _mm512_storeu_ps(out.add(i * TILE_R), c);
     }
 }
 
@@ -627,6 +714,35 @@ mod tests {
                 "gelu({x}) = {g}, want {want}"
             );
             x += 0.013;
+        }
+    }
+
+    /// The one-pass AVX-512 product for a few rows gives the bits of the 6 x 16 tile kernel.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn wide_rows_match_the_tile_kernel() {
+        if crate::simd::level() != crate::simd::Level::Avx512 {
+            return;
+        }
+        let (inp, out) = (70, 40);
+        let w: Vec<f32> = (0..inp * out)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 31.0)
+            .collect();
+        let packed =
+            PackedWeight::of(&Tensor::from_vec(w, (inp, out), &candle_core::Device::Cpu).unwrap())
+                .unwrap();
+        for rows in [1, 7, 8, 9, 16, 23, 24] {
+            let x: Vec<f32> = (0..rows * inp)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
+                .collect();
+            let mut a = vec![0.5f32; rows * out];
+            let mut b = a.clone();
+            packed.add_product_wide(&x, rows, &mut a);
+            packed.add_product_tiles(&x, rows, &mut b);
+            assert!(
+                a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "{rows} rows"
+            );
         }
     }
 
