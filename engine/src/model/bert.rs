@@ -458,10 +458,16 @@ impl BertModel {
                 input.apply_op1_no_bwd(&FusedLinear {
                     weight: &l.weight,
                     quant: l.quant.as_ref(),
+                    // An int8 layer never reads the f32 packing: it is not made.
                     packed: l
-                        .packed
-                        .get_or_init(|| super::cpu_ops::PackedWeight::of(&l.weight).ok())
-                        .as_ref(),
+                        .quant
+                        .is_none()
+                        .then(|| {
+                            l.packed
+                                .get_or_init(|| super::cpu_ops::PackedWeight::of(&l.weight).ok())
+                                .as_ref()
+                        })
+                        .flatten(),
                     bias: &l.bias,
                     residual,
                     gelu,

@@ -30,6 +30,18 @@ impl SharedMut {
     }
 }
 
+/// [`SharedMut`]'s read-only twin (the int8 residual), for the same reason.
+#[derive(Clone, Copy)]
+pub(super) struct SharedConst(pub(super) *const f32);
+unsafe impl Send for SharedConst {}
+unsafe impl Sync for SharedConst {}
+
+impl SharedConst {
+    pub(super) fn ptr(&self) -> *const f32 {
+        self.0
+    }
+}
+
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let v = match s {
         CpuStorage::F32(v) => v,
@@ -455,30 +467,43 @@ impl PackedWeight {
                     &never,
                     &mut t,
                 );
-                for i in 0..(rows - q * TILE_Q).min(TILE_Q) {
-                    let r = q * TILE_Q + i;
-                    // Safety: row r < rows, columns p*TILE_R.. +cols < out: inside dst (rows x out);
-                    // each task owns column panel p.
-                    let d = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            dst_ptr.ptr().add(r * out + p * TILE_R),
-                            cols,
-                        )
-                    };
-                    for (d, v) in d.iter_mut().zip(&t[i * TILE_R..]) {
-                        *d += v;
-                    }
-                }
+                let n = (rows - q * TILE_Q).min(TILE_Q);
+                // Safety: rows q*TILE_Q.. +n <= rows of dst (rows x out); this task owns panel p.
+                unsafe { add_tile(dst_ptr, out, p, cols, q * TILE_Q, &t[..n * TILE_R]) };
             }
         };
-        let chunks = self.panels.par_chunks_exact(inp * TILE_R);
+        self.for_each_panel(run);
+    }
+}
+
+impl PackedWeight {
+    /// Runs `run(p, panel p)` for every column panel: in parallel, unless this already runs on a
+    /// worker (batches in parallel).
+    fn for_each_panel(&self, run: impl Fn(usize, &[f32]) + Send + Sync) {
+        let size = self.inp * TILE_R;
         if rayon::current_thread_index().is_none() {
-            chunks.enumerate().for_each(|(p, b)| run(p, b));
-        } else {
             self.panels
-                .chunks_exact(inp * TILE_R)
+                .par_chunks_exact(size)
                 .enumerate()
                 .for_each(|(p, b)| run(p, b));
+        } else {
+            self.panels
+                .chunks_exact(size)
+                .enumerate()
+                .for_each(|(p, b)| run(p, b));
+        }
+    }
+}
+
+/// Adds a tile's rows (`t`: [`TILE_R`] values each) into rows `r0..` of `dst` (`out` wide), columns
+/// `p * TILE_R ..` + `cols`.
+///
+/// Safety: those rows and columns lie inside `dst`, and no other task writes them meanwhile.
+unsafe fn add_tile(dst: SharedMut, out: usize, p: usize, cols: usize, r0: usize, t: &[f32]) {
+    for (i, t) in t.chunks_exact(TILE_R).enumerate() {
+        let d = std::slice::from_raw_parts_mut(dst.ptr().add((r0 + i) * out + p * TILE_R), cols);
+        for (d, v) in d.iter_mut().zip(t) {
+            *d += v;
         }
     }
 }
@@ -516,26 +541,10 @@ impl PackedWeight {
                 }
             }
             let cols = (out - p * TILE_R).min(TILE_R);
-            for i in 0..rows {
-                // Safety: row i < rows, columns p*TILE_R.. +cols <= out: inside dst (rows x out);
-                // each task owns column panel p.
-                let d = unsafe {
-                    std::slice::from_raw_parts_mut(dst_ptr.ptr().add(i * out + p * TILE_R), cols)
-                };
-                for (d, v) in d.iter_mut().zip(&t[i * TILE_R..]) {
-                    *d += v;
-                }
-            }
+            // Safety: rows 0..rows of dst (rows x out); this task owns panel p.
+            unsafe { add_tile(dst_ptr, out, p, cols, 0, &t[..rows * TILE_R]) };
         };
-        let chunks = self.panels.par_chunks_exact(inp * TILE_R);
-        if rayon::current_thread_index().is_none() {
-            chunks.enumerate().for_each(|(p, b)| run(p, b));
-        } else {
-            self.panels
-                .chunks_exact(inp * TILE_R)
-                .enumerate()
-                .for_each(|(p, b)| run(p, b));
-        }
+        self.for_each_panel(run);
     }
 }
 

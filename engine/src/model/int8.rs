@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::cpu_ops::SharedMut;
+use super::cpu_ops::{SharedConst, SharedMut};
 use crate::simd::{level, simd_dispatch, Level};
 
 /// Output columns per weight panel.
@@ -91,11 +91,14 @@ impl QuantWeight {
         self.out
     }
 
-    /// `dst (rows x out) += x (rows x inp) @ W`, with `x` quantised per row on the way.
+    /// `dst (rows x out) += x (rows x inp) @ W`, with `x` quantised per row on the way (the tests'
+    /// form; the forward uses [`QuantWeight::product_into`]).
+    #[cfg(test)]
     pub fn add_product(&self, x: &[f32], rows: usize, dst: &mut [f32]) {
         self.add_product_with(tile_kernel(), x, rows, dst)
     }
 
+    #[cfg(test)]
     fn add_product_with(&self, kernel: TileFn, x: &[f32], rows: usize, dst: &mut [f32]) {
         assert!(dst.len() >= rows * self.out);
         let d = dst.as_mut_ptr();
@@ -370,19 +373,6 @@ fn quantize_into_generic(x: &[f32], q: &mut [u8], inv: f32, zero: f32) {
 simd_dispatch! {
     /// `q = round(clamp(x * inv + zero, 0, 255))`.
     fn quantize_into = quantize_into_generic(x: &[f32], q: &mut [u8], inv: f32, zero: f32)
-}
-
-/// A read-only raw pointer that parallel tasks may share (the residual).
-#[derive(Clone, Copy)]
-struct SharedConst(*const f32);
-unsafe impl Send for SharedConst {}
-unsafe impl Sync for SharedConst {}
-
-impl SharedConst {
-    /// Through a method, so that closures capture the (Sync) wrapper.
-    fn ptr(&self) -> *const f32 {
-        self.0
-    }
 }
 
 /// Where a micro-tile's products go: `dst[r * stride + c] = (res[r * stride + c] + bias[c]) + sa[r]
