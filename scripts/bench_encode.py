@@ -97,6 +97,8 @@ def main():
     ap.add_argument("--engine-args", default="", help="extra simlm-index embed options")
     ap.add_argument("--int8", action="store_true", help="also the engine's --precision int8 and ONNX Runtime's dynamic int8")
     a = ap.parse_args()
+    if a.probe < 1 or a.n < 1 or a.q < 1 or a.rounds < 1:
+        ap.error("--probe, --n, --q and --rounds must be at least 1")
 
     os.environ["OMP_NUM_THREADS"] = str(a.threads)
     import numpy as np
