@@ -39,6 +39,49 @@ fn a_vector_does_not_depend_on_its_batch() {
     }
 }
 
+/// A query encoded alone (its operations split across the pool from a pool worker) gives the same bits
+/// from the main thread, from inside a rayon pool, and from several threads at once (a service), in
+/// f32 and int8.
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn a_query_is_the_same_from_any_thread() {
+    let queries: Vec<Doc> = [
+        "what is paula deen's brother",
+        "treating tension headaches without medication",
+        "how long is a flight from chicago to tokyo and what airlines fly the route nonstop",
+    ]
+    .iter()
+    .map(|q| Doc::query(q))
+    .collect();
+    for precision in [Precision::F32, Precision::Int8] {
+        let opts = EncoderOptions {
+            precision,
+            ..Default::default()
+        };
+        let enc = Encoder::load(minilm().to_str().unwrap(), &opts).unwrap();
+        let one = |q: &Doc| enc.encode(Kind::Query, std::slice::from_ref(q)).unwrap();
+        let want: Vec<Vec<f32>> = queries.iter().map(one).collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let in_pool: Vec<Vec<f32>> = pool.install(|| queries.iter().map(one).collect());
+        assert_eq!(in_pool, want, "{precision:?}: inside a rayon pool");
+        let together: Vec<Vec<Vec<f32>>> = std::thread::scope(|s| {
+            let runs: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| queries.iter().map(one).collect::<Vec<_>>()))
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        for got in together {
+            assert_eq!(got, want, "{precision:?}: four threads at once");
+        }
+    }
+}
+
 #[test]
 #[cfg_attr(
     no_shared,

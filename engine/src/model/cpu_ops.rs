@@ -15,6 +15,33 @@ use rayon::prelude::*;
 
 use crate::simd::{TILE_Q, TILE_R};
 
+thread_local! {
+    /// Whether the operations run by this thread may split their work across the pool, when set
+    /// (see [`with_splitting`]); unset, they split unless the thread is a pool worker.
+    static SPLIT: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether an operation may split its work across the rayon pool: as [`with_splitting`] set it, and
+/// otherwise only from outside the pool (a worker is taken to be encoding one of many batches, whose
+/// operations do better on one thread each than split again).
+pub fn may_split() -> bool {
+    SPLIT
+        .get()
+        .unwrap_or_else(|| rayon::current_thread_index().is_none())
+}
+
+/// Runs `f` with the operations it runs on this thread splitting across the pool (`split`) or not.
+pub fn with_splitting<R>(split: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SPLIT.set(self.0);
+        }
+    }
+    let _restore = Restore(SPLIT.replace(Some(split)));
+    f()
+}
+
 /// A raw pointer that parallel tasks may share: each task writes a disjoint region (also used by
 /// `model::int8`).
 #[derive(Clone, Copy)]
@@ -251,7 +278,7 @@ impl CustomOp1 for FusedLinear<'_> {
         }
         // The elementwise passes (bias, GELU, LayerNorm) of a small output (a query) run on this
         // thread: splitting a few thousand values across threads costs more in wake-ups than it saves.
-        let serial = rows * out <= SERIAL_ELEMENTS || rayon::current_thread_index().is_some();
+        let serial = rows * out <= SERIAL_ELEMENTS || !may_split();
         let mut dst: Vec<f32> = Vec::with_capacity(rows * out);
         if let Some(q) = self.quant {
             if q.inp() != inp || q.out() != out {
@@ -335,7 +362,7 @@ impl CustomOp1 for FusedLinear<'_> {
                 // Safety: dst is rows x out, x is rows x inp, w is inp x out, all contiguous row-major.
                 // Inside a rayon worker (batches encoded in parallel) one thread per GEMM does better than
                 // splitting each GEMM again.
-                let parallel = rayon::current_thread_index().is_none();
+                let parallel = may_split();
                 unsafe {
                     gemm_f32(
                         rows,
@@ -481,7 +508,7 @@ impl PackedWeight {
     /// worker (batches in parallel).
     fn for_each_panel(&self, run: impl Fn(usize, &[f32]) + Send + Sync) {
         let size = self.inp * TILE_R;
-        if rayon::current_thread_index().is_none() {
+        if may_split() {
             self.panels
                 .par_chunks_exact(size)
                 .enumerate()

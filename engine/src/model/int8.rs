@@ -153,8 +153,8 @@ impl QuantWeight {
         if rows == 0 {
             return;
         }
-        let on_worker = rayon::current_thread_index().is_some();
-        let a = QuantRows::of(x, rows, self.inp, self.kp, on_worker);
+        let serial = !super::cpu_ops::may_split();
+        let a = QuantRows::of(x, rows, self.inp, self.kp, serial);
         let np = self.out.div_ceil(NR);
         let pairs = np.div_ceil(NP);
         let tiles = rows.div_ceil(MR);
@@ -162,7 +162,7 @@ impl QuantWeight {
         // Enough tasks to keep every thread busy: row blocks, and the panel pairs cut into groups when
         // there are few rows (a query).
         let threads = rayon::current_num_threads();
-        let groups = if on_worker {
+        let groups = if serial {
             1
         } else {
             (4 * threads).div_ceil(blocks).clamp(1, pairs)
@@ -224,7 +224,7 @@ impl QuantWeight {
                 }
             }
         };
-        if on_worker || blocks * groups == 1 {
+        if serial || blocks * groups == 1 {
             (0..blocks * groups).for_each(task);
         } else {
             (0..blocks * groups).into_par_iter().for_each(task);
@@ -244,7 +244,7 @@ struct QuantRows {
 type RowItem<'a> = ((&'a mut [u8], &'a [f32]), (&'a mut f32, &'a mut i32));
 
 impl QuantRows {
-    fn of(x: &[f32], rows: usize, inp: usize, kp: usize, on_worker: bool) -> QuantRows {
+    fn of(x: &[f32], rows: usize, inp: usize, kp: usize, serial: bool) -> QuantRows {
         let padded = rows.div_ceil(MR) * MR;
         let mut q = vec![0u8; padded * kp];
         let mut scale = vec![0f32; rows];
@@ -256,7 +256,7 @@ impl QuantRows {
             .chunks_mut(kp)
             .zip(x.chunks(inp))
             .zip(scale.iter_mut().zip(zero.iter_mut()));
-        if on_worker || rows < 16 {
+        if serial || rows < 16 {
             it.for_each(one);
         } else {
             q.par_chunks_mut(kp)
