@@ -543,12 +543,13 @@ const WIDE_ROWS: usize = 24;
 
 #[cfg(target_arch = "x86_64")]
 impl PackedWeight {
-    /// [`PackedWeight::add_product`] for up to [`WIDE_ROWS`] rows on AVX-512: the rows padded to a
-    /// multiple of 8 and packed k-major in one panel. Each output is the same sequence of FMAs over k
+    /// [`PackedWeight::add_product`] for up to [`WIDE_ROWS`] rows on AVX-512: the rows packed k-major
+    /// in one panel, a kernel compiled for each row count (no padding rows: a query is 9 tokens on
+    /// average). Each output is the same sequence of FMAs over k
     /// as in the 6 x 16 tile kernel, so the result has the same bits.
     fn add_product_wide(&self, x: &[f32], rows: usize, dst: &mut [f32]) {
         let (inp, out) = (self.inp, self.out);
-        let r = rows.div_ceil(8).max(1) * 8;
+        let r = rows.max(1);
         let mut a = vec![0f32; inp * r];
         for (i, src) in x.chunks_exact(inp).take(rows).enumerate() {
             for (k, &v) in src.iter().enumerate() {
@@ -560,13 +561,17 @@ impl PackedWeight {
             let mut t = [0f32; WIDE_ROWS * TILE_R];
             assert!(b.len() >= inp * TILE_R && a.len() >= inp * r);
             // Safety: the CPU has AVX-512 F (the caller checked the level); the assert bounds the loads.
-            unsafe {
-                match r {
-                    8 => rows_panel_avx512::<8>(inp, a.as_ptr(), b.as_ptr(), t.as_mut_ptr()),
-                    16 => rows_panel_avx512::<16>(inp, a.as_ptr(), b.as_ptr(), t.as_mut_ptr()),
-                    _ => rows_panel_avx512::<24>(inp, a.as_ptr(), b.as_ptr(), t.as_mut_ptr()),
-                }
+            macro_rules! rows {
+                ($($n:literal)*) => {
+                    match r {
+                        $($n => unsafe {
+                            rows_panel_avx512::<$n>(inp, a.as_ptr(), b.as_ptr(), t.as_mut_ptr())
+                        },)*
+                        _ => unreachable!("{r} rows in the wide product"),
+                    }
+                };
             }
+            rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24);
             let cols = (out - p * TILE_R).min(TILE_R);
             // Safety: rows 0..rows of dst (rows x out); this task owns panel p.
             unsafe { add_tile(dst_ptr, out, p, cols, 0, &t[..rows * TILE_R]) };
@@ -767,7 +772,7 @@ mod tests {
         let packed =
             PackedWeight::of(&Tensor::from_vec(w, (inp, out), &candle_core::Device::Cpu).unwrap())
                 .unwrap();
-        for rows in [1, 7, 8, 9, 16, 23, 24] {
+        for rows in 1..=24 {
             let x: Vec<f32> = (0..rows * inp)
                 .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
                 .collect();
