@@ -143,6 +143,11 @@ simd_dispatch! {
     fn gelu_slice = gelu_slice_generic(v: &mut [f32])
 }
 
+/// GELU (erf) over a slice, in place (for the int8 product, which applies it per finished region).
+pub(super) fn gelu_in_place(v: &mut [f32]) {
+    gelu_slice(v)
+}
+
 /// Maximum over eight independent lanes (a plain fold over `f32::max` does not vectorise).
 #[inline(always)]
 fn max_lanes(v: &[f32]) -> f32 {
@@ -299,18 +304,23 @@ impl CustomOp1 for FusedLinear<'_> {
                         if r.len() != rows * out {
                             candle_core::bail!("fused-linear: residual shape mismatch");
                         }
-                        q.product_into(x, rows, b, Some(r), spare);
+                        q.product_into(x, rows, b, Some(r), spare, self.gelu);
                         Ok(())
                     }),
                     None => {
-                        q.product_into(x, rows, b, None, spare);
+                        q.product_into(x, rows, b, None, spare, self.gelu);
                         Ok(())
                     }
                 }
             })?;
             // Safety: product_into wrote every one of the rows * out elements.
             unsafe { dst.set_len(rows * out) };
-            return self.finish(dst, rows, out, serial);
+            // The GELU was applied by the product.
+            return FusedLinear {
+                gelu: false,
+                ..*self
+            }
+            .finish(dst, rows, out, serial);
         }
         // The output starts as bias (+ residual), written once (no zero fill); the GEMM adds into it.
         with_f32(self.bias, "bias", |b| {

@@ -103,12 +103,13 @@ impl QuantWeight {
         assert!(dst.len() >= rows * self.out);
         let d = dst.as_mut_ptr();
         // Safety: dst holds rows x out values, read (as the residual) and written in place.
-        unsafe { self.product_with(kernel, x, rows, None, d, d) }
+        unsafe { self.product_with(kernel, x, rows, None, d, d, false) }
     }
 
     /// `dst (rows x out) = residual + bias + x (rows x inp) @ W` (without a residual: `bias + x @ W`),
     /// every value of `dst` written once, in the tiles' epilogues: the same bits as filling `dst` with
-    /// `residual + bias` and then adding the product.
+    /// `residual + bias` and then adding the product. With `gelu`, GELU (erf) follows on each task's
+    /// region as soon as it is done.
     pub fn product_into(
         &self,
         x: &[f32],
@@ -116,6 +117,7 @@ impl QuantWeight {
         bias: &[f32],
         residual: Option<&[f32]>,
         dst: &mut [std::mem::MaybeUninit<f32>],
+        gelu: bool,
     ) {
         assert!(bias.len() == self.out && dst.len() >= rows * self.out);
         let res = match residual {
@@ -134,12 +136,14 @@ impl QuantWeight {
                 Some(bias),
                 res,
                 dst.as_mut_ptr() as *mut f32,
+                gelu,
             )
         }
     }
 
     /// Safety: `dst` must be valid for writes, and `res` (unless null) for reads, of rows x out values
     /// (they may be the same).
+    #[allow(clippy::too_many_arguments)]
     unsafe fn product_with(
         &self,
         kernel: TileFn,
@@ -148,6 +152,7 @@ impl QuantWeight {
         bias: Option<&[f32]>,
         res: *const f32,
         dst: *mut f32,
+        gelu: bool,
     ) {
         assert!(x.len() >= rows * self.inp);
         if rows == 0 {
@@ -175,7 +180,7 @@ impl QuantWeight {
             let (block, group) = (t / groups, t % groups);
             let pairs = (group * per_group)..((group + 1) * per_group).min(pairs);
             let tiles = (block * ROW_TILES)..((block + 1) * ROW_TILES).min(tiles);
-            for pair in pairs {
+            for pair in pairs.clone() {
                 let c0 = pair * NP * NR;
                 let cols = (self.out - c0).min(NP * NR);
                 let used = cols.div_ceil(NR) * NR;
@@ -221,6 +226,28 @@ impl QuantWeight {
                             &out,
                         )
                     };
+                }
+            }
+            if gelu {
+                // GELU over the task's finished region while it is still in cache (elementwise: the
+                // same bits as a pass over the whole output afterwards).
+                let c = (pairs.start * NP * NR).min(self.out)..(pairs.end * NP * NR).min(self.out);
+                let r = (tiles.start * MR).min(rows)..(tiles.end * MR).min(rows);
+                // Safety: rows r and columns c of dst (rows x out) are this task's, all written above.
+                unsafe {
+                    if c.len() == self.out {
+                        super::cpu_ops::gelu_in_place(std::slice::from_raw_parts_mut(
+                            dst_ptr.ptr().add(r.start * self.out),
+                            r.len() * self.out,
+                        ));
+                    } else {
+                        for row in r {
+                            super::cpu_ops::gelu_in_place(std::slice::from_raw_parts_mut(
+                                dst_ptr.ptr().add(row * self.out + c.start),
+                                c.len(),
+                            ));
+                        }
+                    }
                 }
             }
         };
@@ -705,11 +732,12 @@ mod tests {
     }
 
     /// `product_into` (bias, with and without a residual, written into uninitialised memory) gives
-    /// the bits of filling the output with `residual + bias` and adding the product, on every kernel.
+    /// the bits of filling the output with `residual + bias` and adding the product, on every kernel;
+    /// with GELU, those of a GELU pass afterwards, whether the product is split across the pool or not.
     #[test]
     fn product_into_matches_fill_then_add() {
         let mut r = lcg(11);
-        for (rows, inp, out) in [(1, 8, 16), (9, 40, 33), (21, 64, 96)] {
+        for (rows, inp, out) in [(1, 8, 16), (9, 40, 33), (21, 64, 96), (150, 24, 200)] {
             let w: Vec<f32> = (0..inp * out).map(|_| r()).collect();
             let x: Vec<f32> = (0..rows * inp).map(|_| 2.0 * r()).collect();
             let bias: Vec<f32> = (0..out).map(|_| r()).collect();
@@ -720,17 +748,32 @@ mod tests {
                     .map(|i| residual.map_or(bias[i % out], |r| r[i] + bias[i % out]))
                     .collect();
                 qw.add_product_with(tile_portable, &x, rows, &mut want);
-                let mut got = Vec::with_capacity(rows * out);
-                qw.product_into(&x, rows, &bias, residual, got.spare_capacity_mut());
-                // Safety: product_into wrote all rows * out values.
-                unsafe { got.set_len(rows * out) };
-                assert!(
-                    got.iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "{rows}x{inp}x{out}, residual {}",
-                    residual.is_some()
-                );
+                let mut want_gelu = want.clone();
+                super::super::cpu_ops::gelu_in_place(&mut want_gelu);
+                for (gelu, want) in [(false, &want), (true, &want_gelu)] {
+                    for split in [false, true] {
+                        let mut got = Vec::with_capacity(rows * out);
+                        super::super::cpu_ops::with_splitting(split, || {
+                            qw.product_into(
+                                &x,
+                                rows,
+                                &bias,
+                                residual,
+                                got.spare_capacity_mut(),
+                                gelu,
+                            )
+                        });
+                        // Safety: product_into wrote all rows * out values.
+                        unsafe { got.set_len(rows * out) };
+                        assert!(
+                            got.iter()
+                                .zip(want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{rows}x{inp}x{out}, residual {}, gelu {gelu}, split {split}",
+                            residual.is_some()
+                        );
+                    }
+                }
             }
         }
     }
