@@ -40,9 +40,9 @@ pub fn level() -> Level {
 /// Defines `fn $name(args)`, which runs the `#[inline(always)]` function `$generic` compiled for
 /// the CPU's [`Level`] (plain arithmetic loops that the compiler vectorises for the wider registers).
 macro_rules! simd_dispatch {
-    ($(#[$doc:meta])* fn $name:ident = $generic:ident($($arg:ident: $ty:ty),*)) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident = $generic:ident($($arg:ident: $ty:ty),*)) => {
         $(#[$doc])*
-        fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]

@@ -140,12 +140,7 @@ fn gelu_slice_generic(v: &mut [f32]) {
 
 simd_dispatch! {
     /// GELU over a slice, in place.
-    fn gelu_slice = gelu_slice_generic(v: &mut [f32])
-}
-
-/// GELU (erf) over a slice, in place (for the int8 product, which applies it per finished region).
-pub(super) fn gelu_in_place(v: &mut [f32]) {
-    gelu_slice(v)
+    pub(super) fn gelu_slice = gelu_slice_generic(v: &mut [f32])
 }
 
 /// Maximum over eight independent lanes (a plain fold over `f32::max` does not vectorise).
@@ -316,11 +311,7 @@ impl CustomOp1 for FusedLinear<'_> {
             // Safety: product_into wrote every one of the rows * out elements.
             unsafe { dst.set_len(rows * out) };
             // The GELU was applied by the product.
-            return FusedLinear {
-                gelu: false,
-                ..*self
-            }
-            .finish(dst, rows, out, serial);
+            return self.finish(dst, rows, out, serial, false);
         }
         // The output starts as bias (+ residual), written once (no zero fill); the GEMM adds into it.
         with_f32(self.bias, "bias", |b| {
@@ -393,20 +384,21 @@ impl CustomOp1 for FusedLinear<'_> {
                 Ok(())
             })?;
         }
-        self.finish(dst, rows, out, serial)
+        self.finish(dst, rows, out, serial, self.gelu)
     }
 }
 
 impl FusedLinear<'_> {
-    /// GELU or LayerNorm over the projection's output, as asked.
+    /// GELU (when `gelu`: the int8 product applies its own) or LayerNorm over the projection's output.
     fn finish(
         &self,
         mut dst: Vec<f32>,
         rows: usize,
         out: usize,
         serial: bool,
+        gelu: bool,
     ) -> Result<(CpuStorage, Shape)> {
-        if self.gelu {
+        if gelu {
             if serial {
                 gelu_slice(&mut dst);
             } else {

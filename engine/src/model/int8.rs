@@ -234,20 +234,13 @@ impl QuantWeight {
                 let c = (pairs.start * NP * NR).min(self.out)..(pairs.end * NP * NR).min(self.out);
                 let r = (tiles.start * MR).min(rows)..(tiles.end * MR).min(rows);
                 // Safety: rows r and columns c of dst (rows x out) are this task's, all written above.
-                unsafe {
-                    if c.len() == self.out {
-                        super::cpu_ops::gelu_in_place(std::slice::from_raw_parts_mut(
-                            dst_ptr.ptr().add(r.start * self.out),
-                            r.len() * self.out,
-                        ));
-                    } else {
-                        for row in r {
-                            super::cpu_ops::gelu_in_place(std::slice::from_raw_parts_mut(
-                                dst_ptr.ptr().add(row * self.out + c.start),
-                                c.len(),
-                            ));
-                        }
-                    }
+                for row in r {
+                    unsafe {
+                        super::cpu_ops::gelu_slice(std::slice::from_raw_parts_mut(
+                            dst_ptr.ptr().add(row * self.out + c.start),
+                            c.len(),
+                        ))
+                    };
                 }
             }
         };
@@ -749,7 +742,7 @@ mod tests {
                     .collect();
                 qw.add_product_with(tile_portable, &x, rows, &mut want);
                 let mut want_gelu = want.clone();
-                super::super::cpu_ops::gelu_in_place(&mut want_gelu);
+                super::super::cpu_ops::gelu_slice(&mut want_gelu);
                 for (gelu, want) in [(false, &want), (true, &want_gelu)] {
                     for split in [false, true] {
                         let mut got = Vec::with_capacity(rows * out);
