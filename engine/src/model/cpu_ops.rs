@@ -3,8 +3,9 @@
 //! `erf`/`exp`; fusing the bias, residual and GELU into the projection GEMM and computing attention
 //! per (sequence, head) over the real tokens only removes those passes and the padding work.
 //!
-//! * [`FusedLinear`]: `x @ W + b (+ residual)`, optionally followed by GELU, one GEMM writing into a
-//!   buffer that already holds the bias (and residual).
+//! * [`FusedLinear`]: `x @ W + b (+ residual)`, optionally followed by GELU or LayerNorm: one GEMM
+//!   writing into a buffer that already holds the bias (and residual), or, when GELU or LayerNorm
+//!   follows a batch's GEMM, that pass adding them as it goes (one pass over the output fewer).
 //! * [`FusedAttention`]: from the fused QKV projection to the attention context, per (sequence, head)
 //!   in parallel: scores for the sequence's real tokens only, softmax, times V. Padding keys are left
 //!   out exactly (not down-weighted), so a sequence's result does not depend on its batch; padding rows
@@ -328,7 +329,53 @@ impl CustomOp1 for FusedLinear<'_> {
             // Safety: product_into wrote every one of the rows * out elements.
             unsafe { dst.set_len(rows * out) };
             // The GELU was applied by the product.
-            return self.finish(dst, rows, out, serial, false);
+            return self.finish(dst, rows, out, serial, false, None);
+        }
+        let small = self
+            .packed
+            .filter(|p| rows <= SMALL_ROWS && p.inp == inp && p.out == out);
+        if small.is_none() && (self.gelu || self.norm.is_some()) {
+            // The general GEMM writes the product alone, and the GELU or LayerNorm pass that follows
+            // adds the bias (and residual) on its way: no pass that fills the output with them first.
+            let spare = &mut dst.spare_capacity_mut()[..rows * out];
+            with_f32(self.weight, "weight", |w| {
+                // Safety: spare holds rows x out values, all written (read_dst false); x is rows x inp
+                // and w inp x out, all contiguous row-major.
+                unsafe {
+                    gemm_f32(
+                        rows,
+                        out,
+                        inp,
+                        spare.as_mut_ptr() as *mut f32,
+                        out as isize,
+                        false,
+                        x.as_ptr(),
+                        inp as isize,
+                        1,
+                        w.as_ptr(),
+                        out as isize,
+                        1,
+                        may_split(),
+                    )
+                };
+                Ok(())
+            })?;
+            // Safety: the GEMM wrote every one of the rows * out elements.
+            unsafe { dst.set_len(rows * out) };
+            return with_f32(self.bias, "bias", |b| {
+                if b.len() != out {
+                    candle_core::bail!("fused-linear: bias width mismatch");
+                }
+                match self.residual {
+                    Some(r) => with_f32(r, "residual", |r| {
+                        if r.len() != rows * out {
+                            candle_core::bail!("fused-linear: residual shape mismatch");
+                        }
+                        self.finish(dst, rows, out, serial, self.gelu, Some((b, Some(r))))
+                    }),
+                    None => self.finish(dst, rows, out, serial, self.gelu, Some((b, None))),
+                }
+            });
         }
         // The output starts as bias (+ residual), written once (no zero fill); the GEMM adds into it.
         with_f32(self.bias, "bias", |b| {
@@ -370,9 +417,6 @@ impl CustomOp1 for FusedLinear<'_> {
         })?;
         // Safety: every one of the rows * out elements was written just above.
         unsafe { dst.set_len(rows * out) };
-        let small = self
-            .packed
-            .filter(|p| rows <= SMALL_ROWS && p.inp == inp && p.out == out);
         if let Some(p) = small {
             p.add_product(x, rows, &mut dst);
         } else {
@@ -401,12 +445,15 @@ impl CustomOp1 for FusedLinear<'_> {
                 Ok(())
             })?;
         }
-        self.finish(dst, rows, out, serial, self.gelu)
+        self.finish(dst, rows, out, serial, self.gelu, None)
     }
 }
 
 impl FusedLinear<'_> {
-    /// GELU (when `gelu`: the int8 product applies its own) or LayerNorm over the projection's output.
+    /// GELU (when `gelu`: the int8 product applies its own) or LayerNorm over the projection's output;
+    /// with `add` (`bias`, `residual`), the first of them adds `residual + bias` to each value first,
+    /// which gives the bits of an output filled with `residual + bias` before a single-step product
+    /// added into it (one float addition, commutative).
     fn finish(
         &self,
         mut dst: Vec<f32>,
@@ -414,33 +461,98 @@ impl FusedLinear<'_> {
         out: usize,
         serial: bool,
         gelu: bool,
+        mut add: Option<(&[f32], Option<&[f32]>)>,
     ) -> Result<(CpuStorage, Shape)> {
+        // Runs f(row, residual row) over the rows, in parallel unless serial.
+        let for_rows = |dst: &mut Vec<f32>,
+                        residual: Option<&[f32]>,
+                        f: &(dyn Fn(&mut [f32], Option<&[f32]>) + Sync)| {
+            match (residual, serial) {
+                (Some(r), true) => dst
+                    .chunks_mut(out)
+                    .zip(r.chunks(out))
+                    .for_each(|(d, r)| f(d, Some(r))),
+                (Some(r), false) => dst
+                    .par_chunks_mut(out)
+                    .zip(r.par_chunks(out))
+                    .for_each(|(d, r)| f(d, Some(r))),
+                (None, true) => dst.chunks_mut(out).for_each(|d| f(d, None)),
+                (None, false) => dst.par_chunks_mut(out).for_each(|d| f(d, None)),
+            }
+        };
         if gelu {
-            if serial {
-                gelu_slice(&mut dst);
-            } else {
-                dst.par_chunks_mut(4096).for_each(gelu_slice);
+            match add.take() {
+                Some((b, r)) => for_rows(&mut dst, r, &|d, r| add_gelu(d, b, r)),
+                None if serial => gelu_slice(&mut dst),
+                None => dst.par_chunks_mut(4096).for_each(gelu_slice),
             }
         }
-        if let Some((w, b, eps)) = self.norm {
+        if let Some((w, nb, eps)) = self.norm {
             with_f32(w, "norm weight", |w| {
-                with_f32(b, "norm bias", |b| {
-                    if w.len() != out || b.len() != out {
+                with_f32(nb, "norm bias", |nb| {
+                    if w.len() != out || nb.len() != out {
                         candle_core::bail!("fused-linear: norm width mismatch");
                     }
-                    if serial {
-                        dst.chunks_mut(out)
-                            .for_each(|row| layer_norm(row, w, b, eps));
-                    } else {
-                        dst.par_chunks_mut(out)
-                            .for_each(|row| layer_norm(row, w, b, eps));
+                    match add.take() {
+                        Some((b, r)) => for_rows(&mut dst, r, &|d, r| {
+                            add_row(d, b, r);
+                            layer_norm(d, w, nb, eps)
+                        }),
+                        None => for_rows(&mut dst, None, &|d, _| layer_norm(d, w, nb, eps)),
                     }
                     Ok(())
                 })
             })?;
         }
+        if let Some((b, r)) = add {
+            for_rows(&mut dst, r, &|d, r| add_row(d, b, r));
+        }
         Ok((CpuStorage::F32(dst), Shape::from((rows, out))))
     }
+}
+
+/// `x += residual + bias` (`x += bias` without a residual), one row.
+#[inline(always)]
+fn add_row_generic(x: &mut [f32], bias: &[f32], residual: Option<&[f32]>) {
+    match residual {
+        Some(r) => {
+            for ((x, r), b) in x.iter_mut().zip(r).zip(bias) {
+                *x += r + b;
+            }
+        }
+        None => {
+            for (x, b) in x.iter_mut().zip(bias) {
+                *x += b;
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    /// `x += residual + bias`, one row.
+    fn add_row = add_row_generic(x: &mut [f32], bias: &[f32], residual: Option<&[f32]>)
+}
+
+/// `x = GELU(x + (residual + bias))`, one row.
+#[inline(always)]
+fn add_gelu_generic(x: &mut [f32], bias: &[f32], residual: Option<&[f32]>) {
+    match residual {
+        Some(r) => {
+            for ((x, r), b) in x.iter_mut().zip(r).zip(bias) {
+                *x = gelu_erf(*x + (r + b));
+            }
+        }
+        None => {
+            for (x, b) in x.iter_mut().zip(bias) {
+                *x = gelu_erf(*x + b);
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    /// `x = GELU(x + (residual + bias))`, one row.
+    fn add_gelu = add_gelu_generic(x: &mut [f32], bias: &[f32], residual: Option<&[f32]>)
 }
 
 /// Up to this many output values, a projection's elementwise passes run on the calling thread.
@@ -803,6 +915,63 @@ mod tests {
                 a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
                 "{rows} rows"
             );
+        }
+    }
+
+    /// A batch's projection followed by GELU or LayerNorm adds its bias and residual in that pass
+    /// (the GEMM writes the product alone): the same bits as filling the output with `residual +
+    /// bias`, adding the product (the path without a following pass), then GELU or LayerNorm, for a
+    /// width the GEMM sums in one step; serial and split.
+    #[test]
+    fn bias_and_residual_in_the_following_pass_match_fill_then_add() {
+        let dev = candle_core::Device::Cpu;
+        let (rows, inp, out) = (SMALL_ROWS + 37, 48, 40);
+        let val = |n: usize, m: usize, d: f32| -> Vec<f32> {
+            (0..n).map(|i| ((i * m % 97) as f32 - 48.0) / d).collect()
+        };
+        let t = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &dev).unwrap();
+        let weight = t(val(inp * out, 37, 40.0), &[inp, out]);
+        let bias = t(val(out, 11, 30.0), &[out]);
+        let residual = t(val(rows * out, 13, 20.0), &[rows, out]);
+        let (nw, nb) = (t(val(out, 7, 50.0), &[out]), t(val(out, 5, 60.0), &[out]));
+        let x = t(val(rows * inp, 17, 25.0), &[rows, inp]);
+        let linear = |with_residual: bool, gelu: bool, norm: bool| FusedLinear {
+            weight: &weight,
+            packed: None,
+            quant: None,
+            bias: &bias,
+            residual: with_residual.then_some(&residual),
+            gelu,
+            norm: norm.then_some((&nw, &nb, 1e-12)),
+        };
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        for split in [false, true] {
+            with_splitting(split, || {
+                for res in [false, true] {
+                    // Fill, then add the product (no pass follows), then the pass by hand.
+                    let plain = x.apply_op1_no_bwd(&linear(res, false, false)).unwrap();
+                    let mut want = plain.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    gelu_slice(&mut want);
+                    let got = x.apply_op1_no_bwd(&linear(res, true, false)).unwrap();
+                    let want: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(bits(&got), want, "GELU, residual {res}");
+                    let mut want = plain.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let (w, b) = (nw.to_vec1::<f32>().unwrap(), nb.to_vec1::<f32>().unwrap());
+                    want.chunks_mut(out)
+                        .for_each(|row| layer_norm(row, &w, &b, 1e-12));
+                    let got = x.apply_op1_no_bwd(&linear(res, false, true)).unwrap();
+                    let want: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(bits(&got), want, "LayerNorm, residual {res}");
+                }
+            })
         }
     }
 
