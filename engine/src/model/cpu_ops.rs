@@ -464,10 +464,8 @@ impl FusedLinear<'_> {
         mut add: Option<(&[f32], Option<&[f32]>)>,
     ) -> Result<(CpuStorage, Shape)> {
         // Runs f(row, residual row) over the rows, in parallel unless serial.
-        let for_rows = |dst: &mut Vec<f32>,
-                        residual: Option<&[f32]>,
-                        f: &(dyn Fn(&mut [f32], Option<&[f32]>) + Sync)| {
-            match (residual, serial) {
+        let for_rows =
+            |dst: &mut Vec<f32>, residual: Option<&[f32]>, f: &RowFn| match (residual, serial) {
                 (Some(r), true) => dst
                     .chunks_mut(out)
                     .zip(r.chunks(out))
@@ -478,8 +476,7 @@ impl FusedLinear<'_> {
                     .for_each(|(d, r)| f(d, Some(r))),
                 (None, true) => dst.chunks_mut(out).for_each(|d| f(d, None)),
                 (None, false) => dst.par_chunks_mut(out).for_each(|d| f(d, None)),
-            }
-        };
+            };
         if gelu {
             match add.take() {
                 Some((b, r)) => for_rows(&mut dst, r, &|d, r| add_gelu(d, b, r)),
@@ -510,6 +507,9 @@ impl FusedLinear<'_> {
         Ok((CpuStorage::F32(dst), Shape::from((rows, out))))
     }
 }
+
+/// A pass over one output row, given the residual's row (if any).
+type RowFn<'a> = dyn Fn(&mut [f32], Option<&[f32]>) + Sync + 'a;
 
 /// `x += residual + bias` (`x += bias` without a residual), one row.
 #[inline(always)]
