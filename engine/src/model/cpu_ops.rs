@@ -338,28 +338,8 @@ impl CustomOp1 for FusedLinear<'_> {
             // The general GEMM writes the product alone, and the GELU or LayerNorm pass that follows
             // adds the bias (and residual) on its way: no pass that fills the output with them first.
             let spare = &mut dst.spare_capacity_mut()[..rows * out];
-            with_f32(self.weight, "weight", |w| {
-                // Safety: spare holds rows x out values, all written (read_dst false); x is rows x inp
-                // and w inp x out, all contiguous row-major.
-                unsafe {
-                    gemm_f32(
-                        rows,
-                        out,
-                        inp,
-                        spare.as_mut_ptr() as *mut f32,
-                        out as isize,
-                        false,
-                        x.as_ptr(),
-                        inp as isize,
-                        1,
-                        w.as_ptr(),
-                        out as isize,
-                        1,
-                        may_split(),
-                    )
-                };
-                Ok(())
-            })?;
+            // Safety: spare holds rows x out values, all written (read_dst false).
+            unsafe { self.general_product(x, rows, spare.as_mut_ptr() as *mut f32, false)? };
             // Safety: the GEMM wrote every one of the rows * out elements.
             unsafe { dst.set_len(rows * out) };
             return with_f32(self.bias, "bias", |b| {
@@ -420,36 +400,51 @@ impl CustomOp1 for FusedLinear<'_> {
         if let Some(p) = small {
             p.add_product(x, rows, &mut dst);
         } else {
-            with_f32(self.weight, "weight", |w| {
-                // Safety: dst is rows x out, x is rows x inp, w is inp x out, all contiguous row-major.
-                // Inside a rayon worker (batches encoded in parallel) one thread per GEMM does better than
-                // splitting each GEMM again.
-                let parallel = may_split();
-                unsafe {
-                    gemm_f32(
-                        rows,
-                        out,
-                        inp,
-                        dst.as_mut_ptr(),
-                        out as isize,
-                        true,
-                        x.as_ptr(),
-                        inp as isize,
-                        1,
-                        w.as_ptr(),
-                        out as isize,
-                        1,
-                        parallel,
-                    )
-                };
-                Ok(())
-            })?;
+            // Safety: dst holds rows x out values, read and written.
+            unsafe { self.general_product(x, rows, dst.as_mut_ptr(), true)? };
         }
         self.finish(dst, rows, out, serial, self.gelu, None)
     }
 }
 
 impl FusedLinear<'_> {
+    /// `dst (rows x out) = x (rows x inp) @ W (+ dst when read_dst)` by the general GEMM. Inside a
+    /// rayon worker (batches encoded in parallel) one thread per GEMM does better than splitting each
+    /// GEMM again.
+    ///
+    /// Safety: `dst` is valid for writes (and, with read_dst, reads) of rows x out values; `x` holds
+    /// rows x inp values (checked by the caller against the weight's shape).
+    unsafe fn general_product(
+        &self,
+        x: &[f32],
+        rows: usize,
+        dst: *mut f32,
+        read_dst: bool,
+    ) -> Result<()> {
+        let (inp, out) = self.weight.dims2()?;
+        with_f32(self.weight, "weight", |w| {
+            // Safety: x is rows x inp, w inp x out, dst rows x out, all contiguous row-major.
+            unsafe {
+                gemm_f32(
+                    rows,
+                    out,
+                    inp,
+                    dst,
+                    out as isize,
+                    read_dst,
+                    x.as_ptr(),
+                    inp as isize,
+                    1,
+                    w.as_ptr(),
+                    out as isize,
+                    1,
+                    may_split(),
+                )
+            };
+            Ok(())
+        })
+    }
+
     /// GELU (when `gelu`: the int8 product applies its own) or LayerNorm over the projection's output;
     /// with `add` (`bias`, `residual`), the first of them adds `residual + bias` to each value first,
     /// which gives the bits of an output filled with `residual + bias` before a single-step product
@@ -511,21 +506,26 @@ impl FusedLinear<'_> {
 /// A pass over one output row, given the residual's row (if any).
 type RowFn<'a> = dyn Fn(&mut [f32], Option<&[f32]>) + Sync + 'a;
 
-/// `x += residual + bias` (`x += bias` without a residual), one row.
+/// `x = f(x + (residual + bias))` (`f(x + bias)` without a residual), one row.
 #[inline(always)]
-fn add_row_generic(x: &mut [f32], bias: &[f32], residual: Option<&[f32]>) {
+fn add_map(x: &mut [f32], bias: &[f32], residual: Option<&[f32]>, f: impl Fn(f32) -> f32) {
     match residual {
         Some(r) => {
             for ((x, r), b) in x.iter_mut().zip(r).zip(bias) {
-                *x += r + b;
+                *x = f(*x + (r + b));
             }
         }
         None => {
             for (x, b) in x.iter_mut().zip(bias) {
-                *x += b;
+                *x = f(*x + b);
             }
         }
     }
+}
+
+#[inline(always)]
+fn add_row_generic(x: &mut [f32], bias: &[f32], residual: Option<&[f32]>) {
+    add_map(x, bias, residual, |v| v)
 }
 
 simd_dispatch! {
@@ -533,21 +533,9 @@ simd_dispatch! {
     fn add_row = add_row_generic(x: &mut [f32], bias: &[f32], residual: Option<&[f32]>)
 }
 
-/// `x = GELU(x + (residual + bias))`, one row.
 #[inline(always)]
 fn add_gelu_generic(x: &mut [f32], bias: &[f32], residual: Option<&[f32]>) {
-    match residual {
-        Some(r) => {
-            for ((x, r), b) in x.iter_mut().zip(r).zip(bias) {
-                *x = gelu_erf(*x + (r + b));
-            }
-        }
-        None => {
-            for (x, b) in x.iter_mut().zip(bias) {
-                *x = gelu_erf(*x + b);
-            }
-        }
-    }
+    add_map(x, bias, residual, gelu_erf)
 }
 
 simd_dispatch! {
