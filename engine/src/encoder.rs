@@ -111,8 +111,9 @@ pub struct EncoderOptions {
     pub pooling: Option<Pooling>,
     pub precision: Precision,
     pub device: Device,
-    /// Upper bound on `batch size x longest sequence` of one forward pass.
-    pub batch_tokens: usize,
+    /// Upper bound on `batch size x longest sequence` of one forward pass; `None`: the device's
+    /// default ([`Encoder::default_batch_tokens`]).
+    pub batch_tokens: Option<usize>,
     /// Upper bound on the number of sequences of one forward pass.
     pub max_batch: usize,
 }
@@ -124,7 +125,7 @@ impl Default for EncoderOptions {
             pooling: None,
             precision: Precision::F32,
             device: Device::Cpu,
-            batch_tokens: 4096,
+            batch_tokens: None,
             max_batch: 512,
         }
     }
@@ -137,6 +138,8 @@ pub struct Encoder {
     files: ModelFiles,
     precision: Precision,
     batch_tokens: usize,
+    /// Whether `batch_tokens` was given rather than the device's default.
+    batch_tokens_chosen: bool,
     max_batch: usize,
 }
 
@@ -216,7 +219,11 @@ impl Encoder {
             pooling,
             files,
             precision: opts.precision,
-            batch_tokens: opts.batch_tokens.max(1),
+            batch_tokens: opts
+                .batch_tokens
+                .unwrap_or_else(|| Encoder::default_batch_tokens(&opts.device))
+                .max(1),
+            batch_tokens_chosen: opts.batch_tokens.is_some(),
             max_batch: opts.max_batch.max(1),
         })
     }
@@ -227,6 +234,25 @@ impl Encoder {
 
     pub fn batch_tokens(&self) -> usize {
         self.batch_tokens
+    }
+
+    /// The token budget of a forward pass when none is given. On the CPU, 1024: a batch's
+    /// activations then stay closer to the core's cache, and whole batches run on each worker
+    /// thread; 1024 encoded the MS MARCO pool 5-12% faster than 4096 on MiniLM and a BERT-base
+    /// shape. On a GPU, 4096: bigger passes keep it busy.
+    pub fn default_batch_tokens(device: &Device) -> usize {
+        if device.is_cpu() {
+            1024
+        } else {
+            4096
+        }
+    }
+
+    /// The default budget of earlier versions (4096 on every device), when it differs from this
+    /// encoder's and no budget was given: a build begun with it continues with it, since the last
+    /// bits of the vectors depend on the batches.
+    pub fn earlier_default_batch_tokens(&self) -> Option<usize> {
+        (!self.batch_tokens_chosen && self.batch_tokens != 4096).then_some(4096)
     }
 
     pub fn pooling(&self) -> Pooling {
@@ -252,18 +278,27 @@ impl Encoder {
 
     /// Unit vectors of `docs`, row-major `(docs.len(), dim)`, in input order.
     pub fn encode(&self, kind: Kind, docs: &[Doc]) -> Result<Vec<f32>> {
+        self.encode_within(kind, docs, self.batch_tokens)
+    }
+
+    /// [`Encoder::encode`] with forward passes of at most `batch_tokens` padded tokens.
+    pub fn encode_within(&self, kind: Kind, docs: &[Doc], batch_tokens: usize) -> Result<Vec<f32>> {
         let toks = self.tokenize(kind, docs)?;
-        self.encode_tokens(&toks)
+        self.encode_tokens_within(&toks, batch_tokens)
     }
 
     /// Unit vectors of already tokenised texts, in input order. Texts are sorted by length and cut
     /// into batches of at most `batch_tokens` padded tokens, so padding stays small.
     pub fn encode_tokens(&self, toks: &[Tokens]) -> Result<Vec<f32>> {
+        self.encode_tokens_within(toks, self.batch_tokens)
+    }
+
+    fn encode_tokens_within(&self, toks: &[Tokens], batch_tokens: usize) -> Result<Vec<f32>> {
         use crate::model::cpu_ops::with_splitting;
         use rayon::prelude::*;
         let dim = self.dim();
         let mut out = vec![0f32; toks.len() * dim];
-        let batches = length_batches(toks, self.batch_tokens, self.max_batch);
+        let batches = length_batches(toks, batch_tokens.max(1), self.max_batch);
         let run = |batch: &Vec<usize>| {
             self.forward_batch(&batch.iter().map(|&i| &toks[i]).collect::<Vec<_>>())
         };

@@ -23,7 +23,7 @@ fn a_vector_does_not_depend_on_its_batch() {
     // A small token budget forces many batches of mixed composition.
     for budget in [600, 4096] {
         let opts = EncoderOptions {
-            batch_tokens: budget,
+            batch_tokens: Some(budget),
             ..Default::default()
         };
         let enc = Encoder::load(minilm().to_str().unwrap(), &opts).unwrap();

@@ -85,9 +85,10 @@ struct EncoderArgs {
     /// linear layers on 8-bit integers (CPU only; faster, vectors within a small cosine of f32).
     #[arg(long)]
     precision: Option<Precision>,
-    /// Token budget of one forward pass (batch size x longest sequence).
-    #[arg(long, default_value_t = 4096)]
-    batch_tokens: usize,
+    /// Token budget of one forward pass (batch size x longest sequence). Default: 1024 on cpu,
+    /// 4096 on cuda; an unfinished build begun with 4096 (the earlier default) continues with it.
+    #[arg(long)]
+    batch_tokens: Option<usize>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,

@@ -135,7 +135,64 @@ struct Plan {
     precision: crate::Precision,
     collection: FileSum,
     titles: Option<FileSum>,
+    /// Everything the vectors depend on but the token budget.
+    key: serde_json::Value,
+    /// The token budget of a forward pass.
+    batch_tokens: usize,
     settings: String,
+}
+
+impl Plan {
+    /// The hash of the key with `batch_tokens` added: what a build records and resumes by.
+    fn settings_with(key: &serde_json::Value, batch_tokens: usize) -> String {
+        let mut key = key.clone();
+        key["batch_tokens"] = batch_tokens.into();
+        format!("{:x}", Sha256::digest(key.to_string().as_bytes()))
+    }
+
+    /// Takes the default budget of earlier versions when a build made with it is there (finished,
+    /// or unfinished and so to be resumed) and none with this budget is: the same command as before
+    /// continues that build, with the batches, and so the bits, it began with. `--force` starts over
+    /// with this budget.
+    fn keep_earlier_budget(
+        &mut self,
+        w: &Writer,
+        encoder: &Encoder,
+        force: bool,
+        progress: &dyn Progress,
+    ) {
+        let Some(earlier) = encoder.earlier_default_batch_tokens() else {
+            return;
+        };
+        if force {
+            return;
+        }
+        let there = builds_there(w);
+        let settings = Plan::settings_with(&self.key, earlier);
+        if !there.contains(&self.settings) && there.contains(&settings) {
+            progress.message(&format!(
+                "the build here was made with {earlier} batch tokens (the earlier default): keeping them"
+            ));
+            self.batch_tokens = earlier;
+            self.settings = settings;
+        }
+    }
+}
+
+/// The settings of the finished index and of the unfinished builds in the folder.
+fn builds_there(w: &Writer) -> Vec<String> {
+    let current = w.current().ok().flatten();
+    let mut there: Vec<String> = current.iter().map(|m| m.settings.clone()).collect();
+    let current = current.map(|m| m.generation());
+    for g in layout::generations(w.dir()).unwrap_or_default() {
+        let gen_dir = w.dir().join(layout::generation_name(g));
+        if Some(g) != current {
+            if let Ok(p) = BuildProgress::read(&gen_dir) {
+                there.push(p.settings);
+            }
+        }
+    }
+    there
 }
 
 fn plan(
@@ -173,9 +230,9 @@ fn plan(
         "precision": precision, "dtype": opts.dtype, "collection": collection.sha256,
         "titles": titles.as_ref().map(|t| t.sha256.clone()), "fix_encoding": opts.read.fix_encoding,
         "skip_bad": opts.read.skip_bad, "rows": [start, end], "chunk_rows": opts.chunk_rows,
-        // The batches, and so the last bits of each vector, depend on the token budget.
-        "batch_tokens": encoder.batch_tokens(),
     });
+    // The batches, and so the last bits of each vector, depend on the token budget too.
+    let batch_tokens = encoder.batch_tokens();
     Ok(Plan {
         start,
         end,
@@ -185,7 +242,9 @@ fn plan(
         precision,
         collection,
         titles,
-        settings: format!("{:x}", Sha256::digest(key.to_string().as_bytes())),
+        settings: Plan::settings_with(&key, batch_tokens),
+        key,
+        batch_tokens,
     })
 }
 
@@ -199,7 +258,8 @@ pub fn build(encoder: &Encoder, opts: &BuildOptions, progress: &dyn Progress) ->
     };
     let scan = scan(&opts.collection, &opts.read, progress)?;
     failpoint::hit("scan").at(&opts.collection)?;
-    let plan = plan(encoder, opts, &scan, progress)?;
+    let mut plan = plan(encoder, opts, &scan, progress)?;
+    plan.keep_earlier_budget(&w, encoder, opts.force, progress);
     if let Some(m) = current.filter(|_| !opts.force) {
         // The same command run again after it finished (or after a stop just past its commit).
         if m.settings == plan.settings && m.hnsw == opts.hnsw {
@@ -351,7 +411,7 @@ fn encode(
             }
             row += 1;
             if chunk.len() == opts.chunk_rows || (row == plan.end && !chunk.is_empty()) {
-                let vecs = encoder.encode(Kind::Passage, &chunk)?;
+                let vecs = encoder.encode_within(Kind::Passage, &chunk, plan.batch_tokens)?;
                 out.append_f32(&vecs)?;
                 state.rows_done += chunk.len();
                 chunk.clear();

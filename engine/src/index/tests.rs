@@ -194,3 +194,75 @@ fn merged_shards_equal_one_build() {
     .unwrap_err();
     assert!(e.to_string().contains("differ in sources"), "{e}");
 }
+
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn a_build_begun_with_the_earlier_default_budget_keeps_it() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = collection(tmp.path(), 600);
+    let earlier = Encoder::load(
+        &testkit::s(&testkit::tiny_bert()),
+        &EncoderOptions {
+            batch_tokens: Some(4096),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let enc = encoder();
+    assert_eq!(enc.batch_tokens(), 1024);
+    assert_eq!(enc.earlier_default_batch_tokens(), Some(4096));
+    assert_eq!(earlier.earlier_default_batch_tokens(), None);
+    let clean = tmp.path().join("clean");
+    build(&earlier, &options(&docs, &clean), &Quiet).unwrap();
+
+    // Begun with 4096 (as by an earlier version), stopped, then run again without a budget.
+    let out = tmp.path().join("resumed");
+    let opts = options(&docs, &out);
+    stopped_at("encode", || build(&earlier, &opts, &Quiet)).unwrap_err();
+    let rec = Recorder::default();
+    let m = build(&enc, &opts, &rec).unwrap();
+    let said = rec.0.lock().unwrap().join("\n");
+    assert!(said.contains("made with 4096 batch tokens"), "{said}");
+    assert!(said.contains("resuming after 128 of 600 rows"), "{said}");
+    assert_eq!(m.count, 600);
+    assert_eq!(data(&out, layout::VECTORS), data(&clean, layout::VECTORS));
+    let clean_settings = crate::store::manifest::Manifest::read(&clean)
+        .unwrap()
+        .settings;
+    assert_eq!(m.settings, clean_settings);
+    let before = std::fs::read(out.join(layout::MANIFEST)).unwrap();
+
+    // Finished with 4096: the same command finds it complete and changes nothing.
+    let rec = Recorder::default();
+    build(&enc, &opts, &rec).unwrap();
+    assert!(
+        rec.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains("already complete")),
+        "{:?}",
+        rec.0.lock().unwrap()
+    );
+    assert_eq!(std::fs::read(out.join(layout::MANIFEST)).unwrap(), before);
+
+    // --force starts over with this version's budget: other settings, the same rows.
+    let forced = build(
+        &enc,
+        &BuildOptions {
+            force: true,
+            ..opts.clone()
+        },
+        &Quiet,
+    )
+    .unwrap();
+    assert_ne!(forced.settings, m.settings);
+    assert_eq!(forced.count, 600);
+    // A build in a new folder takes this version's budget too.
+    let fresh = build(&enc, &options(&docs, &tmp.path().join("fresh")), &Quiet).unwrap();
+    assert_eq!(fresh.settings, forced.settings);
+}
