@@ -42,7 +42,7 @@ enum Command {
         #[command(flatten)]
         graph: GraphArgs,
         /// Worker threads (default: all cores).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         threads: Option<usize>,
     },
     /// Print an index's manifest and the size of each part.
@@ -87,20 +87,20 @@ struct EncoderArgs {
     precision: Option<Precision>,
     /// Token budget of one forward pass (batch size x longest sequence). Default: 1024 on cpu,
     /// 4096 on cuda; an unfinished build begun with 4096 (the earlier default) continues with it.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     batch_tokens: Option<usize>,
     /// Worker threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     threads: Option<usize>,
 }
 
 #[derive(Args, Clone, Copy)]
 struct GraphArgs {
     /// HNSW neighbours per node (M).
-    #[arg(long, visible_alias = "m", default_value_t = HnswParams::default().m)]
+    #[arg(long, visible_alias = "m", default_value_t = HnswParams::default().m, value_parser = at_least_one)]
     hnsw_m: usize,
     /// HNSW ef at construction.
-    #[arg(long, default_value_t = HnswParams::default().ef_construction)]
+    #[arg(long, default_value_t = HnswParams::default().ef_construction, value_parser = at_least_one)]
     ef_construction: usize,
 }
 
@@ -147,7 +147,7 @@ struct BuildArgs {
     #[arg(long)]
     force: bool,
     /// Passages per resumable chunk.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = at_least_one)]
     chunk_rows: usize,
 }
 
@@ -172,7 +172,7 @@ struct ImportArgs {
     #[arg(long)]
     no_hnsw: bool,
     /// Worker threads for the graph (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     threads: Option<usize>,
     /// Replace a finished index at --out.
     #[arg(long)]
@@ -216,6 +216,15 @@ fn load_encoder(a: &EncoderArgs) -> anyhow::Result<Encoder> {
         ..Default::default()
     };
     Ok(Encoder::load(&a.model, &opts)?)
+}
+
+/// A count that must be 1 or more (threads, tokens, rows, neighbours).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
 }
 
 fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {

@@ -364,6 +364,18 @@ fn bad_collections_are_reported_and_leave_no_finished_index() {
             "empty.tsv: the collection is empty",
         ),
     ];
+    // Counts of zero are refused before anything is read.
+    let good = write(tmp.path(), "good.tsv", b"1\ta\n2\tb\n");
+    let mut cases = cases;
+    for flag in [
+        "--batch-tokens",
+        "--chunk-rows",
+        "--hnsw-m",
+        "--ef-construction",
+        "--threads",
+    ] {
+        cases.push((good.clone(), vec![flag, "0"], "must be at least 1"));
+    }
     for (i, (coll, extra, want)) in cases.into_iter().enumerate() {
         let out = tmp.path().join(format!("out{i}"));
         let mut args = vec![

@@ -267,6 +267,29 @@ pub fn build(encoder: &Encoder, opts: &BuildOptions, progress: &dyn Progress) ->
                 .message("the index is already complete, built with these settings: nothing to do");
             return Ok(m);
         }
+        if m.settings == plan.settings {
+            // The vectors are the ones this command would encode; only the graph differs.
+            let what = match opts.hnsw {
+                Some(p) => format!(
+                    "without the graph this command asks for: `simlm-index hnsw {} --hnsw-m {} \
+                     --ef-construction {}` builds it without encoding again",
+                    opts.out.display(),
+                    p.m,
+                    p.ef_construction,
+                ),
+                None => "with a graph, which this command leaves out: searches with --exact \
+                         do not use it"
+                    .to_string(),
+            };
+            return Err(Error::invalid(
+                &opts.out,
+                None,
+                format!(
+                    "a finished index with these vectors is already there, {what}; \
+                     --force encodes everything again"
+                ),
+            ));
+        }
         return Err(writer::finished_index_there(&opts.out));
     }
     let (gen, gen_dir, mut state) = staging(&w, &plan.settings, opts.force)?;

@@ -129,6 +129,17 @@ fn a_stopped_build_resumes_where_it_stopped() {
     let manifest = std::fs::read(out.join(layout::MANIFEST)).unwrap();
     build(&enc, &opts, &Quiet).unwrap();
     assert_eq!(std::fs::read(out.join(layout::MANIFEST)).unwrap(), manifest);
+    // Asked for a graph the index lacks, the build points to the command that adds one.
+    let with_graph = BuildOptions {
+        hnsw: Some(crate::search::hnsw::HnswParams {
+            m: 8,
+            ef_construction: 40,
+        }),
+        ..opts.clone()
+    };
+    let e = build(&enc, &with_graph, &Quiet).unwrap_err().to_string();
+    assert!(e.contains("--hnsw-m 8 --ef-construction 40"), "{e}");
+    assert_eq!(std::fs::read(out.join(layout::MANIFEST)).unwrap(), manifest);
 }
 
 #[test]
@@ -265,4 +276,64 @@ fn a_build_begun_with_the_earlier_default_budget_keeps_it() {
     // A build in a new folder takes this version's budget too.
     let fresh = build(&enc, &options(&docs, &tmp.path().join("fresh")), &Quiet).unwrap();
     assert_eq!(fresh.settings, forced.settings);
+}
+
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn a_damaged_manifest_keeps_every_generation() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = collection(tmp.path(), 200);
+    let enc = encoder();
+    let out = tmp.path().join("index");
+    let opts = options(&docs, &out);
+    build(&enc, &opts, &Quiet).unwrap();
+    let manifest = std::fs::read(out.join(layout::MANIFEST)).unwrap();
+    let vectors = data(&out, layout::VECTORS);
+    let gens = layout::generations(&out).unwrap();
+    // An unfinished build replacing it beside it, stopped after its first chunk.
+    std::fs::create_dir(tmp.path().join("other")).unwrap();
+    let other = collection(&tmp.path().join("other"), 300);
+    let replace = BuildOptions {
+        force: true,
+        ..options(&other, &out)
+    };
+    stopped_at("encode", || build(&enc, &replace, &Quiet)).unwrap_err();
+    let with_unfinished = layout::generations(&out).unwrap();
+    assert_eq!(with_unfinished.len(), 2);
+
+    // The manifest cut short: the build reports it, and no generation goes.
+    std::fs::write(out.join(layout::MANIFEST), &manifest[..manifest.len() / 2]).unwrap();
+    let e = build(&enc, &opts, &Quiet).unwrap_err();
+    assert!(e.to_string().contains(layout::MANIFEST), "{e}");
+    assert_eq!(layout::generations(&out).unwrap(), with_unfinished);
+    // Nor does a graph build or a merge into it.
+    let params = crate::search::hnsw::HnswParams::default();
+    rebuild_graph(&out, params, &Quiet).unwrap_err();
+    merge(&[tmp.path().join("none")], &out, None, false, &Quiet).unwrap_err();
+    assert_eq!(layout::generations(&out).unwrap(), with_unfinished);
+
+    // The manifest put back, the index is whole again.
+    std::fs::write(out.join(layout::MANIFEST), &manifest).unwrap();
+    assert!(verify(&out).unwrap().is_empty());
+    assert_eq!(data(&out, layout::VECTORS), vectors);
+    assert!(layout::generations(&out).unwrap().contains(&gens[0]));
+
+    // --force replaces a damaged index.
+    std::fs::write(out.join(layout::MANIFEST), b"{").unwrap();
+    let m = build(
+        &enc,
+        &BuildOptions {
+            force: true,
+            ..opts.clone()
+        },
+        &Quiet,
+    )
+    .unwrap();
+    assert_eq!(m.count, 200);
+    assert!(verify(&out).unwrap().is_empty());
+    assert_eq!(data(&out, layout::VECTORS), vectors);
 }

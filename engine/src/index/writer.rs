@@ -25,7 +25,7 @@ pub(crate) struct Writer {
 impl Writer {
     /// Locks `dir` (created if needed; a folder holding other things is refused) and removes what an
     /// interrupted command left behind: generations that the manifest does not name and that are not
-    /// a resumable build.
+    /// a resumable build. With a damaged manifest nothing is removed.
     pub fn open(dir: &Path) -> Result<Writer> {
         layout::check_out_dir(dir)?;
         let created = !dir.exists();
@@ -35,7 +35,13 @@ impl Writer {
             created,
             _lock: lock,
         };
-        let current = w.current_generation();
+        let current = match w.current() {
+            Ok(m) => m.map(|m| m.generation()),
+            // A manifest there that cannot be read names no generation: its index may be any of
+            // them, so none is removed. The command reports the damage (or replaces the index under
+            // --force, whose commit removes the rest).
+            Err(_) => return Ok(w),
+        };
         let mut keep: Vec<u64> = current.into_iter().collect();
         for g in layout::generations(dir)? {
             let gen_dir = dir.join(layout::generation_name(g));
