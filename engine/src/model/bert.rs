@@ -100,11 +100,30 @@ impl Weights<'_> {
     }
 
     fn linear(&mut self, prefix: &str, inp: usize, out: usize) -> Result<Linear> {
-        let w = self.take(&format!("{prefix}.weight"), &[out, inp])?;
-        let b = self.take(&format!("{prefix}.bias"), &[out])?;
+        self.fused_linear(&[prefix], inp, out)
+    }
+
+    /// The projections `prefixes` (each `out` wide, from `inp`) as one: their weights side by side
+    /// in an `(inp, out * prefixes.len())` matrix, their biases one after another.
+    fn fused_linear(&mut self, prefixes: &[&str], inp: usize, out: usize) -> Result<Linear> {
+        let mut weights = Vec::with_capacity(prefixes.len());
+        let mut biases = Vec::with_capacity(prefixes.len());
+        for p in prefixes {
+            weights.push(self.take(&format!("{p}.weight"), &[out, inp])?);
+            biases.push(self.take(&format!("{p}.bias"), &[out])?);
+        }
+        let weight = if self.device.is_cpu() && self.dtype == DType::F32 {
+            transposed_side_by_side(&weights, inp, out)?
+        } else {
+            let t: Vec<Tensor> = weights
+                .iter()
+                .map(|w| w.t()?.contiguous())
+                .collect::<candle_core::Result<_>>()?;
+            Tensor::cat(&t, 1)?.contiguous()?
+        };
         Ok(Linear {
-            weight: w.t()?.contiguous()?,
-            bias: b,
+            weight,
+            bias: Tensor::cat(&biases, 0)?,
             packed: Default::default(),
             quant: None,
         })
@@ -117,6 +136,37 @@ impl Weights<'_> {
             eps: eps as f32,
         })
     }
+}
+
+/// `(out, inp)` f32 CPU weights (PyTorch's layout) transposed into one `(inp, out * parts)` matrix,
+/// part `i` in columns `i * out..`: the same values as candle's transpose and concatenation, written
+/// once, in blocks that stay in cache (candle's strided copy went element by element).
+fn transposed_side_by_side(parts: &[Tensor], inp: usize, out: usize) -> Result<Tensor> {
+    use rayon::prelude::*;
+    const B: usize = 32;
+    let width = out * parts.len();
+    let mut dst = vec![0f32; inp * width];
+    for (i, part) in parts.iter().enumerate() {
+        super::cpu_ops::with_f32(part, "weight", |src| {
+            // Blocks of B input rows (rows of dst) in parallel.
+            dst.par_chunks_mut(B * width)
+                .enumerate()
+                .for_each(|(kb, rows)| {
+                    let k0 = kb * B;
+                    let kn = rows.len() / width;
+                    for j0 in (0..out).step_by(B) {
+                        for j in j0..(j0 + B).min(out) {
+                            let col = i * out + j;
+                            for (kk, &v) in src[j * inp + k0..][..kn].iter().enumerate() {
+                                rows[kk * width + col] = v;
+                            }
+                        }
+                    }
+                });
+            Ok(())
+        })?;
+    }
+    Ok(Tensor::from_vec(dst, (inp, width), &Device::Cpu)?)
 }
 
 /// Normalises a checkpoint's weight names: drops a leading `bert.` (BertForXxx checkpoints) and maps
@@ -232,15 +282,15 @@ impl BertModel {
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
-            let q = w.linear(&format!("{p}.attention.self.query"), h, h)?;
-            let k = w.linear(&format!("{p}.attention.self.key"), h, h)?;
-            let v = w.linear(&format!("{p}.attention.self.value"), h, h)?;
-            let qkv = Linear {
-                weight: Tensor::cat(&[&q.weight, &k.weight, &v.weight], 1)?.contiguous()?,
-                bias: Tensor::cat(&[&q.bias, &k.bias, &v.bias], 0)?,
-                packed: Default::default(),
-                quant: None,
-            };
+            let qkv = w.fused_linear(
+                &[
+                    &format!("{p}.attention.self.query"),
+                    &format!("{p}.attention.self.key"),
+                    &format!("{p}.attention.self.value"),
+                ],
+                h,
+                h,
+            )?;
             layers.push(Layer {
                 qkv,
                 attn_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
@@ -289,8 +339,10 @@ impl BertModel {
                 ("output.dense", &mut layer.output),
             ] {
                 let (inp, out) = l.weight.dims2()?;
-                let w = l.weight.flatten_all()?.to_vec1::<f32>()?;
-                let q = super::int8::QuantWeight::of(&w, inp, out).map_err(|e| {
+                let q = super::cpu_ops::with_f32(&l.weight, "weight", |w| {
+                    Ok(super::int8::QuantWeight::of(w, inp, out))
+                })?
+                .map_err(|e| {
                     Error::invalid(path, None, format!("encoder.layer.{i}.{name}: {e}"))
                 })?;
                 l.quant = Some(q);
@@ -459,15 +511,7 @@ impl BertModel {
                     weight: &l.weight,
                     quant: l.quant.as_ref(),
                     // An int8 layer never reads the f32 packing: it is not made.
-                    packed: l
-                        .quant
-                        .is_none()
-                        .then(|| {
-                            l.packed
-                                .get_or_init(|| super::cpu_ops::PackedWeight::of(&l.weight).ok())
-                                .as_ref()
-                        })
-                        .flatten(),
+                    packed: l.quant.is_none().then_some(&l.packed),
                     bias: &l.bias,
                     residual,
                     gelu,

@@ -82,7 +82,11 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
 }
 
 /// Runs `f` with the f32 data of a CPU tensor.
-fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(super) fn with_f32<R>(
+    t: &Tensor,
+    what: &str,
+    f: impl FnOnce(&[f32]) -> Result<R>,
+) -> Result<R> {
     let (st, l) = t.storage_and_layout();
     match &*st {
         Storage::Cpu(s) => f(f32_slice(s, l, what)?),
@@ -271,8 +275,10 @@ unsafe fn gemm_f32(
 /// contiguous.
 pub struct FusedLinear<'a> {
     pub weight: &'a Tensor,
-    /// The same weight packed for the small-batch path (used up to [`SMALL_ROWS`] rows).
-    pub packed: Option<&'a PackedWeight>,
+    /// Where the same weight packed for the small-batch path (used up to [`SMALL_ROWS`] rows) is
+    /// kept: packed on the first call that has so few rows, so that a model that only ever sees
+    /// large batches never holds the second copy.
+    pub packed: Option<&'a std::sync::OnceLock<Option<PackedWeight>>>,
     /// The weight as int8 (`--precision int8`): when present, the product runs on it, at any size.
     pub quant: Option<&'a super::int8::QuantWeight>,
     pub bias: &'a Tensor,
@@ -333,7 +339,12 @@ impl CustomOp1 for FusedLinear<'_> {
         }
         let small = self
             .packed
-            .filter(|p| rows <= SMALL_ROWS && p.inp == inp && p.out == out);
+            .filter(|_| rows <= SMALL_ROWS)
+            .and_then(|cell| {
+                cell.get_or_init(|| PackedWeight::of(self.weight).ok())
+                    .as_ref()
+            })
+            .filter(|p| p.inp == inp && p.out == out);
         if small.is_none() && (self.gelu || self.norm.is_some()) {
             // The general GEMM writes the product alone, and the GELU or LayerNorm pass that follows
             // adds the bias (and residual) on its way: no pass that fills the output with them first.

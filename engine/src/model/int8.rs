@@ -58,21 +58,38 @@ impl QuantWeight {
         }
         let kp = inp.div_ceil(4) * 4;
         let np = out.div_ceil(NR);
-        let mut scale = vec![0f32; np * NR];
-        let mut colsum = vec![0i32; np * NR];
-        let mut panels = vec![0i8; np * kp * NR];
-        for j in 0..out {
-            let amax = (0..inp).map(|k| w[k * out + j].abs()).fold(0f32, f32::max);
-            let s = if amax > 0.0 { amax / W_MAX } else { 1.0 };
-            scale[j] = s;
-            let (p, c) = (j / NR, j % NR);
-            let panel = &mut panels[p * kp * NR..][..kp * NR];
-            for k in 0..inp {
-                let q = (w[k * out + j] / s).round().clamp(-W_MAX, W_MAX) as i8;
-                panel[(k / 4) * 4 * NR + c * 4 + k % 4] = q;
-                colsum[j] += q as i32;
+        // Each column's largest magnitude, row by row (the weight is row-major: one pass in order).
+        let mut amax = vec![0f32; out];
+        for row in w.chunks_exact(out) {
+            for (m, v) in amax.iter_mut().zip(row) {
+                *m = m.max(v.abs());
             }
         }
+        let mut scale = vec![0f32; np * NR];
+        for (s, &m) in scale.iter_mut().zip(&amax) {
+            *s = if m > 0.0 { m / W_MAX } else { 1.0 };
+        }
+        let mut colsum = vec![0i32; np * NR];
+        let mut panels = vec![0i8; np * kp * NR];
+        // The panels in parallel: each reads its sixteen columns of every row.
+        panels
+            .par_chunks_mut(kp * NR)
+            .zip(colsum.par_chunks_mut(NR))
+            .enumerate()
+            .for_each(|(p, (panel, colsum))| {
+                let c0 = p * NR;
+                let cols = (out - c0).min(NR);
+                let s = &scale[c0..c0 + cols];
+                for k in 0..inp {
+                    let row = &w[k * out + c0..][..cols];
+                    let at = (k / 4) * 4 * NR + k % 4;
+                    for c in 0..cols {
+                        let q = round_half_away(row[c] / s[c]).clamp(-W_MAX as i32, W_MAX as i32);
+                        panel[at + c * 4] = q as i8;
+                        colsum[c] += q;
+                    }
+                }
+            });
         Ok(QuantWeight {
             inp,
             kp,
@@ -252,6 +269,15 @@ impl QuantWeight {
     }
 }
 
+/// `x.round() as i32` (halves away from zero) for finite `x` of magnitude below 2^31, without a call
+/// to libm: adding the largest float below one half, with `x`'s sign, then truncating gives the same
+/// integer for every such `x` (at exactly a half the sum rounds up to the next integer; just below a
+/// half it stays below it).
+#[inline(always)]
+fn round_half_away(x: f32) -> i32 {
+    (x + 0.5f32.next_down().copysign(x)) as i32
+}
+
 /// Rows quantised to u8: `x[r, k] ~ scale[r] * (q[r * kp + k] - zero[r])`. Rows are `kp` bytes (zero
 /// padded) and their count is padded to a whole micro-tile with zero rows.
 struct QuantRows {
@@ -351,7 +377,10 @@ fn row_range(x: &[f32], out: &mut [f32; 3]) {
     match level() {
         // Safety: the level says the CPU has AVX2.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 | Level::Avx2Fma => unsafe { row_range_avx2(x, out) },
+        Level::Avx512 => unsafe { row_range_avx512(x, out) },
+        // Safety: the level says the CPU has AVX2.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2Fma => unsafe { row_range_avx2(x, out) },
         _ => row_range_generic(x, out),
     }
 }
@@ -397,6 +426,68 @@ unsafe fn row_range_avx2(x: &[f32], out: &mut [f32; 3]) {
     _mm256_storeu_ps(l.as_mut_ptr(), lo);
     _mm256_storeu_ps(h.as_mut_ptr(), hi);
     _mm256_storeu_ps(p.as_mut_ptr(), probe);
+    finish_range(l, h, p, &x[n8..], out);
+}
+
+/// `row_range_avx2` in sixteen lanes: the sets folded to eight lanes (minimum, maximum and a sum
+/// that is NaN exactly when one of its terms is) before the same finish, so the result is the
+/// generic function's.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn row_range_avx512(x: &[f32], out: &mut [f32; 3]) {
+    use std::arch::x86_64::*;
+    let z = _mm512_setzero_ps();
+    let (mut lo, mut hi, mut probe) = ([z; 4], [z; 4], [z; 4]);
+    let n64 = x.len() / 64 * 64;
+    for i in (0..n64).step_by(64) {
+        for j in 0..4 {
+            // Safety: i + 16j + 16 <= n64 <= x.len().
+            let v = _mm512_loadu_ps(x.as_ptr().add(i + 16 * j));
+            lo[j] = _mm512_min_ps(v, lo[j]);
+            hi[j] = _mm512_max_ps(v, hi[j]);
+            probe[j] = _mm512_add_ps(probe[j], _mm512_mul_ps(v, z));
+        }
+    }
+    let n16 = x.len() / 16 * 16;
+    for i in (n64..n16).step_by(16) {
+        // Safety: i + 16 <= x.len().
+        let v = _mm512_loadu_ps(x.as_ptr().add(i));
+        lo[0] = _mm512_min_ps(v, lo[0]);
+        hi[0] = _mm512_max_ps(v, hi[0]);
+        probe[0] = _mm512_add_ps(probe[0], _mm512_mul_ps(v, z));
+    }
+    let lo = _mm512_min_ps(_mm512_min_ps(lo[0], lo[1]), _mm512_min_ps(lo[2], lo[3]));
+    let hi = _mm512_max_ps(_mm512_max_ps(hi[0], hi[1]), _mm512_max_ps(hi[2], hi[3]));
+    let probe = _mm512_add_ps(
+        _mm512_add_ps(probe[0], probe[1]),
+        _mm512_add_ps(probe[2], probe[3]),
+    );
+    let half = |v: __m512, hi: bool| -> __m256 {
+        let d = _mm512_castps_si512(v);
+        _mm256_castsi256_ps(if hi {
+            _mm512_extracti64x4_epi64::<1>(d)
+        } else {
+            _mm512_castsi512_si256(d)
+        })
+    };
+    let lo = _mm256_min_ps(half(lo, false), half(lo, true));
+    let hi = _mm256_max_ps(half(hi, false), half(hi, true));
+    let probe = _mm256_add_ps(half(probe, false), half(probe, true));
+    let (mut l, mut h, mut p) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+    _mm256_storeu_ps(l.as_mut_ptr(), lo);
+    _mm256_storeu_ps(h.as_mut_ptr(), hi);
+    _mm256_storeu_ps(p.as_mut_ptr(), probe);
+    // Values past the last sixteen: up to eight into the lanes, as the AVX2 range does, the rest in
+    // the finish.
+    let n8 = x.len() / 8 * 8;
+    for i in (n16..n8).step_by(8) {
+        for k in 0..8 {
+            let v = x[i + k];
+            l[k] = if v < l[k] { v } else { l[k] };
+            h[k] = if v > h[k] { v } else { h[k] };
+            p[k] += v * 0.0;
+        }
+    }
     finish_range(l, h, p, &x[n8..], out);
 }
 
@@ -691,6 +782,27 @@ mod tests {
     /// The product against f64 arithmetic on the dequantised values (exact up to f32 rounding), and
     /// the kernel for this CPU against the portable one, bit for bit, on shapes with ragged edges.
     #[test]
+    fn rounding_halves_away_matches_round() {
+        let mut r = lcg(3);
+        let mut xs: Vec<f32> = (0..100_000).map(|_| 70.0 * r()).collect();
+        for i in -64..=64 {
+            let h = i as f32 + 0.5;
+            xs.extend([i as f32, h, h.next_down(), h.next_up(), -h, (-h).next_up()]);
+        }
+        xs.extend([
+            0.0,
+            -0.0,
+            0.5f32.next_down(),
+            1e-30,
+            8_388_609.0,
+            -8_388_609.0,
+        ]);
+        for x in xs {
+            assert_eq!(round_half_away(x), x.round() as i32, "{x}");
+        }
+    }
+
+    #[test]
     fn int8_product_matches_its_definition_and_the_portable_kernel() {
         let mut r = lcg(7);
         for (rows, inp, out) in [(1, 5, 3), (7, 33, 17), (13, 64, 48), (70, 130, 40)] {
@@ -833,40 +945,58 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn row_range_matches_the_generic_one() {
-        if !std::is_x86_feature_detected!("avx2") {
-            return;
+        // The vector ranges this CPU can run.
+        #[allow(clippy::type_complexity)]
+        let mut ranges: Vec<(&str, unsafe fn(&[f32], &mut [f32; 3]))> = Vec::new();
+        if std::is_x86_feature_detected!("avx2") {
+            ranges.push(("AVX2", row_range_avx2));
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            ranges.push(("AVX-512", row_range_avx512));
         }
         let mut r = lcg(5);
-        for len in 0..100 {
+        for len in 0..200 {
             let mut x: Vec<f32> = (0..len).map(|_| 4.0 * r()).collect();
             if len > 3 {
                 x[len / 2] = -0.0;
             }
-            let check = |x: &[f32]| {
-                let (mut a, mut b) = ([0f32; 3], [0f32; 3]);
-                row_range_generic(x, &mut a);
-                // Safety: the CPU has AVX2 (checked above).
-                unsafe { row_range_avx2(x, &mut b) };
-                assert_eq!(a[0].to_bits(), b[0].to_bits(), "min, {} values", x.len());
-                assert_eq!(a[1].to_bits(), b[1].to_bits(), "max, {} values", x.len());
-                assert_eq!(
-                    a[2].is_finite(),
-                    b[2].is_finite(),
-                    "probe, {} values",
-                    x.len()
-                );
-            };
-            check(&x);
-            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-                for at in [0, len / 3, len.saturating_sub(1)] {
-                    if at < len {
-                        let mut y = x.clone();
-                        y[at] = bad;
-                        check(&y);
-                        let mut p = [0f32; 3];
-                        // Safety: as above.
-                        unsafe { row_range_avx2(&y, &mut p) };
-                        assert!(!p[2].is_finite(), "{bad} at {at} of {len} not seen");
+            for &(name, range) in &ranges {
+                let check = |x: &[f32]| {
+                    let (mut a, mut b) = ([0f32; 3], [0f32; 3]);
+                    row_range_generic(x, &mut a);
+                    // Safety: the CPU has the range's instructions (checked above).
+                    unsafe { range(x, &mut b) };
+                    assert_eq!(
+                        a[0].to_bits(),
+                        b[0].to_bits(),
+                        "{name} min, {} values",
+                        x.len()
+                    );
+                    assert_eq!(
+                        a[1].to_bits(),
+                        b[1].to_bits(),
+                        "{name} max, {} values",
+                        x.len()
+                    );
+                    assert_eq!(
+                        a[2].is_finite(),
+                        b[2].is_finite(),
+                        "{name} probe, {} values",
+                        x.len()
+                    );
+                };
+                check(&x);
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    for at in [0, len / 3, len.saturating_sub(1)] {
+                        if at < len {
+                            let mut y = x.clone();
+                            y[at] = bad;
+                            check(&y);
+                            let mut p = [0f32; 3];
+                            // Safety: as above.
+                            unsafe { range(&y, &mut p) };
+                            assert!(!p[2].is_finite(), "{name}: {bad} at {at} of {len} not seen");
+                        }
                     }
                 }
             }
