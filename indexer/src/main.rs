@@ -326,7 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("skipped {skipped} malformed lines (--skip-bad)");
             }
             eprintln!(
-                "index of {} passages ({} x {} {:?}) written to {}",
+                "index of {} passages ({} x {} {:?}) ready in {}",
                 m.count,
                 m.count,
                 m.dim,

@@ -19,6 +19,9 @@ struct State {
     started: Instant,
     last_log: Instant,
     pos: u64,
+    /// Where this run of the stage began (a resumed build's first position): rates and ETAs count
+    /// from it, not from zero.
+    base: Option<u64>,
 }
 
 impl Bars {
@@ -32,6 +35,7 @@ impl Bars {
                 started: Instant::now(),
                 last_log: Instant::now(),
                 pos: 0,
+                base: None,
             }),
         }
     }
@@ -53,6 +57,7 @@ impl Progress for Bars {
         s.started = Instant::now();
         s.last_log = Instant::now();
         s.pos = 0;
+        s.base = None;
         if self.tty {
             let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
             let tmpl = if name == "reading" {
@@ -79,11 +84,17 @@ impl Progress for Bars {
     fn set(&self, pos: u64) {
         let mut s = self.state.lock().unwrap();
         s.pos = pos;
+        let first = s.base.is_none();
+        let base = *s.base.get_or_insert(pos);
         if let Some(b) = &s.bar {
             b.set_position(pos);
+            if first && pos > 0 {
+                // Resumed: the rows done before are not this run's speed.
+                b.reset_eta();
+            }
         } else if s.last_log.elapsed().as_secs() >= 10 {
             s.last_log = Instant::now();
-            let rate = pos as f64 / s.started.elapsed().as_secs_f64().max(1e-9);
+            let rate = (pos - base.min(pos)) as f64 / s.started.elapsed().as_secs_f64().max(1e-9);
             let eta = s
                 .total
                 .map(|t| (t.saturating_sub(pos)) as f64 / rate.max(1e-9));
@@ -103,7 +114,7 @@ impl Progress for Bars {
         if let Some(b) = s.bar.take() {
             b.finish();
         } else {
-            let pos = s.total.unwrap_or(s.pos);
+            let pos = s.total.unwrap_or(s.pos) - s.base.unwrap_or(0).min(s.total.unwrap_or(s.pos));
             eprintln!(
                 "{}: done in {secs:.1} s ({:.1} {}/s)",
                 s.name,
