@@ -318,7 +318,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 hnsw: (!a.no_hnsw && shard.is_none()).then_some(a.graph.params()),
                 shard,
                 force: a.force,
-                chunk_rows: a.chunk_rows.max(1),
+                chunk_rows: a.chunk_rows,
             };
             let m = index::build(&enc, &opts, &progress)?;
             let skipped = m.sources.as_ref().map_or(0, |s| s.skipped_lines);

@@ -94,7 +94,8 @@ impl Progress for Bars {
             }
         } else if s.last_log.elapsed().as_secs() >= 10 {
             s.last_log = Instant::now();
-            let rate = (pos - base.min(pos)) as f64 / s.started.elapsed().as_secs_f64().max(1e-9);
+            let rate =
+                pos.saturating_sub(base) as f64 / s.started.elapsed().as_secs_f64().max(1e-9);
             let eta = s
                 .total
                 .map(|t| (t.saturating_sub(pos)) as f64 / rate.max(1e-9));
@@ -114,7 +115,7 @@ impl Progress for Bars {
         if let Some(b) = s.bar.take() {
             b.finish();
         } else {
-            let pos = s.total.unwrap_or(s.pos) - s.base.unwrap_or(0).min(s.total.unwrap_or(s.pos));
+            let pos = s.total.unwrap_or(s.pos).saturating_sub(s.base.unwrap_or(0));
             eprintln!(
                 "{}: done in {secs:.1} s ({:.1} {}/s)",
                 s.name,

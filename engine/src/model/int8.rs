@@ -350,8 +350,9 @@ fn row_range_generic(x: &[f32], out: &mut [f32; 3]) {
     finish_range(lo, hi, probe, rest, out);
 }
 
-/// The last (under eight) values of a row into the lanes, then the lanes folded into `out`: the
-/// same for the generic and the AVX2 range.
+/// The last values of a row into the lanes (value `i` into lane `i % 8`), then the lanes folded
+/// into `out`: the same for the generic and the vector ranges (minimum and maximum do not depend on
+/// which lane a value enters).
 #[inline(always)]
 fn finish_range(
     mut lo: [f32; 8],
@@ -361,6 +362,7 @@ fn finish_range(
     out: &mut [f32; 3],
 ) {
     for (i, &v) in rest.iter().enumerate() {
+        let i = i % 8;
         lo[i] = if v < lo[i] { v } else { lo[i] };
         hi[i] = if v > hi[i] { v } else { hi[i] };
         probe[i] += v * 0.0;
@@ -477,18 +479,8 @@ unsafe fn row_range_avx512(x: &[f32], out: &mut [f32; 3]) {
     _mm256_storeu_ps(l.as_mut_ptr(), lo);
     _mm256_storeu_ps(h.as_mut_ptr(), hi);
     _mm256_storeu_ps(p.as_mut_ptr(), probe);
-    // Values past the last sixteen: up to eight into the lanes, as the AVX2 range does, the rest in
-    // the finish.
-    let n8 = x.len() / 8 * 8;
-    for i in (n16..n8).step_by(8) {
-        for k in 0..8 {
-            let v = x[i + k];
-            l[k] = if v < l[k] { v } else { l[k] };
-            h[k] = if v > h[k] { v } else { h[k] };
-            p[k] += v * 0.0;
-        }
-    }
-    finish_range(l, h, p, &x[n8..], out);
+    // The values past the last sixteen go through the finish.
+    finish_range(l, h, p, &x[n16..], out);
 }
 
 #[inline(always)]
