@@ -202,17 +202,15 @@ impl Encoder {
                 folder_pooling(&files)?.unwrap_or(Pooling::Mean)
             }
         };
-        let weights = files.load_weights()?;
-        let mut model = BertModel::from_weights(
-            weights,
+        let weights = files.open_weights()?;
+        let model = BertModel::from_weights(
+            &weights,
             &config,
             &files.weights,
             opts.precision.dtype(),
             &opts.device,
+            opts.precision == Precision::Int8,
         )?;
-        if opts.precision == Precision::Int8 {
-            model.quantize_int8(&files.weights)?;
-        }
         Ok(Encoder {
             model,
             text,

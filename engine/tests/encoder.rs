@@ -214,6 +214,99 @@ fn load_err(dir: &std::path::Path) -> String {
     }
 }
 
+/// `model.safetensors` with its header widened by `pad` spaces (valid JSON whitespace): every
+/// tensor then starts `pad` bytes further on, off the 4-byte boundary when `pad` is odd. With
+/// `nan_at`, that f32 weight's value `i` (row-major) is set to NaN. Returns the file's bytes.
+fn rewritten_safetensors(pad: usize, nan_at: Option<(&str, usize)>) -> Vec<u8> {
+    let b = std::fs::read(fixtures().join("tiny-bert/model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    let mut data = b[8 + n..].to_vec();
+    if let Some((name, i)) = nan_at {
+        let begin = header[name]["data_offsets"][0].as_u64().unwrap() as usize;
+        data[begin + 4 * i..][..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    let mut out = ((n + pad) as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&b[8..8 + n]);
+    out.extend(std::iter::repeat_n(b' ', pad));
+    out.extend(data);
+    out
+}
+
+/// The weights read in place from the mapped safetensors file, copied out of a misaligned one, and
+/// read from the PyTorch pickle of the same checkpoint give the same vectors, bit for bit, in f32
+/// and int8.
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn weights_read_in_place_or_copied_give_the_same_vectors() {
+    let docs = passages();
+    let tmp = tempfile::tempdir().unwrap();
+    let odd = tmp.path();
+    copy_model(odd);
+    std::fs::write(
+        odd.join("model.safetensors"),
+        rewritten_safetensors(1, None),
+    )
+    .unwrap();
+    for precision in [Precision::F32, Precision::Int8] {
+        let opts = EncoderOptions {
+            precision,
+            ..Default::default()
+        };
+        let encode = |dir: &std::path::Path| {
+            let enc = Encoder::load(dir.to_str().unwrap(), &opts).unwrap();
+            let mut v = enc.encode(Kind::Passage, &docs).unwrap();
+            v.extend(
+                enc.encode(Kind::Query, &[Doc::query("tension headaches")])
+                    .unwrap(),
+            );
+            v
+        };
+        let want = encode(&fixtures().join("tiny-bert"));
+        assert!(want.iter().all(|x| x.is_finite()));
+        assert_eq!(encode(odd), want, "{precision:?}: misaligned safetensors");
+        assert_eq!(
+            encode(&fixtures().join("tiny-bert-bin")),
+            want,
+            "{precision:?}: pytorch_model.bin"
+        );
+    }
+}
+
+/// A NaN in a projection's weight: int8 refuses to quantise it, naming the weight, its position and
+/// what to do.
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn int8_names_a_non_finite_weight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    copy_model(dir);
+    // Value 37 of the key projection's (out, inp) = (32, 32) weight: row 1, column 5.
+    let bytes = rewritten_safetensors(0, Some(("encoder.layer.1.attention.self.key.weight", 37)));
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    let opts = EncoderOptions {
+        precision: Precision::Int8,
+        ..Default::default()
+    };
+    let e = match Encoder::load(dir.to_str().unwrap(), &opts) {
+        Ok(_) => panic!("a NaN weight was quantised"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("model.safetensors")
+            && e.contains("encoder.layer.1.attention.self.key.weight")
+            && e.contains("[1, 5]")
+            && e.contains("--precision f32"),
+        "{e}"
+    );
+}
+
 #[test]
 #[cfg_attr(
     no_shared,

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor, D};
 
+use super::checkpoint::WeightFile;
 use super::config::{Activation, BertConfig};
 use crate::error::{Error, Result};
 
@@ -20,8 +21,9 @@ use crate::error::{Error, Result};
 const MASK_BIAS: f64 = -10000.0;
 
 struct Linear {
-    /// `(in, out)`, contiguous, so that `x @ weight` is a plain row-major GEMM.
-    weight: Tensor,
+    /// `(in, out)`, contiguous, so that `x @ weight` is a plain row-major GEMM; `None` when the
+    /// projection runs on `quant` alone (int8 keeps no f32 copy).
+    weight: Option<Tensor>,
     bias: Tensor,
     /// The weight packed for the small-batch kernel (`cpu_ops::PackedWeight`), made on first use.
     packed: std::sync::OnceLock<Option<super::cpu_ops::PackedWeight>>,
@@ -31,7 +33,10 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.weight)?.broadcast_add(&self.bias)
+        match &self.weight {
+            Some(w) => x.matmul(w)?.broadcast_add(&self.bias),
+            None => candle_core::bail!("an int8 projection runs on the fused CPU path only"),
+        }
     }
 }
 
@@ -68,35 +73,80 @@ pub struct BertModel {
     device: Device,
 }
 
-/// Where the weights came from, for error messages.
+/// The checkpoint's tensors while the model is built from them.
 struct Weights<'a> {
-    map: HashMap<String, Tensor>,
+    file: &'a WeightFile,
+    /// Normalised name (see [`normalise_weight_name`]) -> the file's name, for every tensor not
+    /// taken yet.
+    names: HashMap<String, String>,
+    /// The weight file, for error messages.
     path: &'a Path,
     dtype: DType,
     device: &'a Device,
+    /// Quantise the projections (`--precision int8`) straight from the checkpoint's layout.
+    int8: bool,
 }
 
-impl Weights<'_> {
-    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.map.remove(name).ok_or_else(|| {
+/// A weight's f32 values: where they lie in the mapped file, or copied out.
+enum Values<'a> {
+    InPlace(&'a [f32]),
+    Copied(Vec<f32>),
+}
+
+impl std::ops::Deref for Values<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            Values::InPlace(v) => v,
+            Values::Copied(v) => v,
+        }
+    }
+}
+
+impl<'a> Weights<'a> {
+    /// Marks `name` taken and returns the file's name for it.
+    fn claim(&mut self, name: &str) -> Result<String> {
+        self.names.remove(name).ok_or_else(|| {
             Error::invalid(
                 self.path,
                 None,
                 format!("weight `{name}` is missing (is this a BERT checkpoint?)"),
             )
-        })?;
-        if t.dims() != shape {
+        })
+    }
+
+    fn check_shape(&self, name: &str, got: &[usize], shape: &[usize]) -> Result<()> {
+        if got != shape {
             return Err(Error::invalid(
                 self.path,
                 None,
-                format!(
-                    "weight `{name}` has shape {:?}, config.json implies {:?}",
-                    t.dims(),
-                    shape
-                ),
+                format!("weight `{name}` has shape {got:?}, config.json implies {shape:?}"),
             ));
         }
+        Ok(())
+    }
+
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let file_name = self.claim(name)?;
+        let t = self.file.tensor(&file_name)?;
+        self.check_shape(name, t.dims(), shape)?;
         Ok(t.to_dtype(self.dtype)?.to_device(self.device)?)
+    }
+
+    /// The f32 values of weight `name` (for the CPU f32 and int8 paths), read in place from a mapped
+    /// file when they can be: a copy of the whole checkpoint in memory is then never made.
+    fn take_values(&mut self, name: &str, shape: &[usize]) -> Result<Values<'a>> {
+        let file_name = self.claim(name)?;
+        let file: &'a WeightFile = self.file;
+        if let Some((v, got)) = file.f32_in_place(&file_name) {
+            self.check_shape(name, &got, shape)?;
+            return Ok(Values::InPlace(v));
+        }
+        let t = file.tensor(&file_name)?;
+        self.check_shape(name, t.dims(), shape)?;
+        Ok(Values::Copied(
+            t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+        ))
     }
 
     fn linear(&mut self, prefix: &str, inp: usize, out: usize) -> Result<Linear> {
@@ -106,24 +156,62 @@ impl Weights<'_> {
     /// The projections `prefixes` (each `out` wide, from `inp`) as one: their weights side by side
     /// in an `(inp, out * prefixes.len())` matrix, their biases one after another.
     fn fused_linear(&mut self, prefixes: &[&str], inp: usize, out: usize) -> Result<Linear> {
-        let mut weights = Vec::with_capacity(prefixes.len());
         let mut biases = Vec::with_capacity(prefixes.len());
         for p in prefixes {
-            weights.push(self.take(&format!("{p}.weight"), &[out, inp])?);
             biases.push(self.take(&format!("{p}.bias"), &[out])?);
         }
-        let weight = if self.device.is_cpu() && self.dtype == DType::F32 {
-            transposed_side_by_side(&weights, inp, out)?
-        } else {
-            let t: Vec<Tensor> = weights
-                .iter()
-                .map(|w| w.t()?.contiguous())
-                .collect::<candle_core::Result<_>>()?;
-            Tensor::cat(&t, 1)?.contiguous()?
-        };
+        let bias = Tensor::cat(&biases, 0)?;
+        let cpu_f32 = self.device.is_cpu() && self.dtype == DType::F32;
+        if !cpu_f32 {
+            let mut t = Vec::with_capacity(prefixes.len());
+            for p in prefixes {
+                t.push(
+                    self.take(&format!("{p}.weight"), &[out, inp])?
+                        .t()?
+                        .contiguous()?,
+                );
+            }
+            return Ok(Linear {
+                weight: Some(Tensor::cat(&t, 1)?.contiguous()?),
+                bias,
+                packed: Default::default(),
+                quant: None,
+            });
+        }
+        let mut parts = Vec::with_capacity(prefixes.len());
+        for p in prefixes {
+            parts.push(self.take_values(&format!("{p}.weight"), &[out, inp])?);
+        }
+        if self.int8 {
+            // PyTorch's (out, inp) rows are what the quantiser reads: the parts' rows one after
+            // another, no transpose and no f32 copy kept.
+            let rows: Vec<&[f32]> = parts.iter().flat_map(|p| p.chunks_exact(inp)).collect();
+            let quant = super::int8::QuantWeight::from_rows(&rows, inp).map_err(|e| {
+                Error::invalid(
+                    self.path,
+                    None,
+                    format!(
+                        "weight `{}.weight` has the non-finite value {} at [{}, {}]: int8 \
+                         quantisation needs finite weights (run with --precision f32, or check \
+                         the checkpoint)",
+                        prefixes[e.row / out],
+                        e.value,
+                        e.row % out,
+                        e.col
+                    ),
+                )
+            })?;
+            return Ok(Linear {
+                weight: None,
+                bias,
+                packed: Default::default(),
+                quant: Some(quant),
+            });
+        }
+        let parts: Vec<&[f32]> = parts.iter().map(|p| &p[..]).collect();
         Ok(Linear {
-            weight,
-            bias: Tensor::cat(&biases, 0)?,
+            weight: Some(transposed_side_by_side(&parts, inp, out)?),
+            bias,
             packed: Default::default(),
             quant: None,
         })
@@ -138,53 +226,45 @@ impl Weights<'_> {
     }
 }
 
-/// `(out, inp)` f32 CPU weights (PyTorch's layout) transposed into one `(inp, out * parts)` matrix,
-/// part `i` in columns `i * out..`: the same values as candle's transpose and concatenation, written
-/// once, in blocks that stay in cache (candle's strided copy went element by element).
-fn transposed_side_by_side(parts: &[Tensor], inp: usize, out: usize) -> Result<Tensor> {
+/// `(out, inp)` f32 weights (PyTorch's layout) transposed into one `(inp, out * parts)` matrix, part
+/// `i` in columns `i * out..`: the same values as candle's transpose and concatenation, written once,
+/// in blocks that stay in cache (candle's strided copy went element by element).
+fn transposed_side_by_side(parts: &[&[f32]], inp: usize, out: usize) -> Result<Tensor> {
     use rayon::prelude::*;
     const B: usize = 32;
     let width = out * parts.len();
     let mut dst = vec![0f32; inp * width];
-    for (i, part) in parts.iter().enumerate() {
-        super::cpu_ops::with_f32(part, "weight", |src| {
-            // Blocks of B input rows (rows of dst) in parallel.
-            dst.par_chunks_mut(B * width)
-                .enumerate()
-                .for_each(|(kb, rows)| {
-                    let k0 = kb * B;
-                    let kn = rows.len() / width;
-                    for j0 in (0..out).step_by(B) {
-                        for j in j0..(j0 + B).min(out) {
-                            let col = i * out + j;
-                            for (kk, &v) in src[j * inp + k0..][..kn].iter().enumerate() {
-                                rows[kk * width + col] = v;
-                            }
+    for (i, src) in parts.iter().enumerate() {
+        // Blocks of B input rows (rows of dst) in parallel.
+        dst.par_chunks_mut(B * width)
+            .enumerate()
+            .for_each(|(kb, rows)| {
+                let k0 = kb * B;
+                let kn = rows.len() / width;
+                for j0 in (0..out).step_by(B) {
+                    for j in j0..(j0 + B).min(out) {
+                        let col = i * out + j;
+                        for (kk, &v) in src[j * inp + k0..][..kn].iter().enumerate() {
+                            rows[kk * width + col] = v;
                         }
                     }
-                });
-            Ok(())
-        })?;
+                }
+            });
     }
     Ok(Tensor::from_vec(dst, (inp, width), &Device::Cpu)?)
 }
 
-/// Normalises a checkpoint's weight names: drops a leading `bert.` (BertForXxx checkpoints) and maps
-/// the old TensorFlow-era `gamma`/`beta` LayerNorm names to `weight`/`bias`.
-pub fn normalise_weight_names(map: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
-    map.into_iter()
-        .map(|(k, v)| {
-            let k = k.strip_prefix("bert.").unwrap_or(&k).to_string();
-            let k = if let Some(p) = k.strip_suffix("LayerNorm.gamma") {
-                format!("{p}LayerNorm.weight")
-            } else if let Some(p) = k.strip_suffix("LayerNorm.beta") {
-                format!("{p}LayerNorm.bias")
-            } else {
-                k
-            };
-            (k, v)
-        })
-        .collect()
+/// A checkpoint's weight name as the encoder reads it: without a leading `bert.` (BertForXxx
+/// checkpoints), and with the old TensorFlow-era `gamma`/`beta` LayerNorm names as `weight`/`bias`.
+pub fn normalise_weight_name(name: &str) -> String {
+    let k = name.strip_prefix("bert.").unwrap_or(name);
+    if let Some(p) = k.strip_suffix("LayerNorm.gamma") {
+        format!("{p}LayerNorm.weight")
+    } else if let Some(p) = k.strip_suffix("LayerNorm.beta") {
+        format!("{p}LayerNorm.bias")
+    } else {
+        k.to_string()
+    }
 }
 
 /// Whether a weight the encoder does not read belongs to something a BERT checkpoint legitimately
@@ -252,20 +332,36 @@ fn check_all_used<'a>(
 }
 
 impl BertModel {
-    /// Builds the model from a name -> tensor map (names as in Hugging Face checkpoints, with or
-    /// without the `bert.` prefix). `path` names the weight file in errors.
+    /// Builds the model from a checkpoint's tensors (names as in Hugging Face checkpoints, with or
+    /// without the `bert.` prefix). `path` names the weight file in errors. With `int8`, every
+    /// linear layer's weight is quantised (see `model::int8`) and the projections run on integers:
+    /// CPU and f32 only.
     pub fn from_weights(
-        map: HashMap<String, Tensor>,
+        file: &WeightFile,
         config: &BertConfig,
         path: &Path,
         dtype: DType,
         device: &Device,
+        int8: bool,
     ) -> Result<Self> {
+        if int8 && (!device.is_cpu() || dtype != DType::F32) {
+            return Err(Error::Usage(
+                "int8 runs on the CPU (dynamic quantisation of the linear layers): use --device cpu, \
+                 or f16 / bf16 on CUDA"
+                    .into(),
+            ));
+        }
         let mut w = Weights {
-            map: normalise_weight_names(map),
+            file,
+            names: file
+                .names()
+                .into_iter()
+                .map(|n| (normalise_weight_name(&n), n))
+                .collect(),
             path,
             dtype,
             device,
+            int8,
         };
         let h = config.hidden_size;
         let eps = config.layer_norm_eps;
@@ -304,7 +400,7 @@ impl BertModel {
                 out_norm: w.layer_norm(&format!("{p}.output.LayerNorm"), h, eps)?,
             });
         }
-        check_all_used(w.map.keys(), config, path)?;
+        check_all_used(w.names.keys(), config, path)?;
         Ok(BertModel {
             word,
             position,
@@ -319,36 +415,6 @@ impl BertModel {
 
     pub fn config(&self) -> &BertConfig {
         &self.config
-    }
-
-    /// Quantises every linear layer's weight to int8 (see `model::int8`); the forward then runs the
-    /// projections on integers. CPU and f32 only. `path` names the weight file in errors.
-    pub fn quantize_int8(&mut self, path: &Path) -> Result<()> {
-        if !self.device.is_cpu() || self.dtype != DType::F32 {
-            return Err(Error::Usage(
-                "int8 runs on the CPU (dynamic quantisation of the linear layers): use --device cpu, \
-                 or f16 / bf16 on CUDA"
-                    .into(),
-            ));
-        }
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            for (name, l) in [
-                ("attention.self.query/key/value", &mut layer.qkv),
-                ("attention.output.dense", &mut layer.attn_out),
-                ("intermediate.dense", &mut layer.intermediate),
-                ("output.dense", &mut layer.output),
-            ] {
-                let (inp, out) = l.weight.dims2()?;
-                let q = super::cpu_ops::with_f32(&l.weight, "weight", |w| {
-                    Ok(super::int8::QuantWeight::of(w, inp, out))
-                })?
-                .map_err(|e| {
-                    Error::invalid(path, None, format!("encoder.layer.{i}.{name}: {e}"))
-                })?;
-                l.quant = Some(q);
-            }
-        }
-        Ok(())
     }
 
     pub fn dtype(&self) -> DType {
@@ -508,7 +574,7 @@ impl BertModel {
                           norm: Option<&LayerNorm>,
                           input: &Tensor| {
                 input.apply_op1_no_bwd(&FusedLinear {
-                    weight: &l.weight,
+                    weight: l.weight.as_ref(),
                     quant: l.quant.as_ref(),
                     // An int8 layer never reads the f32 packing: it is not made.
                     packed: l.quant.is_none().then_some(&l.packed),

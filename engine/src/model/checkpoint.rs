@@ -28,6 +28,59 @@ pub struct ModelFiles {
     pub pooling_config: Option<PathBuf>,
 }
 
+/// A checkpoint's tensors, read as the model takes them.
+pub enum WeightFile {
+    /// `model.safetensors`, memory-mapped (its header checked when opened): a tensor is copied out
+    /// when taken, and f32 values can be read where they lie.
+    Mapped(candle_core::safetensors::MmapedSafetensors),
+    /// `pytorch_model.bin`, read whole.
+    Loaded(HashMap<String, Tensor>),
+}
+
+impl WeightFile {
+    /// The names of every tensor in the file.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            WeightFile::Mapped(st) => st.tensors().into_iter().map(|(n, _)| n).collect(),
+            WeightFile::Loaded(m) => m.keys().cloned().collect(),
+        }
+    }
+
+    /// The tensor `name` on the CPU, in the file's dtype.
+    pub fn tensor(&self, name: &str) -> candle_core::Result<Tensor> {
+        match self {
+            WeightFile::Mapped(st) => st.load(name, &Device::Cpu),
+            WeightFile::Loaded(m) => m
+                .get(name)
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg(format!("no tensor `{name}`"))),
+        }
+    }
+
+    /// The values and shape of the f32 tensor `name` where they lie in the mapped file, without a
+    /// copy: `None` unless the file is mapped and the tensor is little-endian f32 on a 4-byte
+    /// boundary (the caller then copies it out with [`WeightFile::tensor`]).
+    pub fn f32_in_place(&self, name: &str) -> Option<(&[f32], Vec<usize>)> {
+        let WeightFile::Mapped(st) = self else {
+            return None;
+        };
+        let view = st.get(name).ok()?;
+        if !cfg!(target_endian = "little")
+            || candle_core::DType::try_from(view.dtype()).ok()? != candle_core::DType::F32
+        {
+            return None;
+        }
+        let bytes = view.data();
+        // Safety: any 4 bytes are a valid f32; the pointer's alignment is checked by align_to,
+        // which leaves the bytes in `head` when it is not on a 4-byte boundary.
+        let (head, values, tail) = unsafe { bytes.align_to::<f32>() };
+        if !head.is_empty() || !tail.is_empty() {
+            return None;
+        }
+        Some((values, view.shape().to_vec()))
+    }
+}
+
 const WEIGHT_FILES: &[&str] = &["model.safetensors", "pytorch_model.bin"];
 const TOKENIZER_FILES: &[&str] = &["tokenizer.json", "vocab.txt"];
 
@@ -143,14 +196,17 @@ impl ModelFiles {
         from_cache().ok_or_else(|| Error::ModelNotFound(how_to))
     }
 
-    /// Loads every weight tensor (to the CPU, in the file's dtype).
-    pub fn load_weights(&self) -> Result<HashMap<String, Tensor>> {
+    /// Opens the weights: a safetensors file is memory-mapped (tensors are read as the model takes
+    /// them), a PyTorch pickle is read whole.
+    pub fn open_weights(&self) -> Result<WeightFile> {
         let p = &self.weights;
         let is_bin = p.extension().is_some_and(|e| e == "bin");
         let res = if is_bin {
-            candle_core::pickle::read_all(p).map(|v| v.into_iter().collect())
+            candle_core::pickle::read_all(p).map(|v| WeightFile::Loaded(v.into_iter().collect()))
         } else {
-            candle_core::safetensors::load(p, &Device::Cpu)
+            // Safety: the mapping is only read, while the model loads; the file is the user's
+            // checkpoint, not one this program writes.
+            unsafe { candle_core::safetensors::MmapedSafetensors::new(p) }.map(WeightFile::Mapped)
         };
         res.map_err(|e| {
             Error::invalid(

@@ -138,6 +138,19 @@ impl BertConfig {
             pad_token_id,
             path: path.to_path_buf(),
         };
+        for (name, v) in [
+            ("vocab_size", cfg.vocab_size),
+            ("hidden_size", cfg.hidden_size),
+            ("intermediate_size", cfg.intermediate_size),
+            ("max_position_embeddings", cfg.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return Err(unsupported(format!(
+                    "{name} = 0: a BERT model needs at least 1 (is this the config.json that came \
+                     with the weights?)"
+                )));
+            }
+        }
         if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
         {
             return Err(unsupported(format!(
@@ -163,6 +176,15 @@ mod tests {
 
     fn parse(s: &str) -> Result<BertConfig> {
         BertConfig::from_json_str(s, Path::new("config.json"))
+    }
+
+    #[test]
+    fn zero_sizes_are_refused() {
+        for field in ["hidden_size", "intermediate_size", "vocab_size"] {
+            let s = BASE.replace(&format!("\"{field}\":"), &format!("\"{field}\":0,\"x\":"));
+            let e = parse(&s).unwrap_err().to_string();
+            assert!(e.contains(&format!("{field} = 0")), "{e}");
+        }
     }
 
     #[test]

@@ -274,7 +274,8 @@ unsafe fn gemm_f32(
 /// `x @ weight + bias (+ residual)`, then GELU or LayerNorm if asked. `weight` is `(in, out)`
 /// contiguous.
 pub struct FusedLinear<'a> {
-    pub weight: &'a Tensor,
+    /// `None` when the projection runs on `quant` alone.
+    pub weight: Option<&'a Tensor>,
     /// Where the same weight packed for the small-batch path (used up to [`SMALL_ROWS`] rows) is
     /// kept: packed on the first call that has so few rows, so that a model that only ever sees
     /// large batches never holds the second copy.
@@ -296,7 +297,11 @@ impl CustomOp1 for FusedLinear<'_> {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "fused-linear input")?;
         let (rows, inp) = l.shape().dims2()?;
-        let (win, out) = self.weight.dims2()?;
+        let (win, out) = match (self.weight, self.quant) {
+            (Some(w), _) => w.dims2()?,
+            (None, Some(q)) => (q.inp(), q.out()),
+            (None, None) => candle_core::bail!("fused-linear: no weight"),
+        };
         if win != inp {
             candle_core::bail!("fused-linear: input width {inp}, weight {win} x {out}");
         }
@@ -337,13 +342,13 @@ impl CustomOp1 for FusedLinear<'_> {
             // The GELU was applied by the product.
             return self.finish(dst, rows, out, serial, false, None);
         }
+        let Some(weight) = self.weight else {
+            candle_core::bail!("fused-linear: no f32 weight");
+        };
         let small = self
             .packed
             .filter(|_| rows <= SMALL_ROWS)
-            .and_then(|cell| {
-                cell.get_or_init(|| PackedWeight::of(self.weight).ok())
-                    .as_ref()
-            })
+            .and_then(|cell| cell.get_or_init(|| PackedWeight::of(weight).ok()).as_ref())
             .filter(|p| p.inp == inp && p.out == out);
         if small.is_none() && (self.gelu || self.norm.is_some()) {
             // The general GEMM writes the product alone, and the GELU or LayerNorm pass that follows
@@ -432,8 +437,11 @@ impl FusedLinear<'_> {
         dst: *mut f32,
         read_dst: bool,
     ) -> Result<()> {
-        let (inp, out) = self.weight.dims2()?;
-        with_f32(self.weight, "weight", |w| {
+        let Some(weight) = self.weight else {
+            candle_core::bail!("fused-linear: no f32 weight");
+        };
+        let (inp, out) = weight.dims2()?;
+        with_f32(weight, "weight", |w| {
             // Safety: x is rows x inp, w inp x out, dst rows x out, all contiguous row-major.
             unsafe {
                 gemm_f32(
@@ -935,7 +943,7 @@ mod tests {
         let (nw, nb) = (t(val(out, 7, 50.0), &[out]), t(val(out, 5, 60.0), &[out]));
         let x = t(val(rows * inp, 17, 25.0), &[rows, inp]);
         let linear = |with_residual: bool, gelu: bool, norm: bool| FusedLinear {
-            weight: &weight,
+            weight: Some(&weight),
             packed: None,
             quant: None,
             bias: &bias,

@@ -27,6 +27,14 @@ const W_MAX: f32 = 63.0;
 /// Micro-tiles of rows per task.
 const ROW_TILES: usize = 8;
 
+/// A weight that cannot be quantised: `value` (not finite) at `[row, col]` of the `(out, inp)` matrix.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NonFinite {
+    pub row: usize,
+    pub col: usize,
+    pub value: f32,
+}
+
 /// A `(inp, out)` f32 weight as 7-bit integers, per-column scales and column sums.
 ///
 /// Layout: `out.div_ceil(16)` panels of 16 columns; in a panel, for each group of four input rows
@@ -45,49 +53,46 @@ pub struct QuantWeight {
 }
 
 impl QuantWeight {
-    /// Quantises `w` (`inp x out`, row-major). `Err` names the first non-finite weight's position.
-    pub fn of(w: &[f32], inp: usize, out: usize) -> Result<QuantWeight, String> {
-        assert_eq!(w.len(), inp * out, "weight shape");
-        if let Some(i) = w.iter().position(|v| !v.is_finite()) {
-            return Err(format!(
-                "non-finite weight {} at row {}, column {}",
-                w[i],
-                i / out,
-                i % out
-            ));
+    /// Quantises a weight given as its rows in PyTorch's `nn.Linear` layout: `rows[j]` holds the
+    /// `inp` weights of output column `j`. Each column is then one contiguous row, read once by the
+    /// task that fills its panel. `Err` gives the first non-finite weight.
+    pub fn from_rows(rows: &[&[f32]], inp: usize) -> Result<QuantWeight, NonFinite> {
+        let out = rows.len();
+        assert!(rows.iter().all(|r| r.len() == inp), "weight shape");
+        for (j, row) in rows.iter().enumerate() {
+            if let Some(k) = row.iter().position(|v| !v.is_finite()) {
+                return Err(NonFinite {
+                    row: j,
+                    col: k,
+                    value: row[k],
+                });
+            }
         }
         let kp = inp.div_ceil(4) * 4;
         let np = out.div_ceil(NR);
-        // Each column's largest magnitude, row by row (the weight is row-major: one pass in order).
-        let mut amax = vec![0f32; out];
-        for row in w.chunks_exact(out) {
-            for (m, v) in amax.iter_mut().zip(row) {
-                *m = m.max(v.abs());
-            }
-        }
+        // Padding columns keep scale 0 and column sum 0.
         let mut scale = vec![0f32; np * NR];
-        for (s, &m) in scale.iter_mut().zip(&amax) {
-            *s = if m > 0.0 { m / W_MAX } else { 1.0 };
-        }
         let mut colsum = vec![0i32; np * NR];
         let mut panels = vec![0i8; np * kp * NR];
-        // The panels in parallel: each reads its sixteen columns of every row.
         panels
             .par_chunks_mut(kp * NR)
             .zip(colsum.par_chunks_mut(NR))
+            .zip(scale.par_chunks_mut(NR))
             .enumerate()
-            .for_each(|(p, (panel, colsum))| {
+            .for_each(|(p, ((panel, colsum), scale))| {
                 let c0 = p * NR;
-                let cols = (out - c0).min(NR);
-                let s = &scale[c0..c0 + cols];
-                for k in 0..inp {
-                    let row = &w[k * out + c0..][..cols];
-                    let at = (k / 4) * 4 * NR + k % 4;
-                    for c in 0..cols {
-                        let q = round_half_away(row[c] / s[c]).clamp(-W_MAX as i32, W_MAX as i32);
-                        panel[at + c * 4] = q as i8;
-                        colsum[c] += q;
+                for c in 0..(out - c0).min(NR) {
+                    let row = rows[c0 + c];
+                    let m = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let s = if m > 0.0 { m / W_MAX } else { 1.0 };
+                    let mut sum = 0;
+                    for (k, &v) in row.iter().enumerate() {
+                        let q = round_half_away(v / s).clamp(-W_MAX as i32, W_MAX as i32);
+                        panel[(k / 4) * 4 * NR + c * 4 + k % 4] = q as i8;
+                        sum += q;
                     }
+                    scale[c] = s;
+                    colsum[c] = sum;
                 }
             });
         Ok(QuantWeight {
@@ -98,6 +103,20 @@ impl QuantWeight {
             scale,
             colsum,
         })
+    }
+
+    /// [`QuantWeight::from_rows`] of `w` given as `(inp, out)` row-major (the tests' form).
+    #[cfg(test)]
+    pub fn of(w: &[f32], inp: usize, out: usize) -> Result<QuantWeight, NonFinite> {
+        assert_eq!(w.len(), inp * out, "weight shape");
+        let mut t = vec![0f32; inp * out];
+        for k in 0..inp {
+            for j in 0..out {
+                t[j * inp + k] = w[k * out + j];
+            }
+        }
+        let rows: Vec<&[f32]> = t.chunks_exact(inp.max(1)).collect();
+        QuantWeight::from_rows(&rows[..out], inp)
     }
 
     pub fn inp(&self) -> usize {
@@ -997,10 +1016,12 @@ mod tests {
 
     #[test]
     fn non_finite_inputs_are_reported_or_propagate() {
+        // (inp, out) = (2, 2): the NaN is input 0 of output 1, at [1, 0] of the (out, inp) rows.
         let e = QuantWeight::of(&[1.0, f32::NAN, 0.0, 2.0], 2, 2)
             .err()
             .unwrap();
-        assert!(e.contains("row 0, column 1"), "{e}");
+        assert_eq!((e.row, e.col), (1, 0), "{e:?}");
+        assert!(e.value.is_nan());
         let qw = QuantWeight::of(&[1.0, 0.5, 0.0, 2.0], 2, 2).unwrap();
         let mut dst = vec![0f32; 4];
         qw.add_product(&[1.0, f32::INFINITY, 1.0, 1.0], 2, &mut dst);
