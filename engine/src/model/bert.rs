@@ -548,7 +548,7 @@ impl BertModel {
         scale: f64,
         cls_only: bool,
     ) -> Result<Tensor> {
-        use super::cpu_ops::{FusedAttention, FusedLinear};
+        use super::cpu_ops::{FeedForwardInt8, FusedAttention, FusedLinear};
         let lengths: Vec<usize> = attention_mask
             .to_dtype(DType::F32)?
             .sum(1)?
@@ -607,6 +607,22 @@ impl BertModel {
                 Some(&layer.attn_norm),
                 &ctx,
             )?;
+            if let (true, Some(w1), Some(w2)) =
+                (erf, &layer.intermediate.quant, &layer.output.quant)
+            {
+                x = x.apply_op1_no_bwd(&FeedForwardInt8 {
+                    intermediate: w1,
+                    intermediate_bias: &layer.intermediate.bias,
+                    output: w2,
+                    output_bias: &layer.output.bias,
+                    norm: (
+                        &layer.out_norm.weight,
+                        &layer.out_norm.bias,
+                        layer.out_norm.eps,
+                    ),
+                })?;
+                continue;
+            }
             let inter = linear(&layer.intermediate, None, erf, None, &x)?;
             let inter = if erf { inter } else { self.activation(&inter)? };
             x = linear(

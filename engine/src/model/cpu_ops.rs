@@ -522,6 +522,67 @@ impl FusedLinear<'_> {
     }
 }
 
+/// The int8 feed-forward block: `LayerNorm(x + b2 + GELU(x @ W1 + b1) @ W2)`, with GELU erf. The
+/// intermediate activations go from the first product's tiles straight to the codes the second
+/// reads ([`super::int8::QuantWeight::gelu_codes`]): the same bits as two [`FusedLinear`]s, without
+/// the `rows x intermediate` f32 output in memory.
+pub struct FeedForwardInt8<'a> {
+    pub intermediate: &'a super::int8::QuantWeight,
+    pub intermediate_bias: &'a Tensor,
+    pub output: &'a super::int8::QuantWeight,
+    pub output_bias: &'a Tensor,
+    /// LayerNorm `(weight, bias, eps)` over each output row.
+    pub norm: (&'a Tensor, &'a Tensor, f32),
+}
+
+impl CustomOp1 for FeedForwardInt8<'_> {
+    fn name(&self) -> &'static str {
+        "feed-forward-int8"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "feed-forward input")?;
+        let (rows, h) = l.shape().dims2()?;
+        let (w1, w2) = (self.intermediate, self.output);
+        if w1.inp() != h || w2.inp() != w1.out() || w2.out() != h {
+            candle_core::bail!(
+                "feed-forward: input width {h}, weights {}x{} and {}x{}",
+                w1.inp(),
+                w1.out(),
+                w2.inp(),
+                w2.out()
+            );
+        }
+        let codes = with_f32(self.intermediate_bias, "bias", |b1| {
+            if b1.len() != w1.out() {
+                candle_core::bail!("feed-forward: intermediate bias width mismatch");
+            }
+            Ok(w1.gelu_codes(x, rows, b1, w2))
+        })?;
+        let mut dst: Vec<f32> = Vec::with_capacity(rows * h);
+        with_f32(self.output_bias, "bias", |b2| {
+            if b2.len() != h {
+                candle_core::bail!("feed-forward: output bias width mismatch");
+            }
+            w2.codes_product_into(&codes, rows, b2, Some(x), dst.spare_capacity_mut(), false);
+            Ok(())
+        })?;
+        // Safety: codes_product_into wrote every one of the rows * h elements.
+        unsafe { dst.set_len(rows * h) };
+        let serial = rows * h <= SERIAL_ELEMENTS || !may_split();
+        FusedLinear {
+            weight: None,
+            packed: None,
+            quant: Some(w2),
+            bias: self.output_bias,
+            residual: None,
+            gelu: false,
+            norm: Some(self.norm),
+        }
+        .finish(dst, rows, h, serial, false, None)
+    }
+}
+
 /// A pass over one output row, given the residual's row (if any).
 type RowFn<'a> = dyn Fn(&mut [f32], Option<&[f32]>) + Sync + 'a;
 
@@ -768,22 +829,34 @@ impl CustomOp1 for FusedAttention<'_> {
         if self.first_token_only {
             return Ok((CpuStorage::F32(self.first_rows(qkv)), Shape::from((b, h))));
         }
-        let mut ctx = vec![0f32; b * sq * h];
+        // Every value is written once: the real rows by their (sequence, head) tasks, the padding
+        // rows (zero) by each sequence's head-0 task.
+        let mut ctx: Vec<f32> = Vec::with_capacity(b * sq * h);
         let out = SharedMut(ctx.as_mut_ptr());
         (0..b * nh)
             .into_par_iter()
             .for_each_init(Vec::new, |scores, task| {
                 let (bi, head) = (task / nh, task % nh);
                 let len = self.lengths[bi].min(sq);
+                let row0 = bi * sq;
+                if head == 0 {
+                    // Safety: rows row0+len..row0+sq of ctx (b*sq x h) are this sequence's padding,
+                    // written by no other task.
+                    unsafe {
+                        std::ptr::write_bytes(out.ptr().add((row0 + len) * h), 0, (sq - len) * h)
+                    };
+                }
                 if len == 0 {
                     return;
                 }
-                let row0 = bi * sq;
                 let q = qkv[row0 * 3 * h + head * hd..].as_ptr();
                 let k = qkv[row0 * 3 * h + h + head * hd..].as_ptr();
                 let v = qkv[row0 * 3 * h + 2 * h + head * hd..].as_ptr();
-                scores.clear();
-                scores.resize(len * len, 0.0);
+                // The task's scores, all written by the product (what an earlier task left in the
+                // buffer is not read).
+                if scores.len() < len * len {
+                    scores.resize(len * len, 0.0);
+                }
                 // Safety: every pointer stays inside its buffer: rows row0..row0+len of qkv (stride 3h)
                 // and of ctx (stride h), columns head*hd..(head+1)*hd; tasks write disjoint (row, head)
                 // blocks of ctx.
@@ -805,7 +878,7 @@ impl CustomOp1 for FusedAttention<'_> {
                         false,
                     );
                 }
-                for row in scores.chunks_mut(len) {
+                for row in scores[..len * len].chunks_mut(len) {
                     softmax(row, self.scale);
                 }
                 unsafe {
@@ -828,6 +901,8 @@ impl CustomOp1 for FusedAttention<'_> {
                     );
                 }
             });
+        // Safety: the tasks wrote every one of the b * sq * h values (see above).
+        unsafe { ctx.set_len(b * sq * h) };
         Ok((CpuStorage::F32(ctx), Shape::from((b * sq, h))))
     }
 }

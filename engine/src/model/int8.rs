@@ -11,6 +11,8 @@
 //!
 //! Everything else of the forward (attention, softmax, GELU, LayerNorm, residuals) stays f32.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::cpu_ops::{SharedConst, SharedMut};
@@ -138,8 +140,9 @@ impl QuantWeight {
     fn add_product_with(&self, kernel: TileFn, x: &[f32], rows: usize, dst: &mut [f32]) {
         assert!(dst.len() >= rows * self.out);
         let d = dst.as_mut_ptr();
+        let a = QuantRows::of(x, rows, self.inp, self.kp, !super::cpu_ops::may_split());
         // Safety: dst holds rows x out values, read (as the residual) and written in place.
-        unsafe { self.product_with(kernel, x, rows, None, d, d, false) }
+        unsafe { self.product_with(kernel, &a, rows, None, d, d, false, None) }
     }
 
     /// `dst (rows x out) = residual + bias + x (rows x inp) @ W` (without a residual: `bias + x @ W`),
@@ -155,7 +158,24 @@ impl QuantWeight {
         dst: &mut [std::mem::MaybeUninit<f32>],
         gelu: bool,
     ) {
+        assert!(x.len() >= rows * self.inp);
+        let a = QuantRows::of(x, rows, self.inp, self.kp, !super::cpu_ops::may_split());
+        self.codes_product_into(&a, rows, bias, residual, dst, gelu)
+    }
+
+    /// [`QuantWeight::product_into`] of rows already quantised for this weight (by
+    /// [`QuantWeight::gelu_codes`] of the projection before it).
+    pub fn codes_product_into(
+        &self,
+        a: &QuantRows,
+        rows: usize,
+        bias: &[f32],
+        residual: Option<&[f32]>,
+        dst: &mut [std::mem::MaybeUninit<f32>],
+        gelu: bool,
+    ) {
         assert!(bias.len() == self.out && dst.len() >= rows * self.out);
+        assert!(a.kp == self.kp && a.scale.len() >= rows);
         let res = match residual {
             Some(r) => {
                 assert!(r.len() >= rows * self.out);
@@ -167,55 +187,193 @@ impl QuantWeight {
         unsafe {
             self.product_with(
                 tile_kernel(),
-                x,
+                a,
                 rows,
                 Some(bias),
                 res,
                 dst.as_mut_ptr() as *mut f32,
                 gelu,
+                None,
             )
+        }
+    }
+
+    /// `GELU(bias + x @ W)` quantised per row for `next`, the projection that reads it: the codes of
+    /// `QuantRows::of` over [`QuantWeight::product_into`]'s output, bit for bit, without that
+    /// output ever being written whole. When each task owns whole rows (many rows, or one thread),
+    /// a task's rows go through a scratch block of its thread that stays in cache: GELU, their range
+    /// and their codes follow while the values are still there. With few rows (a query), the columns
+    /// are split across tasks instead, and the codes are made from the whole output afterwards.
+    pub fn gelu_codes(
+        &self,
+        x: &[f32],
+        rows: usize,
+        bias: &[f32],
+        next: &QuantWeight,
+    ) -> QuantRows {
+        assert!(next.inp == self.out && bias.len() == self.out && x.len() >= rows * self.inp);
+        let serial = !super::cpu_ops::may_split();
+        let a = QuantRows::of(x, rows, self.inp, self.kp, serial);
+        let mut codes = QuantRows::unwritten(rows, next.kp);
+        if self.row_blocks_per_task(rows, serial) {
+            let sink = CodesSink {
+                q: codes.q.spare_capacity_mut().as_mut_ptr(),
+                scale: codes.scale.as_mut_ptr(),
+                zero: codes.zero.as_mut_ptr(),
+                kp: next.kp,
+            };
+            // Safety: with whole rows per task, product_with writes only the scratch blocks and
+            // each task's own rows of the codes (sized above for rows x next.kp).
+            unsafe {
+                self.product_with(
+                    tile_kernel(),
+                    &a,
+                    rows,
+                    Some(bias),
+                    std::ptr::null(),
+                    std::ptr::null_mut(),
+                    true,
+                    Some(&sink),
+                );
+                // The tasks quantised every row.
+                codes.finish_padding(rows);
+            };
+            return codes;
+        }
+        let mut y: Vec<f32> = Vec::with_capacity(rows * self.out);
+        // Safety: product_with writes every one of the rows x out values.
+        unsafe {
+            self.product_with(
+                tile_kernel(),
+                &a,
+                rows,
+                Some(bias),
+                std::ptr::null(),
+                y.as_mut_ptr(),
+                true,
+                None,
+            );
+            y.set_len(rows * self.out);
+        }
+        QuantRows::of(&y, rows, next.inp, next.kp, serial)
+    }
+
+    /// Whether [`QuantWeight::product_with`] gives each task whole rows (all the columns of its
+    /// row block), for `rows` rows.
+    fn row_blocks_per_task(&self, rows: usize, serial: bool) -> bool {
+        self.task_groups(rows, serial) == 1
+    }
+
+    /// Into how many groups of columns the product's tasks are cut, for `rows` rows: enough tasks to
+    /// keep every thread busy, from row blocks and, when there are few rows (a query), from groups of
+    /// panel pairs.
+    fn task_groups(&self, rows: usize, serial: bool) -> usize {
+        let pairs = self.out.div_ceil(NR).div_ceil(NP);
+        let blocks = rows.div_ceil(MR).div_ceil(ROW_TILES);
+        if serial {
+            1
+        } else {
+            (4 * rayon::current_num_threads())
+                .div_ceil(blocks.max(1))
+                .clamp(1, pairs.max(1))
         }
     }
 
     /// Safety: `dst` must be valid for writes, and `res` (unless null) for reads, of rows x out values
     /// (they may be the same).
     #[allow(clippy::too_many_arguments)]
+    ///
+    /// With `sink`, which needs whole rows per task ([`QuantWeight::row_blocks_per_task`]), `dst`
+    /// and `res` are not used: each task writes its rows into its thread's scratch block, applies
+    /// GELU (when `gelu`), and quantises them into the sink.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn product_with(
         &self,
         kernel: TileFn,
-        x: &[f32],
+        a: &QuantRows,
         rows: usize,
         bias: Option<&[f32]>,
         res: *const f32,
         dst: *mut f32,
         gelu: bool,
+        sink: Option<&CodesSink>,
     ) {
-        assert!(x.len() >= rows * self.inp);
+        assert!(
+            a.kp == self.kp
+                && a.scale.len() >= rows
+                && a.q.len() >= rows.div_ceil(MR) * MR * self.kp
+        );
         if rows == 0 {
             return;
         }
         let serial = !super::cpu_ops::may_split();
-        let a = QuantRows::of(x, rows, self.inp, self.kp, serial);
         let np = self.out.div_ceil(NR);
         let pairs = np.div_ceil(NP);
         let tiles = rows.div_ceil(MR);
         let blocks = tiles.div_ceil(ROW_TILES);
-        // Enough tasks to keep every thread busy: row blocks, and the panel pairs cut into groups when
-        // there are few rows (a query).
-        let threads = rayon::current_num_threads();
-        let groups = if serial {
-            1
-        } else {
-            (4 * threads).div_ceil(blocks).clamp(1, pairs)
-        };
+        let groups = self.task_groups(rows, serial);
+        assert!(
+            sink.is_none() || groups == 1,
+            "a codes sink needs whole rows per task"
+        );
         let per_group = pairs.div_ceil(groups);
         let dst_ptr = SharedMut(dst);
         let res_ptr = SharedConst(res);
-        let panel = self.kp * NR;
         let task = |t: usize| {
             let (block, group) = (t / groups, t % groups);
             let pairs = (group * per_group)..((group + 1) * per_group).min(pairs);
             let tiles = (block * ROW_TILES)..((block + 1) * ROW_TILES).min(tiles);
+            match sink {
+                None => {
+                    self.task_tiles(kernel, a, rows, bias, res_ptr, dst_ptr, pairs, tiles, gelu)
+                }
+                Some(sink) => SCRATCH.with(|scratch| {
+                    let mut scratch = scratch.borrow_mut();
+                    let r0 = tiles.start * MR;
+                    let n = (tiles.end * MR).min(rows) - r0;
+                    scratch.resize(ROW_TILES * MR * self.out, 0.0);
+                    // The block's rows at the start of the scratch: row r of dst is row r - r0 there.
+                    let base = SharedMut(scratch.as_mut_ptr().wrapping_sub(r0 * self.out));
+                    let nothing = SharedConst(std::ptr::null());
+                    self.task_tiles(kernel, a, rows, bias, nothing, base, pairs, tiles, gelu);
+                    for (i, row) in scratch[..n * self.out].chunks_exact(self.out).enumerate() {
+                        let r = r0 + i;
+                        // Safety: rows r0..r0 + n are this task's; the sink holds rows x kp codes.
+                        let q = std::slice::from_raw_parts_mut(sink.q.add(r * sink.kp), sink.kp);
+                        let (s, z) = quantize_row(row, q);
+                        *sink.scale.add(r) = s;
+                        *sink.zero.add(r) = z;
+                    }
+                }),
+            }
+        };
+        if serial || blocks * groups == 1 {
+            (0..blocks * groups).for_each(task);
+        } else {
+            (0..blocks * groups).into_par_iter().for_each(task);
+        }
+    }
+
+    /// One task of [`QuantWeight::product_with`]: the tiles of its row block and pair group, then
+    /// GELU over that region.
+    ///
+    /// Safety: `dst` (and `res`, unless null) must be valid for rows `tiles` and the columns of
+    /// `pairs` (at stride `out`), a region no other task touches.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn task_tiles(
+        &self,
+        kernel: TileFn,
+        a: &QuantRows,
+        rows: usize,
+        bias: Option<&[f32]>,
+        res_ptr: SharedConst,
+        dst_ptr: SharedMut,
+        pairs: std::ops::Range<usize>,
+        tiles: std::ops::Range<usize>,
+        gelu: bool,
+    ) {
+        let panel = self.kp * NR;
+        {
             for pair in pairs.clone() {
                 let c0 = pair * NP * NR;
                 let cols = (self.out - c0).min(NP * NR);
@@ -244,24 +402,23 @@ impl QuantWeight {
                     let r0 = tile * MR;
                     let n = (rows - r0).min(MR);
                     out.rows = n;
-                    // Safety: row r0 < rows and column c0 < out: inside dst (and res).
-                    out.dst = unsafe { dst_ptr.ptr().add(r0 * self.out + c0) };
+                    // Row r0 < rows and column c0 < out: inside dst (and res); wrapping, since a
+                    // scratch block's dst is offset back by its first row.
+                    out.dst = dst_ptr.ptr().wrapping_add(r0 * self.out + c0);
                     if !res_ptr.ptr().is_null() {
-                        out.res = unsafe { res_ptr.ptr().add(r0 * self.out + c0) };
+                        out.res = res_ptr.ptr().add(r0 * self.out + c0);
                     }
                     out.sa[..n].copy_from_slice(&a.scale[r0..r0 + n]);
                     out.za[..n].copy_from_slice(&a.zero[r0..r0 + n]);
                     // Safety: `out` covers rows r0..r0+n and columns c0..c0+cols of dst (rows x out),
                     // a region this task owns (its row block and pair group); `b` holds the
                     // cols.div_ceil(NR) panels of those columns.
-                    unsafe {
-                        kernel(
-                            self.kp,
-                            &a.q[tile * MR * self.kp..][..MR * self.kp],
-                            b,
-                            &out,
-                        )
-                    };
+                    kernel(
+                        self.kp,
+                        &a.q[tile * MR * self.kp..][..MR * self.kp],
+                        b,
+                        &out,
+                    );
                 }
             }
             if gelu {
@@ -271,22 +428,31 @@ impl QuantWeight {
                 let r = (tiles.start * MR).min(rows)..(tiles.end * MR).min(rows);
                 // Safety: rows r and columns c of dst (rows x out) are this task's, all written above.
                 for row in r {
-                    unsafe {
-                        super::cpu_ops::gelu_slice(std::slice::from_raw_parts_mut(
-                            dst_ptr.ptr().add(row * self.out + c.start),
-                            c.len(),
-                        ))
-                    };
+                    super::cpu_ops::gelu_slice(std::slice::from_raw_parts_mut(
+                        dst_ptr.ptr().wrapping_add(row * self.out + c.start),
+                        c.len(),
+                    ));
                 }
             }
-        };
-        if serial || blocks * groups == 1 {
-            (0..blocks * groups).for_each(task);
-        } else {
-            (0..blocks * groups).into_par_iter().for_each(task);
         }
     }
 }
+
+thread_local! {
+    /// A task's block of rows when its product goes on to be quantised (see
+    /// [`QuantWeight::gelu_codes`]): kept per thread, so that it is allocated once and stays in cache.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Where [`QuantWeight::product_with`]'s tasks put the codes of their rows.
+struct CodesSink {
+    q: *mut MaybeUninit<u8>,
+    scale: *mut f32,
+    zero: *mut i32,
+    kp: usize,
+}
+// Safety: the tasks write disjoint rows through it.
+unsafe impl Sync for CodesSink {}
 
 /// `x.round() as i32` (halves away from zero) for finite `x` of magnitude below 2^31, without a call
 /// to libm: adding the largest float below one half, with `x`'s sign, then truncating gives the same
@@ -299,56 +465,99 @@ fn round_half_away(x: f32) -> i32 {
 
 /// Rows quantised to u8: `x[r, k] ~ scale[r] * (q[r * kp + k] - zero[r])`. Rows are `kp` bytes (zero
 /// padded) and their count is padded to a whole micro-tile with zero rows.
-struct QuantRows {
+pub struct QuantRows {
     q: Vec<u8>,
     scale: Vec<f32>,
     zero: Vec<i32>,
+    /// The codes' row length.
+    kp: usize,
 }
 
 /// One row's codes, input, scale and zero point, as the quantiser's iterators hand them out.
-type RowItem<'a> = ((&'a mut [u8], &'a [f32]), (&'a mut f32, &'a mut i32));
+type RowItem<'a> = (
+    (&'a mut [MaybeUninit<u8>], &'a [f32]),
+    (&'a mut f32, &'a mut i32),
+);
 
 impl QuantRows {
     fn of(x: &[f32], rows: usize, inp: usize, kp: usize, serial: bool) -> QuantRows {
-        let padded = rows.div_ceil(MR) * MR;
-        let mut q = vec![0u8; padded * kp];
-        let mut scale = vec![0f32; rows];
-        let mut zero = vec![0i32; rows];
+        let mut out = QuantRows::unwritten(rows, kp);
+        let (q, scale, zero) = (&mut out.q, &mut out.scale, &mut out.zero);
+        let codes = &mut q.spare_capacity_mut()[..rows * kp];
         let one = |((q, x), (s, z)): RowItem| {
             (*s, *z) = quantize_row(x, q);
         };
-        let it = q
+        let it = codes
             .chunks_mut(kp)
             .zip(x.chunks(inp))
             .zip(scale.iter_mut().zip(zero.iter_mut()));
         if serial || rows < 16 {
             it.for_each(one);
         } else {
-            q.par_chunks_mut(kp)
+            codes
+                .par_chunks_mut(kp)
                 .zip(x.par_chunks(inp))
                 .zip(scale.par_iter_mut().zip(zero.par_iter_mut()))
                 .for_each(one);
         }
-        QuantRows { q, scale, zero }
+        // Safety: quantize_row wrote all kp codes of each of the rows.
+        unsafe { out.finish_padding(rows) };
+        out
+    }
+
+    /// Room for `rows` rows of `kp` codes (and the padding rows of the last micro-tile), none
+    /// written yet: each is written once, by [`quantize_row`] and [`QuantRows::finish_padding`]
+    /// (a zero fill first was a pass over every code that the quantiser then wrote again).
+    fn unwritten(rows: usize, kp: usize) -> QuantRows {
+        QuantRows {
+            q: Vec::with_capacity(rows.div_ceil(MR) * MR * kp),
+            scale: vec![0f32; rows],
+            zero: vec![0i32; rows],
+            kp,
+        }
+    }
+
+    /// Zeroes the padding rows and makes every code readable.
+    ///
+    /// Safety: the codes of rows `0..rows` must all have been written, and `self` made by
+    /// [`QuantRows::unwritten`] for `rows` rows.
+    unsafe fn finish_padding(&mut self, rows: usize) {
+        let all = rows.div_ceil(MR) * MR * self.kp;
+        for c in &mut self.q.spare_capacity_mut()[rows * self.kp..all] {
+            c.write(0);
+        }
+        self.q.set_len(all);
     }
 }
 
-/// Quantises one row into `q` (`q.len() >= x.len()`): its scale and zero point. A row with a
-/// non-finite value gets a NaN scale, so that its outputs are NaN as in f32.
-fn quantize_row(x: &[f32], q: &mut [u8]) -> (f32, i32) {
+/// Quantises one row into `q` (`q.len() >= x.len()`), writing every byte of `q` (the codes past
+/// `x.len()` are zero): its scale and zero point. A row with a non-finite value gets a NaN scale
+/// (and zero codes), so that its outputs are NaN as in f32.
+fn quantize_row(x: &[f32], q: &mut [MaybeUninit<u8>]) -> (f32, i32) {
     let mut range = [0f32; 3];
     row_range(x, &mut range);
     let [lo, hi, probe] = range;
+    let (codes, rest) = q.split_at_mut(x.len());
+    for c in rest {
+        c.write(0);
+    }
+    let zero_codes = |codes: &mut [MaybeUninit<u8>]| {
+        for c in codes {
+            c.write(0);
+        }
+    };
     if !probe.is_finite() {
+        zero_codes(codes);
         return (f32::NAN, 0);
     }
     if hi == lo {
         // All zeros: any scale; zero point 0 and codes 0.
+        zero_codes(codes);
         return (1.0, 0);
     }
     let s = (hi - lo) / 255.0;
     let zero = (-lo / s).round().clamp(0.0, 255.0);
-    quantize_into(x, &mut q[..x.len()], 1.0 / s, zero);
+    quantize_into(x, codes, 1.0 / s, zero);
     (s, zero as i32)
 }
 
@@ -503,19 +712,19 @@ unsafe fn row_range_avx512(x: &[f32], out: &mut [f32; 3]) {
 }
 
 #[inline(always)]
-fn quantize_into_generic(x: &[f32], q: &mut [u8], inv: f32, zero: f32) {
+fn quantize_into_generic(x: &[f32], q: &mut [MaybeUninit<u8>], inv: f32, zero: f32) {
     // Adding 2^23 to a value in [0, 255] leaves it rounded (to nearest, ties to even) in the low
     // mantissa bits: plain float arithmetic that vectorises, the same rule on every CPU.
     const MAGIC: f32 = 8_388_608.0;
     for (q, &v) in q.iter_mut().zip(x) {
         let t = (v * inv + zero).clamp(0.0, 255.0);
-        *q = ((t + MAGIC).to_bits() & 0xff) as u8;
+        q.write(((t + MAGIC).to_bits() & 0xff) as u8);
     }
 }
 
 simd_dispatch! {
     /// `q = round(clamp(x * inv + zero, 0, 255))`.
-    fn quantize_into = quantize_into_generic(x: &[f32], q: &mut [u8], inv: f32, zero: f32)
+    fn quantize_into = quantize_into_generic(x: &[f32], q: &mut [MaybeUninit<u8>], inv: f32, zero: f32)
 }
 
 /// Where a micro-tile's products go: `dst[r * stride + c] = (res[r * stride + c] + bias[c]) + sa[r]
@@ -911,6 +1120,43 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// `gelu_codes` gives the codes of quantising `product_into`'s GELU output, bit for bit, on the
+    /// path where tasks own whole rows (one thread, or many rows) and on the one that splits the
+    /// columns of few rows across the pool; padding rows and columns are zero.
+    #[test]
+    fn gelu_codes_match_quantising_the_product() {
+        let mut r = lcg(13);
+        // (rows, inp, out, next kp): out 30 pads the next weight's rows to 32 codes.
+        for (rows, inp, out) in [(1, 8, 16), (5, 24, 30), (13, 40, 64), (700, 16, 40)] {
+            let w: Vec<f32> = (0..inp * out).map(|_| r()).collect();
+            let w2: Vec<f32> = (0..out * 8).map(|_| r()).collect();
+            let mut x: Vec<f32> = (0..rows * inp).map(|_| 2.0 * r()).collect();
+            x[..inp].fill(0.0);
+            let bias: Vec<f32> = (0..out).map(|_| r()).collect();
+            let (qw, next) = (
+                QuantWeight::of(&w, inp, out).unwrap(),
+                QuantWeight::of(&w2, out, 8).unwrap(),
+            );
+            for split in [false, true] {
+                super::super::cpu_ops::with_splitting(split, || {
+                    let mut y = Vec::with_capacity(rows * out);
+                    qw.product_into(&x, rows, &bias, None, y.spare_capacity_mut(), true);
+                    // Safety: product_into wrote all rows * out values.
+                    unsafe { y.set_len(rows * out) };
+                    let want = QuantRows::of(&y, rows, out, next.kp, true);
+                    let got = qw.gelu_codes(&x, rows, &bias, &next);
+                    let whole = qw.row_blocks_per_task(rows, !split);
+                    let what = format!("{rows}x{inp}x{out}, split {split}, whole rows {whole}");
+                    assert_eq!(got.q, want.q, "{what}: codes");
+                    assert_eq!(got.zero, want.zero, "{what}: zero points");
+                    let bits = |v: &[f32]| v.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got.scale), bits(&want.scale), "{what}: scales");
+                    assert_eq!(got.q.len(), rows.div_ceil(MR) * MR * next.kp);
+                });
             }
         }
     }
