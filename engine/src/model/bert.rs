@@ -468,13 +468,25 @@ impl BertModel {
 
         let ids = input_ids.flatten_all()?;
         let types = token_type_ids.flatten_all()?;
-        let words = self.word.index_select(&ids, 0)?.reshape((b, s, h))?;
-        let types = self
-            .token_type
-            .index_select(&types, 0)?
-            .reshape((b, s, h))?;
-        let pos = self.position.narrow(0, 0, s)?;
-        let x = (words + types)?.broadcast_add(&pos)?.reshape((b * s, h))?;
+        let x = if self.device.is_cpu() && self.dtype == DType::F32 {
+            let (ids, types) = (ids.to_vec1::<u32>()?, types.to_vec1::<u32>()?);
+            super::cpu_ops::embedding_sums(
+                &self.word,
+                &self.token_type,
+                &self.position,
+                &ids,
+                &types,
+                s,
+            )?
+        } else {
+            let words = self.word.index_select(&ids, 0)?.reshape((b, s, h))?;
+            let types = self
+                .token_type
+                .index_select(&types, 0)?
+                .reshape((b, s, h))?;
+            let pos = self.position.narrow(0, 0, s)?;
+            (words + types)?.broadcast_add(&pos)?.reshape((b * s, h))?
+        };
         let x = self.emb_norm.forward(&x)?;
         let scale = 1.0 / (hd as f64).sqrt();
 

@@ -215,6 +215,34 @@ simd_dispatch! {
     fn softmax = softmax_generic(row: &mut [f32], scale: f32)
 }
 
+/// [`softmax_generic`] of `row[..len]`, where `row` runs on to a whole number of vectors: the
+/// exponentials are taken over all of it (the values past `len` are ignored), so that no value goes
+/// through the loop's scalar tail, which cost about as much as the rest of a row of a hundred keys;
+/// the maximum and the sum still run over `row[..len]` in the same order, so the result has the same
+/// bits.
+#[inline(always)]
+fn softmax_padded_generic(row: &mut [f32], len: usize, scale: f32) {
+    let max = max_lanes(&row[..len]) * scale;
+    for x in row.iter_mut() {
+        *x = exp_fast(*x * scale - max);
+    }
+    let inv = 1.0 / sum_lanes(&row[..len]);
+    for x in row[..len].iter_mut() {
+        *x *= inv;
+    }
+}
+
+simd_dispatch! {
+    /// Softmax of `scale * row[..len]`, in place; `row[len..]` (padding to a whole vector) is
+    /// overwritten.
+    fn softmax_padded = softmax_padded_generic(row: &mut [f32], len: usize, scale: f32)
+}
+
+/// The row stride of a `len`-key score matrix: whole 16-lane vectors.
+fn score_stride(len: usize) -> usize {
+    len.next_multiple_of(16)
+}
+
 /// LayerNorm of one row in place: `(x - mean) / sqrt(var + eps) * weight + bias`, with the mean and
 /// the variance in two passes over independent lanes.
 #[inline(always)]
@@ -583,6 +611,61 @@ impl CustomOp1 for FeedForwardInt8<'_> {
     }
 }
 
+/// The embedding sums `(word[id] + type[type id]) + position[p]` of `ids.len() / seq` sequences of
+/// `seq` tokens, as a `(tokens, hidden)` tensor: candle's `index_select` and two additions give the
+/// same bits, but run their additions on candle's own thread pool, whose workers spin beside the
+/// encoder's threads. Here the rows are summed on the calling thread, or split across the pool
+/// when the encoder may split.
+pub fn embedding_sums(
+    word: &Tensor,
+    token_type: &Tensor,
+    position: &Tensor,
+    ids: &[u32],
+    types: &[u32],
+    seq: usize,
+) -> Result<Tensor> {
+    let (vocab, h) = word.dims2()?;
+    let (type_vocab, max_pos) = (token_type.dims2()?.0, position.dims2()?.0);
+    if types.len() != ids.len() || seq == 0 || seq > max_pos || !ids.len().is_multiple_of(seq) {
+        candle_core::bail!(
+            "embeddings: {} ids, {} type ids, {seq} per sequence",
+            ids.len(),
+            types.len()
+        );
+    }
+    if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+        candle_core::bail!(
+            "token id {id} is outside the model's {vocab} word embeddings: the tokenizer does not \
+             belong to this checkpoint (use the tokenizer.json that came with its config.json)"
+        );
+    }
+    if let Some(&t) = types.iter().find(|&&t| t as usize >= type_vocab) {
+        candle_core::bail!("token type {t} is outside the model's {type_vocab} token types");
+    }
+    let mut out = vec![0f32; ids.len() * h];
+    with_f32(word, "word embeddings", |w| {
+        with_f32(token_type, "token type embeddings", |t| {
+            with_f32(position, "position embeddings", |p| {
+                let row = |(i, o): (usize, &mut [f32])| {
+                    let w = &w[ids[i] as usize * h..][..h];
+                    let t = &t[types[i] as usize * h..][..h];
+                    let p = &p[(i % seq) * h..][..h];
+                    for (((o, w), t), p) in o.iter_mut().zip(w).zip(t).zip(p) {
+                        *o = (w + t) + p;
+                    }
+                };
+                if may_split() && ids.len() * h > SERIAL_ELEMENTS {
+                    out.par_chunks_mut(h).enumerate().for_each(row);
+                } else {
+                    out.chunks_mut(h).enumerate().for_each(row);
+                }
+                Ok(())
+            })
+        })
+    })?;
+    Tensor::from_vec(out, (ids.len(), h), &candle_core::Device::Cpu)
+}
+
 /// A pass over one output row, given the residual's row (if any).
 type RowFn<'a> = dyn Fn(&mut [f32], Option<&[f32]>) + Sync + 'a;
 
@@ -852,10 +935,11 @@ impl CustomOp1 for FusedAttention<'_> {
                 let q = qkv[row0 * 3 * h + head * hd..].as_ptr();
                 let k = qkv[row0 * 3 * h + h + head * hd..].as_ptr();
                 let v = qkv[row0 * 3 * h + 2 * h + head * hd..].as_ptr();
-                // The task's scores, all written by the product (what an earlier task left in the
-                // buffer is not read).
-                if scores.len() < len * len {
-                    scores.resize(len * len, 0.0);
+                // The task's scores, len rows at stride ld, all written by the product (what an
+                // earlier task left in the buffer, including the columns past len, is not used).
+                let ld = score_stride(len);
+                if scores.len() < len * ld {
+                    scores.resize(len * ld, 0.0);
                 }
                 // Safety: every pointer stays inside its buffer: rows row0..row0+len of qkv (stride 3h)
                 // and of ctx (stride h), columns head*hd..(head+1)*hd; tasks write disjoint (row, head)
@@ -867,7 +951,7 @@ impl CustomOp1 for FusedAttention<'_> {
                         len,
                         hd,
                         scores.as_mut_ptr(),
-                        len as isize,
+                        ld as isize,
                         false,
                         q,
                         3 * h as isize,
@@ -878,8 +962,8 @@ impl CustomOp1 for FusedAttention<'_> {
                         false,
                     );
                 }
-                for row in scores[..len * len].chunks_mut(len) {
-                    softmax(row, self.scale);
+                for row in scores[..len * ld].chunks_mut(ld) {
+                    softmax_padded(row, len, self.scale);
                 }
                 unsafe {
                     // ctx (len x hd) = P (len x len) @ V (len x hd)
@@ -892,7 +976,7 @@ impl CustomOp1 for FusedAttention<'_> {
                         h as isize,
                         false,
                         scores.as_ptr(),
-                        len as isize,
+                        ld as isize,
                         1,
                         v,
                         3 * h as isize,
@@ -943,6 +1027,76 @@ impl FusedAttention<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The padded softmax over `row[..len]` gives the plain softmax's bits at every length around
+    /// the vector widths, whatever the padding holds.
+    #[test]
+    fn padded_softmax_matches_the_plain_one() {
+        for len in 1..70 {
+            let row: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 23) as f32 - 11.0) / 3.0)
+                .collect();
+            let mut want = row.clone();
+            softmax(&mut want, 0.125);
+            let mut got = row.clone();
+            got.resize(score_stride(len), 1e30);
+            softmax_padded(&mut got, len, 0.125);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got[..len]), bits(&want), "len {len}");
+        }
+    }
+
+    /// The embedding sums give the bits of candle's index_select and additions, split or not, and a
+    /// token id past the vocabulary is an error that names the tokenizer.
+    #[test]
+    fn embedding_sums_match_candles_ops() {
+        let dev = candle_core::Device::Cpu;
+        let (vocab, h, types_n, max_pos) = (50, 24, 2, 16);
+        let t = |n: usize, m: usize, d: f32| -> Tensor {
+            let v: Vec<f32> = (0..n * h)
+                .map(|i| ((i * m % 101) as f32 - 50.0) / d)
+                .collect();
+            Tensor::from_vec(v, (n, h), &dev).unwrap()
+        };
+        let (word, ty, pos) = (t(vocab, 7, 9.0), t(types_n, 3, 11.0), t(max_pos, 5, 13.0));
+        let (b, s) = (3, 7);
+        let ids: Vec<u32> = (0..b * s).map(|i| (i * 13 % vocab) as u32).collect();
+        let types: Vec<u32> = (0..b * s).map(|i| (i % s > 3) as u32).collect();
+        let idt = Tensor::from_vec(ids.clone(), b * s, &dev).unwrap();
+        let tyt = Tensor::from_vec(types.clone(), b * s, &dev).unwrap();
+        let want = (word
+            .index_select(&idt, 0)
+            .unwrap()
+            .reshape((b, s, h))
+            .unwrap()
+            + ty.index_select(&tyt, 0)
+                .unwrap()
+                .reshape((b, s, h))
+                .unwrap())
+        .unwrap()
+        .broadcast_add(&pos.narrow(0, 0, s).unwrap())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+        for split in [false, true] {
+            let got = with_splitting(split, || embedding_sums(&word, &ty, &pos, &ids, &types, s))
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "split {split}");
+        }
+        let mut bad = ids.clone();
+        bad[4] = vocab as u32;
+        let e = embedding_sums(&word, &ty, &pos, &bad, &types, s)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("token id 50") && e.contains("tokenizer"), "{e}");
+    }
 
     #[test]
     fn fast_exp_and_gelu_are_accurate() {
