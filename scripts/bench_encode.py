@@ -279,6 +279,10 @@ def main():
         vecs = {}
         for r in range(a.rounds):
             for name, f in everyone:
+                # A pause first: the previous encoder's idle threads (PyTorch's OpenMP workers wait
+                # spinning for up to 200 ms, ONNX Runtime's spin too) would otherwise take cores from
+                # whichever encoder is timed next.
+                time.sleep(1.0)
                 s, v = timed(f)
                 best[name] = min(best.get(name, float("inf")), s)
                 vecs[name] = v
