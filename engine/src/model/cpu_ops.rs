@@ -626,6 +626,9 @@ pub fn embedding_sums(
 ) -> Result<Tensor> {
     let (vocab, h) = word.dims2()?;
     let (type_vocab, max_pos) = (token_type.dims2()?.0, position.dims2()?.0);
+    if ids.is_empty() && types.is_empty() {
+        return Tensor::zeros((0, h), candle_core::DType::F32, &candle_core::Device::Cpu);
+    }
     if types.len() != ids.len() || seq == 0 || seq > max_pos || !ids.len().is_multiple_of(seq) {
         candle_core::bail!(
             "embeddings: {} ids, {} type ids, {seq} per sequence",
@@ -1090,6 +1093,8 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "split {split}");
         }
+        let empty = embedding_sums(&word, &ty, &pos, &[], &[], 0).unwrap();
+        assert_eq!(empty.dims(), &[0, h]);
         let mut bad = ids.clone();
         bad[4] = vocab as u32;
         let e = embedding_sums(&word, &ty, &pos, &bad, &types, s)

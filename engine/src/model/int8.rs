@@ -200,9 +200,10 @@ impl QuantWeight {
 
     /// `GELU(bias + x @ W)` quantised per row for `next`, the projection that reads it: the codes of
     /// `QuantRows::of` over [`QuantWeight::product_into`]'s output, bit for bit, without that
-    /// output ever being written whole. When each task owns whole rows (many rows, or one thread),
-    /// a task's rows go through a scratch block of its thread that stays in cache: GELU, their range
-    /// and their codes follow while the values are still there. With few rows (a query), the columns
+    /// output ever being written whole. When each task owns whole rows (a batch encoded on one
+    /// thread, or enough rows that every thread gets whole-row tasks), a task's rows go through a
+    /// scratch block of its thread that stays in cache: GELU, their range and their codes follow
+    /// while the values are still there. With few rows (a query), the columns
     /// are split across tasks instead, and the codes are made from the whole output afterwards.
     pub fn gelu_codes(
         &self,
@@ -481,6 +482,11 @@ type RowItem<'a> = (
 
 impl QuantRows {
     fn of(x: &[f32], rows: usize, inp: usize, kp: usize, serial: bool) -> QuantRows {
+        // Every code row is written below only if x holds all the rows.
+        assert!(
+            x.len() >= rows * inp && inp <= kp,
+            "quantised rows: input shape"
+        );
         let mut out = QuantRows::unwritten(rows, kp);
         let (q, scale, zero) = (&mut out.q, &mut out.scale, &mut out.zero);
         let codes = &mut q.spare_capacity_mut()[..rows * kp];
