@@ -135,18 +135,20 @@ impl<'a> Weights<'a> {
 
     /// The f32 values of weight `name` (for the CPU f32 and int8 paths), read in place from a mapped
     /// file when they can be: a copy of the whole checkpoint in memory is then never made.
+    /// Otherwise [`Weights::take`] copies it out (this path is f32, so in f32).
     fn take_values(&mut self, name: &str, shape: &[usize]) -> Result<Values<'a>> {
-        let file_name = self.claim(name)?;
         let file: &'a WeightFile = self.file;
-        if let Some((v, got)) = file.f32_in_place(&file_name) {
-            self.check_shape(name, &got, shape)?;
-            return Ok(Values::InPlace(v));
+        let in_place = self.names.get(name).and_then(|f| file.f32_in_place(f));
+        match in_place {
+            Some((v, got)) => {
+                self.claim(name)?;
+                self.check_shape(name, &got, shape)?;
+                Ok(Values::InPlace(v))
+            }
+            None => Ok(Values::Copied(
+                self.take(name, shape)?.flatten_all()?.to_vec1::<f32>()?,
+            )),
         }
-        let t = file.tensor(&file_name)?;
-        self.check_shape(name, t.dims(), shape)?;
-        Ok(Values::Copied(
-            t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
-        ))
     }
 
     fn linear(&mut self, prefix: &str, inp: usize, out: usize) -> Result<Linear> {

@@ -215,8 +215,8 @@ impl QuantWeight {
         assert!(next.inp == self.out && bias.len() == self.out && x.len() >= rows * self.inp);
         let serial = !super::cpu_ops::may_split();
         let a = QuantRows::of(x, rows, self.inp, self.kp, serial);
-        let mut codes = QuantRows::unwritten(rows, next.kp);
         if self.row_blocks_per_task(rows, serial) {
+            let mut codes = QuantRows::unwritten(rows, next.kp);
             let sink = CodesSink {
                 q: codes.q.spare_capacity_mut().as_mut_ptr(),
                 scale: codes.scale.as_mut_ptr(),
@@ -282,7 +282,6 @@ impl QuantWeight {
 
     /// Safety: `dst` must be valid for writes, and `res` (unless null) for reads, of rows x out values
     /// (they may be the same).
-    #[allow(clippy::too_many_arguments)]
     ///
     /// With `sink`, which needs whole rows per task ([`QuantWeight::row_blocks_per_task`]), `dst`
     /// and `res` are not used: each task writes its rows into its thread's scratch block, applies
@@ -374,66 +373,64 @@ impl QuantWeight {
         gelu: bool,
     ) {
         let panel = self.kp * NR;
-        {
-            for pair in pairs.clone() {
-                let c0 = pair * NP * NR;
-                let cols = (self.out - c0).min(NP * NR);
-                let used = cols.div_ceil(NR) * NR;
-                let b = &self.panels[pair * NP * panel..][..cols.div_ceil(NR) * panel];
-                // One epilogue description per pair, its row fields updated per tile (a fresh one
-                // per tile was a copy of half a KiB each time).
-                let mut out = Out {
-                    rows: 0,
-                    cols,
-                    sa: [0.0; MR],
-                    za: [0; MR],
-                    sw: [0.0; NP * NR],
-                    cs: [0; NP * NR],
-                    bias: [0.0; NP * NR],
-                    dst: std::ptr::null_mut(),
-                    res: std::ptr::null(),
-                    stride: self.out,
-                };
-                out.sw[..used].copy_from_slice(&self.scale[c0..c0 + used]);
-                out.cs[..used].copy_from_slice(&self.colsum[c0..c0 + used]);
-                if let Some(bias) = bias {
-                    out.bias[..cols].copy_from_slice(&bias[c0..c0 + cols]);
-                }
-                for tile in tiles.clone() {
-                    let r0 = tile * MR;
-                    let n = (rows - r0).min(MR);
-                    out.rows = n;
-                    // Row r0 < rows and column c0 < out: inside dst (and res); wrapping, since a
-                    // scratch block's dst is offset back by its first row.
-                    out.dst = dst_ptr.ptr().wrapping_add(r0 * self.out + c0);
-                    if !res_ptr.ptr().is_null() {
-                        out.res = res_ptr.ptr().add(r0 * self.out + c0);
-                    }
-                    out.sa[..n].copy_from_slice(&a.scale[r0..r0 + n]);
-                    out.za[..n].copy_from_slice(&a.zero[r0..r0 + n]);
-                    // Safety: `out` covers rows r0..r0+n and columns c0..c0+cols of dst (rows x out),
-                    // a region this task owns (its row block and pair group); `b` holds the
-                    // cols.div_ceil(NR) panels of those columns.
-                    kernel(
-                        self.kp,
-                        &a.q[tile * MR * self.kp..][..MR * self.kp],
-                        b,
-                        &out,
-                    );
-                }
+        for pair in pairs.clone() {
+            let c0 = pair * NP * NR;
+            let cols = (self.out - c0).min(NP * NR);
+            let used = cols.div_ceil(NR) * NR;
+            let b = &self.panels[pair * NP * panel..][..cols.div_ceil(NR) * panel];
+            // One epilogue description per pair, its row fields updated per tile (a fresh one
+            // per tile was a copy of half a KiB each time).
+            let mut out = Out {
+                rows: 0,
+                cols,
+                sa: [0.0; MR],
+                za: [0; MR],
+                sw: [0.0; NP * NR],
+                cs: [0; NP * NR],
+                bias: [0.0; NP * NR],
+                dst: std::ptr::null_mut(),
+                res: std::ptr::null(),
+                stride: self.out,
+            };
+            out.sw[..used].copy_from_slice(&self.scale[c0..c0 + used]);
+            out.cs[..used].copy_from_slice(&self.colsum[c0..c0 + used]);
+            if let Some(bias) = bias {
+                out.bias[..cols].copy_from_slice(&bias[c0..c0 + cols]);
             }
-            if gelu {
-                // GELU over the task's finished region while it is still in cache (elementwise: the
-                // same bits as a pass over the whole output afterwards).
-                let c = (pairs.start * NP * NR).min(self.out)..(pairs.end * NP * NR).min(self.out);
-                let r = (tiles.start * MR).min(rows)..(tiles.end * MR).min(rows);
-                // Safety: rows r and columns c of dst (rows x out) are this task's, all written above.
-                for row in r {
-                    super::cpu_ops::gelu_slice(std::slice::from_raw_parts_mut(
-                        dst_ptr.ptr().wrapping_add(row * self.out + c.start),
-                        c.len(),
-                    ));
+            for tile in tiles.clone() {
+                let r0 = tile * MR;
+                let n = (rows - r0).min(MR);
+                out.rows = n;
+                // Row r0 < rows and column c0 < out: inside dst (and res); wrapping, since a
+                // scratch block's dst is offset back by its first row.
+                out.dst = dst_ptr.ptr().wrapping_add(r0 * self.out + c0);
+                if !res_ptr.ptr().is_null() {
+                    out.res = res_ptr.ptr().add(r0 * self.out + c0);
                 }
+                out.sa[..n].copy_from_slice(&a.scale[r0..r0 + n]);
+                out.za[..n].copy_from_slice(&a.zero[r0..r0 + n]);
+                // Safety: `out` covers rows r0..r0+n and columns c0..c0+cols of dst (rows x out),
+                // a region this task owns (its row block and pair group); `b` holds the
+                // cols.div_ceil(NR) panels of those columns.
+                kernel(
+                    self.kp,
+                    &a.q[tile * MR * self.kp..][..MR * self.kp],
+                    b,
+                    &out,
+                );
+            }
+        }
+        if gelu {
+            // GELU over the task's finished region while it is still in cache (elementwise: the
+            // same bits as a pass over the whole output afterwards).
+            let c = (pairs.start * NP * NR).min(self.out)..(pairs.end * NP * NR).min(self.out);
+            let r = (tiles.start * MR).min(rows)..(tiles.end * MR).min(rows);
+            // Safety: rows r and columns c of dst (rows x out) are this task's, all written above.
+            for row in r {
+                super::cpu_ops::gelu_slice(std::slice::from_raw_parts_mut(
+                    dst_ptr.ptr().wrapping_add(row * self.out + c.start),
+                    c.len(),
+                ));
             }
         }
     }
@@ -543,15 +540,13 @@ fn quantize_row(x: &[f32], q: &mut [MaybeUninit<u8>]) -> (f32, i32) {
     let mut range = [0f32; 3];
     row_range(x, &mut range);
     let [lo, hi, probe] = range;
-    let (codes, rest) = q.split_at_mut(x.len());
-    for c in rest {
-        c.write(0);
-    }
     let zero_codes = |codes: &mut [MaybeUninit<u8>]| {
         for c in codes {
             c.write(0);
         }
     };
+    let (codes, rest) = q.split_at_mut(x.len());
+    zero_codes(rest);
     if !probe.is_finite() {
         zero_codes(codes);
         return (f32::NAN, 0);
