@@ -106,6 +106,7 @@ use crate::simd::simd_dispatch;
 /// values from a slower software `fma`.)
 #[inline(always)]
 fn exp_fast(x: f32) -> f32 {
+    // (Mirrored by `attention::exp16` for 16 lanes: a change here goes there too.)
     let x = x.clamp(-87.0, 88.0);
     let t = x * std::f32::consts::LOG2_E;
     // Round to nearest by the 1.5 * 2^23 trick (|t| < 2^22 here): plain adds that vectorise, where
@@ -114,17 +115,8 @@ fn exp_fast(x: f32) -> f32 {
     let r = t + MAGIC;
     let n = r - MAGIC;
     let f = (t - n) * std::f32::consts::LN_2;
-    const C: [f32; 7] = [
-        1.0 / 5040.0,
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-    ];
-    let mut p = C[0];
-    for c in &C[1..] {
+    let mut p = EXP_TAYLOR[0];
+    for c in &EXP_TAYLOR[1..] {
         p = p.mul_add(f, *c);
     }
     let p = p.mul_add(f, 1.0);
@@ -133,6 +125,17 @@ fn exp_fast(x: f32) -> f32 {
     let pow2 = (r.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127)) << 23;
     p * f32::from_bits(pow2)
 }
+
+/// The coefficients of [`exp_fast`]'s polynomial, highest degree first (its last step adds 1).
+pub(super) const EXP_TAYLOR: [f32; 7] = [
+    1.0 / 5040.0,
+    1.0 / 720.0,
+    1.0 / 120.0,
+    1.0 / 24.0,
+    1.0 / 6.0,
+    0.5,
+    1.0,
+];
 
 /// The exact (erf) GELU, `0.5 x (1 + erf(x / sqrt 2))`, with erf from Abramowitz & Stegun 7.1.26
 /// (absolute error below 1.5e-7).
@@ -220,6 +223,8 @@ simd_dispatch! {
 /// through the loop's scalar tail, which cost about as much as the rest of a row of a hundred keys;
 /// the maximum and the sum still run over `row[..len]` in the same order, so the result has the same
 /// bits.
+///
+/// (Mirrored by `attention::softmax_row` for AVX-512: a change here goes there too.)
 #[inline(always)]
 fn softmax_padded_generic(row: &mut [f32], len: usize, scale: f32) {
     let max = max_lanes(&row[..len]) * scale;
@@ -235,7 +240,7 @@ fn softmax_padded_generic(row: &mut [f32], len: usize, scale: f32) {
 simd_dispatch! {
     /// Softmax of `scale * row[..len]`, in place; `row[len..]` (padding to a whole vector) is
     /// overwritten.
-    fn softmax_padded = softmax_padded_generic(row: &mut [f32], len: usize, scale: f32)
+    pub(super) fn softmax_padded = softmax_padded_generic(row: &mut [f32], len: usize, scale: f32)
 }
 
 /// The row stride of a `len`-key score matrix: whole 16-lane vectors.
@@ -919,9 +924,10 @@ impl CustomOp1 for FusedAttention<'_> {
         // rows (zero) by each sequence's head-0 task.
         let mut ctx: Vec<f32> = Vec::with_capacity(b * sq * h);
         let out = SharedMut(ctx.as_mut_ptr());
-        (0..b * nh)
-            .into_par_iter()
-            .for_each_init(Vec::new, |scores, task| {
+        let tiles = super::attention::supported(hd);
+        (0..b * nh).into_par_iter().for_each_init(
+            Default::default,
+            |(scores, scratch): &mut (Vec<f32>, super::attention::Scratch), task| {
                 let (bi, head) = (task / nh, task % nh);
                 let len = self.lengths[bi].min(sq);
                 let row0 = bi * sq;
@@ -938,6 +944,24 @@ impl CustomOp1 for FusedAttention<'_> {
                 let q = qkv[row0 * 3 * h + head * hd..].as_ptr();
                 let k = qkv[row0 * 3 * h + h + head * hd..].as_ptr();
                 let v = qkv[row0 * 3 * h + 2 * h + head * hd..].as_ptr();
+                #[cfg(target_arch = "x86_64")]
+                if tiles {
+                    let io = super::attention::HeadIo {
+                        q,
+                        k,
+                        v,
+                        stride: 3 * h,
+                        // Safety: row row0 of ctx (b*sq x h), this head's columns.
+                        out: unsafe { out.ptr().add(row0 * h + head * hd) },
+                        out_stride: h,
+                    };
+                    // Safety: the level and head size were checked (`tiles`); rows row0..row0+len of
+                    // qkv and ctx, this head's columns, which no other task writes.
+                    unsafe { super::attention::head(len, hd, self.scale, io, scratch) };
+                    return;
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (tiles, &scratch);
                 // The task's scores, len rows at stride ld, all written by the product (what an
                 // earlier task left in the buffer, including the columns past len, is not used).
                 let ld = score_stride(len);
@@ -987,7 +1011,8 @@ impl CustomOp1 for FusedAttention<'_> {
                         false,
                     );
                 }
-            });
+            },
+        );
         // Safety: the tasks wrote every one of the b * sq * h values (see above).
         unsafe { ctx.set_len(b * sq * h) };
         Ok((CpuStorage::F32(ctx), Shape::from((b * sq, h))))

@@ -1,4 +1,5 @@
 //! The BERT encoder: configuration, checkpoint files and the forward pass.
+pub mod attention;
 pub mod bert;
 pub mod checkpoint;
 pub mod config;
