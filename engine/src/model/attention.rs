@@ -200,32 +200,28 @@ unsafe fn softmax_row(row: *mut f32, len: usize, ld: usize, scale: f32) {
     }
 }
 
-/// `cpu_ops::exp_fast` on 16 lanes, the same operations in the same order.
+/// `cpu_ops::exp_fast` on 16 lanes, with the same bits: the rounding of `x log2 e` to the nearest
+/// integer `n` by `vrndscaleps` (nearest even, as the 1.5 * 2^23 addition there), the same polynomial,
+/// and the scaling by 2^n by `vscalefps` (exact, as the multiplication by 2^n there: `n` stays in
+/// [-126, 127], where 2^n is a normal float).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn exp16(x: __m512) -> __m512 {
-    const MAGIC: f32 = 12_582_912.0;
     let x = _mm512_min_ps(
         _mm512_max_ps(x, _mm512_set1_ps(-87.0)),
         _mm512_set1_ps(88.0),
     );
     let t = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E));
-    let r = _mm512_add_ps(t, _mm512_set1_ps(MAGIC));
-    let n = _mm512_sub_ps(r, _mm512_set1_ps(MAGIC));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
     let f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(std::f32::consts::LN_2));
-    let c = super::cpu_ops::EXP_TAYLOR;
+    let c = super::cpu_ops::EXP_POLY;
     let mut p = _mm512_set1_ps(c[0]);
     for c in &c[1..] {
         p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(*c));
     }
     let p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0));
-    let bits = _mm512_sub_epi32(
-        _mm512_castps_si512(r),
-        _mm512_set1_epi32(MAGIC.to_bits() as i32),
-    );
-    let pow2 = _mm512_slli_epi32::<23>(_mm512_add_epi32(bits, _mm512_set1_epi32(127)));
-    _mm512_mul_ps(p, _mm512_castsi512_ps(pow2))
+    _mm512_scalef_ps(p, n)
 }
 
 /// `out[r * ld + 16 p + j] = sum_d q[r * stride + d] * kt[d * ld + 16 p + j]` for `R` rows and `P`
