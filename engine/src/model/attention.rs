@@ -5,11 +5,13 @@
 //! The head's queries and values are copied into contiguous rows (at the QKV rows' stride, a head's
 //! rows fall into a few cache sets) and its keys transposed, 16 x 16 in registers; the two products
 //! run on register tiles of up to 24 accumulators, instead of the general GEMM, which packed both
-//! operands of each product on every call. Every score and every context value is the same sequence of
-//! fused multiply-adds, in the same order (over the head's dimensions, then over the keys), as the
-//! `gemm` crate's kernels do for these shapes, and the softmax is `cpu_ops::softmax_padded`'s
-//! arithmetic on 16 lanes: the vectors have the bits of the general path (tested end to end with
-//! `cmp`; `softmax_rows_have_the_portable_bits` here).
+//! operands of each product on every call. Every score and every context value is one chain of fused
+//! multiply-adds, in order over the head's dimensions, then over the keys; and the softmax is
+//! `cpu_ops::softmax_padded`'s arithmetic on 16 lanes (`softmax_rows_have_the_portable_bits`). For
+//! sequences of more than 16 tokens that is what the `gemm` crate does for these shapes, so passages'
+//! vectors have the bits of the general path (`cmp` of 300 passages, f32 and int8); up to 16 tokens
+//! (most queries) the crate took other kernels (lane-wise partial sums over the head's dimensions, then
+//! a reduction; unfused products for 2 keys), and a query's vector differs from it by rounding.
 
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
@@ -167,12 +169,13 @@ unsafe fn head_avx512(
 unsafe fn softmax_row(row: *mut f32, len: usize, ld: usize, scale: f32) {
     let full = len / 16;
     let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+    // `max(x, m)`: a NaN score is passed over (the second operand is kept), as `max_lanes` does.
     for v in 0..full {
-        m = _mm512_max_ps(m, _mm512_loadu_ps(row.add(16 * v)));
+        m = _mm512_max_ps(_mm512_loadu_ps(row.add(16 * v)), m);
     }
     if !len.is_multiple_of(16) {
         let mask: __mmask16 = (1u16 << (len % 16)) - 1;
-        m = _mm512_mask_max_ps(m, mask, m, _mm512_loadu_ps(row.add(16 * full)));
+        m = _mm512_mask_max_ps(m, mask, _mm512_loadu_ps(row.add(16 * full)), m);
     }
     let max = _mm512_set1_ps(_mm512_reduce_max_ps(m) * scale);
     let scale_v = _mm512_set1_ps(scale);
@@ -186,7 +189,9 @@ unsafe fn softmax_row(row: *mut f32, len: usize, ld: usize, scale: f32) {
             acc = _mm256_add_ps(acc, _mm512_castps512_ps256(e));
         }
         if 2 * v + 1 < chunks {
-            acc = _mm256_add_ps(acc, _mm512_extractf32x8_ps::<1>(e));
+            // The high 8 lanes, by AVX-512 F alone (`_mm512_extractf32x8_ps` needs DQ).
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(e)));
+            acc = _mm256_add_ps(acc, hi);
         }
     }
     let mut lanes = [0f32; 8];
@@ -208,9 +213,11 @@ unsafe fn softmax_row(row: *mut f32, len: usize, ld: usize, scale: f32) {
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn exp16(x: __m512) -> __m512 {
+    // The constant first: `vmaxps` / `vminps` return their second operand when either is NaN, so a
+    // NaN goes through, as through `f32::clamp`.
     let x = _mm512_min_ps(
-        _mm512_max_ps(x, _mm512_set1_ps(-87.0)),
         _mm512_set1_ps(88.0),
+        _mm512_max_ps(_mm512_set1_ps(-87.0), x),
     );
     let t = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
@@ -463,6 +470,37 @@ mod tests {
                     assert!(out[i * out_stride + head_dim..(i + 1) * out_stride]
                         .iter()
                         .all(|x| x.is_nan()));
+                }
+            }
+        }
+    }
+
+    /// A NaN or infinite score makes the row NaN, as on the portable path, instead of being clamped
+    /// or passed over into finite weights.
+    #[test]
+    fn non_finite_scores_give_the_portable_nans() {
+        if !supported(16) {
+            return;
+        }
+        for len in [1usize, 5, 16, 17, 40] {
+            for at in [0, len / 2, len - 1] {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    let ld = len.next_multiple_of(16);
+                    let mut row: Vec<f32> = (0..ld).map(|i| (i % 7) as f32 * 0.3).collect();
+                    row[at] = bad;
+                    let mut want = row.clone();
+                    super::super::cpu_ops::softmax_padded(&mut want, len, 0.125);
+                    let mut got = row.clone();
+                    unsafe { softmax_row(got.as_mut_ptr(), len, ld, 0.125) };
+                    for j in 0..len {
+                        assert!(
+                            got[j].to_bits() == want[j].to_bits()
+                                || (got[j].is_nan() && want[j].is_nan()),
+                            "len {len}, {bad} at {at}: [{j}] {} vs {}",
+                            got[j],
+                            want[j]
+                        );
+                    }
                 }
             }
         }
