@@ -768,7 +768,7 @@ impl PackedWeight {
     /// `dst (rows x out) += x (rows x inp) @ W`.
     fn add_product(&self, x: &[f32], rows: usize, dst: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if rows <= WIDE_ROWS && crate::simd::level() == crate::simd::Level::Avx512 {
+        if crate::simd::level() == crate::simd::Level::Avx512 {
             return self.add_product_wide(x, rows, dst);
         }
         self.add_product_tiles(x, rows, dst)
@@ -843,7 +843,7 @@ unsafe fn add_tile(dst: SharedMut, out: usize, p: usize, cols: usize, r0: usize,
     }
 }
 
-/// Up to this many rows, the AVX-512 small-batch product runs all of them against each weight panel
+/// Up to this many rows at a time, the AVX-512 small-batch product runs them against each weight panel
 /// in one pass (one accumulator register per row): a query's projections read each weight once
 /// instead of once per 6-row tile, and for a query the weights come from memory, not cache.
 #[cfg(target_arch = "x86_64")]
@@ -851,38 +851,57 @@ const WIDE_ROWS: usize = 24;
 
 #[cfg(target_arch = "x86_64")]
 impl PackedWeight {
-    /// [`PackedWeight::add_product`] for up to [`WIDE_ROWS`] rows on AVX-512: the rows packed k-major
-    /// in one panel, a kernel compiled for each row count (no padding rows: a query is 9 tokens on
-    /// average). Each output is the same sequence of FMAs over k
-    /// as in the 6 x 16 tile kernel, so the result has the same bits.
+    /// [`PackedWeight::add_product`] on AVX-512: the rows in chunks of at most [`WIDE_ROWS`] (as even
+    /// as the count allows), each packed k-major in one panel, and a kernel compiled for each chunk's
+    /// row count (no padding rows: a query is 9 tokens on average). Each weight panel goes through every
+    /// chunk while it is in cache: a query of up to 24 tokens reads each weight once, one of 25-48
+    /// twice, where the 6-row tiles read it once per tile. Each output is the same sequence of FMAs over
+    /// k as in the 6 x 16 tile kernel, so the result has the same bits.
     fn add_product_wide(&self, x: &[f32], rows: usize, dst: &mut [f32]) {
         let (inp, out) = (self.inp, self.out);
-        let r = rows.max(1);
-        let mut a = vec![0f32; inp * r];
-        for (i, src) in x.chunks_exact(inp).take(rows).enumerate() {
-            for (k, &v) in src.iter().enumerate() {
-                a[k * r + i] = v;
+        let chunks = rows.div_ceil(WIDE_ROWS).max(1);
+        // (first row, row count, rows packed k-major) of each chunk.
+        let mut packed = Vec::with_capacity(chunks);
+        let mut r0 = 0;
+        for c in 0..chunks {
+            let r = (rows - r0).div_ceil(chunks - c).max(1);
+            let mut a = vec![0f32; inp * r];
+            for (i, src) in x
+                .chunks_exact(inp)
+                .skip(r0)
+                .take(r.min(rows - r0))
+                .enumerate()
+            {
+                for (k, &v) in src.iter().enumerate() {
+                    a[k * r + i] = v;
+                }
             }
+            packed.push((r0, r.min(rows - r0), r, a));
+            r0 += r;
         }
         let dst_ptr = SharedMut(dst.as_mut_ptr());
         let run = |p: usize, b: &[f32]| {
             let mut t = [0f32; WIDE_ROWS * TILE_R];
-            assert!(b.len() >= inp * TILE_R && a.len() >= inp * r);
-            // Safety: the CPU has AVX-512 F (the caller checked the level); the assert bounds the loads.
-            macro_rules! rows {
-                ($($n:literal)*) => {
-                    match r {
-                        $($n => unsafe {
-                            rows_panel_avx512::<$n>(inp, a.as_ptr(), b.as_ptr(), t.as_mut_ptr())
-                        },)*
-                        _ => unreachable!("{r} rows in the wide product"),
-                    }
-                };
-            }
-            rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24);
             let cols = (out - p * TILE_R).min(TILE_R);
-            // Safety: rows 0..rows of dst (rows x out); this task owns panel p.
-            unsafe { add_tile(dst_ptr, out, p, cols, 0, &t[..rows * TILE_R]) };
+            for (first, n, r, a) in &packed {
+                let r = *r;
+                assert!(b.len() >= inp * TILE_R && a.len() >= inp * r && r <= WIDE_ROWS);
+                // Safety: the CPU has AVX-512 F (the caller checked the level); the assert bounds the
+                // loads.
+                macro_rules! rows {
+                    ($($n:literal)*) => {
+                        match r {
+                            $($n => unsafe {
+                                rows_panel_avx512::<$n>(inp, a.as_ptr(), b.as_ptr(), t.as_mut_ptr())
+                            },)*
+                            _ => unreachable!("{r} rows in the wide product"),
+                        }
+                    };
+                }
+                rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24);
+                // Safety: rows first..first+n of dst (rows x out); this task owns panel p.
+                unsafe { add_tile(dst_ptr, out, p, cols, *first, &t[..n * TILE_R]) };
+            }
         };
         self.for_each_panel(run);
     }
@@ -1201,7 +1220,7 @@ mod tests {
         let packed =
             PackedWeight::of(&Tensor::from_vec(w, (inp, out), &candle_core::Device::Cpu).unwrap())
                 .unwrap();
-        for rows in 1..=24 {
+        for rows in 1..=SMALL_ROWS + 3 {
             let x: Vec<f32> = (0..rows * inp)
                 .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
                 .collect();
