@@ -113,7 +113,7 @@ unsafe fn head_avx512(
             macro_rules! tiles {
                 ($($p:literal: $($r:literal)*;)*) => {
                     match (p, rows) {
-                        $($(($p, $r) => qk_tile::<$r, $p>(head_dim, q, head_dim, kt, ld, out),)*)*
+                        $($(($p, $r) => tile::<$r, $p>(head_dim, q, head_dim, kt, ld, out, ld),)*)*
                         _ => unreachable!(),
                     }
                 };
@@ -138,7 +138,7 @@ unsafe fn head_avx512(
             macro_rules! tiles {
                 ($($w:literal: $($r:literal)*;)*) => {
                     match (w, r) {
-                        $($(($w, $r) => pv_tile::<$r, $w>(len, p, ld, vp, head_dim, out, io.out_stride),)*)*
+                        $($(($w, $r) => tile::<$r, $w>(len, p, ld, vp, head_dim, out, io.out_stride),)*)*
                         _ => unreachable!(),
                     }
                 };
@@ -231,63 +231,35 @@ unsafe fn exp16(x: __m512) -> __m512 {
     _mm512_scalef_ps(p, n)
 }
 
-/// `out[r * ld + 16 p + j] = sum_d q[r * stride + d] * kt[d * ld + 16 p + j]` for `R` rows and `P`
-/// panels, the FMAs in order of `d`.
+/// `out[r * out_stride + 16 n + j] = sum_t a[r * a_stride + t] * b[t * b_stride + 16 n + j]` over
+/// `t < k`, for `R` rows and `N` vectors of 16 columns, the FMAs in order of `t`: the scores (`a` the
+/// queries, `b` the transposed keys) and the context (`a` the probabilities, `b` the values).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn qk_tile<const R: usize, const P: usize>(
-    head_dim: usize,
-    q: *const f32,
-    stride: usize,
-    kt: *const f32,
-    ld: usize,
-    out: *mut f32,
-) {
-    let mut acc = [[_mm512_setzero_ps(); P]; R];
-    for d in 0..head_dim {
-        let k: [__m512; P] = std::array::from_fn(|p| _mm512_loadu_ps(kt.add(d * ld + 16 * p)));
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let x = _mm512_set1_ps(*q.add(r * stride + d));
-            for (a, k) in acc.iter_mut().zip(&k) {
-                *a = _mm512_fmadd_ps(x, *k, *a);
-            }
-        }
-    }
-    for (r, acc) in acc.iter().enumerate() {
-        for (p, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(out.add(r * ld + 16 * p), *a);
-        }
-    }
-}
-
-/// `out[r * out_stride + 16 w + j] = sum_t p[r * ld + t] * v[t * stride + 16 w + j]` over the `len`
-/// keys, for `R` rows and `W` vectors of the head, the FMAs in order of `t`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn pv_tile<const R: usize, const W: usize>(
-    len: usize,
-    p: *const f32,
-    ld: usize,
-    v: *const f32,
-    stride: usize,
+unsafe fn tile<const R: usize, const N: usize>(
+    k: usize,
+    a: *const f32,
+    a_stride: usize,
+    b: *const f32,
+    b_stride: usize,
     out: *mut f32,
     out_stride: usize,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); W]; R];
-    for t in 0..len {
-        let vv: [__m512; W] = std::array::from_fn(|w| _mm512_loadu_ps(v.add(t * stride + 16 * w)));
+    let mut acc = [[_mm512_setzero_ps(); N]; R];
+    for t in 0..k {
+        let bv: [__m512; N] =
+            std::array::from_fn(|n| _mm512_loadu_ps(b.add(t * b_stride + 16 * n)));
         for (r, acc) in acc.iter_mut().enumerate() {
-            let x = _mm512_set1_ps(*p.add(r * ld + t));
-            for (a, v) in acc.iter_mut().zip(&vv) {
-                *a = _mm512_fmadd_ps(x, *v, *a);
+            let x = _mm512_set1_ps(*a.add(r * a_stride + t));
+            for (c, b) in acc.iter_mut().zip(&bv) {
+                *c = _mm512_fmadd_ps(x, *b, *c);
             }
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        for (w, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(out.add(r * out_stride + 16 * w), *a);
+        for (n, c) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add(r * out_stride + 16 * n), *c);
         }
     }
 }

@@ -859,32 +859,29 @@ impl PackedWeight {
     /// k as in the 6 x 16 tile kernel, so the result has the same bits.
     fn add_product_wide(&self, x: &[f32], rows: usize, dst: &mut [f32]) {
         let (inp, out) = (self.inp, self.out);
-        let chunks = rows.div_ceil(WIDE_ROWS).max(1);
+        if rows == 0 {
+            return;
+        }
+        let chunks = rows.div_ceil(WIDE_ROWS);
         // (first row, row count, rows packed k-major) of each chunk.
         let mut packed = Vec::with_capacity(chunks);
         let mut r0 = 0;
         for c in 0..chunks {
-            let r = (rows - r0).div_ceil(chunks - c).max(1);
+            let r = (rows - r0).div_ceil(chunks - c);
             let mut a = vec![0f32; inp * r];
-            for (i, src) in x
-                .chunks_exact(inp)
-                .skip(r0)
-                .take(r.min(rows - r0))
-                .enumerate()
-            {
+            for (i, src) in x.chunks_exact(inp).skip(r0).take(r).enumerate() {
                 for (k, &v) in src.iter().enumerate() {
                     a[k * r + i] = v;
                 }
             }
-            packed.push((r0, r.min(rows - r0), r, a));
+            packed.push((r0, r, a));
             r0 += r;
         }
         let dst_ptr = SharedMut(dst.as_mut_ptr());
         let run = |p: usize, b: &[f32]| {
             let mut t = [0f32; WIDE_ROWS * TILE_R];
             let cols = (out - p * TILE_R).min(TILE_R);
-            for (first, n, r, a) in &packed {
-                let r = *r;
+            for &(first, r, ref a) in &packed {
                 assert!(b.len() >= inp * TILE_R && a.len() >= inp * r && r <= WIDE_ROWS);
                 // Safety: the CPU has AVX-512 F (the caller checked the level); the assert bounds the
                 // loads.
@@ -900,7 +897,7 @@ impl PackedWeight {
                 }
                 rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24);
                 // Safety: rows first..first+n of dst (rows x out); this task owns panel p.
-                unsafe { add_tile(dst_ptr, out, p, cols, *first, &t[..n * TILE_R]) };
+                unsafe { add_tile(dst_ptr, out, p, cols, first, &t[..r * TILE_R]) };
             }
         };
         self.for_each_panel(run);
