@@ -36,7 +36,8 @@ enum Command {
         common: Common,
         /// The query.
         text: String,
-        #[arg(long, default_value_t = 10)]
+        /// How many results (at least 1).
+        #[arg(long, default_value_t = 10, value_parser = at_least_one)]
         k: usize,
     },
     /// Run a query file (or pre-encoded query vectors) and write a run file for simlm-eval.
@@ -57,7 +58,8 @@ enum Command {
         /// The ids of the --query-vectors rows, one a line (default: the row numbers 0..n-1).
         #[arg(long, requires = "query_vectors")]
         query_ids: Option<PathBuf>,
-        #[arg(long, default_value_t = 1000)]
+        /// How many results per query (at least 1).
+        #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
         k: usize,
         /// The run file to write.
         #[arg(long)]
@@ -97,7 +99,8 @@ enum Command {
     Repl {
         #[command(flatten)]
         common: Common,
-        #[arg(long, default_value_t = 10)]
+        /// How many results (at least 1).
+        #[arg(long, default_value_t = 10, value_parser = at_least_one)]
         k: usize,
     },
 }
@@ -133,6 +136,15 @@ enum Encoder {
     IfAny,
     /// Pre-encoded queries only: no model is loaded.
     No,
+}
+
+/// A count of at least 1 (`--k 0` would ask for an empty answer).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
 }
 
 fn open(c: &Common, encoder: Encoder) -> anyhow::Result<Searcher> {
@@ -178,7 +190,7 @@ fn answer(
 fn print_hits(s: &Searcher, hits: &[Hit], out: &mut impl Write) -> anyhow::Result<()> {
     let mut warned = false;
     for (rank, h) in hits.iter().enumerate() {
-        let id = &s.index.ids[h.row];
+        let id = printable(&s.index.ids[h.row]);
         writeln!(out, "{:>3}. {:<12} {:.4}", rank + 1, id, h.score)?;
         if warned {
             continue;
@@ -198,13 +210,34 @@ fn print_hits(s: &Searcher, hits: &[Hit], out: &mut impl Write) -> anyhow::Resul
     }
     Ok(())
 }
+/// At most `max` characters of `s`, made safe to print (see `printable`).
 fn trim(s: &str, max: usize) -> String {
-    let s = s.trim();
+    let s = printable(s.trim());
     if s.chars().count() <= max {
-        return s.to_string();
+        return s;
     }
     let cut: String = s.chars().take(max).collect();
     format!("{}...", cut.trim_end())
+}
+
+/// `s` with what a terminal would act on instead of showing written out: line breaks and tabs as
+/// spaces, other control characters (escape sequences, bells, backspaces) and the bidirectional
+/// overrides as `\u{..}`. A passage's text cannot then move the cursor, recolour the terminal or
+/// reorder what is printed after it.
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\t' | '\n' | '\r' => out.push(' '),
+            c if c.is_control()
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.push_str(&c.escape_unicode().to_string())
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Where a batch's queries come from.
@@ -503,5 +536,28 @@ fn main() -> ExitCode {
             eprintln!("simlm-search: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{at_least_one, printable, trim};
+
+    #[test]
+    fn printable_writes_out_what_a_terminal_would_act_on() {
+        assert_eq!(printable("plain text, ünïcode"), "plain text, ünïcode");
+        assert_eq!(printable("a\tb\nc\rd"), "a b c d");
+        assert_eq!(printable("\x1b[2Jred\x07"), "\\u{1b}[2Jred\\u{7}");
+        assert_eq!(printable("x\u{202e}y\u{2066}"), "x\\u{202e}y\\u{2066}");
+        assert_eq!(printable("\u{9b}31m"), "\\u{9b}31m");
+        // Trimming counts what is printed, escapes included.
+        assert_eq!(trim("\x1b\x1b\x1b", 8), "\\u{1b}\\u...");
+    }
+
+    #[test]
+    fn k_of_zero_is_refused() {
+        assert_eq!(at_least_one("0"), Err("must be at least 1".into()));
+        assert_eq!(at_least_one("10"), Ok(10));
+        assert!(at_least_one("-1").is_err());
     }
 }

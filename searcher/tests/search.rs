@@ -320,3 +320,63 @@ fn damaged_indexes_and_bad_queries_are_clear_errors() {
     assert!(!o.status.success() && e.contains("q.tsv, line 2"), "{e}");
     assert!(!tmp.path().join("run").exists());
 }
+
+#[test]
+fn k_of_zero_is_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    for args in [
+        vec!["batch", "--index", "idx", "--queries", "q.tsv", "--k", "0"],
+        vec!["query", "--index", "idx", "--k", "0", "what"],
+        vec!["repl", "--index", "idx", "--k", "0"],
+    ] {
+        let mut args = args;
+        if args[0] == "batch" {
+            args.extend(["--out", run.to_str().unwrap()]);
+        }
+        let o = search(&args);
+        let e = stderr(&o);
+        assert!(!o.status.success(), "{args:?} accepted");
+        assert!(e.contains("--k") && e.contains("at least 1"), "{e}");
+    }
+    assert!(!run.exists());
+}
+
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn passages_are_printed_without_their_control_characters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coll = tmp.path().join("c.tsv");
+    std::fs::write(
+        &coll,
+        "p1\tclear \u{1b}[2J\u{1b}[31mred\u{7} \u{202e}txet\n2\tanother passage\n",
+    )
+    .unwrap();
+    let enc = Encoder::load(tiny().to_str().unwrap(), &EncoderOptions::default()).unwrap();
+    let out = tmp.path().join("idx");
+    let opts = BuildOptions {
+        collection: coll,
+        read: ReadOptions::default(),
+        out: out.clone(),
+        dtype: Dtype::F32,
+        hnsw: None,
+        shard: None,
+        force: false,
+        chunk_rows: 4096,
+    };
+    index::build(&enc, &opts, &Quiet).unwrap();
+    let o = search(&["query", "--index", out.to_str().unwrap(), "--k", "2", "red"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}') && !text.contains('\u{202e}'),
+        "{text:?}"
+    );
+    assert!(
+        text.contains("clear \\u{1b}[2J\\u{1b}[31mred\\u{7} \\u{202e}txet"),
+        "{text:?}"
+    );
+}
