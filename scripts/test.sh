@@ -19,10 +19,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
 if [ ! -d "$shared/fixtures" ] || [ ! -d "$shared/data" ]; then
   echo "note: $shared is missing: the tests that need its fixtures and data were ignored (listed above as"
-  echo "      ignored) and the small reproduction was skipped; put the shared folder beside the checkout"
-  echo "      (or set SIMLM_SHARED) to run them."
+  echo "      ignored), and the small reproduction and the SLURM tests were skipped; put the shared folder"
+  echo "      beside the checkout (or set SIMLM_SHARED) to run them."
   exit 0
 fi
+# ---- SLURM: a two-node cluster on this machine; the sharded build, its merge, a node lost mid-array
+# and a failed shard (scripts/slurm/). Says SKIPPED, with the reason, where SLURM cannot run here.
+SIMLM_BIN="$root/target/debug" SIMLM_SHARED="$shared" scripts/slurm/test-local.sh
+# ---- end of the SLURM block
 # The SimLM reproduction script's every step, on data of this machine, with the binaries just built.
 rm -rf "$root/target/simlm-small-ci"
 SIMLM_BIN="$root/target/debug" SIMLM_DATA="$root/target/simlm-small-ci" scripts/reproduce_simlm.sh --small
