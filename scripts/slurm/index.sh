@@ -220,31 +220,33 @@ build_q="$(quote "${build_opts[@]}")"
 merge_q="$(quote "${merge_opts[@]}")"
 
 # The run's settings: a run folder holds shards of one command only.
-mkdir -p "$work/shards" "$work/logs"
 settings="collection=$collection
 model=$model
 shards=$shards
 build options=$build_q"
-if [ -f "$work/settings" ]; then
-  if [ "$(cat "$work/settings")" != "$settings" ]; then
-    echo "index.sh: error: $work holds a run with other settings:" >&2
-    diff <(cat "$work/settings") <(echo "$settings") | sed -n 's/^</  there:/p; s/^>/  asked:/p' >&2
-    echo "  use another --out (or --work), or remove $work to start over" >&2
-    exit 1
-  fi
-else
-  echo "$settings" >"$work/settings.tmp" && mv "$work/settings.tmp" "$work/settings"
+if [ -f "$work/settings" ] && [ "$(cat "$work/settings")" != "$settings" ]; then
+  echo "index.sh: error: $work holds a run with other settings:" >&2
+  diff <(cat "$work/settings") <(echo "$settings") | sed -n 's/^</  there:/p; s/^>/  asked:/p' >&2
+  echo "  use another --out (or --work), or remove $work to start over" >&2
+  exit 1
 fi
-
 merged() { [ -f "$work/merge.done" ] && [ -f "$out/manifest.json" ]; }
 if merged; then
   echo "index.sh: all $shards shards are finished and merged into $out: nothing to submit"
   echo "  (simlm-index info $out; remove $out and $work/merge.done to merge again)"
   exit 0
 fi
-if [ -e "$out" ] && [ -n "$(ls -A "$out" 2>/dev/null)" ]; then
+# The merge writes only into a new or empty folder or an index folder; one that holds a finished index
+# is not this run's to replace. Refused now rather than after the encoding.
+if [ -e "$out" ]; then
+  [ -d "$out" ] || die "--out $out exists and is not a folder"
   [ -f "$out/manifest.json" ] && die "$out already holds an index that this run did not merge: give another --out"
+  if [ -n "$(ls -A "$out")" ] && [ ! -f "$out/simlm-index.lock" ] && ! compgen -G "$out/gen[0-9]*" >/dev/null; then
+    die "--out $out holds files that are not an index: give a new or empty folder"
+  fi
 fi
+mkdir -p "$work/shards" "$work/logs"
+[ -f "$work/settings" ] || { echo "$settings" >"$work/settings.tmp" && mv "$work/settings.tmp" "$work/settings"; }
 
 # What each shard needs.
 finished=() running=() missing=() deps=()

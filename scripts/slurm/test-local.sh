@@ -43,7 +43,7 @@ for f in "$collection" "$small" "$model/config.json" "$tiny/config.json"; do
   [ -e "$f" ] || skip "$f is missing (the shared fixtures and data beside the checkout)"
 done
 # The manifests name the model as it was given: both builds get the same, canonical, path.
-model="$(realpath "$model")" tiny="$(realpath "$tiny")"
+model="$(realpath "$model")" tiny="$(realpath "$tiny")" collection="$(realpath "$collection")"
 [ -x "$bin/simlm-index" ] || fail "$bin/simlm-index not found: build it first (cargo build -p indexer)"
 
 # A cluster left by an earlier run that was killed is stopped (by its PID files) before its folder goes.
