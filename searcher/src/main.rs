@@ -87,6 +87,15 @@ enum Command {
         /// Largest k.
         #[arg(long, default_value_t = 1000)]
         max_k: usize,
+        /// Most hits one request may ask for: its queries x k.
+        #[arg(long, default_value_t = 100_000)]
+        max_hits: usize,
+        /// Largest answer, in MiB (the passages' text included).
+        #[arg(long, default_value_t = 32)]
+        max_answer_mb: usize,
+        /// MiB of requests and answers in flight, all together; beyond, 503 with Retry-After.
+        #[arg(long, default_value_t = 256)]
+        max_inflight_mb: usize,
         /// Most queries encoded and searched together in one batch.
         #[arg(long, default_value_t = 256)]
         max_batch: usize,
@@ -94,6 +103,20 @@ enum Command {
         /// what is queued; requests that arrive while a batch runs form the next one).
         #[arg(long, default_value_t = 0)]
         batch_wait_ms: u64,
+        /// Seconds a client may take to send a request's header (then the connection is closed);
+        /// also how long an idle connection is kept.
+        #[arg(long, default_value_t = 30.0)]
+        header_timeout: f64,
+        /// Seconds a client may take to send a request's body (then 408).
+        #[arg(long, default_value_t = 30.0)]
+        body_timeout: f64,
+        /// Seconds SIGTERM waits for the requests in flight before exiting anyway.
+        #[arg(long, default_value_t = 10.0)]
+        shutdown_timeout: f64,
+        /// Seconds between checks of the index's manifest for a new commit (0: never; SIGHUP checks
+        /// at once either way).
+        #[arg(long, default_value_t = 1.0)]
+        reload_interval: f64,
     },
     /// An interactive loop (one query a line when stdin is not a terminal).
     Repl {
@@ -503,22 +526,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_body,
             max_queries,
             max_k,
+            max_hits,
+            max_answer_mb,
+            max_inflight_mb,
             max_batch,
             batch_wait_ms,
+            header_timeout,
+            body_timeout,
+            shutdown_timeout,
+            reload_interval,
         } => {
+            let secs = |v: f64, flag: &str| {
+                std::time::Duration::try_from_secs_f64(v)
+                    .map_err(|_| anyhow::anyhow!("{flag} {v}: expected seconds, 0 or more"))
+            };
+            for (v, flag) in [
+                (header_timeout, "--header-timeout"),
+                (body_timeout, "--body-timeout"),
+            ] {
+                if v.is_nan() || v <= 0.0 {
+                    bail!("{flag} {v}: expected seconds, more than 0");
+                }
+            }
+            let opts = serve::ServeOptions {
+                addr,
+                max_body,
+                max_queries: max_queries.max(1),
+                max_k: max_k.max(1),
+                max_hits: max_hits.max(1),
+                max_answer: max_answer_mb.max(1).saturating_mul(1 << 20),
+                max_inflight: max_inflight_mb.max(1).saturating_mul(1 << 20),
+                max_batch: max_batch.max(1),
+                batch_wait: std::time::Duration::from_millis(batch_wait_ms),
+                header_timeout: secs(header_timeout, "--header-timeout")?,
+                body_timeout: secs(body_timeout, "--body-timeout")?,
+                shutdown_timeout: secs(shutdown_timeout, "--shutdown-timeout")?,
+                reload_interval: secs(reload_interval, "--reload-interval")?,
+            };
             // An index without a model still serves pre-encoded queries.
             let s = open(&common, Encoder::IfAny)?;
-            serve::serve(
-                s,
-                serve::ServeOptions {
-                    addr,
-                    max_body,
-                    max_queries: max_queries.max(1),
-                    max_k: max_k.max(1),
-                    max_batch: max_batch.max(1),
-                    batch_wait: std::time::Duration::from_millis(batch_wait_ms),
-                },
-            )?;
+            serve::serve(s, opts)?;
         }
         Command::Repl { common, k } => {
             let s = open(&common, Encoder::Required)?;

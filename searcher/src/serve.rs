@@ -1,36 +1,46 @@
-//! `simlm-search serve`: the index and its model loaded once, behind HTTP (axum on tokio).
+//! `simlm-search serve`: the index and its model loaded once, behind HTTP (axum on tokio, each
+//! connection served by hyper with a header read timeout).
 //!
 //! Requests put their work on one queue; a worker thread takes everything queued (up to a batch
 //! limit, waiting at most `batch_wait` for more after the first job), encodes all the batch's texts of
 //! one kind in one call (the encoder cuts them into forward passes by its token budget), searches each
 //! group of queries with the same `k` and mode in one call (exact search streams the matrix once per
-//! batch), and answers every request. The async side only parses, checks limits and formats.
+//! batch), and answers every request. A batch that fails is run again one request at a time, so that
+//! a request's failure is its own. The async side only reads, parses, checks limits and formats.
+//!
+//! Memory is bounded: each request's work (queries x k) and answer size, and the bytes of requests and
+//! answers in flight together (503 beyond; freed memory is handed back to the system after large
+//! answers). A housekeeping thread watches the index's manifest and switches to a newly committed
+//! generation between batches, opened whole first; SIGHUP asks for that check at once.
 
 // Handlers' helpers fail with the `Response` the handler returns as it is.
 #![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use engine::index::{SearchMode, Searcher};
 use engine::search::Hit;
+use engine::store::layout::MANIFEST;
 use engine::{Doc, Kind};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::oneshot;
 
-/// The service's limits and batching.
+/// The service's limits, timeouts and batching.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub addr: SocketAddr,
@@ -40,38 +50,87 @@ pub struct ServeOptions {
     pub max_queries: usize,
     /// Largest `k` (422 beyond).
     pub max_k: usize,
+    /// Most hits one request may ask for, queries x k (413 beyond).
+    pub max_hits: usize,
+    /// Largest answer in bytes, passages' text included (413 beyond).
+    pub max_answer: usize,
+    /// Bytes of requests and answers in flight, all requests together: a request that would pass it
+    /// is answered 503 with `Retry-After` (one request alone is always taken).
+    pub max_inflight: usize,
     /// Most queries the worker takes into one batch.
     pub max_batch: usize,
     /// How long the worker waits for more requests after the first of a batch.
     pub batch_wait: Duration,
+    /// How long a client may take to send a request's header (the connection is closed after it);
+    /// also how long an idle connection is kept.
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body (408 after it).
+    pub body_timeout: Duration,
+    /// How long SIGTERM waits for the requests in flight before the service exits anyway.
+    pub shutdown_timeout: Duration,
+    /// How often the manifest is checked for a new commit (zero: never; SIGHUP still checks).
+    pub reload_interval: Duration,
+}
+
+/// A request's queries: texts to encode, or vectors (row-major, the index's dimension each).
+#[derive(Debug)]
+pub enum Queries {
+    Texts(Vec<String>),
+    Vectors(Vec<f32>),
+}
+
+impl Queries {
+    fn len(&self, dim: usize) -> usize {
+        match self {
+            Queries::Texts(t) => t.len(),
+            Queries::Vectors(v) => v.len() / dim.max(1),
+        }
+    }
+}
+
+/// A search request, parsed and checked against the limits and the index it will search.
+#[derive(Debug)]
+pub struct SearchAsk {
+    pub queries: Queries,
+    pub k: usize,
+    pub mode: SearchMode,
+    /// `queries` or `vectors` was given: the answer is a list of lists.
+    pub several: bool,
+    /// Include each passage's title and text.
+    pub text: bool,
+}
+
+/// An embedding request, parsed and checked.
+#[derive(Debug)]
+pub struct EmbedAsk {
+    pub kind: Kind,
+    pub texts: Vec<String>,
 }
 
 /// What a request asks the worker to do.
 enum Work {
-    Search {
-        queries: Vec<QueryIn>,
-        k: usize,
-        mode: SearchMode,
-    },
-    Embed {
-        kind: Kind,
-        texts: Vec<String>,
-    },
+    Search(SearchAsk),
+    Embed(EmbedAsk),
 }
 
-enum QueryIn {
-    Text(String),
-    Vector(Vec<f32>),
+impl Work {
+    fn size(&self, dim: usize) -> usize {
+        match self {
+            Work::Search(a) => a.queries.len(dim),
+            Work::Embed(a) => a.texts.len(),
+        }
+    }
 }
 
 struct Job {
     work: Work,
     queued: Instant,
-    reply: oneshot::Sender<Result<Done, String>>,
+    reply: oneshot::Sender<Result<Done, Failure>>,
 }
 
-/// A job's answer, with the batch's timings.
+/// A job's answer, with the batch's timings and the index generation that answered it.
 struct Done {
+    served: Arc<Served>,
     /// Search: one list per query. Embed: empty.
     hits: Vec<Vec<Hit>>,
     /// Embed: one vector per text.
@@ -82,22 +141,75 @@ struct Done {
     batch: usize,
 }
 
+/// Why a job failed: the status it answers.
+struct Failure {
+    status: StatusCode,
+    msg: String,
+}
+
+/// One opened generation of the index, as served.
+struct Served {
+    searcher: Searcher,
+    /// The longest passage id, in bytes: bounds a hit's size in an answer.
+    max_id: usize,
+}
+
+impl Served {
+    fn new(searcher: Searcher) -> Self {
+        let max_id = searcher
+            .index
+            .ids
+            .iter()
+            .map(|i| i.len())
+            .max()
+            .unwrap_or(0);
+        Served { searcher, max_id }
+    }
+
+    /// An upper bound of one hit's bytes in an answer without text: `{"docid":"…","score":…,"rank":…},`
+    /// with an id escaped at worst 6 bytes a byte.
+    fn hit_bytes(&self) -> usize {
+        64 + 6 * self.max_id
+    }
+}
+
 struct App {
-    searcher: Arc<Searcher>,
+    current: RwLock<Arc<Served>>,
     queue: Mutex<Option<mpsc::Sender<Job>>>,
     metrics: Metrics,
     opts: ServeOptions,
+    budget: Arc<Budget>,
+    /// Why the last reload failed, while the generation it tried is the manifest's.
+    reload_error: Mutex<Option<String>>,
+    /// SIGHUP: check the manifest now.
+    check_now: AtomicBool,
+    stop: AtomicBool,
 }
 
-/// Runs the service until SIGTERM or Ctrl-C, then answers the requests in flight and returns.
+impl App {
+    /// The generation served now.
+    fn served(&self) -> Arc<Served> {
+        self.current.read().unwrap().clone()
+    }
+}
+
+/// Runs the service until SIGTERM or Ctrl-C, then answers the requests in flight (for at most
+/// `shutdown_timeout`) and returns.
 pub fn serve(searcher: Searcher, opts: ServeOptions) -> anyhow::Result<()> {
-    let searcher = Arc::new(searcher);
     let (tx, rx) = mpsc::channel::<Job>();
     let app = Arc::new(App {
-        searcher: searcher.clone(),
+        current: RwLock::new(Arc::new(Served::new(searcher))),
         queue: Mutex::new(Some(tx)),
         metrics: Metrics::default(),
+        budget: Arc::new(Budget {
+            used: AtomicUsize::new(0),
+            max: opts.max_inflight,
+            freed: AtomicBool::new(false),
+        }),
         opts: opts.clone(),
+        reload_error: Mutex::new(None),
+        check_now: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
     });
     let worker = {
         let app = app.clone();
@@ -105,23 +217,33 @@ pub fn serve(searcher: Searcher, opts: ServeOptions) -> anyhow::Result<()> {
             .name("batcher".into())
             .spawn(move || run_worker(&app, rx))?
     };
+    let keeper = {
+        let app = app.clone();
+        std::thread::Builder::new()
+            .name("housekeeping".into())
+            .spawn(move || housekeeping(&app))?
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    let drained = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(opts.addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.addr))?;
         let addr = listener.local_addr()?;
-        let m = &searcher.index.manifest;
-        eprintln!(
-            "serving {} ({} passages, dim {}, {}) on http://{addr}/  (POST /search /embed; GET /health /info /metrics)",
-            searcher.index.dir.display(),
-            m.count,
-            m.dim,
-            searcher.mode
-        );
+        {
+            let served = app.served();
+            let s = &served.searcher;
+            let m = &s.index.manifest;
+            eprintln!(
+                "serving {} ({} passages, dim {}, {}) on http://{addr}/  (POST /search /embed; GET /health /info /metrics)",
+                s.index.dir.display(),
+                m.count,
+                m.dim,
+                s.mode
+            );
+        }
         let router = Router::new()
             .route("/", get(page))
             .route("/search", post(search))
@@ -133,16 +255,102 @@ pub fn serve(searcher: Searcher, opts: ServeOptions) -> anyhow::Result<()> {
             .layer(DefaultBodyLimit::max(opts.max_body))
             .layer(middleware::from_fn_with_state(app.clone(), track))
             .with_state(app.clone());
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
-        anyhow::Ok(())
+        let hup = {
+            let app = app.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                if let Ok(mut s) = signal(SignalKind::hangup()) {
+                    while s.recv().await.is_some() {
+                        app.check_now.store(true, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        let drained = accept_loop(listener, router, &opts).await;
+        hup.abort();
+        anyhow::Ok(drained)
     })?;
-    // Every request has been answered: close the queue, and the worker ends.
+    // Tasks still running after the bound (a connection cut, a passage read) are not waited for.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    // Close the queue: the worker ends after its batch.
     app.queue.lock().unwrap().take();
-    let _ = worker.join();
+    app.stop.store(true, Ordering::Relaxed);
+    let _ = keeper.join();
+    if drained {
+        let _ = worker.join();
+    }
     eprintln!("stopped");
     Ok(())
+}
+
+/// Accepts connections until SIGTERM or Ctrl-C, then lets each finish the request it is on, for at
+/// most `shutdown_timeout`. True when every connection ended in time.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    opts: &ServeOptions,
+) -> bool {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors or the like: wait a little instead of spinning.
+                        eprintln!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(router.clone());
+                let mut stop = stop_rx.clone();
+                let header_timeout = opts.header_timeout;
+                conns.spawn(async move {
+                    let conn = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(header_timeout)
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    let stopped = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stopped => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let wait = async { while conns.join_next().await.is_some() {} };
+    match tokio::time::timeout(opts.shutdown_timeout, wait).await {
+        Ok(()) => true,
+        Err(_) => {
+            eprintln!(
+                "{} connection(s) still open after {:.1} s (--shutdown-timeout): closing them",
+                conns.len(),
+                opts.shutdown_timeout.as_secs_f64()
+            );
+            conns.abort_all();
+            false
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -165,12 +373,239 @@ async fn shutdown_signal() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Memory in flight
+
+/// The bytes of requests and answers in flight, against `max`.
+struct Budget {
+    used: AtomicUsize,
+    max: usize,
+    /// A large hold was released since the last trim.
+    freed: AtomicBool,
+}
+
+/// A hold of `bytes` of the budget, released when dropped (with the answer it belongs to, once sent).
+struct Hold {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+/// Releasing a hold this large asks the housekeeping thread to hand freed memory back.
+const TRIM_AFTER: usize = 4 << 20;
+
+impl Budget {
+    /// Holds `bytes`, if they fit beside what is held (or nothing is).
+    fn take(self: &Arc<Self>, bytes: usize) -> Option<Hold> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u == 0 || u.saturating_add(bytes) <= self.max).then_some(u + bytes)
+            })
+            .ok()
+            .map(|_| Hold {
+                budget: self.clone(),
+                bytes,
+            })
+    }
+}
+
+impl Hold {
+    /// Grows the hold to `bytes`, if they fit beside the others' (or this hold is alone).
+    fn grow_to(&mut self, bytes: usize) -> bool {
+        if bytes <= self.bytes {
+            return true;
+        }
+        let more = bytes - self.bytes;
+        let mine = self.bytes;
+        let max = self.budget.max;
+        let ok = self
+            .budget
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u == mine || u.saturating_add(more) <= max).then_some(u + more)
+            })
+            .is_ok();
+        if ok {
+            self.bytes = bytes;
+        }
+        ok
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        if self.bytes >= TRIM_AFTER {
+            self.budget.freed.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// An answer's bytes, written into an anonymous memory map: its pages are taken as they are written
+/// and all given back to the system when the answer is dropped (the heap would keep most of what a
+/// large answer freed). Holds its share of the budget until then.
+struct Answer {
+    map: memmap2::MmapMut,
+    len: usize,
+    /// A write did not fit the map.
+    overflow: bool,
+    hold: Hold,
+}
+
+impl Answer {
+    /// A buffer for at most `cap` bytes.
+    fn new(cap: usize, hold: Hold) -> Result<Self, Response> {
+        let map = memmap2::MmapMut::map_anon(cap.max(1)).map_err(|e| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot map {cap} bytes for the answer: {e}"),
+            )
+        })?;
+        Ok(Answer {
+            map,
+            len: 0,
+            overflow: false,
+            hold,
+        })
+    }
+
+    /// Counts the pages written in the hold: false when they no longer fit the budget.
+    fn account(&mut self) -> bool {
+        self.hold.grow_to(self.len.next_multiple_of(4096))
+    }
+
+    fn into_response(self) -> Response {
+        // The hold has grown with every check; what the last bytes add is within one page.
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            Body::from(Bytes::from_owner(self)),
+        )
+            .into_response()
+    }
+}
+
+impl std::io::Write for Answer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let end = self.len + buf.len();
+        if end > self.map.len() {
+            self.overflow = true;
+            return Err(std::io::Error::other("the answer is larger than its limit"));
+        }
+        self.map[self.len..end].copy_from_slice(buf);
+        self.len = end;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsRef<[u8]> for Answer {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[..self.len]
+    }
+}
+
+/// Hands memory freed by large answers back to the system (glibc keeps freed heap memory
+/// otherwise: the binaries ask it to, for the encoder's sake).
+fn trim_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // Safety: malloc_trim only returns free memory of malloc's arenas to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Housekeeping: new commits of the index, freed memory
+
+/// What identifies the manifest file on disk: a commit replaces it (a rename: a new inode).
+fn manifest_stamp(dir: &Path) -> Option<(u64, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir.join(MANIFEST)).ok()?;
+    Some((m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+}
+
+fn housekeeping(app: &App) {
+    const TICK: Duration = Duration::from_millis(100);
+    let dir = app.served().searcher.index.dir.clone();
+    let mut seen = manifest_stamp(&dir);
+    let mut last_check = Instant::now();
+    while !app.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(TICK);
+        if app.budget.freed.swap(false, Ordering::Relaxed) {
+            trim_memory();
+        }
+        let forced = app.check_now.swap(false, Ordering::Relaxed);
+        let interval = app.opts.reload_interval;
+        if !forced && (interval.is_zero() || last_check.elapsed() < interval) {
+            continue;
+        }
+        last_check = Instant::now();
+        let stamp = manifest_stamp(&dir);
+        if stamp == seen && !forced {
+            continue;
+        }
+        seen = stamp;
+        reload(app);
+    }
+}
+
+/// Opens the generation the manifest names now, whole, and serves it from the next batch on; if it
+/// cannot be opened, the one served stays and the failure is reported.
+fn reload(app: &App) {
+    let old = app.served();
+    let dir = &old.searcher.index.dir;
+    let now = match engine::store::manifest::Manifest::read(dir) {
+        Ok(m) => m,
+        Err(e) => return reload_failed(app, e.to_string()),
+    };
+    if now.checksum == old.searcher.index.manifest.checksum {
+        *app.reload_error.lock().unwrap() = None;
+        return;
+    }
+    match old.searcher.reopen() {
+        Ok(s) => {
+            let m = &s.index.manifest;
+            eprintln!(
+                "serving {} generation {} ({} passages, dim {}, {}) from the next batch on",
+                dir.display(),
+                m.data,
+                m.count,
+                m.dim,
+                s.mode
+            );
+            *app.current.write().unwrap() = Arc::new(Served::new(s));
+            *app.reload_error.lock().unwrap() = None;
+            app.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => reload_failed(app, e.to_string()),
+    }
+}
+
+fn reload_failed(app: &App, msg: String) {
+    let served = app.served();
+    let msg = format!(
+        "the index's new commit cannot be opened ({msg}); still serving generation {}",
+        served.searcher.index.manifest.data
+    );
+    eprintln!("{msg}");
+    app.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+    *app.reload_error.lock().unwrap() = Some(msg);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The worker
 
 fn run_worker(app: &App, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
+        // The generation this batch runs on: a reload takes effect between batches.
+        let served = app.served();
+        let dim = served.searcher.index.manifest.dim;
         let mut jobs = vec![first];
-        let mut size = jobs[0].work.size();
+        let mut size = jobs[0].work.size(dim);
         let deadline = Instant::now() + app.opts.batch_wait;
         while size < app.opts.max_batch {
             let next = match rx.try_recv() {
@@ -187,7 +622,7 @@ fn run_worker(app: &App, rx: mpsc::Receiver<Job>) {
             };
             match next {
                 Some(j) => {
-                    size += j.work.size();
+                    size += j.work.size(dim);
                     jobs.push(j);
                 }
                 None => break,
@@ -197,123 +632,170 @@ fn run_worker(app: &App, rx: mpsc::Receiver<Job>) {
             .queue_depth
             .fetch_sub(jobs.len() as i64, Ordering::Relaxed);
         app.metrics.batch_sizes.lock().unwrap().observe(size as f64);
-        run_batch(&app.searcher, jobs);
+        run_isolated(&served, jobs);
     }
 }
 
-impl Work {
-    fn size(&self) -> usize {
-        match self {
-            Work::Search { queries, .. } => queries.len(),
-            Work::Embed { texts, .. } => texts.len(),
-        }
-    }
-}
-
-/// Encodes every text of the batch (one call per kind), searches each (k, mode) group in one call,
-/// and answers each job.
-fn run_batch(s: &Searcher, jobs: Vec<Job>) {
+/// Runs the jobs as one batch; if the batch fails (or panics), runs each job alone, so that one
+/// request's failure is its answer only.
+fn run_isolated(served: &Arc<Served>, jobs: Vec<Job>) {
     let started = Instant::now();
-    let batch = jobs.iter().map(|j| j.work.size()).sum();
-    type Lists = (Vec<Vec<Vec<Hit>>>, Vec<Vec<Vec<f32>>>);
-    let result = (|| -> engine::Result<(Lists, f64, f64)> {
-        let dim = s.index.manifest.dim;
-        // Texts to encode, by kind: (job, position in job).
-        let mut texts: [Vec<Doc>; 2] = [Vec::new(), Vec::new()];
-        let mut at: [Vec<(usize, usize)>; 2] = [Vec::new(), Vec::new()];
-        for (ji, j) in jobs.iter().enumerate() {
-            match &j.work {
-                Work::Search { queries, .. } => {
-                    for (qi, q) in queries.iter().enumerate() {
-                        if let QueryIn::Text(t) = q {
-                            texts[0].push(Doc::query(t));
-                            at[0].push((ji, qi));
-                        }
-                    }
-                }
-                Work::Embed { kind, texts: ts } => {
-                    let slot = if *kind == Kind::Query { 0 } else { 1 };
-                    for (qi, t) in ts.iter().enumerate() {
-                        texts[slot].push(Doc::new(None, t));
-                        at[slot].push((ji, qi));
-                    }
-                }
-            }
-        }
-        let t = Instant::now();
-        let mut vecs: Vec<Vec<Vec<f32>>> = jobs
-            .iter()
-            .map(|j| vec![Vec::new(); j.work.size()])
-            .collect();
-        for (slot, kind) in [(0, Kind::Query), (1, Kind::Passage)] {
-            if texts[slot].is_empty() {
-                continue;
-            }
-            let flat = s.encoder()?.encode(kind, &texts[slot])?;
-            for (&(ji, qi), v) in at[slot].iter().zip(flat.chunks(dim)) {
-                vecs[ji][qi] = v.to_vec();
-            }
-        }
-        let encode_ms = t.elapsed().as_secs_f64() * 1e3;
-        for (ji, j) in jobs.iter().enumerate() {
-            if let Work::Search { queries, .. } = &j.work {
-                for (qi, q) in queries.iter().enumerate() {
-                    if let QueryIn::Vector(v) = q {
-                        vecs[ji][qi] = v.clone();
-                    }
-                }
-            }
-        }
-        // Searches: the jobs' queries grouped by (k, mode).
-        let t = Instant::now();
-        let mut hits: Vec<Vec<Vec<Hit>>> = jobs.iter().map(|_| Vec::new()).collect();
-        let mut groups: BTreeMap<(usize, String), Vec<usize>> = BTreeMap::new();
-        for (ji, j) in jobs.iter().enumerate() {
-            if let Work::Search { k, mode, .. } = &j.work {
-                groups.entry((*k, mode.to_string())).or_default().push(ji);
-            }
-        }
-        for ((k, _), members) in groups {
-            let Work::Search { mode, .. } = &jobs[members[0]].work else {
-                unreachable!("groups hold search jobs")
-            };
-            let flat: Vec<f32> = members
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_batch(served, &jobs)));
+    let failure = match outcome {
+        Ok(Ok(answers)) => {
+            let batch = jobs
                 .iter()
-                .flat_map(|&ji| vecs[ji].iter().flatten().copied())
-                .collect();
-            let mut found = s.index.search(&flat, k, *mode)?.into_iter();
-            for &ji in &members {
-                hits[ji] = found.by_ref().take(vecs[ji].len()).collect();
-            }
-        }
-        let search_ms = t.elapsed().as_secs_f64() * 1e3;
-        Ok(((hits, vecs), encode_ms, search_ms))
-    })();
-    match result {
-        Ok(((hits, vecs), encode_ms, search_ms)) => {
-            for ((j, h), v) in jobs.into_iter().zip(hits).zip(vecs) {
-                let done = Done {
-                    vectors: if matches!(j.work, Work::Embed { .. }) {
-                        v
-                    } else {
-                        Vec::new()
-                    },
-                    hits: h,
+                .map(|j| j.work.size(served.searcher.index.manifest.dim))
+                .sum();
+            let (lists, encode_ms, search_ms) = answers;
+            for (j, (hits, vectors)) in jobs.into_iter().zip(lists) {
+                let _ = j.reply.send(Ok(Done {
+                    served: served.clone(),
+                    hits,
+                    vectors,
                     queue_ms: (started - j.queued).as_secs_f64() * 1e3,
                     encode_ms,
                     search_ms,
                     batch,
-                };
-                let _ = j.reply.send(Ok(done));
+                }));
             }
+            return;
         }
-        Err(e) => {
-            let msg = e.to_string();
-            for j in jobs {
-                let _ = j.reply.send(Err(msg.clone()));
+        Ok(Err(e)) => Failure {
+            status: match e {
+                engine::Error::Usage(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            msg: e.to_string(),
+        },
+        Err(panic) => Failure {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            msg: format!(
+                "the search failed unexpectedly: {}",
+                panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic")
+            ),
+        },
+    };
+    if jobs.len() > 1 {
+        for j in jobs {
+            run_isolated(served, vec![j]);
+        }
+    } else {
+        for j in jobs {
+            let _ = j.reply.send(Err(Failure {
+                status: failure.status,
+                msg: failure.msg.clone(),
+            }));
+        }
+    }
+}
+
+/// Each job's hits and vectors, with the batch's encode and search times.
+type BatchAnswers = (Vec<(Vec<Vec<Hit>>, Vec<Vec<f32>>)>, f64, f64);
+
+/// Encodes every text of the batch (one call per kind), searches each (k, mode) group in one call.
+fn run_batch(served: &Served, jobs: &[Job]) -> engine::Result<BatchAnswers> {
+    let s = &served.searcher;
+    let dim = s.index.manifest.dim;
+    // Texts to encode, by kind: (job, position in job).
+    let mut texts: [Vec<Doc>; 2] = [Vec::new(), Vec::new()];
+    let mut at: [Vec<(usize, usize)>; 2] = [Vec::new(), Vec::new()];
+    for (ji, j) in jobs.iter().enumerate() {
+        match &j.work {
+            Work::Search(a) => {
+                if let Queries::Texts(ts) = &a.queries {
+                    for (qi, t) in ts.iter().enumerate() {
+                        texts[0].push(Doc::query(t));
+                        at[0].push((ji, qi));
+                    }
+                }
+            }
+            Work::Embed(a) => {
+                let slot = if a.kind == Kind::Query { 0 } else { 1 };
+                for (qi, t) in a.texts.iter().enumerate() {
+                    texts[slot].push(Doc::new(None, t));
+                    at[slot].push((ji, qi));
+                }
             }
         }
     }
+    let t = Instant::now();
+    // Encoded texts, by job: one row-major block each.
+    let mut encoded: Vec<Vec<f32>> = jobs
+        .iter()
+        .map(|j| match &j.work {
+            Work::Search(SearchAsk {
+                queries: Queries::Texts(ts),
+                ..
+            }) => vec![0.0; ts.len() * dim],
+            Work::Embed(a) => vec![0.0; a.texts.len() * dim],
+            _ => Vec::new(),
+        })
+        .collect();
+    for (slot, kind) in [(0, Kind::Query), (1, Kind::Passage)] {
+        if texts[slot].is_empty() {
+            continue;
+        }
+        let flat = s.encoder()?.encode(kind, &texts[slot])?;
+        for (&(ji, qi), v) in at[slot].iter().zip(flat.chunks(dim)) {
+            encoded[ji][qi * dim..(qi + 1) * dim].copy_from_slice(v);
+        }
+    }
+    let encode_ms = t.elapsed().as_secs_f64() * 1e3;
+    // Searches: the jobs' queries grouped by (k, mode).
+    let t = Instant::now();
+    let mut hits: Vec<Vec<Vec<Hit>>> = jobs.iter().map(|_| Vec::new()).collect();
+    let mut groups: BTreeMap<(usize, String), Vec<usize>> = BTreeMap::new();
+    for (ji, j) in jobs.iter().enumerate() {
+        if let Work::Search(a) = &j.work {
+            groups
+                .entry((a.k, a.mode.to_string()))
+                .or_default()
+                .push(ji);
+        }
+    }
+    let queries_of = |ji: usize| -> &[f32] {
+        match &jobs[ji].work {
+            Work::Search(SearchAsk {
+                queries: Queries::Vectors(v),
+                ..
+            }) => v,
+            _ => &encoded[ji],
+        }
+    };
+    for ((k, _), members) in groups {
+        let Work::Search(first) = &jobs[members[0]].work else {
+            unreachable!("groups hold search jobs")
+        };
+        let flat: Vec<f32> = if members.len() == 1 {
+            queries_of(members[0]).to_vec()
+        } else {
+            members
+                .iter()
+                .flat_map(|&ji| queries_of(ji).iter().copied())
+                .collect()
+        };
+        let mut found = s.index.search(&flat, k, first.mode)?.into_iter();
+        for &ji in &members {
+            let n = queries_of(ji).len() / dim.max(1);
+            hits[ji] = found.by_ref().take(n).collect();
+        }
+    }
+    let search_ms = t.elapsed().as_secs_f64() * 1e3;
+    let lists = jobs
+        .iter()
+        .zip(hits)
+        .zip(encoded)
+        .map(|((j, h), e)| match &j.work {
+            Work::Embed(_) => (h, e.chunks(dim.max(1)).map(<[f32]>::to_vec).collect()),
+            Work::Search(_) => (h, Vec::new()),
+        })
+        .collect();
+    Ok((lists, encode_ms, search_ms))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -329,26 +811,61 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
         .into_response()
 }
 
-/// Parses a JSON body: 413 past the size limit, 400 for anything that is not the expected JSON.
-fn parse_body<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    max: usize,
-) -> Result<T, Response> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is larger than {max} bytes (--max-body)"),
-            )
-        } else {
-            error(
+/// 503: the requests in flight hold the memory the service may use.
+fn busy(app: &App) -> Response {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "the service is busy: the requests in flight hold {} MiB of the {} MiB it may use (--max-inflight-mb); retry shortly",
+            app.budget.used.load(Ordering::Relaxed) >> 20,
+            app.opts.max_inflight >> 20
+        ),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// Reads a request's body, within `--body-timeout` (408) and `--max-body` (413), holding its bytes
+/// of the budget first (503 when they do not fit).
+async fn read_body(app: &Arc<App>, req: Request) -> Result<(Bytes, Hold), Response> {
+    let max = app.opts.max_body;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {max} bytes (--max-body)"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    // A body past the limit is read up to it before the 413 (a client still sending it would
+    // otherwise see its connection reset instead of the answer).
+    let Some(hold) = app.budget.take(declared.unwrap_or(max).min(max)) else {
+        return Err(busy(app));
+    };
+    let read = tokio::time::timeout(app.opts.body_timeout, Bytes::from_request(req, &())).await;
+    let body = match read {
+        Err(_) => {
+            return Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {:.1} s (--body-timeout)",
+                    app.opts.body_timeout.as_secs_f64()
+                ),
+            ))
+        }
+        Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
+        Ok(Err(e)) => {
+            return Err(error(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read the body: {}", e.body_text()),
-            )
+            ))
         }
-    })?;
-    serde_json::from_slice(&body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))
+        Ok(Ok(b)) => b,
+    };
+    Ok((body, hold))
 }
 
 /// Puts work on the queue and waits for its answer.
@@ -378,7 +895,7 @@ async fn submit(app: &App, work: Work) -> Result<Done, Response> {
     }
     match answer.await {
         Ok(Ok(done)) => Ok(done),
-        Ok(Err(msg)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, msg)),
+        Ok(Err(f)) => Err(error(f.status, f.msg)),
         Err(_) => Err(error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the search worker stopped",
@@ -400,13 +917,11 @@ struct SearchRequest {
     text: Option<bool>,
 }
 
-async fn search(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let req: SearchRequest = match parse_body(body, app.opts.max_body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    let t = Instant::now();
-    let s = &app.searcher;
+/// Parses and checks a `/search` body against the limits and the index `s`: the request, or the
+/// error response it gets (400 malformed, 413 over a limit, 422 not searchable as asked).
+pub fn parse_search(body: &[u8], opts: &ServeOptions, s: &Searcher) -> Result<SearchAsk, Response> {
+    let req: SearchRequest = serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))?;
     let given = [
         req.query.is_some(),
         req.queries.is_some(),
@@ -414,100 +929,224 @@ async fn search(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>
         req.vectors.is_some(),
     ];
     if given.iter().filter(|g| **g).count() != 1 {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "give exactly one of `query`, `queries`, `vector` or `vectors`",
-        );
+        ));
     }
     let several = req.queries.is_some() || req.vectors.is_some();
     let dim = s.index.manifest.dim;
-    let queries: Vec<QueryIn> = if let Some(q) = req.query {
-        vec![QueryIn::Text(q)]
-    } else if let Some(qs) = req.queries {
-        qs.into_iter().map(QueryIn::Text).collect()
-    } else if let Some(v) = req.vector {
-        vec![QueryIn::Vector(v)]
+    let count = if let Some(q) = &req.queries {
+        q.len()
+    } else if let Some(v) = &req.vectors {
+        v.len()
     } else {
-        req.vectors
-            .unwrap_or_default()
-            .into_iter()
-            .map(QueryIn::Vector)
-            .collect()
+        1
     };
-    if queries.is_empty() {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "no queries given");
+    if count == 0 {
+        return Err(error(StatusCode::UNPROCESSABLE_ENTITY, "no queries given"));
     }
-    if queries.len() > app.opts.max_queries {
-        return error(
+    if count > opts.max_queries {
+        return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "{} queries in one request; at most {} (--max-queries)",
-                queries.len(),
-                app.opts.max_queries
+                "{count} queries in one request; at most {} (--max-queries)",
+                opts.max_queries
             ),
-        );
+        ));
     }
-    for (i, q) in queries.iter().enumerate() {
-        match q {
-            QueryIn::Text(t) if t.trim().is_empty() => {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("query {i} is empty"),
-                )
-            }
-            QueryIn::Text(_) => {
-                if let Err(e) = s.encoder() {
-                    return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
-                }
-            }
-            QueryIn::Vector(v) if v.len() != dim => {
-                return error(
+    let k = req.k.unwrap_or(10);
+    if k == 0 || k > opts.max_k {
+        return Err(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("k must be between 1 and {} (--max-k); got {k}", opts.max_k),
+        ));
+    }
+    if count.saturating_mul(k) > opts.max_hits {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{count} queries x k {k} = {} hits in one request; at most {} (--max-hits): \
+                 send fewer queries a request or a smaller k",
+                count * k,
+                opts.max_hits
+            ),
+        ));
+    }
+    let queries = if let Some(t) = req.query {
+        Queries::Texts(vec![t])
+    } else if let Some(ts) = req.queries {
+        Queries::Texts(ts)
+    } else {
+        let vs = match (req.vector, req.vectors) {
+            (Some(v), _) => vec![v],
+            (None, vs) => vs.unwrap_or_default(),
+        };
+        let mut flat = Vec::with_capacity(vs.len() * dim);
+        for (i, v) in vs.iter().enumerate() {
+            if v.len() != dim {
+                return Err(error(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     format!(
                         "vector {i} has {} values; the index holds dimension {dim}",
                         v.len()
                     ),
-                )
+                ));
             }
-            QueryIn::Vector(_) => {}
+            flat.extend_from_slice(v);
         }
-    }
-    let k = req.k.unwrap_or(10);
-    if k == 0 || k > app.opts.max_k {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "k must be between 1 and {} (--max-k); got {k}",
-                app.opts.max_k
-            ),
-        );
+        // Non-finite values, all zeros, lengths whose scores could overflow: the query's fault.
+        engine::index::check_query_vectors(&flat, dim)
+            .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        Queries::Vectors(flat)
+    };
+    if let Queries::Texts(ts) = &queries {
+        if let Some(i) = ts.iter().position(|t| t.trim().is_empty()) {
+            return Err(error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("query {i} is empty"),
+            ));
+        }
+        if let Err(e) = s.encoder() {
+            return Err(error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
+        }
     }
     let mode = if req.exact.unwrap_or(false) {
         SearchMode::Exact
     } else if let Some(ef) = req.ef {
-        match s.graph_mode(ef) {
-            Ok(m) => m,
-            Err(why) => return error(StatusCode::UNPROCESSABLE_ENTITY, why),
-        }
+        s.graph_mode(ef)
+            .map_err(|why| error(StatusCode::UNPROCESSABLE_ENTITY, why))?
     } else {
         // The service's own default: `--exact`, `--ef N`, or the graph at its default ef.
         s.mode
     };
-    let done = match submit(&app, Work::Search { queries, k, mode }).await {
+    if matches!(mode, SearchMode::Hnsw { .. }) {
+        if let Err(e) = s.index.graph() {
+            return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+        }
+    }
+    Ok(SearchAsk {
+        queries,
+        k,
+        mode,
+        several,
+        text: req.text.unwrap_or(true),
+    })
+}
+
+async fn search(State(app): State<Arc<App>>, req: Request) -> Response {
+    let t = Instant::now();
+    let (body, mut hold) = match read_body(&app, req).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let served = app.served();
+    let ask = match parse_search(&body, &app.opts, &served.searcher) {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    drop(body);
+    // The answer's size without text is bounded before any work; text is counted as it is read.
+    let m = &served.searcher.index.manifest;
+    let hits = ask.queries.len(m.dim) * ask.k.min(m.count);
+    let least = hits.saturating_mul(served.hit_bytes()).saturating_add(256);
+    if least > app.opts.max_answer {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "an answer of {hits} hits could take {least} bytes; at most {} (--max-answer-mb): \
+                 send fewer queries a request or a smaller k",
+                app.opts.max_answer
+            ),
+        );
+    }
+    if !hold.grow_to(hold.bytes.saturating_add(least)) {
+        return busy(&app);
+    }
+    let (several, with_text, mode) = (ask.several, ask.text, ask.mode);
+    let done = match submit(&app, Work::Search(ask)).await {
         Ok(d) => d,
         Err(resp) => return resp,
     };
-    let with_text = req.text.unwrap_or(true);
-    let app2 = app.clone();
-    let hits = done.hits;
     // Passage text is read from the collection: blocking file reads, off the async threads.
-    let lists = tokio::task::spawn_blocking(move || {
-        hits.iter()
-            .map(|list| hit_list(&app2.searcher, list, with_text))
-            .collect::<Vec<Value>>()
+    let max_answer = app.opts.max_answer;
+    let formatted = tokio::task::spawn_blocking(move || {
+        let mut out = Answer::new(max_answer.saturating_add(1), hold)?;
+        write_answer(&mut out, &done, several, with_text, mode, t, max_answer).map(|()| out)
     })
-    .await
-    .unwrap_or_default();
+    .await;
+    match formatted {
+        Ok(Ok(out)) => out.into_response(),
+        Ok(Err(resp)) => resp,
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "formatting the answer failed",
+        ),
+    }
+}
+
+/// Writes a search answer as JSON into `out`: 413 past `max_answer` bytes, 503 when its pages no
+/// longer fit the budget beside the other requests'.
+fn write_answer(
+    out: &mut Answer,
+    done: &Done,
+    several: bool,
+    with_text: bool,
+    mode: SearchMode,
+    t: Instant,
+    max_answer: usize,
+) -> Result<(), Response> {
+    let s = &done.served.searcher;
+    let check = |out: &mut Answer| -> Result<(), Response> {
+        if out.overflow || out.len > max_answer {
+            Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the answer with the passages' text passes {max_answer} bytes (--max-answer-mb): \
+                     ask for fewer hits, or `\"text\": false`"
+                ),
+            ))
+        } else if !out.account() {
+            Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is busy: the answers in flight hold the memory it may use \
+                 (--max-inflight-mb); retry shortly",
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let _ = out.write_all(b"{\"hits\":");
+    if several {
+        let _ = out.write_all(b"[");
+    }
+    for (li, list) in done.hits.iter().enumerate() {
+        let _ = out.write_all(if li > 0 { b",[" } else { b"[" });
+        for (rank, h) in list.iter().enumerate() {
+            if rank > 0 {
+                let _ = out.write_all(b",");
+            }
+            let _ = out.write_all(b"{\"docid\":");
+            let _ = serde_json::to_writer(&mut *out, &s.index.ids[h.row]);
+            let _ = out.write_all(b",\"score\":");
+            let _ = serde_json::to_writer(&mut *out, &h.score);
+            let _ = write!(out, ",\"rank\":{}", rank + 1);
+            if with_text {
+                if let Ok(rec) = s.index.passage(h.row) {
+                    let _ = out.write_all(b",\"title\":");
+                    let _ = serde_json::to_writer(&mut *out, &rec.title);
+                    let _ = out.write_all(b",\"text\":");
+                    let _ = serde_json::to_writer(&mut *out, &rec.text);
+                }
+            }
+            let _ = out.write_all(b"}");
+            check(out)?;
+        }
+        let _ = out.write_all(b"]");
+    }
+    if several {
+        let _ = out.write_all(b"]");
+    }
     let took = json!({
         "queue": round(done.queue_ms),
         "encode": round(done.encode_ms),
@@ -515,38 +1154,16 @@ async fn search(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>
         "total": round(t.elapsed().as_secs_f64() * 1e3),
         "batch": done.batch,
     });
-    let hits = if several {
-        Value::Array(lists)
-    } else {
-        lists.into_iter().next().unwrap_or(Value::Array(Vec::new()))
-    };
-    Json(json!({"hits": hits, "mode": mode.to_string(), "took_ms": took})).into_response()
+    let _ = out.write_all(b",\"mode\":");
+    let _ = serde_json::to_writer(&mut *out, &mode.to_string());
+    let _ = out.write_all(b",\"took_ms\":");
+    let _ = serde_json::to_writer(&mut *out, &took);
+    let _ = out.write_all(b"}");
+    check(out)
 }
 
 fn round(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
-}
-
-fn hit_list(s: &Searcher, hits: &[Hit], with_text: bool) -> Value {
-    Value::Array(
-        hits.iter()
-            .enumerate()
-            .map(|(rank, h)| {
-                let mut o = json!({
-                    "docid": s.index.ids[h.row],
-                    "score": h.score,
-                    "rank": rank + 1,
-                });
-                if with_text {
-                    if let Ok(rec) = s.index.passage(h.row) {
-                        o["title"] = rec.title.map(Value::String).unwrap_or(Value::Null);
-                        o["text"] = Value::String(rec.text);
-                    }
-                }
-                o
-            })
-            .collect(),
-    )
 }
 
 #[derive(Deserialize)]
@@ -570,22 +1187,21 @@ struct EmbedRequest {
     truncate: Option<bool>,
 }
 
-async fn embed(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let req: EmbedRequest = match parse_body(body, app.opts.max_body) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    if let Err(e) = app.searcher.encoder() {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
+/// Parses and checks an `/embed` body: the request, or the error response it gets.
+pub fn parse_embed(body: &[u8], opts: &ServeOptions, s: &Searcher) -> Result<EmbedAsk, Response> {
+    let req: EmbedRequest = serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))?;
+    if let Err(e) = s.encoder() {
+        return Err(error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
     }
     let kind = match req.kind.as_deref() {
         None | Some("query") => Kind::Query,
         Some("passage") => Kind::Passage,
         Some(other) => {
-            return error(
+            return Err(error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("kind `{other}`: expected `query` or `passage`"),
-            )
+            ))
         }
     };
     let texts = match req.inputs {
@@ -593,32 +1209,83 @@ async fn embed(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>)
         Inputs::Many(ts) => ts,
     };
     if texts.is_empty() {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "no inputs given");
+        return Err(error(StatusCode::UNPROCESSABLE_ENTITY, "no inputs given"));
     }
-    if texts.len() > app.opts.max_queries {
-        return error(
+    if texts.len() > opts.max_queries {
+        return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "{} inputs in one request; at most {} (--max-queries)",
                 texts.len(),
-                app.opts.max_queries
+                opts.max_queries
+            ),
+        ));
+    }
+    Ok(EmbedAsk { kind, texts })
+}
+
+async fn embed(State(app): State<Arc<App>>, req: Request) -> Response {
+    let (body, mut hold) = match read_body(&app, req).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let served = app.served();
+    let ask = match parse_embed(&body, &app.opts, &served.searcher) {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    drop(body);
+    // Each value takes at most ~16 bytes of JSON.
+    let size = ask.texts.len() * (served.searcher.index.manifest.dim * 16 + 2) + 2;
+    if size > app.opts.max_answer {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} vectors could take {size} bytes; at most {} (--max-answer-mb)",
+                ask.texts.len(),
+                app.opts.max_answer
             ),
         );
     }
-    match submit(&app, Work::Embed { kind, texts }).await {
-        Ok(done) => Json(done.vectors).into_response(),
-        Err(resp) => resp,
+    if !hold.grow_to(hold.bytes + size) {
+        return busy(&app);
+    }
+    let done = match submit(&app, Work::Embed(ask)).await {
+        Ok(d) => d,
+        Err(resp) => return resp,
+    };
+    let mut out = match Answer::new(size, hold) {
+        Ok(o) => o,
+        Err(resp) => return resp,
+    };
+    match serde_json::to_writer(&mut out, &done.vectors) {
+        Ok(()) => out.into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
-async fn health() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+/// Which generation is served, and whether the manifest's newest commit could not be opened.
+fn generation(app: &App) -> serde_json::Value {
+    let served = app.served();
+    let m = &served.searcher.index.manifest;
+    json!({
+        "generation": m.data,
+        "manifest_checksum": m.checksum,
+        "reload_error": *app.reload_error.lock().unwrap(),
+    })
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let mut v = generation(&app);
+    v["status"] = json!("ok");
+    Json(v).into_response()
 }
 
 async fn info(State(app): State<Arc<App>>) -> Response {
-    let s = &app.searcher;
+    let served = app.served();
+    let s = &served.searcher;
     let m = &s.index.manifest;
-    Json(json!({
+    let mut v = json!({
         "index": s.index.dir.display().to_string(),
         "model": m.model.as_ref().map(|x| x.spec.clone()),
         "model_fingerprint": m.model.as_ref().map(|x| x.fingerprint.clone()),
@@ -629,19 +1296,29 @@ async fn info(State(app): State<Arc<App>>) -> Response {
         "dtype": m.dtype,
         "hnsw": m.hnsw,
         "default_mode": s.mode.to_string(),
+        "reloads": app.metrics.reloads.load(Ordering::Relaxed),
         "limits": {
             "max_body": app.opts.max_body,
             "max_queries": app.opts.max_queries,
             "max_k": app.opts.max_k,
+            "max_hits": app.opts.max_hits,
+            "max_answer": app.opts.max_answer,
+            "max_inflight": app.opts.max_inflight,
+            "header_timeout_s": app.opts.header_timeout.as_secs_f64(),
+            "body_timeout_s": app.opts.body_timeout.as_secs_f64(),
+            "shutdown_timeout_s": app.opts.shutdown_timeout.as_secs_f64(),
         },
-    }))
-    .into_response()
+    });
+    for (key, value) in generation(&app).as_object().unwrap() {
+        v[key] = value.clone();
+    }
+    Json(v).into_response()
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
+        app.metrics.render(app.budget.used.load(Ordering::Relaxed)),
     )
         .into_response()
 }
@@ -660,13 +1337,16 @@ async fn page() -> Html<&'static str> {
 // ---------------------------------------------------------------------------------------------
 // Metrics
 
-/// Counts and latencies by route and status, the queue's depth, and batch sizes, for `/metrics`.
+/// Counts and latencies by route and status, the queue's depth, batch sizes and reloads, for
+/// `/metrics`.
 #[derive(Default)]
 struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     queue_depth: AtomicI64,
     batch_sizes: Mutex<Histogram>,
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
 }
 
 struct Histogram {
@@ -744,7 +1424,7 @@ impl Metrics {
             .observe(secs);
     }
 
-    fn render(&self) -> String {
+    fn render(&self, inflight_bytes: usize) -> String {
         use std::fmt::Write;
         let mut out = String::new();
         out.push_str("# HELP simlm_requests_total Requests answered, by route and status.\n");
@@ -777,6 +1457,25 @@ impl Metrics {
             .lock()
             .unwrap()
             .render(&mut out, "simlm_batch_size", "");
+        out.push_str("# HELP simlm_inflight_bytes Bytes of requests and answers in flight.\n");
+        out.push_str("# TYPE simlm_inflight_bytes gauge\n");
+        let _ = writeln!(out, "simlm_inflight_bytes {inflight_bytes}");
+        out.push_str("# HELP simlm_reloads_total New commits of the index switched to.\n");
+        out.push_str("# TYPE simlm_reloads_total counter\n");
+        let _ = writeln!(
+            out,
+            "simlm_reloads_total {}",
+            self.reloads.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP simlm_reload_failures_total New commits of the index that could not be opened.\n",
+        );
+        out.push_str("# TYPE simlm_reload_failures_total counter\n");
+        let _ = writeln!(
+            out,
+            "simlm_reload_failures_total {}",
+            self.reload_failures.load(Ordering::Relaxed)
+        );
         out
     }
 }

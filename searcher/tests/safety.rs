@@ -279,3 +279,92 @@ fn query_ids_that_would_break_a_run_are_refused_up_front() {
         }
     }
 }
+
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn an_open_index_answers_from_its_generation_after_a_forced_rebuild() {
+    use engine::index::{Index, SearchMode};
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = copy_index(&tmp.path().join("idx"));
+    let old = Index::open(&dir).unwrap();
+    // A rebuild of other passages replaces the index and removes the generation `old` was opened on.
+    let other = testkit::write(
+        tmp.path(),
+        "other.tsv",
+        "x1\tkidney stones\nx2\tlung function\nx3\tbone density\n",
+    );
+    let enc = engine::Encoder::load(
+        shared().join("fixtures/tiny-bert").to_str().unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    let opts = engine::index::BuildOptions {
+        collection: other,
+        read: Default::default(),
+        out: dir.clone(),
+        dtype: engine::store::npy::Dtype::F32,
+        hnsw: Some(engine::search::hnsw::HnswParams {
+            m: 8,
+            ef_construction: 64,
+        }),
+        shard: None,
+        force: true,
+        chunk_rows: 4096,
+    };
+    engine::index::build(&enc, &opts, &engine::index::Quiet).unwrap();
+    assert!(!old.data.exists(), "the old generation was kept");
+    assert_eq!(Index::open(&dir).unwrap().ids, ["x1", "x2", "x3"]);
+    // The index opened before answers from its own generation, through the graph as exactly.
+    let q = old.vectors.rows_f32(7, 8).to_vec();
+    for mode in [SearchMode::Hnsw { ef: 64 }, SearchMode::Exact] {
+        let hits = old.search(&q, 5, mode).unwrap();
+        assert_eq!(hits[0].len(), 5, "{mode}");
+        assert_eq!(hits[0][0].row, 7, "{mode}");
+    }
+}
+
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn a_query_vector_that_cannot_be_scored_is_the_querys_fault() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = index();
+    let m = engine::store::npy::NpyMatrix::open(
+        &Manifest::read(&idx)
+            .unwrap()
+            .data_dir(&idx)
+            .join("vectors.npy"),
+    )
+    .unwrap();
+    let dim = m.cols();
+    let good = m.rows_f32(0, 1).to_vec();
+    // Finite values whose scores overflow f32 (against row 0 at least), and a vector of zeros, each
+    // after a good query.
+    let huge: Vec<f32> = good.iter().map(|x| 3e38 * x.signum()).collect();
+    for (name, bad, want) in [
+        ("huge", huge, "query 1 has length"),
+        ("zero", vec![0f32; dim], "query 1 is all zeros"),
+    ] {
+        let q = tmp.path().join(format!("{name}.npy"));
+        let rows: Vec<f32> = good.iter().chain(&bad).copied().collect();
+        engine::store::npy::write_f32(&q, &rows, 2, dim).unwrap();
+        for extra in [&["--exact"][..], &[][..]] {
+            let out = tmp.path().join(format!("{name}.run"));
+            let mut args = vec!["batch", "--index", idx.to_str().unwrap(), "--k", "5"];
+            args.extend_from_slice(&["--query-vectors", q.to_str().unwrap()]);
+            args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+            args.extend_from_slice(extra);
+            let o = search(&args);
+            let e = stderr(&o);
+            assert!(!o.status.success(), "{name} {extra:?} answered");
+            assert!(e.contains(want), "{name} {extra:?}: {e}");
+            assert!(!e.contains("verify") && !e.contains("damaged"), "{e}");
+            assert!(!out.exists(), "{name}: a run was written");
+        }
+    }
+}

@@ -53,13 +53,22 @@ pub struct Index {
     pub vectors: NpyMatrix,
     pub ids: Vec<String>,
     pub offsets: Vec<u64>,
-    graph: std::sync::OnceLock<Graph>,
+    /// The graph, opened with the other files: `None` when the manifest lists none, an error when the
+    /// listed one cannot be opened (exact search still answers).
+    graph: Option<std::result::Result<(Graph, std::fs::File), Error>>,
+    /// The graph's file is read into the page cache once, on the first graph search.
+    warmed: std::sync::Once,
 }
 
 impl Index {
     /// Opens an index, checking what is cheap to check: the manifest's own checksum, the matrix's
     /// header and size against the manifest, the ids' and offsets' checksums (they are read whole
-    /// anyway). The matrix's and graph's bytes are checked by `verify`, not here.
+    /// anyway), the graph's header and size. The matrix's and graph's bytes are checked by `verify`,
+    /// not here.
+    ///
+    /// Every file of the generation is opened here, the graph included, so that an open index answers
+    /// from one generation whole even after a writer commits another and removes this one (the maps
+    /// and open files keep the removed files' contents).
     pub fn open(dir: &Path) -> Result<Self> {
         // A writer may commit a new generation, and remove this one, between the manifest's read and
         // the files' opening: then the manifest has changed, and the new one is opened.
@@ -67,12 +76,14 @@ impl Index {
         loop {
             let manifest = Manifest::read(dir)?;
             let used = manifest.data.clone();
+            let moved = || Manifest::read(dir).ok().map(|m| m.data) != Some(used.clone());
             match Self::open_with(dir, manifest) {
                 Err(Error::Io { err, .. })
-                    if err.kind() == std::io::ErrorKind::NotFound
-                        && tries < 3
-                        && Manifest::read(dir).ok().map(|m| m.data) != Some(used) =>
+                    if err.kind() == std::io::ErrorKind::NotFound && tries < 3 && moved() =>
                 {
+                    tries += 1;
+                }
+                Ok(index) if matches!(index.graph, Some(Err(_))) && tries < 3 && moved() => {
                     tries += 1;
                 }
                 r => return r,
@@ -122,6 +133,8 @@ impl Index {
                 ),
             ));
         }
+        let graph = (manifest.hnsw.is_some() || manifest.file(GRAPH).is_some())
+            .then(|| open_graph(dir, &data, &manifest, &vectors));
         Ok(Index {
             dir: dir.to_path_buf(),
             data,
@@ -129,47 +142,40 @@ impl Index {
             vectors,
             ids,
             offsets,
-            graph: std::sync::OnceLock::new(),
+            graph,
+            warmed: std::sync::Once::new(),
         })
     }
 
-    /// The HNSW graph, loaded on first use.
+    /// The HNSW graph, opened with the index; or why there is none.
     pub fn graph(&self) -> Result<&Graph> {
-        if let Some(g) = self.graph.get() {
-            return Ok(g);
-        }
         let path = self.data.join(GRAPH);
-        let g = Graph::open(&path, &self.dir)?;
-        let recorded = self.manifest.file(GRAPH).map(|f| f.size);
-        if g.len() != self.vectors.rows()
-            || g.dim() != self.vectors.cols()
-            || recorded.is_some_and(|s| s != g.file_len() as u64)
-        {
-            return Err(Error::corrupt(
+        match &self.graph {
+            Some(Ok((g, file))) => {
+                // A graph that fits in memory is read into the page cache in the background, in
+                // large sequential reads, instead of page by page as the first walks touch it (a
+                // cold 9 GB graph read by random 4 KiB faults takes many minutes; sequentially,
+                // seconds). The open map keeps the file even if its generation has been removed.
+                self.warmed.call_once(|| {
+                    let len = g.file_len() as u64;
+                    if crate::memory::total_memory().is_some_and(|t| len <= t / 2) {
+                        if let Ok(f) = file.try_clone() {
+                            crate::memory::warm_page_cache(f, len);
+                        }
+                    }
+                });
+                Ok(g)
+            }
+            Some(Err(e)) => Err(again(e)),
+            None => Err(Error::invalid(
                 &path,
+                None,
                 format!(
-                    "a graph of {} x {} vectors ({} bytes) for a matrix of {} x {} (the manifest records {} bytes): \
-                     rebuild it with `simlm-index hnsw {}`",
-                    g.len(),
-                    g.dim(),
-                    g.file_len(),
-                    self.vectors.rows(),
-                    self.vectors.cols(),
-                    recorded.unwrap_or(0),
+                    "the index has no HNSW graph; build it with `simlm-index hnsw {}` or search with --exact",
                     self.dir.display()
                 ),
-            ));
+            )),
         }
-        // A graph that fits in memory is read into the page cache in the background, in large
-        // sequential reads, instead of page by page as the first walks touch it (a cold 9 GB graph
-        // read by random 4 KiB faults takes many minutes; sequentially, seconds).
-        let len = g.file_len() as u64;
-        if crate::memory::total_memory().is_some_and(|t| len <= t / 2) {
-            if let Ok(f) = std::fs::File::open(&path) {
-                crate::memory::warm_page_cache(f, len);
-            }
-        }
-        Ok(self.graph.get_or_init(|| g))
     }
 
     /// The top `k` rows for each query (row-major `nq x dim`), exactly or through the graph. Every
@@ -177,7 +183,7 @@ impl Index {
     pub fn search(&self, queries: &[f32], k: usize, mode: SearchMode) -> Result<Vec<Vec<Hit>>> {
         use rayon::prelude::*;
         let dim = self.manifest.dim;
-        crate::search::check_queries(queries, dim)?;
+        check_query_vectors(queries, dim)?;
         match mode {
             SearchMode::Exact => {
                 // Bounded query blocks keep the score buffers small; each block streams the matrix once.
@@ -225,6 +231,85 @@ impl Index {
         }
         Ok(rec)
     }
+}
+
+/// Opens the graph `manifest` lists, and checks it against the matrix and the manifest. The file is
+/// kept open beside the map, to read it into the page cache later even if its generation is removed.
+fn open_graph(
+    dir: &Path,
+    data: &Path,
+    manifest: &Manifest,
+    vectors: &NpyMatrix,
+) -> Result<(Graph, std::fs::File)> {
+    let path = data.join(GRAPH);
+    let file = std::fs::File::open(&path);
+    let g = Graph::open(&path, dir)?;
+    let file = file.map_err(|e| Error::io(&path, e))?;
+    let recorded = manifest.file(GRAPH).map(|f| f.size);
+    if g.len() != vectors.rows()
+        || g.dim() != vectors.cols()
+        || recorded.is_some_and(|s| s != g.file_len() as u64)
+    {
+        return Err(Error::corrupt(
+            &path,
+            format!(
+                "a graph of {} x {} vectors ({} bytes) for a matrix of {} x {} (the manifest records {} bytes): \
+                 rebuild it with `simlm-index hnsw {}`",
+                g.len(),
+                g.dim(),
+                g.file_len(),
+                vectors.rows(),
+                vectors.cols(),
+                recorded.unwrap_or(0),
+                dir.display()
+            ),
+        ));
+    }
+    Ok((g, file))
+}
+
+/// A new error with the same kind, file and message as `e` (an error kept from the index's opening,
+/// returned to each search that needs what failed to open).
+fn again(e: &Error) -> Error {
+    match e {
+        Error::Io { path, err } => {
+            Error::io(path, std::io::Error::new(err.kind(), err.to_string()))
+        }
+        Error::Invalid { path, line, msg } => Error::invalid(path, *line, msg.clone()),
+        Error::DataCorruption { path, msg } => Error::corrupt(path, msg.clone()),
+        other => Error::Usage(other.to_string()),
+    }
+}
+
+/// The longest query vector searched. A score is at most the product of the two vectors' lengths, so
+/// a query of at most this length scores every stored vector of length up to 1e20 without overflow;
+/// encoders' vectors have lengths near 1.
+pub const MAX_QUERY_NORM: f64 = 1e18;
+
+/// Checks query vectors (row-major, `dim` values each) before a search: the right size, finite
+/// values, not all zeros (every score would be 0: no ranking), and no longer than `MAX_QUERY_NORM`
+/// (its scores could overflow and seem to blame the index). The error names the query.
+pub fn check_query_vectors(queries: &[f32], dim: usize) -> Result<()> {
+    crate::search::check_queries(queries, dim)?;
+    for (i, q) in queries.chunks(dim).enumerate() {
+        let norm = q
+            .iter()
+            .map(|&x| (x as f64) * (x as f64))
+            .sum::<f64>()
+            .sqrt();
+        if norm == 0.0 {
+            return Err(Error::Usage(format!(
+                "query {i} is all zeros: it scores every passage 0, so there is nothing to rank"
+            )));
+        }
+        if norm > MAX_QUERY_NORM {
+            return Err(Error::Usage(format!(
+                "query {i} has length {norm:.3e}, more than {MAX_QUERY_NORM:e}: its scores could \
+                 overflow; scale it down (the index's model makes vectors of length near 1)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! the search mode are decided here, for every front end (one query, batch runs, the REPL).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Index, SearchMode};
@@ -38,17 +39,50 @@ impl Default for SearcherOptions {
 pub struct Searcher {
     pub index: Index,
     /// The index's encoder; `None` for an imported index (no model) or when not asked for.
-    encoder: Option<Encoder>,
+    encoder: Option<Arc<Encoder>>,
     /// The mode the options chose: the graph when the index has one, unless `exact`.
     pub mode: SearchMode,
+    opts: SearcherOptions,
 }
 
 impl Searcher {
     pub fn open(dir: &Path, opts: &SearcherOptions) -> Result<Self> {
+        Self::open_with(dir, opts, None)
+    }
+
+    /// Opens the index's folder again (the generation its manifest names now), with the same
+    /// options. The encoder is kept when the manifest names the same model, input format, pooling
+    /// and precision; otherwise the manifest's model is loaded.
+    pub fn reopen(&self) -> Result<Self> {
+        let keep = self
+            .encoder
+            .as_ref()
+            .map(|e| (&self.index.manifest, e.clone()));
+        Self::open_with(&self.index.dir, &self.opts, keep)
+    }
+
+    fn open_with(
+        dir: &Path,
+        opts: &SearcherOptions,
+        keep: Option<(&crate::store::manifest::Manifest, Arc<Encoder>)>,
+    ) -> Result<Self> {
         let index = Index::open(dir)?;
         let m = &index.manifest;
-        let encoder = match &m.model {
-            Some(model) if opts.encoder => Some(Self::load_encoder(dir, m, model, opts)?),
+        let same_model = |old: &crate::store::manifest::Manifest| {
+            let fp = |m: &crate::store::manifest::Manifest| {
+                m.model.as_ref().map(|x| x.fingerprint.clone())
+            };
+            fp(old).is_some()
+                && fp(old) == fp(m)
+                && old.input_format == m.input_format
+                && old.pooling == m.pooling
+                && old.precision == m.precision
+        };
+        let encoder = match (&m.model, keep) {
+            (Some(_), Some((old, enc))) if same_model(old) => Some(enc),
+            (Some(model), _) if opts.encoder => {
+                Some(Arc::new(Self::load_encoder(dir, m, model, opts)?))
+            }
             _ => None,
         };
         if opts.ef.is_some() && !opts.exact && m.hnsw.is_none() {
@@ -62,6 +96,9 @@ impl Searcher {
         let mode = if opts.exact || m.hnsw.is_none() {
             SearchMode::Exact
         } else {
+            // The graph searches by default: one that cannot be opened is an error now, not at
+            // every search.
+            index.graph()?;
             SearchMode::Hnsw {
                 ef: opts.ef.unwrap_or(DEFAULT_EF),
             }
@@ -70,6 +107,7 @@ impl Searcher {
             index,
             encoder,
             mode,
+            opts: opts.clone(),
         })
     }
 
@@ -108,7 +146,7 @@ impl Searcher {
 
     /// The index's encoder, or why there is none.
     pub fn encoder(&self) -> Result<&Encoder> {
-        self.encoder.as_ref().ok_or_else(|| {
+        self.encoder.as_deref().ok_or_else(|| {
             if self.index.manifest.model.is_none() {
                 Error::Usage(format!(
                     "{} was imported from vectors made elsewhere and has no model: it answers \
