@@ -19,14 +19,36 @@ fn armed() -> Option<&'static (String, bool)> {
 }
 
 /// A point armed by the library's own unit tests, which stop a build in-process: it always fails
-/// with an error (an abort would end the test run).
+/// with an error (an abort would end the test run). Armed through [`stopped_at`].
 #[cfg(test)]
-pub(crate) static TEST_POINT: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+static TEST_POINT: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Runs `f` with `point` armed (see `TEST_POINT`). The point is process-wide: tests that arm one
+/// take turns, and it is disarmed when `f` returns or panics.
+#[cfg(test)]
+pub(crate) fn stopped_at<T>(point: &str, f: impl FnOnce() -> T) -> T {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    struct Disarm;
+    impl Drop for Disarm {
+        fn drop(&mut self) {
+            *TEST_POINT.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    *TEST_POINT.lock().unwrap_or_else(|e| e.into_inner()) = Some(point.to_string());
+    let _disarm = Disarm;
+    f()
+}
 
 /// Aborts the process (or returns an I/O error) when `SIMLM_FAILPOINT` names `name`.
 pub fn hit(name: &str) -> std::io::Result<()> {
     #[cfg(test)]
-    if TEST_POINT.lock().unwrap().as_deref() == Some(name) {
+    if TEST_POINT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_deref()
+        == Some(name)
+    {
         return Err(std::io::Error::new(
             std::io::ErrorKind::StorageFull,
             format!("failpoint {name}: no space left on device"),

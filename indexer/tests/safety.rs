@@ -302,3 +302,117 @@ fn out_folders_holding_other_files_are_refused() {
         "mine"
     );
 }
+
+/// The command with environment variables set (and no failpoint unless given).
+fn index_cmd_with(args: &[String], env: &[(&str, &str)], failpoint: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_simlm-index"));
+    c.args(args).envs(env.iter().copied());
+    match failpoint {
+        Some(f) => c.env("SIMLM_FAILPOINT", f),
+        None => c.env_remove("SIMLM_FAILPOINT"),
+    };
+    c.output().unwrap()
+}
+
+/// The generation folder of the build in `dir` that has not committed.
+fn unfinished(dir: &Path) -> PathBuf {
+    let gens: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("build.progress.json").is_file())
+        .collect();
+    assert_eq!(gens.len(), 1, "{gens:?}");
+    gens[0].clone()
+}
+
+/// Flips one bit of the byte at `at` (from the end when negative).
+fn flip(path: &Path, at: i64) {
+    let mut b = bytes(path);
+    let i = if at < 0 {
+        b.len() - (-at) as usize
+    } else {
+        at as usize
+    };
+    b[i] ^= 0x10;
+    std::fs::write(path, b).unwrap();
+}
+
+/// A build stopped at a phase boundary, then what the stop left DAMAGED (a flipped byte, a link word
+/// out of range), then run again: the damage is named, the part discarded, and the build ends with
+/// the bytes of one that never stopped (one thread, so that the graph is the same too), without a
+/// panic. Checkpoints are written every 10 insertions, so that a stop finds one.
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn a_build_stopped_and_damaged_resumes_to_the_same_index() {
+    let env = [
+        ("RAYON_NUM_THREADS", "1"),
+        ("SIMLM_GRAPH_CHUNK", "10"),
+        ("SIMLM_GRAPH_CHECKPOINT_SECS", "0"),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = tmp.path().join("clean");
+    ok(index_cmd_with(&build_args(&med(), &clean, &[]), &env, None));
+    // (where it stops, what it damages there, what the run after says); rows are 128 bytes (tiny
+    // BERT's 32 dimensions, f32) after a 128-byte header, in chunks of 256.
+    type Damage = fn(&Path);
+    let cases: [(&str, Damage, &str); 4] = [
+        (
+            "matrix-finish",
+            |dir| {
+                flip(
+                    &unfinished(dir).join("vectors.npy.partial"),
+                    128 + 600 * 128,
+                )
+            },
+            "vectors.npy.partial: chunk 3 (rows 512..768) does not match the checksum",
+        ),
+        (
+            "matrix-renamed",
+            |dir| flip(&unfinished(dir).join("vectors.npy"), 128 + 1000 * 128 + 3),
+            "vectors.npy: chunk 4 (rows 768..1024) does not match the checksum",
+        ),
+        (
+            // The graph saved and recorded, the commit not made.
+            "manifest",
+            |dir| flip(&unfinished(dir).join("graph.hnsw"), -100),
+            "graph.hnsw: does not match the checksum recorded when it was written",
+        ),
+        (
+            "graph-checkpoint",
+            |dir| {
+                // The first link of node 0 on layer 0, out of range.
+                let p = dir.join("graph.partial/layer0.bin");
+                let mut b = bytes(&p);
+                b[4..8].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+                std::fs::write(&p, b).unwrap();
+            },
+            "graph.partial is not used: its layer0.bin does not match the checksum",
+        ),
+    ];
+    for (point, damage, want) in cases {
+        let dir = tmp.path().join(point);
+        let args = build_args(&med(), &dir, &[]);
+        let o = index_cmd_with(&args, &env, Some(point));
+        assert!(
+            stderr(&o).contains(&format!("failpoint {point}")),
+            "{point}: {}",
+            stderr(&o)
+        );
+        damage(&dir);
+        let o = index_cmd_with(&args, &env, None);
+        let e = stderr(&o);
+        assert!(
+            o.status.success() && !e.contains("panicked"),
+            "{point}: {e}"
+        );
+        assert!(e.contains(want), "{point}: {e}");
+        check_whole(&dir, &clean);
+        assert!(
+            bytes(&files(&dir).join("graph.hnsw")) == bytes(&files(&clean).join("graph.hnsw")),
+            "{point}: another graph"
+        );
+    }
+}

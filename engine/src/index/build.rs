@@ -3,10 +3,14 @@
 //!
 //! A build is resumable at every step. It writes a new generation folder (see `store::layout`) and
 //! records there, in `build.progress.json`, the settings its vectors depend on and what is done: rows
-//! are appended to `vectors.npy.partial` in fixed chunks, each synced before the record counts it;
-//! the finished matrix is renamed to `vectors.npy`; the graph, once saved, is recorded too. Running the
-//! same command again continues from the record; chunks are the same in both runs, so the finished
-//! matrix is byte-identical to an uninterrupted build. Only the commit (the manifest) makes the new
+//! are appended to `vectors.npy.partial` in fixed chunks, each synced before the record counts it
+//! with the SHA-256 of its bytes; the finished matrix is renamed to `vectors.npy`; the graph, once
+//! saved, is recorded with its SHA-256. Running the same command again continues from the record,
+//! and reuses nothing it has not checked against it: every recorded chunk is read back (finite, the
+//! recorded checksum), and the build continues after the last good one; a finished matrix or graph
+//! is kept only if it matches too. A record of an earlier version, which holds no checksums, is not
+//! trusted: the vectors are encoded again. Chunks are the same in every run, so the finished matrix
+//! is byte-identical to an uninterrupted build. Only the commit (the manifest) makes the new
 //! generation the index; until then an index already in the folder answers searches, whole.
 
 use std::collections::HashMap;
@@ -21,8 +25,10 @@ use crate::error::{Error, IoContext, Result};
 use crate::failpoint;
 use crate::search::hnsw::HnswParams;
 use crate::store::layout::{self, GRAPH, PARTIAL, PROGRESS, VECTORS};
-use crate::store::manifest::{FileSum, Manifest, ModelInfo, Shard, Sources, FORMAT_VERSION};
-use crate::store::npy::{Dtype, NpyAppender, NpyMatrix};
+use crate::store::manifest::{
+    sha256_file, FileSum, Manifest, ModelInfo, Shard, Sources, FORMAT_VERSION,
+};
+use crate::store::npy::{self, Dtype, NpyAppender};
 use crate::text::{Doc, Kind};
 use crate::Encoder;
 
@@ -49,9 +55,17 @@ struct BuildProgress {
     settings: String,
     /// Rows appended to the partial matrix and synced.
     rows_done: usize,
+    /// The SHA-256 (hex) of each chunk counted in `rows_done`, as appended: chunk `i` holds rows
+    /// `[i c, min((i + 1) c, rows_done))` for `c` the chunk rows. `None` in a record of an earlier
+    /// version, which kept none.
+    #[serde(default)]
+    chunk_sha256: Option<Vec<String>>,
     /// The parameters of the saved graph, once it is saved.
     #[serde(default)]
     graph: Option<HnswParams>,
+    /// The SHA-256 (hex) of `graph.hnsw` as it was written.
+    #[serde(default)]
+    graph_sha256: Option<String>,
 }
 
 impl BuildProgress {
@@ -294,17 +308,31 @@ pub fn build(encoder: &Encoder, opts: &BuildOptions, progress: &dyn Progress) ->
     }
     let (gen, gen_dir, mut state) = staging(&w, &plan.settings, opts.force)?;
 
-    encode(encoder, opts, &plan, &gen_dir, &mut state, progress)?;
+    // Checksums of files this build has just written or checked whole, for the manifest.
+    let mut known: Vec<FileSum> = Vec::new();
+    known.extend(encode(
+        encoder, opts, &plan, &gen_dir, &mut state, progress,
+    )?);
     crate::store::ids::write(
         &gen_dir,
         &scan.ids[plan.start..plan.end],
         &scan.offsets[plan.start..plan.end],
     )?;
     if let Some(params) = opts.hnsw {
-        if state.graph != Some(params) || !gen_dir.join(GRAPH).is_file() {
-            writer::build_graph(&gen_dir, params, progress)?;
-            state.graph = Some(params);
-            state.save(&gen_dir)?;
+        match saved_graph(&gen_dir, &state, params, progress)? {
+            Some(sum) => known.push(sum),
+            None => {
+                if state.graph.is_some() {
+                    state.graph = None;
+                    state.graph_sha256 = None;
+                    state.save(&gen_dir)?;
+                }
+                let sum = writer::build_graph(&gen_dir, params, progress)?;
+                state.graph = Some(params);
+                state.graph_sha256 = Some(sum.sha256.clone());
+                state.save(&gen_dir)?;
+                known.push(sum);
+            }
         }
     }
     let shard = opts.shard.map(|(i, n)| Shard {
@@ -336,7 +364,7 @@ pub fn build(encoder: &Encoder, opts: &BuildOptions, progress: &dyn Progress) ->
         imported: None,
         settings: plan.settings,
         data: layout::generation_name(gen),
-        files: writer::checksum_files(&gen_dir, &writer::index_files(opts.hnsw.is_some()), &[])?,
+        files: writer::checksum_files(&gen_dir, &writer::index_files(opts.hnsw.is_some()), &known)?,
         checksum: String::new(),
     };
     w.commit(&mut manifest)?;
@@ -373,14 +401,54 @@ fn staging(w: &Writer, settings: &str, force: bool) -> Result<(u64, PathBuf, Bui
     let p = BuildProgress {
         settings: settings.to_string(),
         rows_done: 0,
+        chunk_sha256: Some(Vec::new()),
         graph: None,
+        graph_sha256: None,
     };
     p.save(&gen_dir)?;
     Ok((g, gen_dir, p))
 }
 
+/// The graph a stopped run of this build saved, if it has these parameters and its bytes are the
+/// ones recorded when it was written: its checksum for the manifest. A graph that does not match is
+/// built again, with a message.
+fn saved_graph(
+    gen_dir: &Path,
+    state: &BuildProgress,
+    params: HnswParams,
+    progress: &dyn Progress,
+) -> Result<Option<FileSum>> {
+    let path = gen_dir.join(GRAPH);
+    if state.graph != Some(params) || !path.is_file() {
+        return Ok(None);
+    }
+    let Some(recorded) = &state.graph_sha256 else {
+        progress.message(&format!(
+            "{}: recorded by an earlier version, without its checksum: building the graph again",
+            path.display()
+        ));
+        return Ok(None);
+    };
+    let (size, sha256) = sha256_file(&path)?;
+    if sha256 != *recorded {
+        progress.message(&format!(
+            "{}: does not match the checksum recorded when it was written: building the graph again",
+            path.display()
+        ));
+        return Ok(None);
+    }
+    Ok(Some(FileSum {
+        path: GRAPH.to_string(),
+        size,
+        sha256,
+    }))
+}
+
 /// Encodes the rows not yet done into the partial matrix, chunk by chunk, then finishes it as
-/// `vectors.npy`. A finished matrix already there (a build stopped after this step) is kept.
+/// `vectors.npy`. What a stopped run left is checked against the record first: a finished matrix
+/// whose every chunk matches is kept (its checksum is returned, for the manifest); otherwise the
+/// chunks are kept up to the last good one, with a message naming the first bad one, and encoding
+/// continues from there.
 fn encode(
     encoder: &Encoder,
     opts: &BuildOptions,
@@ -388,28 +456,91 @@ fn encode(
     gen_dir: &Path,
     state: &mut BuildProgress,
     progress: &dyn Progress,
-) -> Result<()> {
+) -> Result<Option<FileSum>> {
     let rows = plan.end - plan.start;
     let done = gen_dir.join(VECTORS);
-    if done.is_file() {
-        let m = NpyMatrix::open(&done);
-        if m.is_ok_and(|m| m.rows() == rows && m.cols() == plan.dim && m.header.dtype == opts.dtype)
-        {
-            return Ok(());
-        }
-        // Not the matrix this build finished: encode again.
-        layout::remove_if_exists(&done)?;
-        state.rows_done = 0;
-    }
     let partial = gen_dir.join(PARTIAL);
-    let mut out = NpyAppender::resume(
-        &partial,
-        opts.dtype,
-        plan.dim,
-        state.rows_done,
-        opts.chunk_rows,
-    )?;
-    state.rows_done = out.rows();
+    let mut sums = match state.chunk_sha256.take() {
+        Some(sums) => sums,
+        None => {
+            if state.rows_done > 0 || done.is_file() {
+                progress.message(&format!(
+                    "{}: recorded by an earlier version, without checksums of the vectors: \
+                     encoding them again",
+                    gen_dir.join(PROGRESS).display()
+                ));
+            }
+            layout::remove_if_exists(&done)?;
+            state.rows_done = 0;
+            Vec::new()
+        }
+    };
+    let check = |path: &Path, rows: usize, sums: &[String], whole: bool| {
+        npy::check_chunks(
+            path,
+            opts.dtype,
+            plan.dim,
+            opts.chunk_rows,
+            rows,
+            sums,
+            whole,
+        )
+    };
+    let checked = if done.is_file() {
+        let c = check(&done, rows, &sums, true)?;
+        if let (None, Some((size, sha256))) = (&c.problem, &c.whole) {
+            state.chunk_sha256 = Some(sums);
+            return Ok(Some(FileSum {
+                path: VECTORS.to_string(),
+                size: *size,
+                sha256: sha256.clone(),
+            }));
+        }
+        let why = c.problem.clone().unwrap_or_else(|| {
+            format!(
+                "its header or size is not that of {rows} rows of {}",
+                plan.dim
+            )
+        });
+        progress.message(&format!(
+            "{}: {why}; the rows from {} on are encoded again",
+            done.display(),
+            c.rows
+        ));
+        // Back to a partial matrix, continued after its good chunks.
+        std::fs::rename(&done, &partial).at(&partial)?;
+        c
+    } else if state.rows_done > 0 && !partial.is_file() {
+        progress.message(&format!(
+            "{} is missing: encoding the {} rows it held again",
+            partial.display(),
+            state.rows_done
+        ));
+        npy::Checked::default()
+    } else if state.rows_done > 0 {
+        let c = check(&partial, state.rows_done, &sums, false)?;
+        if let Some(why) = &c.problem {
+            progress.message(&format!(
+                "{}: {why}; the rows from {} on are encoded again",
+                partial.display(),
+                c.rows
+            ));
+        }
+        c
+    } else {
+        npy::Checked::default()
+    };
+    // The graph follows from the finished matrix: one made before any rows were encoded again is
+    // not kept.
+    if state.graph.is_some() {
+        state.graph = None;
+        state.graph_sha256 = None;
+    }
+    sums.truncate(checked.chunks);
+    state.rows_done = checked.rows;
+    state.chunk_sha256 = Some(sums);
+    state.save(gen_dir)?;
+    let mut out = NpyAppender::continue_after(&partial, opts.dtype, plan.dim, state.rows_done)?;
     if state.rows_done > 0 {
         progress.message(&format!(
             "resuming after {} of {rows} rows",
@@ -435,8 +566,11 @@ fn encode(
             row += 1;
             if chunk.len() == opts.chunk_rows || (row == plan.end && !chunk.is_empty()) {
                 let vecs = encoder.encode_within(Kind::Passage, &chunk, plan.batch_tokens)?;
-                out.append_f32(&vecs)?;
+                let sum = out.append_f32(&vecs)?;
                 state.rows_done += chunk.len();
+                if let Some(sums) = &mut state.chunk_sha256 {
+                    sums.push(sum);
+                }
                 chunk.clear();
                 state.save(gen_dir)?;
                 progress.set(state.rows_done as u64);
@@ -457,5 +591,6 @@ fn encode(
     progress.finish_stage();
     failpoint::hit("matrix-finish").at(&partial)?;
     out.finish(&done)?;
-    failpoint::hit("matrix-renamed").at(&done)
+    failpoint::hit("matrix-renamed").at(&done)?;
+    Ok(None)
 }

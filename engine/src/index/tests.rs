@@ -6,9 +6,9 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::corpus::ReadOptions;
-use crate::failpoint::TEST_POINT;
+use crate::failpoint::stopped_at;
 use crate::store::layout;
-use crate::store::npy::Dtype;
+use crate::store::npy::{self, Dtype};
 use crate::{Encoder, EncoderOptions};
 
 /// The armed failpoint is process-wide: the tests that build run one at a time.
@@ -71,14 +71,6 @@ fn options(collection: &Path, out: &Path) -> BuildOptions {
         force: false,
         chunk_rows: 128,
     }
-}
-
-/// Runs `f` with failpoint `point` armed.
-fn stopped_at<T>(point: &str, f: impl FnOnce() -> T) -> T {
-    *TEST_POINT.lock().unwrap() = Some(point.to_string());
-    let r = f();
-    *TEST_POINT.lock().unwrap() = None;
-    r
 }
 
 fn data(dir: &Path, name: &str) -> Vec<u8> {
@@ -336,4 +328,200 @@ fn a_damaged_manifest_keeps_every_generation() {
     assert_eq!(m.count, 200);
     assert!(verify(&out).unwrap().is_empty());
     assert_eq!(data(&out, layout::VECTORS), vectors);
+}
+
+/// The one generation folder of an unfinished build in `out`.
+fn unfinished(out: &Path) -> PathBuf {
+    let gens = layout::generations(out).unwrap();
+    assert_eq!(gens.len(), 1, "{gens:?}");
+    out.join(layout::generation_name(gens[0]))
+}
+
+fn flip_byte(path: &Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at] ^= 0x10;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Edits the progress record of the unfinished build in `out`.
+fn edit_record(out: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let p = unfinished(out).join(layout::PROGRESS);
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    edit(&mut record);
+    std::fs::write(&p, serde_json::to_vec(&record).unwrap()).unwrap();
+}
+
+/// What a build said, one message a line.
+fn said(rec: &Recorder) -> String {
+    rec.0.lock().unwrap().join("\n")
+}
+
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn a_damaged_partial_matrix_resumes_after_its_last_good_chunk() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = collection(tmp.path(), 600);
+    let enc = encoder();
+    let clean = tmp.path().join("clean");
+    build(&enc, &options(&docs, &clean), &Quiet).unwrap();
+    let row = 4 * enc.dim();
+    let out = tmp.path().join("resumed");
+    let opts = options(&docs, &out);
+
+    // Stopped with all five chunks synced, the matrix unfinished; a byte of chunk 3 flipped.
+    stopped_at("matrix-finish", || build(&enc, &opts, &Quiet)).unwrap_err();
+    let partial = unfinished(&out).join(layout::PARTIAL);
+    flip_byte(&partial, npy::HEADER_LEN + 300 * row + 7);
+    let rec = Recorder::default();
+    stopped_at("matrix-finish", || build(&enc, &opts, &rec)).unwrap_err();
+    let s = said(&rec);
+    assert!(
+        s.contains(&format!(
+            "{}: chunk 3 (rows 256..384) does not match the checksum recorded when it was written",
+            partial.display()
+        )) && s.contains("resuming after 256 of 600 rows"),
+        "{s}"
+    );
+
+    // A non-finite value in chunk 4, its checksum made to match.
+    let mut bytes = std::fs::read(&partial).unwrap();
+    let at = npy::HEADER_LEN + 400 * row;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let chunk4 = &bytes[npy::HEADER_LEN + 384 * row..npy::HEADER_LEN + 512 * row];
+    let sum = crate::store::manifest::sha256_bytes(chunk4);
+    std::fs::write(&partial, &bytes).unwrap();
+    edit_record(&out, |r| r["chunk_sha256"][3] = sum.into());
+    let rec = Recorder::default();
+    let m = build(&enc, &opts, &rec).unwrap();
+    let s = said(&rec);
+    assert!(
+        s.contains("chunk 4 (rows 384..512) holds a non-finite value (row 400, dimension 0)")
+            && s.contains("resuming after 384 of 600 rows"),
+        "{s}"
+    );
+    assert_eq!(m.count, 600);
+    assert_eq!(data(&out, layout::VECTORS), data(&clean, layout::VECTORS));
+    assert!(verify(&out).unwrap().is_empty());
+}
+
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn a_damaged_finished_matrix_or_graph_is_made_again() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = collection(tmp.path(), 600);
+    let enc = encoder();
+    // One thread, so that every graph of these vectors is the same.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let with_graph = |out: &Path| BuildOptions {
+        hnsw: Some(crate::search::hnsw::HnswParams {
+            m: 8,
+            ef_construction: 40,
+        }),
+        ..options(&docs, out)
+    };
+    let run = |opts: &BuildOptions, rec: &Recorder| pool.install(|| build(&enc, opts, rec));
+    let clean = tmp.path().join("clean");
+    run(&with_graph(&clean), &Recorder::default()).unwrap();
+    let row = 4 * enc.dim();
+    let out = tmp.path().join("resumed");
+    let opts = with_graph(&out);
+
+    // The matrix finished, a byte of its chunk 4 flipped: kept up to chunk 3, then encoded on.
+    stopped_at("matrix-renamed", || run(&opts, &Recorder::default())).unwrap_err();
+    let vectors = unfinished(&out).join(layout::VECTORS);
+    flip_byte(&vectors, npy::HEADER_LEN + 400 * row + 2);
+    let rec = Recorder::default();
+    stopped_at("manifest", || run(&opts, &rec)).unwrap_err();
+    let s = said(&rec);
+    assert!(
+        s.contains(&format!(
+            "{}: chunk 4 (rows 384..512) does not match the checksum recorded when it was written",
+            vectors.display()
+        )) && s.contains("resuming after 384 of 600 rows"),
+        "{s}"
+    );
+
+    // The graph saved, then a byte of it flipped: built again.
+    let graph = unfinished(&out).join(layout::GRAPH);
+    let len = std::fs::metadata(&graph).unwrap().len() as usize;
+    flip_byte(&graph, len / 2);
+    let rec = Recorder::default();
+    stopped_at("manifest", || run(&opts, &rec)).unwrap_err();
+    let s = said(&rec);
+    assert!(
+        s.contains(&format!(
+            "{}: does not match the checksum recorded when it was written: building the graph again",
+            graph.display()
+        )) && !s.contains("resuming after"),
+        "{s}"
+    );
+
+    // A record of the graph without its checksum (an earlier version's): built again too.
+    flip_byte(&graph, len / 3);
+    edit_record(&out, |r| {
+        r.as_object_mut().unwrap().remove("graph_sha256");
+    });
+    let rec = Recorder::default();
+    run(&opts, &rec).unwrap();
+    let s = said(&rec);
+    assert!(
+        s.contains("graph.hnsw: recorded by an earlier version, without its checksum"),
+        "{s}"
+    );
+    for name in [
+        layout::VECTORS,
+        layout::GRAPH,
+        layout::DOCIDS,
+        layout::OFFSETS,
+    ] {
+        assert!(data(&out, name) == data(&clean, name), "{name}");
+    }
+    assert!(verify(&out).unwrap().is_empty());
+}
+
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn a_record_without_checksums_is_not_trusted() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = collection(tmp.path(), 400);
+    let enc = encoder();
+    let clean = tmp.path().join("clean");
+    build(&enc, &options(&docs, &clean), &Quiet).unwrap();
+    let out = tmp.path().join("resumed");
+    let opts = options(&docs, &out);
+    // Stopped with the matrix unfinished; its record as an earlier version wrote it (rows done, no
+    // checksums), and a byte of the matrix flipped, which nothing could tell.
+    stopped_at("matrix-finish", || build(&enc, &opts, &Quiet)).unwrap_err();
+    edit_record(&out, |r| {
+        r.as_object_mut().unwrap().remove("chunk_sha256");
+    });
+    let partial = unfinished(&out).join(layout::PARTIAL);
+    flip_byte(&partial, npy::HEADER_LEN + 4 * enc.dim() * 200 + 1);
+    let rec = Recorder::default();
+    build(&enc, &opts, &rec).unwrap();
+    let s = said(&rec);
+    assert!(
+        s.contains(
+            "recorded by an earlier version, without checksums of the vectors: encoding them again"
+        ) && !s.contains("resuming after"),
+        "{s}"
+    );
+    assert_eq!(data(&out, layout::VECTORS), data(&clean, layout::VECTORS));
+    assert!(verify(&out).unwrap().is_empty());
 }

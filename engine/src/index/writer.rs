@@ -128,12 +128,13 @@ pub(crate) fn discard_on_error<T>(gen_dir: &Path, f: impl FnOnce() -> Result<T>)
     r
 }
 
-/// Builds the graph of the matrix in `gen_dir` and writes it there (atomically).
+/// Builds the graph of the matrix in `gen_dir` and writes it there (atomically); returns the file's
+/// size and SHA-256, as written.
 pub(crate) fn build_graph(
     gen_dir: &Path,
     params: HnswParams,
     progress: &dyn Progress,
-) -> Result<()> {
+) -> Result<FileSum> {
     let matrix = NpyMatrix::open(&gen_dir.join(layout::VECTORS))?;
     progress.stage("graph", Some(matrix.rows() as u64));
     // Checkpoints go beside the generations: a stopped build's generation is removed by the next
@@ -144,11 +145,16 @@ pub(crate) fn build_graph(
         &matrix,
         params,
         &|n| progress.set(n as u64),
-        Some((index_dir, &note)),
+        Some(hnsw::CheckpointsIn::new(index_dir, &note)),
     )?;
     progress.finish_stage();
-    g.save(&gen_dir.join(GRAPH))?;
-    failpoint::hit("graph-saved").at(gen_dir.join(GRAPH))
+    let (size, sha256) = g.save(&gen_dir.join(GRAPH))?;
+    failpoint::hit("graph-saved").at(gen_dir.join(GRAPH))?;
+    Ok(FileSum {
+        path: GRAPH.to_string(),
+        size,
+        sha256,
+    })
 }
 
 /// Checksums of the named files of `gen_dir`, reusing `known` ones (files shared, unchanged, with

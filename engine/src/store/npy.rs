@@ -204,9 +204,10 @@ pub struct NpyAppender {
 
 impl NpyAppender {
     /// Opens `path` to continue after at most `rows` rows, creating it if needed. Only whole rows
-    /// that are really in the file count, rounded down to a multiple of `granule` (a build's chunk):
-    /// a file shorter than the record (a damaged disk) is continued from what it holds, never
-    /// extended with zeros; bytes past the kept rows (an interrupted append) are cut off.
+    /// that are really in the file count, rounded down to a multiple of `granule`: a file shorter
+    /// than `rows` is continued from what it holds, never extended with zeros; bytes past the kept
+    /// rows are cut off. The kept rows are not read: a caller that resumes a file a stopped process
+    /// wrote checks them first ([`check_chunks`]) and continues with [`NpyAppender::continue_after`].
     pub fn resume(
         path: &Path,
         dtype: Dtype,
@@ -236,6 +237,34 @@ impl NpyAppender {
         };
         let granule = granule.max(1);
         let rows = rows.min(present) / granule * granule;
+        Self::keep(file, path, dtype, cols, rows)
+    }
+
+    /// Opens `path` to continue after its first `rows` rows, which the caller has checked (see
+    /// [`check_chunks`]): the bytes past them are cut off and the header is written for `rows`.
+    pub fn continue_after(path: &Path, dtype: Dtype, cols: usize, rows: usize) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(path)
+            .at(path)?;
+        let row_bytes = (cols * dtype.size()) as u64;
+        let need = HEADER_LEN as u64 + rows as u64 * row_bytes;
+        if rows > 0 && file.metadata().at(path)?.len() < need {
+            return Err(Error::invalid(
+                path,
+                None,
+                format!("holds fewer than the {rows} rows to continue after"),
+            ));
+        }
+        Self::keep(file, path, dtype, cols, rows)
+    }
+
+    /// Cuts `file` to its first `rows` rows, writes their header and places the cursor at the end.
+    fn keep(mut file: File, path: &Path, dtype: Dtype, cols: usize, rows: usize) -> Result<Self> {
+        let row_bytes = (cols * dtype.size()) as u64;
         file.set_len(HEADER_LEN as u64 + rows as u64 * row_bytes)
             .at(path)?;
         file.seek(SeekFrom::Start(0)).at(path)?;
@@ -255,16 +284,31 @@ impl NpyAppender {
         self.rows
     }
 
-    /// Appends rows given as f32 (converted to the file's dtype) and syncs them to disk.
-    pub fn append_f32(&mut self, data: &[f32]) -> Result<()> {
-        debug_assert_eq!(data.len() % self.cols.max(1), 0);
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut self.file);
-        write_rows(&mut w, self.dtype, data).at(&self.path)?;
-        w.flush().at(&self.path)?;
-        drop(w);
+    /// Appends rows given as f32 (converted to the file's dtype) and syncs them to disk; returns the
+    /// SHA-256 (hex) of the bytes appended, the record [`check_chunks`] checks them by. A value that
+    /// is not finite in the file's dtype is refused, and nothing is written.
+    pub fn append_f32(&mut self, data: &[f32]) -> Result<String> {
+        let cols = self.cols.max(1);
+        debug_assert_eq!(data.len() % cols, 0);
+        let mut buf = Vec::with_capacity(data.len() * self.dtype.size());
+        write_rows(&mut buf, self.dtype, data).at(&self.path)?;
+        if let Some(i) = first_non_finite(&buf, self.dtype) {
+            return Err(Error::invalid(
+                &self.path,
+                None,
+                format!(
+                    "row {} would hold the non-finite value {} in dimension {} (as {:?}): not written",
+                    self.rows + i / cols,
+                    data[i],
+                    i % cols,
+                    self.dtype
+                ),
+            ));
+        }
+        self.file.write_all(&buf).at(&self.path)?;
         self.file.sync_data().at(&self.path)?;
-        self.rows += data.len() / self.cols.max(1);
-        Ok(())
+        self.rows += data.len() / cols;
+        Ok(crate::store::manifest::sha256_bytes(&buf))
     }
 
     /// Appends rows given as raw little-endian bytes of the file's dtype (no sync: `finish` syncs).
@@ -285,6 +329,122 @@ impl NpyAppender {
         crate::store::sync_dir(to);
         Ok(())
     }
+}
+
+/// The index of the first value in `bytes` (little-endian values of `dtype`) that is not finite.
+fn first_non_finite(bytes: &[u8], dtype: Dtype) -> Option<usize> {
+    match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .position(|b| !half::f16::from_le_bytes([b[0], b[1]]).is_finite()),
+    }
+}
+
+/// What [`check_chunks`] found in a file of rows written by [`NpyAppender::append_f32`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checked {
+    /// The rows of the chunks found good, in order from the first: the rows to continue after.
+    pub rows: usize,
+    /// Those chunks.
+    pub chunks: usize,
+    /// Why the chunk after them is not good (`None`: every recorded chunk is).
+    pub problem: Option<String>,
+    /// The file's size and the SHA-256 (hex) of all its bytes (header and rows, as read), when
+    /// asked for, of a file whose every chunk is good and that holds nothing else.
+    pub whole: Option<(u64, String)>,
+}
+
+/// Checks the rows of `path` (`cols` values of `dtype` a row, after a header of `HEADER_LEN` bytes)
+/// against the record of how they were written: chunk `i`, rows `[i c, min((i + 1) c, rows))` for
+/// `c = chunk_rows`, must be in the file, every value finite, and its bytes' SHA-256 `sums[i]`.
+/// Chunks are read in order, up to the first that is not good. The header is not trusted (it is
+/// rewritten when the file is continued or finished). With `sum_whole` (a finished file), the
+/// checksum of the whole file is taken in the same pass, and given when the header is that of
+/// `rows` rows and the file holds exactly those rows, every chunk good.
+pub fn check_chunks(
+    path: &Path,
+    dtype: Dtype,
+    cols: usize,
+    chunk_rows: usize,
+    rows: usize,
+    sums: &[String],
+    sum_whole: bool,
+) -> Result<Checked> {
+    use sha2::{Digest, Sha256};
+    let mut f = File::open(path).at(path)?;
+    let len = f.metadata().at(path)?.len();
+    let row_bytes = cols * dtype.size();
+    let c = chunk_rows.max(1);
+    let mut whole = Sha256::new();
+    let mut head = vec![0u8; HEADER_LEN];
+    let head_len = read_up_to(&mut f, &mut head).at(path)?;
+    whole.update(&head[..head_len]);
+    let mut out = Checked {
+        rows: 0,
+        chunks: 0,
+        problem: None,
+        whole: None,
+    };
+    // Read in pieces, so that a chunk of any size costs one piece of memory.
+    let mut buf = vec![0u8; 1 << 23];
+    for (i, sum) in sums.iter().enumerate() {
+        let (a, b) = (i * c, ((i + 1) * c).min(rows));
+        if a >= b {
+            break;
+        }
+        let what = format!("chunk {} (rows {a}..{b})", i + 1);
+        let bytes = (b - a) * row_bytes;
+        let mut chunk = Sha256::new();
+        let mut at = 0;
+        while at < bytes {
+            let piece = &mut buf[..(bytes - at).min(1 << 23)];
+            let got = read_up_to(&mut f, piece).at(path)?;
+            if got < piece.len() {
+                out.problem = Some(format!(
+                    "{what} is cut short ({} of {bytes} bytes)",
+                    at + got
+                ));
+                return Ok(out);
+            }
+            if let Some(k) = first_non_finite(piece, dtype) {
+                let value = (at / dtype.size() + k) as u64;
+                out.problem = Some(format!(
+                    "{what} holds a non-finite value (row {}, dimension {})",
+                    a as u64 + value / cols.max(1) as u64,
+                    value % cols.max(1) as u64
+                ));
+                return Ok(out);
+            }
+            chunk.update(&*piece);
+            if sum_whole {
+                whole.update(&*piece);
+            }
+            at += piece.len();
+        }
+        if format!("{:x}", chunk.finalize()) != *sum {
+            out.problem = Some(format!(
+                "{what} does not match the checksum recorded when it was written"
+            ));
+            return Ok(out);
+        }
+        out.rows = b;
+        out.chunks = i + 1;
+    }
+    if out.rows < rows {
+        out.problem = Some(format!(
+            "the record counts {rows} rows but checksums only {} of them",
+            out.rows
+        ));
+    } else if sum_whole
+        && head == header(dtype, rows, Some(cols))
+        && len == (HEADER_LEN + rows * row_bytes) as u64
+    {
+        out.whole = Some((len, format!("{:x}", whole.finalize())));
+    }
+    Ok(out)
 }
 
 /// A memory-mapped matrix from an `.npy` file.
@@ -511,5 +671,70 @@ mod tests {
         std::fs::write(&p, &bytes[..bytes.len() - 3]).unwrap();
         let e = NpyMatrix::open(&p).err().unwrap().to_string();
         assert!(e.contains("v.npy") && e.contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn appended_chunks_are_checked_against_their_sums() {
+        let dir = tempfile::tempdir().unwrap();
+        let (part, done) = (dir.path().join("v.npy.partial"), dir.path().join("v.npy"));
+        let rows: Vec<f32> = (0..30).map(|i| i as f32 / 7.0).collect();
+        // 10 rows of 3, in chunks of 4 rows: 4 + 4 + 2.
+        let mut a = NpyAppender::resume(&part, Dtype::F32, 3, 0, 1).unwrap();
+        let sums: Vec<String> = [0..12, 12..24, 24..30]
+            .into_iter()
+            .map(|r| a.append_f32(&rows[r]).unwrap())
+            .collect();
+        // A value the dtype cannot hold is refused, and nothing is written.
+        let e = a.append_f32(&[1.0, f32::NAN, 2.0]).unwrap_err().to_string();
+        assert!(
+            e.contains("row 10") && e.contains("NaN") && e.contains("v.npy.partial"),
+            "{e}"
+        );
+        a.finish(&done).unwrap();
+        let check =
+            |p: &Path, rows, whole| check_chunks(p, Dtype::F32, 3, 4, rows, &sums, whole).unwrap();
+        let c = check(&done, 10, true);
+        let (size, sha) = crate::store::manifest::sha256_file(&done).unwrap();
+        assert_eq!(
+            (c.rows, c.chunks, c.problem, c.whole),
+            (10, 3, None, Some((size, sha)))
+        );
+        let good = std::fs::read(&done).unwrap();
+        // A damaged header: every chunk good, but the file is not the finished one.
+        let mut bytes = good.clone();
+        bytes[20] ^= 1;
+        std::fs::write(&done, &bytes).unwrap();
+        let c = check(&done, 10, true);
+        assert_eq!((c.rows, c.problem, c.whole), (10, None, None));
+        // Cut short in chunk 3; a byte of chunk 2 changed; the record short of the rows it counts.
+        std::fs::write(&done, &good[..good.len() - 4]).unwrap();
+        let c = check(&done, 10, false);
+        assert_eq!((c.rows, c.chunks), (8, 2));
+        assert!(c
+            .problem
+            .unwrap()
+            .contains("chunk 3 (rows 8..10) is cut short"));
+        let mut bytes = good.clone();
+        bytes[HEADER_LEN + 5 * 12] ^= 1;
+        std::fs::write(&done, &bytes).unwrap();
+        let c = check(&done, 10, false);
+        assert_eq!((c.rows, c.chunks), (4, 1));
+        assert!(c
+            .problem
+            .unwrap()
+            .contains("chunk 2 (rows 4..8) does not match"));
+        let c = check_chunks(&done, Dtype::F32, 3, 4, 10, &sums[..2], false).unwrap();
+        assert_eq!(c.rows, 4);
+        // Continued after its good rows, the file is the same as one written in one go.
+        let mut a = NpyAppender::continue_after(&done, Dtype::F32, 3, 4).unwrap();
+        a.append_f32(&rows[12..24]).unwrap();
+        a.append_f32(&rows[24..30]).unwrap();
+        a.finish(&part).unwrap();
+        assert!(std::fs::read(&part).unwrap() == good);
+        // In half precision, a value past its range would be infinite: refused too.
+        let h = dir.path().join("h.npy.partial");
+        let mut a = NpyAppender::resume(&h, Dtype::F16, 1, 0, 1).unwrap();
+        let e = a.append_f32(&[0.5, 1e6]).unwrap_err().to_string();
+        assert!(e.contains("row 1") && e.contains("F16"), "{e}");
     }
 }

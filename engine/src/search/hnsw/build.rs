@@ -71,11 +71,6 @@ pub(super) struct Links {
     pub upper: Vec<u32>,
 }
 
-/// Builds the graph of the `n` rows of `codes` (`dim` bytes each) on the current rayon pool;
-/// `progress` is called with the number of nodes inserted so far.
-///
-/// Panics when the inputs disagree in size, when `m` is 0, or when the upper layers would need more
-/// than `u32::MAX - 1` words.
 /// What a build calls between two chunks of insertions (none in flight) with the number of nodes
 /// inserted and the link arrays: a checkpoint's chance (see `checkpoint`). An error stops the build.
 pub(super) type AfterChunk<'a> =
@@ -88,6 +83,101 @@ pub(super) fn array_words(n: usize, m: usize) -> (usize, usize) {
     (n * (1 + 2 * m), upper)
 }
 
+/// Checks the arrays of a checkpoint (see `checkpoint`) of an `n`-node graph with lists of `m`
+/// against what a build has written once its first `inserted` nodes (in insertion order: the entry,
+/// then the rows) are in: the arrays have the graph's sizes; every count fits its list; every link
+/// is to another node already inserted, whose level has the layer; a node not yet inserted has no
+/// links, and one inserted has some on each of its layers (the entry, on layer 0 once another node
+/// is in). A damaged word is caught here instead of sending the build out of bounds, and a count of
+/// nodes inserted that the arrays do not bear out is refused. Returns what is wrong.
+pub(super) fn check_saved(
+    n: usize,
+    m: usize,
+    saved: &super::checkpoint::Saved,
+) -> Result<(), String> {
+    let m0 = 2 * m;
+    let (layer0_words, upper_words) = array_words(n, m);
+    let (layer0, upper, k) = (&saved.layer0, &saved.upper, saved.inserted);
+    if (layer0.len(), upper.len()) != (layer0_words, upper_words) {
+        return Err(format!(
+            "arrays of {} and {} words, the graph's are {layer0_words} and {upper_words}",
+            layer0.len(),
+            upper.len()
+        ));
+    }
+    if k > n {
+        return Err(format!("{k} nodes inserted of {n}"));
+    }
+    let levels: Vec<u8> = (0..n).map(|u| draw_level(u, m)).collect();
+    let top = levels.iter().copied().max().unwrap_or(0);
+    let entry = levels.iter().position(|&l| l == top).unwrap_or(0);
+    // Position in the insertion order: the entry, then the other rows in order.
+    let inserted = |u: usize| {
+        let at = match u {
+            u if u == entry => 0,
+            u if u < entry => u + 1,
+            u => u,
+        };
+        at < k
+    };
+    let mut upper_at = 0usize;
+    for (u, &level) in levels.iter().enumerate() {
+        let level = level as usize;
+        let own = &layer0[u * (1 + m0)..(u + 1) * (1 + m0)];
+        let lists = std::iter::once((0, own)).chain((1..=level).map(|layer| {
+            let at = upper_at + (layer - 1) * (1 + m);
+            (layer, &upper[at..at + 1 + m])
+        }));
+        for (layer, list) in lists {
+            let count = list[0] as usize;
+            let here = || format!("node {u}'s list on layer {layer}");
+            if count > list.len() - 1 {
+                return Err(format!(
+                    "{} claims {count} links, more than the {} it holds",
+                    here(),
+                    list.len() - 1
+                ));
+            }
+            if !inserted(u) && count > 0 {
+                return Err(format!(
+                    "{} holds links, but the node is not among the {k} inserted",
+                    here()
+                ));
+            }
+            if inserted(u) && count == 0 && (u != entry || (layer == 0 && k >= 2)) {
+                return Err(format!(
+                    "{} is empty, but the node is among the {k} inserted",
+                    here()
+                ));
+            }
+            for &v in &list[1..=count] {
+                let v = v as usize;
+                let wrong = if v >= n {
+                    format!("past the {n} nodes")
+                } else if v == u {
+                    "itself".to_string()
+                } else if !inserted(v) {
+                    format!("not among the {k} inserted")
+                } else if (levels[v] as usize) < layer {
+                    format!("whose level {} has no layer {layer}", levels[v])
+                } else {
+                    continue;
+                };
+                return Err(format!("{} links to node {v}, {wrong}", here()));
+            }
+        }
+        upper_at += level * (1 + m);
+    }
+    Ok(())
+}
+
+/// Builds the graph of the `n` rows of `codes` (`dim` bytes each) on the current rayon pool;
+/// `progress` is called with the number of nodes inserted so far. A build that `resume`s starts from
+/// a checkpoint's arrays, which `check_saved` has accepted; `after_chunk` is called every `chunk`
+/// insertions.
+///
+/// Panics when the inputs disagree in size, when `m` is 0, or when the upper layers would need more
+/// than `u32::MAX - 1` words.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn build(
     codes: &[u8],

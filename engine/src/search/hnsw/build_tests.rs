@@ -54,7 +54,7 @@ fn near_duplicates(groups: usize, copies: usize, dim: usize, noise: f32, seed: u
 }
 
 fn build_in(threads: usize, vectors: &[f32], dim: usize, params: HnswParams) -> Links {
-    let book = CodeBook::fit_rows(vectors, dim);
+    let book = CodeBook::fit_rows(vectors, dim).unwrap();
     let mut codes = Vec::new();
     book.encode_into(vectors, &mut codes);
     let pool = rayon::ThreadPoolBuilder::new()
@@ -184,7 +184,7 @@ fn tiny_and_identical_sets_are_well_formed() {
 fn progress_counts_every_insertion() {
     let dim = 8;
     let vectors = unit_vectors(40_000, dim, 9);
-    let book = CodeBook::fit_rows(&vectors, dim);
+    let book = CodeBook::fit_rows(&vectors, dim).unwrap();
     let mut codes = Vec::new();
     book.encode_into(&vectors, &mut codes);
     let seen = std::sync::Mutex::new(Vec::new());
@@ -221,7 +221,7 @@ fn a_resumed_build_equals_an_uninterrupted_one() {
         m: 6,
         ef_construction: 40,
     };
-    let book = CodeBook::fit_rows(&vectors, dim);
+    let book = CodeBook::fit_rows(&vectors, dim).unwrap();
     let mut codes = Vec::new();
     book.encode_into(&vectors, &mut codes);
     let pool = rayon::ThreadPoolBuilder::new()

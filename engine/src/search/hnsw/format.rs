@@ -7,13 +7,15 @@
 //! - layer 0: `n` lists of `1 + m0` u32 (count, then neighbour rows);
 //! - for every node its first word in the upper-layer table (u32; `u32::MAX` when its level is 0);
 //! - the upper-layer table: for each node of level `L >= 1`, `L` lists of `1 + m` u32 (layers 1..=L);
-//! - the code book: `dim` f32 minima, then `dim` f32 steps (see `codes`);
+//! - the code book: `dim` f32 minima, then `dim` f32 steps (see `codes`), all finite (a file with
+//!   any other value is refused at open: one NaN there would make every walk score NaN);
 //! - the codes: `n` rows of `dim` bytes.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use sha2::{Digest, Sha256};
 
 use super::{GraphParts, MAX_LAYER, NONE};
 use crate::error::{Error, IoContext, Result};
@@ -46,9 +48,67 @@ pub(super) fn pad4(n: usize) -> usize {
     n.div_ceil(4) * 4
 }
 
+/// A writer that counts and hashes (SHA-256) what goes through it.
+pub(super) struct Summed<W> {
+    inner: W,
+    sha: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Summed<W> {
+    pub fn new(inner: W) -> Self {
+        Summed {
+            inner,
+            sha: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    /// The inner writer, the bytes written and their SHA-256 (hex).
+    pub fn into_parts(self) -> (W, u64, String) {
+        (self.inner, self.len, format!("{:x}", self.sha.finalize()))
+    }
+}
+
+impl<W: Write> Write for Summed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The first value of a code book (`dim` minima, then `dim` steps) that is not finite, or a step
+/// below zero: its place and value.
+pub(super) fn bad_book_value<'a>(
+    mins: impl IntoIterator<Item = &'a f32>,
+    steps: impl IntoIterator<Item = &'a f32>,
+) -> Option<String> {
+    if let Some((i, x)) = mins.into_iter().enumerate().find(|(_, x)| !x.is_finite()) {
+        return Some(format!("the minimum of dimension {i} is {x}"));
+    }
+    steps
+        .into_iter()
+        .enumerate()
+        .find(|(_, x)| !x.is_finite() || **x < 0.0)
+        .map(|(i, x)| format!("the step of dimension {i} is {x}"))
+}
+
 impl GraphParts {
-    /// Writes the graph file atomically.
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// Writes the graph file atomically; returns its size and SHA-256 (hex), as written.
+    pub fn save(&self, path: &Path) -> Result<(u64, String)> {
+        if let Some(bad) = bad_book_value(&self.book.mins, &self.book.steps) {
+            return Err(Error::invalid(
+                path,
+                None,
+                format!("the graph's code book cannot be written: {bad}"),
+            ));
+        }
         if self.upper.len() >= NONE as usize {
             return Err(Error::invalid(
                 path,
@@ -60,7 +120,9 @@ impl GraphParts {
                 ),
             ));
         }
+        let mut sum = None;
         crate::store::atomic_write(path, |w| {
+            let mut w = Summed::new(w);
             let mut h = Vec::with_capacity(HEADER_LEN);
             h.extend_from_slice(MAGIC);
             h.extend_from_slice(&VERSION.to_le_bytes());
@@ -76,13 +138,17 @@ impl GraphParts {
             w.write_all(&self.levels)?;
             w.write_all(&vec![0u8; pad4(self.len()) - self.len()])?;
             for words in [&self.layer0, &self.upper_at, &self.upper] {
-                write_le_words(w, words.iter().copied())?;
+                write_le_words(&mut w, words.iter().copied())?;
             }
             for x in self.book.mins.iter().chain(&self.book.steps) {
                 w.write_all(&x.to_le_bytes())?;
             }
-            w.write_all(&self.codes)
-        })
+            w.write_all(&self.codes)?;
+            let (_, size, sha256) = w.into_parts();
+            sum = Some((size, sha256));
+            Ok(())
+        })?;
+        Ok(sum.expect("the file was written"))
     }
 }
 
@@ -108,8 +174,8 @@ pub struct Graph {
 
 impl Graph {
     /// Opens the graph file `path` of the index folder `index_dir`. The header must describe the
-    /// file's exact size, and the entry node's links must be in range; the other links are checked as
-    /// a search follows them.
+    /// file's exact size, the code book must be finite, and the entry node's links must be in range;
+    /// the other links are checked as a search follows them.
     pub fn open(path: &Path, index_dir: &Path) -> Result<Graph> {
         if !path.is_file() {
             return Err(Error::invalid(
@@ -190,6 +256,12 @@ impl Graph {
             book_at,
             codes_at,
         };
+        let book = g.floats(g.book_at, 2 * dim);
+        if let Some(v) = bad_book_value(&book[..dim], &book[dim..]) {
+            return Err(bad(format!(
+                "its code book is damaged ({v}): no score could be trusted"
+            )));
+        }
         if n > 0 {
             if g.level(entry) != top {
                 return Err(bad(format!(

@@ -29,7 +29,8 @@ pub const DEFAULT_EF: usize = 128;
 
 const MAX_LAYER: usize = 16;
 
-/// Insertions between two chances of a checkpoint (`SIMLM_GRAPH_CHUNK` overrides it, for tests).
+/// Insertions between two chances of a checkpoint, unless `SIMLM_GRAPH_CHUNK` says otherwise (see
+/// [`CheckpointsIn`]).
 const CHUNK: usize = 65_536;
 /// "No list" in the upper-layer index; also the bound on node counts.
 const NONE: u32 = u32::MAX;
@@ -95,11 +96,39 @@ pub fn build(
     build_resumable(matrix, params, progress, None)
 }
 
-/// An index folder for a build's checkpoints, and where to say that it resumes.
-pub type CheckpointsIn<'a> = (&'a std::path::Path, &'a dyn Fn(&str));
+/// Where and how often a build writes its checkpoints (see `checkpoint`), and where it says what it
+/// resumes from or discards.
+#[derive(Clone, Copy)]
+pub struct CheckpointsIn<'a> {
+    /// The index folder: checkpoints go to `DIR/graph.partial/`.
+    pub dir: &'a std::path::Path,
+    /// Where messages go.
+    pub note: &'a dyn Fn(&str),
+    /// The least time between two checkpoints.
+    pub every: std::time::Duration,
+    /// Insertions between two chances of a checkpoint (no insertion is in flight at one).
+    pub chunk: usize,
+}
 
-/// [`build`], with checkpoints in index folder `dir` (see `checkpoint`): a build of the same graph
-/// that finds one there starts from it, and says so through `note`.
+impl<'a> CheckpointsIn<'a> {
+    /// Checkpoints in index folder `dir` every 10 minutes, with a chance every 65,536 insertions;
+    /// the environment variables `SIMLM_GRAPH_CHECKPOINT_SECS` and `SIMLM_GRAPH_CHUNK` change the
+    /// two (tests set both low, to checkpoint a small graph).
+    pub fn new(dir: &'a std::path::Path, note: &'a dyn Fn(&str)) -> Self {
+        let var = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+        CheckpointsIn {
+            dir,
+            note,
+            every: var("SIMLM_GRAPH_CHECKPOINT_SECS")
+                .map_or(checkpoint::EVERY, std::time::Duration::from_secs),
+            chunk: var("SIMLM_GRAPH_CHUNK").map_or(CHUNK, |c| (c as usize).max(1)),
+        }
+    }
+}
+
+/// [`build`], with checkpoints (see `checkpoint`): a build of the same graph that finds a good one
+/// in `checkpoints.dir` starts from it, and says so through `checkpoints.note`; one that is damaged
+/// is not used, and the note says why.
 pub fn build_resumable(
     matrix: &NpyMatrix,
     params: HnswParams,
@@ -124,24 +153,25 @@ pub fn build_resumable(
     }
     let started = std::time::Instant::now();
     // The codes first: the construction scores on them, reading a quarter of the f32 bytes.
-    let book = CodeBook::fit(matrix);
+    let book = CodeBook::fit(matrix)?;
     let codes = book.encode(matrix);
     failpoint::hit("codes").map_err(|e| Error::io(matrix.path(), e))?;
-    let ck = checkpoints.map(|(dir, _)| {
-        checkpoint::Checkpoints::new(dir, n, matrix.cols(), params, &codes, started)
+    let ck = checkpoints.map(|c| {
+        checkpoint::Checkpoints::new(c.dir, n, matrix.cols(), params, &codes, started, c.every)
     });
-    let resume = ck.as_ref().and_then(|c| {
-        let (l0, up) = build::array_words(n, params.m);
-        c.load(l0, up)
-    });
-    if let (Some(r), Some((dir, note))) = (&resume, checkpoints) {
-        note(&format!(
+    let resume = match (&ck, checkpoints) {
+        (Some(c), Some(cin)) => c.load(cin.note),
+        _ => None,
+    };
+    if let (Some((r, folder)), Some(cin)) = (&resume, checkpoints) {
+        (cin.note)(&format!(
             "resuming the graph after {} of {n} nodes, {:.1} s of building so far (checkpoint in {})",
             r.inserted,
             r.build_seconds,
-            dir.join(checkpoint::FOLDER).display()
+            folder.display()
         ));
     }
+    let resume = resume.map(|(r, _)| r);
     let halfway = std::sync::atomic::AtomicBool::new(false);
     let save = |inserted: usize,
                 l0: &[std::sync::atomic::AtomicU32],
@@ -149,10 +179,7 @@ pub fn build_resumable(
         Some(c) => c.save_if_due(inserted, l0, up),
         None => Ok(()),
     };
-    let chunk = std::env::var("SIMLM_GRAPH_CHUNK")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(CHUNK);
+    let chunk = checkpoints.map_or(CHUNK, |c| c.chunk);
     let links = build::build(
         &codes,
         n,
@@ -170,7 +197,7 @@ pub fn build_resumable(
         &save,
     )
     .map_err(|e| {
-        let dir = checkpoints.map_or(matrix.path(), |(d, _)| d);
+        let dir = checkpoints.map_or(matrix.path(), |c| c.dir);
         Error::io(dir.join(checkpoint::FOLDER), e)
     })?;
     Ok(GraphParts {

@@ -205,3 +205,343 @@ fn damaged_files_are_errors() {
 fn open(dir: &Path) -> crate::Result<Graph> {
     Graph::open(&dir.join(GRAPH_FILE), dir)
 }
+
+/// A matrix of `n` unit vectors of `dim` in `dir` (no graph).
+fn matrix_in(dir: &Path, n: usize, dim: usize) -> NpyMatrix {
+    let p = dir.join("vectors.npy");
+    npy::write_f32(&p, &unit_vectors(n, dim), n, dim).unwrap();
+    NpyMatrix::open(&p).unwrap()
+}
+
+/// The bytes of the graph file of `g`.
+fn graph_bytes(g: &GraphParts, dir: &Path) -> Vec<u8> {
+    let p = dir.join("g.hnsw");
+    g.save(&p).unwrap();
+    std::fs::read(&p).unwrap()
+}
+
+#[test]
+fn a_code_book_is_finite_or_the_graph_is_refused() {
+    // Fitted: a matrix with a value that is not finite is refused, naming the row; the widest finite
+    // range gives finite steps.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut v = unit_vectors(4, 3);
+    v[7] = f32::INFINITY;
+    assert!(CodeBook::fit_rows(&v, 3).unwrap_err().contains("row 2"));
+    let p = tmp.path().join("inf.npy");
+    npy::write_f32(&p, &v, 4, 3).unwrap();
+    let e = CodeBook::fit(&NpyMatrix::open(&p).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("inf.npy") && e.contains("row 2"), "{e}");
+    let book = CodeBook::fit_rows(&[f32::MAX, -f32::MAX, f32::MIN, f32::MAX], 2).unwrap();
+    assert!(
+        book.steps.iter().all(|s| s.is_finite() && *s > 0.0),
+        "{book:?}"
+    );
+
+    // Written: a graph whose code book holds a NaN (one damaged byte of the file) is refused at open,
+    // before any search could score on it.
+    let (n, dim) = (300, 8);
+    let (dir, data) = setup(n, dim, Dtype::F32);
+    let g = open(dir.path()).unwrap();
+    let m = NpyMatrix::open(&dir.path().join("vectors.npy")).unwrap();
+    assert_eq!(g.search(&m, &data[..dim], 1, 16).unwrap()[0].row, 0);
+    let p = dir.path().join(GRAPH_FILE);
+    let bytes = std::fs::read(&p).unwrap();
+    let book_at = g.book_at;
+    drop(g);
+    for (at, value) in [
+        (book_at + 4 * 3, f32::NAN),
+        (book_at + 4 * (dim + 1), f32::INFINITY),
+    ] {
+        let mut bad = bytes.clone();
+        bad[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        std::fs::write(&p, &bad).unwrap();
+        let e = open(dir.path()).err().expect("refused").to_string();
+        assert!(
+            e.contains("code book") && e.contains("graph.hnsw") && e.contains("simlm-index hnsw"),
+            "{e}"
+        );
+    }
+    // Nor can one be written.
+    let mut parts = build(
+        &m,
+        HnswParams {
+            m: 4,
+            ef_construction: 16,
+        },
+        &|_| {},
+    )
+    .unwrap();
+    parts.book.mins[0] = f32::NAN;
+    let e = parts.save(&p).unwrap_err().to_string();
+    assert!(e.contains("code book"), "{e}");
+}
+
+/// Builds with checkpoints in `dir` (one every `chunk` insertions, none after a stop), on one thread;
+/// returns the graph and what the build said.
+fn build_checkpointed(
+    m: &NpyMatrix,
+    dir: &Path,
+    params: HnswParams,
+    every: std::time::Duration,
+) -> (crate::Result<GraphParts>, Vec<String>) {
+    let said = std::sync::Mutex::new(Vec::new());
+    let note = |s: &str| said.lock().unwrap().push(s.to_string());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let g = pool.install(|| {
+        build_resumable(
+            m,
+            params,
+            &|_| {},
+            Some(CheckpointsIn {
+                dir,
+                note: &note,
+                every,
+                chunk: 400,
+            }),
+        )
+    });
+    (g, said.into_inner().unwrap())
+}
+
+/// A stopped graph build's checkpoint, damaged in each way a disk or an edit can, is never used as
+/// it is: the build says which folder it passes over and why, starts from the other folder or the
+/// beginning, and ends with the graph of a build that never stopped; it never panics.
+#[test]
+fn damaged_checkpoints_are_not_used() {
+    use crate::failpoint::stopped_at;
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().unwrap();
+    let (n, dim) = (2_000, 16);
+    let m = matrix_in(tmp.path(), n, dim);
+    let params = HnswParams {
+        m: 8,
+        ef_construction: 40,
+    };
+    let never = Duration::from_secs(3600);
+    let whole = {
+        let dir = tmp.path().join("whole");
+        std::fs::create_dir(&dir).unwrap();
+        graph_bytes(
+            &build_checkpointed(&m, &dir, params, never).0.unwrap(),
+            &dir,
+        )
+    };
+    // The stop: right after the first checkpoint, 1,400 nodes in (1,000 one by one, then 400).
+    let dir = tmp.path().join("idx");
+    std::fs::create_dir(&dir).unwrap();
+    let (stopped, _) = stopped_at("graph-checkpoint", || {
+        build_checkpointed(&m, &dir, params, Duration::ZERO)
+    });
+    assert!(stopped.is_err());
+    let ck = dir.join(checkpoint::FOLDER);
+    let read = |name: &str| std::fs::read(ck.join(name)).unwrap();
+    let (state, layer0, upper) = (read("state.json"), read("layer0.bin"), read("upper.bin"));
+    let json: serde_json::Value = serde_json::from_slice(&state).unwrap();
+    assert_eq!(json["inserted"], 1_400);
+    let sha = |b: &[u8]| format!("{:x}", sha2::Sha256::digest(b));
+    use sha2::Digest;
+    // A word of node `u`'s layer-0 list (0: the count).
+    let m0 = 2 * params.m;
+    let word = |u: usize, i: usize| 4 * (u * (1 + m0) + i);
+    let put = |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let node = 5; // inserted early, with a full list by now
+    let count = u32::from_le_bytes(layer0[word(node, 0)..word(node, 0) + 4].try_into().unwrap());
+    assert!(count >= 2, "{count}");
+    let with = |key: &str, value: serde_json::Value| {
+        let mut j = json.clone();
+        j[key] = value;
+        serde_json::to_vec(&j).unwrap()
+    };
+    // (what is damaged: state.json, layer0.bin, upper.bin; whether the checksum is made to match, so
+    // that the check behind it is the one that answers; what the note must say)
+    type Case = (&'static str, Vec<u8>, Vec<u8>, Vec<u8>, bool, &'static str);
+    let mut cases: Vec<Case> = Vec::new();
+    let mut l = layer0.clone();
+    put(&mut l, word(node, 1), 0xffff_fff0);
+    cases.push((
+        "a link word out of range",
+        state.clone(),
+        l.clone(),
+        upper.clone(),
+        false,
+        "layer0.bin does not match the checksum",
+    ));
+    cases.push((
+        "the same, checksum matching",
+        state.clone(),
+        l,
+        upper.clone(),
+        true,
+        "links to node 4294967280, past the 2000 nodes",
+    ));
+    let mut l = layer0.clone();
+    put(&mut l, word(node, 1), 1_999);
+    cases.push((
+        "an in-range wrong link",
+        state.clone(),
+        l.clone(),
+        upper.clone(),
+        false,
+        "layer0.bin does not match the checksum",
+    ));
+    cases.push((
+        "the same, checksum matching",
+        state.clone(),
+        l,
+        upper.clone(),
+        true,
+        "links to node 1999, not among the 1400 inserted",
+    ));
+    let mut l = layer0.clone();
+    put(&mut l, word(node, 0), m0 as u32 + 1);
+    cases.push((
+        "a count above the list",
+        state.clone(),
+        l,
+        upper.clone(),
+        true,
+        "claims 17 links, more than the 16 it holds",
+    ));
+    let mut u = upper.clone();
+    u[9] ^= 0x40;
+    cases.push((
+        "a flipped upper-layer byte",
+        state.clone(),
+        layer0.clone(),
+        u,
+        false,
+        "upper.bin does not match the checksum",
+    ));
+    cases.push((
+        "inserted raised",
+        with("inserted", 1_450.into()),
+        layer0.clone(),
+        upper.clone(),
+        false,
+        "is empty, but the node is among the 1450 inserted",
+    ));
+    cases.push((
+        "inserted lowered",
+        with("inserted", 1_300.into()),
+        layer0.clone(),
+        upper.clone(),
+        false,
+        "not among the 1300 inserted",
+    ));
+    cases.push((
+        "inserted past the rows",
+        with("inserted", 5_000.into()),
+        layer0.clone(),
+        upper.clone(),
+        false,
+        "counts 5000 nodes inserted, more than the graph's 2000",
+    ));
+    cases.push((
+        "state.json cut short",
+        state[..state.len() / 2].to_vec(),
+        layer0.clone(),
+        upper.clone(),
+        false,
+        "state.json is damaged",
+    ));
+    let mut old = json.clone();
+    old["format"] = 1.into();
+    old.as_object_mut().unwrap().remove("layer0_sha256");
+    old.as_object_mut().unwrap().remove("upper_sha256");
+    cases.push((
+        "a checkpoint of the earlier format",
+        serde_json::to_vec(&old).unwrap(),
+        layer0.clone(),
+        upper.clone(),
+        false,
+        "earlier version (format 1), without checksums",
+    ));
+    cases.push((
+        "layer0.bin cut short",
+        state.clone(),
+        layer0[..layer0.len() - 4].to_vec(),
+        upper.clone(),
+        false,
+        "layer0.bin holds",
+    ));
+    for (what, s, l, u, matching, want) in cases {
+        let s = if matching {
+            let mut j: serde_json::Value = serde_json::from_slice(&s).unwrap();
+            j["layer0_sha256"] = sha(&l).into();
+            j["upper_sha256"] = sha(&u).into();
+            serde_json::to_vec(&j).unwrap()
+        } else {
+            s
+        };
+        for (name, bytes) in [("state.json", &s), ("layer0.bin", &l), ("upper.bin", &u)] {
+            std::fs::write(ck.join(name), bytes).unwrap();
+        }
+        let (g, said) = build_checkpointed(&m, &dir, params, never);
+        let said = said.join("\n");
+        assert!(
+            said.contains(&format!(
+                "the graph checkpoint in {} is not used",
+                ck.display()
+            )) && said.contains(want)
+                && !said.contains("resuming"),
+            "{what}: {said}"
+        );
+        assert!(
+            graph_bytes(&g.unwrap(), &dir) == whole,
+            "{what}: another graph"
+        );
+    }
+    // Damaged in graph.partial, whole in graph.partial.new (a stop between writing the one and
+    // replacing the other): the build resumes from graph.partial.new, and names it.
+    let new = dir.join(checkpoint::NEW);
+    std::fs::create_dir(&new).unwrap();
+    for (name, bytes) in [
+        ("state.json", &state),
+        ("layer0.bin", &layer0),
+        ("upper.bin", &upper),
+    ] {
+        std::fs::write(new.join(name), bytes).unwrap();
+    }
+    let (g, said) = build_checkpointed(&m, &dir, params, never);
+    let said = said.join("\n");
+    assert!(
+        said.contains(&format!("the graph checkpoint in {} is not used", ck.display()))
+            && said.contains(&format!(
+                "resuming the graph after 1400 of 2000 nodes, {:.1} s of building so far (checkpoint in {})",
+                json["build_seconds"].as_f64().unwrap(),
+                new.display()
+            )),
+        "{said}"
+    );
+    assert!(
+        graph_bytes(&g.unwrap(), &dir) == whole,
+        "resumed from graph.partial.new"
+    );
+    // Whole, it is used, and the graph is the same.
+    std::fs::remove_dir_all(&new).unwrap();
+    for (name, bytes) in [
+        ("state.json", &state),
+        ("layer0.bin", &layer0),
+        ("upper.bin", &upper),
+    ] {
+        std::fs::write(ck.join(name), bytes).unwrap();
+    }
+    let (g, said) = build_checkpointed(&m, &dir, params, never);
+    let said = said.join("\n");
+    assert!(
+        said.contains("after 1400 of 2000 nodes")
+            && said.contains(&ck.display().to_string())
+            && !said.contains("not used"),
+        "{said}"
+    );
+    assert!(
+        graph_bytes(&g.unwrap(), &dir) == whole,
+        "resumed from graph.partial"
+    );
+}
