@@ -376,6 +376,15 @@ fn bad_collections_are_reported_and_leave_no_finished_index() {
     ] {
         cases.push((good.clone(), vec![flag, "0"], "must be at least 1"));
     }
+    // Graph parameters past their bounds, refused before the collection is read.
+    for (flag, value, want) in [
+        ("--hnsw-m", "18446744073709551615", "must be at most 512"),
+        ("--hnsw-m", "4294967295", "must be at most 512"),
+        ("--m", "100000", "must be at most 512"),
+        ("--ef-construction", "1000000", "must be at most 16384"),
+    ] {
+        cases.push((good.clone(), vec![flag, value], want));
+    }
     for (i, (coll, extra, want)) in cases.into_iter().enumerate() {
         let out = tmp.path().join(format!("out{i}"));
         let mut args = vec![

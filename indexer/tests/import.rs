@@ -863,3 +863,48 @@ fn an_empty_standard_input_is_named_as_such() {
     assert!(e.contains("magic"), "{e}");
     assert!(!out.exists());
 }
+
+/// `--hnsw-m` and `--ef-construction` beyond their bounds are refused as the arguments are read,
+/// before anything is read or allocated.
+#[test]
+fn graph_parameters_beyond_their_bounds_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = tmp.path().join("v.npy");
+    save_npy(&v, &vectors(20, 4, 1), 20, 4, false);
+    let out = tmp.path().join("idx");
+    for (flag, value, want) in [
+        ("--hnsw-m", "18446744073709551615", "at most 512"),
+        ("--hnsw-m", "18446744073709551616", "at most 512"),
+        ("--hnsw-m", "4294967295", "at most 512"),
+        ("--hnsw-m", "100000", "at most 512"),
+        ("--ef-construction", "4294967295", "at most 16384"),
+        ("--hnsw-m", "0", "at least 1"),
+    ] {
+        let o = index_cmd(&[
+            "import",
+            "--vectors",
+            &s(&v),
+            "--out",
+            &s(&out),
+            flag,
+            value,
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", stderr(&o));
+        let e = fails(o);
+        assert!(e.contains(flag) && e.contains(want), "{flag} {value}: {e}");
+        assert!(!out.exists());
+    }
+    // The largest values are taken.
+    ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&v),
+        "--out",
+        &s(&out),
+        "--hnsw-m",
+        "512",
+        "--ef-construction",
+        "16384",
+    ]));
+    ok(index_cmd(&["verify", &s(&out)]));
+}

@@ -47,6 +47,9 @@ pub const MAX_STREAM_DIM: usize = 65_536;
 
 /// Imports a matrix (see the module's notes).
 pub fn import(opts: &ImportOptions, progress: &dyn Progress) -> Result<Manifest> {
+    if let Some(params) = &opts.hnsw {
+        params.validate()?;
+    }
     // `-` (standard input) or a named pipe: the matrix arrives as a stream, from an encoder or a
     // generator, and is never stored twice.
     let stdin = opts.vectors.as_os_str() == "-";
