@@ -908,3 +908,67 @@ fn graph_parameters_beyond_their_bounds_are_refused() {
     ]));
     ok(index_cmd(&["verify", &s(&out)]));
 }
+
+/// A command killed within an atomic write leaves `NAME.tmpPID` beside the file; the next command
+/// that writes the folder removes such files of the index (and only those).
+#[test]
+fn temporary_files_of_a_killed_write_are_removed_by_the_next_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = tmp.path().join("v.npy");
+    save_npy(&v, &vectors(30, 4, 1), 30, 4, false);
+    let dir = tmp.path().join("idx");
+    ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&v),
+        "--out",
+        &s(&dir),
+        "--no-hnsw",
+    ]));
+    let manifest = std::fs::read(dir.join("manifest.json")).unwrap();
+    // Killed after the new manifest's temporary file is written, before its rename.
+    let o = Command::new(env!("CARGO_BIN_EXE_simlm-index"))
+        .args([
+            "import",
+            "--vectors",
+            &s(&v),
+            "--out",
+            &s(&dir),
+            "--no-hnsw",
+            "--force",
+        ])
+        .env("SIMLM_FAILPOINT", "write manifest.json")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert_eq!(std::fs::read(dir.join("manifest.json")).unwrap(), manifest);
+    let temps =
+        |d: &Path| -> Vec<String> { tree(d).into_iter().filter(|n| n.contains(".tmp")).collect() };
+    assert_eq!(temps(&dir).len(), 1, "{:?}", tree(&dir));
+    assert!(
+        temps(&dir)[0].starts_with("manifest.json.tmp"),
+        "{:?}",
+        temps(&dir)
+    );
+    // One in the current generation too (a kill during an earlier write of its ids), and a file
+    // that is not the index's, which stays.
+    let data = Index::open(&dir).unwrap().manifest.data;
+    std::fs::write(dir.join(&data).join("docids.txt.tmp4242"), "partial").unwrap();
+    std::fs::write(dir.join("notes.txt.tmp7"), "mine").unwrap();
+    ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&v),
+        "--out",
+        &s(&dir),
+        "--no-hnsw",
+        "--force",
+    ]));
+    assert_eq!(
+        temps(&dir),
+        vec!["notes.txt.tmp7".to_string()],
+        "{:?}",
+        tree(&dir)
+    );
+    ok(index_cmd(&["verify", &s(&dir)]));
+}
