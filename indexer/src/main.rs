@@ -402,10 +402,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for p in &problems {
                     eprintln!("{p}");
                 }
+                let files = index::Problem::files(&problems);
                 bail!(
-                    "{}: {} file(s) fail verification",
+                    "{}: {files} file{} fail{} verification",
                     dir.display(),
-                    problems.len()
+                    if files == 1 { "" } else { "s" },
+                    if files == 1 { "s" } else { "" },
                 );
             }
             println!("{}: all files match the manifest", dir.display());

@@ -972,3 +972,31 @@ fn temporary_files_of_a_killed_write_are_removed_by_the_next_writer() {
     );
     ok(index_cmd(&["verify", &s(&dir)]));
 }
+
+/// One damaged file is one file failing, however many of its checks it fails.
+#[test]
+fn verify_counts_each_failing_file_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = tmp.path().join("v.npy");
+    save_npy(&v, &vectors(30, 4, 1), 30, 4, false);
+    let dir = tmp.path().join("idx");
+    ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&v),
+        "--out",
+        &s(&dir),
+        "--no-hnsw",
+    ]));
+    let data = dir.join(Index::open(&dir).unwrap().manifest.data);
+    let vectors_file = data.join("vectors.npy");
+    let bytes = std::fs::read(&vectors_file).unwrap();
+    std::fs::write(&vectors_file, &bytes[..bytes.len() - 4]).unwrap();
+    let e = fails(index_cmd(&["verify", &s(&dir)]));
+    assert!(e.contains("1 file fails verification"), "{e}");
+    let ids = data.join("docids.txt");
+    let text = std::fs::read_to_string(&ids).unwrap();
+    std::fs::write(&ids, &text[..text.len() - 3]).unwrap();
+    let e = fails(index_cmd(&["verify", &s(&dir)]));
+    assert!(e.contains("2 files fail verification"), "{e}");
+}
