@@ -1000,3 +1000,26 @@ fn verify_counts_each_failing_file_once() {
     let e = fails(index_cmd(&["verify", &s(&dir)]));
     assert!(e.contains("2 files fail verification"), "{e}");
 }
+
+/// A stage over at once prints its time and no rate (no "0.0 vectors/s").
+#[test]
+fn a_tiny_import_prints_no_meaningless_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = tmp.path().join("v.npy");
+    save_npy(&v, &vectors(50, 8, 1), 50, 8, false);
+    let o = ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&v),
+        "--out",
+        &s(&tmp.path().join("idx")),
+        "--m",
+        "8",
+    ]));
+    let e = stderr(&o);
+    let done: Vec<&str> = e.lines().filter(|l| l.contains(": done in")).collect();
+    assert!(done.iter().any(|l| l.starts_with("graph: done in")), "{e}");
+    for l in done {
+        assert!(!l.contains(" 0.0 ") && !l.contains("(0"), "{l}");
+    }
+}
