@@ -275,3 +275,69 @@ fn texts_to_embed_are_read_with_file_and_line_errors() {
         "{e}"
     );
 }
+
+/// Graph parameters beyond their bounds are refused by the engine itself, whichever command (or
+/// library user) passes them: before an import writes anything, and before a graph build allocates
+/// its link arrays (an `m` of 2^64-1 would overflow them, 2^32-1 ask for a terabyte).
+#[test]
+fn graph_parameters_beyond_their_bounds_are_refused_by_the_engine() {
+    use engine::index::{import, ImportOptions, Quiet};
+    use engine::search::hnsw::{self, HnswParams};
+    use engine::store::npy::{self, NpyMatrix};
+
+    let d = tempfile::tempdir().unwrap();
+    let v = d.path().join("v.npy");
+    let data: Vec<f32> = (0..40).map(|i| (i as f32 * 0.37).sin()).collect();
+    npy::write_f32(&v, &data, 10, 4).unwrap();
+    let fine = HnswParams::default();
+    fine.validate().unwrap();
+    HnswParams {
+        m: HnswParams::MAX_M,
+        ef_construction: HnswParams::MAX_EF_CONSTRUCTION,
+    }
+    .validate()
+    .unwrap();
+    let bad = [
+        (
+            usize::MAX,
+            200,
+            "--hnsw-m 18446744073709551615: must be at most 512",
+        ),
+        (
+            u32::MAX as usize,
+            200,
+            "--hnsw-m 4294967295: must be at most 512",
+        ),
+        (100_000, 200, "--hnsw-m 100000: must be at most 512"),
+        (0, 200, "--hnsw-m 0: must be at least 1"),
+        (
+            16,
+            usize::MAX,
+            "--ef-construction 18446744073709551615: must be at most 16384",
+        ),
+        (16, 0, "--ef-construction 0: must be at least 1"),
+    ];
+    let matrix = NpyMatrix::open(&v).unwrap();
+    for (m, ef_construction, want) in bad {
+        let params = HnswParams { m, ef_construction };
+        let e = params.validate().unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+        let e = hnsw::build(&matrix, params, &|_| {})
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(want), "{e}");
+        let out = d.path().join("idx");
+        let opts = ImportOptions {
+            vectors: v.clone(),
+            ids: None,
+            collection: None,
+            out: out.clone(),
+            hnsw: Some(params),
+            force: false,
+        };
+        let e = import(&opts, &Quiet).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+        assert!(!out.exists(), "{want}: left {}", out.display());
+    }
+}

@@ -96,11 +96,11 @@ struct EncoderArgs {
 
 #[derive(Args, Clone, Copy)]
 struct GraphArgs {
-    /// HNSW neighbours per node (M).
-    #[arg(long, visible_alias = "m", default_value_t = HnswParams::default().m, value_parser = at_least_one)]
+    /// HNSW neighbours per node (M), 1 to 512.
+    #[arg(long, visible_alias = "m", default_value_t = HnswParams::default().m, value_parser = hnsw_m)]
     hnsw_m: usize,
-    /// HNSW ef at construction.
-    #[arg(long, default_value_t = HnswParams::default().ef_construction, value_parser = at_least_one)]
+    /// HNSW ef at construction, 1 to 16384.
+    #[arg(long, default_value_t = HnswParams::default().ef_construction, value_parser = ef_construction)]
     ef_construction: usize,
 }
 
@@ -225,6 +225,37 @@ fn at_least_one(s: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(_) => Err(format!("`{s}` is not a whole number")),
     }
+}
+
+/// `--hnsw-m`: the engine's bounds (`HnswParams::validate`), said when the arguments are read.
+fn hnsw_m(s: &str) -> Result<usize, String> {
+    graph_param(s, |m| HnswParams {
+        m,
+        ..HnswParams::default()
+    })
+}
+
+/// `--ef-construction`, as `--hnsw-m`.
+fn ef_construction(s: &str) -> Result<usize, String> {
+    graph_param(s, |ef_construction| HnswParams {
+        ef_construction,
+        ..HnswParams::default()
+    })
+}
+
+fn graph_param(s: &str, params: impl Fn(usize) -> HnswParams) -> Result<usize, String> {
+    let n = match s.parse::<usize>() {
+        Ok(n) => n,
+        // Too many digits for a usize: beyond any bound.
+        Err(_) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => usize::MAX,
+        Err(_) => return Err(format!("`{s}` is not a whole number")),
+    };
+    params(n).validate().map_err(|e| {
+        // The engine's message names the flag and value; clap names them already.
+        let e = e.to_string();
+        e.split_once(": ").map_or(e.clone(), |(_, m)| m.to_string())
+    })?;
+    Ok(n)
 }
 
 fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
@@ -371,10 +402,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for p in &problems {
                     eprintln!("{p}");
                 }
+                let files = index::Problem::files(&problems);
                 bail!(
-                    "{}: {} file(s) fail verification",
+                    "{}: {files} file{} fail{} verification",
                     dir.display(),
-                    problems.len()
+                    if files == 1 { "" } else { "s" },
+                    if files == 1 { "s" } else { "" },
                 );
             }
             println!("{}: all files match the manifest", dir.display());

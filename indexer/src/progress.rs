@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use engine::index::Progress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -19,10 +19,13 @@ struct State {
     started: Instant,
     last_log: Instant,
     pos: u64,
-    /// Where this run of the stage began (a resumed build's first position): rates and ETAs count
-    /// from it, not from zero.
-    base: Option<u64>,
+    /// The stage's first reported position, and when: rates count from it, not from zero at the
+    /// stage's start (a resumed build's first position is work done before this run).
+    first: Option<(u64, Instant)>,
 }
+
+/// A rate over less time than this is noise (a stage that was over at once): none is shown.
+const MIN_TIMED: Duration = Duration::from_millis(100);
 
 impl Bars {
     pub fn new() -> Self {
@@ -35,7 +38,7 @@ impl Bars {
                 started: Instant::now(),
                 last_log: Instant::now(),
                 pos: 0,
-                base: None,
+                first: None,
             }),
         }
     }
@@ -49,6 +52,132 @@ fn unit(name: &str) -> &'static str {
     }
 }
 
+/// Units per second from the first report `(pos, at)` to `pos` at `now`; none where that cannot be
+/// timed: no earlier report, no progress since it, or too little time.
+fn rate(first: Option<(u64, Instant)>, pos: u64, now: Instant) -> Option<f64> {
+    let (from, at) = first?;
+    let secs = now.saturating_duration_since(at);
+    (pos > from && secs >= MIN_TIMED).then(|| (pos - from) as f64 / secs.as_secs_f64())
+}
+
+/// A rate as people read it: `569 MB/s` for bytes (SI units, three significant digits),
+/// `48,213 vectors/s` or `3.25 passages/s` for counts.
+fn human_rate(per_sec: f64, unit: &str) -> String {
+    if unit == "bytes" {
+        let (v, u) = [(1e9, "GB"), (1e6, "MB"), (1e3, "kB")]
+            .into_iter()
+            .find(|(s, _)| per_sec >= *s)
+            .map_or((per_sec, "B"), |(s, u)| (per_sec / s, u));
+        format!("{} {u}/s", three_digits(v))
+    } else {
+        format!("{} {unit}/s", three_digits(per_sec))
+    }
+}
+
+/// A byte count as people read it (`12.3 MB`).
+fn human_bytes(bytes: u64) -> String {
+    human_rate(bytes as f64, "bytes")
+        .trim_end_matches("/s")
+        .to_string()
+}
+
+/// Three significant digits below 1,000 (`3.25`, `45.2`, `569`); whole numbers with thousands
+/// separators above (`48,213`).
+fn three_digits(v: f64) -> String {
+    if v < 9.995 {
+        format!("{v:.2}")
+    } else if v < 99.95 {
+        format!("{v:.1}")
+    } else {
+        let digits = format!("{:.0}", v);
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    }
+}
+
+/// A stage's time in seconds (`0.003 s`, `4.2 s`, `5123.4 s`): scripts read the `graph: done in
+/// S s` line.
+fn seconds(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 1.0 {
+        format!("{secs:.3} s")
+    } else {
+        format!("{secs:.1} s")
+    }
+}
+
+/// A time left as people read it: `35 ms`, `4.2 s`, `3 min 05 s`, `2 h 07 min`.
+fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 1.0 {
+        format!("{} ms", d.as_millis())
+    } else if secs < 60.0 {
+        format!("{secs:.1} s")
+    } else if secs < 3600.0 {
+        let s = secs.round() as u64;
+        format!("{} min {:02} s", s / 60, s % 60)
+    } else {
+        let m = (secs / 60.0).round() as u64;
+        format!("{} h {:02} min", m / 60, m % 60)
+    }
+}
+
+impl State {
+    /// `pos` in the stage's unit, as people read it.
+    fn amount(&self, pos: u64) -> String {
+        match unit(&self.name) {
+            "bytes" => human_bytes(pos),
+            _ => pos.to_string(),
+        }
+    }
+
+    /// The line a plain log prints every so often: position, rate and time left, where known.
+    fn log_line(&self, now: Instant) -> String {
+        let u = unit(&self.name);
+        let mut tail = Vec::new();
+        if let Some(r) = rate(self.first, self.pos, now) {
+            tail.push(human_rate(r, u));
+            if let Some(t) = self.total {
+                let left = t.saturating_sub(self.pos) as f64 / r;
+                tail.push(format!(
+                    "eta {}",
+                    human_duration(Duration::from_secs_f64(left.min(1e9)))
+                ));
+            }
+        }
+        let total = self.total.map_or("?".into(), |t| self.amount(t));
+        let pos = self.amount(self.pos);
+        let unit = if u == "bytes" { "" } else { u };
+        let line = format!("{}: {pos}/{total} {unit}", self.name);
+        let line = line.trim_end().to_string();
+        if tail.is_empty() {
+            line
+        } else {
+            format!("{line} ({})", tail.join(", "))
+        }
+    }
+
+    /// The line that ends a stage: its time, and its rate where it can be timed.
+    fn finish_line(&self, now: Instant) -> String {
+        let took = seconds(now.saturating_duration_since(self.started));
+        let end = self.total.unwrap_or(self.pos).max(self.pos);
+        match rate(self.first, end, now) {
+            Some(r) => format!(
+                "{}: done in {took} ({})",
+                self.name,
+                human_rate(r, unit(&self.name))
+            ),
+            None => format!("{}: done in {took}", self.name),
+        }
+    }
+}
+
 impl Progress for Bars {
     fn stage(&self, name: &str, total: Option<u64>) {
         let mut s = self.state.lock().unwrap();
@@ -57,7 +186,7 @@ impl Progress for Bars {
         s.started = Instant::now();
         s.last_log = Instant::now();
         s.pos = 0;
-        s.base = None;
+        s.first = None;
         if self.tty {
             let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
             let tmpl = if name == "reading" {
@@ -73,10 +202,15 @@ impl Progress for Bars {
             bar.set_prefix(name.to_string());
             s.bar = Some(bar);
         } else {
+            let total = total.map_or("?".into(), |t| s.amount(t));
+            let u = unit(name);
             eprintln!(
-                "{name}: started ({} {})",
-                total.map(|t| t.to_string()).unwrap_or("?".into()),
-                unit(name)
+                "{name}: started ({total}{})",
+                if u == "bytes" {
+                    String::new()
+                } else {
+                    format!(" {u}")
+                }
             );
         }
     }
@@ -84,44 +218,27 @@ impl Progress for Bars {
     fn set(&self, pos: u64) {
         let mut s = self.state.lock().unwrap();
         s.pos = pos;
-        let first = s.base.is_none();
-        let base = *s.base.get_or_insert(pos);
+        let now = Instant::now();
+        let first = s.first.is_none();
+        s.first.get_or_insert((pos, now));
         if let Some(b) = &s.bar {
             b.set_position(pos);
             if first && pos > 0 {
                 // Resumed: the rows done before are not this run's speed.
                 b.reset_eta();
             }
-        } else if s.last_log.elapsed().as_secs() >= 10 {
-            s.last_log = Instant::now();
-            let rate =
-                pos.saturating_sub(base) as f64 / s.started.elapsed().as_secs_f64().max(1e-9);
-            let eta = s
-                .total
-                .map(|t| (t.saturating_sub(pos)) as f64 / rate.max(1e-9));
-            eprintln!(
-                "{}: {pos}/{} {} ({rate:.1}/s{})",
-                s.name,
-                s.total.map(|t| t.to_string()).unwrap_or("?".into()),
-                unit(&s.name),
-                eta.map(|e| format!(", eta {e:.0} s")).unwrap_or_default()
-            );
+        } else if now.duration_since(s.last_log).as_secs() >= 10 {
+            s.last_log = now;
+            eprintln!("{}", s.log_line(now));
         }
     }
 
     fn finish_stage(&self) {
         let mut s = self.state.lock().unwrap();
-        let secs = s.started.elapsed().as_secs_f64();
         if let Some(b) = s.bar.take() {
             b.finish();
         } else {
-            let pos = s.total.unwrap_or(s.pos).saturating_sub(s.base.unwrap_or(0));
-            eprintln!(
-                "{}: done in {secs:.1} s ({:.1} {}/s)",
-                s.name,
-                pos as f64 / secs.max(1e-9),
-                unit(&s.name)
-            );
+            eprintln!("{}", s.finish_line(Instant::now()));
         }
     }
 
@@ -131,5 +248,93 @@ impl Progress for Bars {
             Some(b) => b.println(msg),
             None => eprintln!("{msg}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(name: &str, total: Option<u64>, started: Instant) -> State {
+        State {
+            bar: None,
+            name: name.into(),
+            total,
+            started,
+            last_log: started,
+            pos: 0,
+            first: None,
+        }
+    }
+
+    #[test]
+    fn rates_and_sizes_read_as_people_write_them() {
+        assert_eq!(human_rate(596_176_324.7, "bytes"), "596 MB/s");
+        assert_eq!(human_rate(1_234_567_890.0, "bytes"), "1.23 GB/s");
+        assert_eq!(human_rate(45_210.0, "bytes"), "45.2 kB/s");
+        assert_eq!(human_rate(512.0, "bytes"), "512 B/s");
+        assert_eq!(human_rate(48_213.4, "vectors"), "48,213 vectors/s");
+        assert_eq!(human_rate(1_234_567.0, "vectors"), "1,234,567 vectors/s");
+        assert_eq!(human_rate(3.254, "passages"), "3.25 passages/s");
+        assert_eq!(human_rate(99.96, "passages"), "100 passages/s");
+        assert_eq!(human_bytes(8_800_000_000), "8.80 GB");
+        assert_eq!(human_duration(Duration::from_millis(35)), "35 ms");
+        assert_eq!(seconds(Duration::from_millis(35)), "0.035 s");
+        assert_eq!(seconds(Duration::from_millis(5_123_400)), "5123.4 s");
+        assert_eq!(human_duration(Duration::from_millis(4_240)), "4.2 s");
+        assert_eq!(human_duration(Duration::from_secs(185)), "3 min 05 s");
+        assert_eq!(human_duration(Duration::from_secs(7_620)), "2 h 07 min");
+    }
+
+    /// A tiny graph reports its only position at its end, at once: no rate is made up of that.
+    #[test]
+    fn a_stage_too_short_to_time_shows_no_rate() {
+        let t0 = Instant::now();
+        let mut s = state("graph", Some(50), t0);
+        s.first = Some((50, t0 + Duration::from_millis(2)));
+        s.pos = 50;
+        let line = s.finish_line(t0 + Duration::from_millis(3));
+        assert_eq!(line, "graph: done in 0.003 s");
+        // Bytes read in 2 ms: a time, no rate.
+        let mut s = state("reading", Some(1_000_000), t0);
+        s.first = Some((0, t0));
+        s.pos = 900_000;
+        assert_eq!(
+            s.finish_line(t0 + Duration::from_millis(2)),
+            "reading: done in 0.002 s"
+        );
+    }
+
+    /// The rate counts from the first report, in position and in time: a resumed stage's earlier
+    /// rows are not this run's speed, and a first report late in the stage does not dilute it.
+    #[test]
+    fn rates_count_from_the_first_report() {
+        let t0 = Instant::now();
+        let mut s = state("encoding", Some(10_000), t0);
+        s.first = Some((4_000, t0));
+        s.pos = 10_000;
+        assert_eq!(
+            s.finish_line(t0 + Duration::from_secs(3)),
+            "encoding: done in 3.0 s (2,000 passages/s)"
+        );
+        let mut s = state("graph", Some(40_000), t0);
+        s.first = Some((16_384, t0 + Duration::from_secs(2)));
+        s.pos = 32_768;
+        let now = t0 + Duration::from_secs(4);
+        assert_eq!(
+            s.log_line(now),
+            "graph: 32768/40000 vectors (8,192 vectors/s, eta 882 ms)"
+        );
+        let mut s = state("reading", Some(2_000_000_000), t0);
+        s.first = Some((0, t0));
+        s.pos = 1_000_000_000;
+        assert_eq!(
+            s.log_line(t0 + Duration::from_secs(2)),
+            "reading: 1.00 GB/2.00 GB (500 MB/s, eta 2.0 s)"
+        );
+        assert_eq!(
+            s.finish_line(t0 + Duration::from_millis(3_500)),
+            "reading: done in 3.5 s (571 MB/s)"
+        );
     }
 }

@@ -64,7 +64,20 @@ fn bytes(p: &Path) -> Vec<u8> {
 fn index_vectors_equal_embed_and_numpy_opens_them() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("med");
-    ok(build(&dir, &[]));
+    let o = ok(build(&dir, &[]));
+    // Each stage's line gives its time, and a rate only in units people read ("569 MB/s", not
+    // "596176324.7 bytes/s") and only where there was time to measure one.
+    let e = String::from_utf8_lossy(&o.stderr);
+    let done: Vec<&str> = e.lines().filter(|l| l.contains(": done in ")).collect();
+    assert!(
+        ["reading", "encoding", "graph"].iter().all(|s| done
+            .iter()
+            .any(|l| l.starts_with(&format!("{s}: done in ")))),
+        "{e}"
+    );
+    for l in done {
+        assert!(!l.contains("bytes/s") && !l.contains("(0.0 "), "{l}");
+    }
     let npy = tmp.path().join("embed.npy");
     ok(index_cmd(&[
         "embed",
@@ -375,6 +388,15 @@ fn bad_collections_are_reported_and_leave_no_finished_index() {
         "--threads",
     ] {
         cases.push((good.clone(), vec![flag, "0"], "must be at least 1"));
+    }
+    // Graph parameters past their bounds, refused before the collection is read.
+    for (flag, value, want) in [
+        ("--hnsw-m", "18446744073709551615", "must be at most 512"),
+        ("--hnsw-m", "4294967295", "must be at most 512"),
+        ("--m", "100000", "must be at most 512"),
+        ("--ef-construction", "1000000", "must be at most 16384"),
+    ] {
+        cases.push((good.clone(), vec![flag, value], want));
     }
     for (i, (coll, extra, want)) in cases.into_iter().enumerate() {
         let out = tmp.path().join(format!("out{i}"));

@@ -618,3 +618,408 @@ fn vectors_stream_in_through_standard_input() {
     assert!(e.contains("more data follows"), "{e}");
     assert!(!short.exists());
 }
+
+/// Runs `simlm-index import --vectors - ...` with `input` on standard input.
+fn import_piped(input: Vec<u8>, args: &[&str]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_simlm-index"))
+        .args(["import", "--vectors", "-"])
+        .args(args)
+        .env_remove("SIMLM_FAILPOINT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        // The importer may stop reading early (an error): a broken pipe is expected then.
+        let _ = stdin.write_all(&input);
+    });
+    let o = c.wait_with_output().unwrap();
+    writer.join().unwrap();
+    o
+}
+
+/// The names in a folder and its generation folders, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.path().is_dir() {
+            for f in std::fs::read_dir(e.path()).unwrap() {
+                names.push(format!(
+                    "{name}/{}",
+                    f.unwrap().file_name().to_string_lossy()
+                ));
+            }
+        }
+        names.push(name);
+    }
+    names.sort();
+    names
+}
+
+/// Headers that lie about the size of their data: a shape whose bytes overflow, a file far shorter
+/// than its shape, and on standard input a row of a terabyte or a count of rows that never come.
+/// Each is refused with a message and exit code 1 (no panic, no abort), before anything is
+/// allocated for it, and leaves no folder, generation or lock behind.
+#[test]
+fn headers_that_lie_about_their_size_are_refused_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dict =
+        |shape: &str| format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    let small: Vec<u8> = vectors(4, 8, 1)
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let files = [
+        // 2^62 x 4 x 4 bytes wraps to 0 in 64 bits: the header "needs" no data at all.
+        (
+            "wrap.npy",
+            npy_header(&dict("(4611686018427387904, 4)")),
+            "more bytes than any file holds",
+        ),
+        (
+            "huge.npy",
+            [npy_header(&dict("(1000000000000, 8)")), small.clone()].concat(),
+            "truncated",
+        ),
+        (
+            "wide.npy",
+            [npy_header(&dict("(1, 1099511627776)")), small.clone()].concat(),
+            "truncated",
+        ),
+    ];
+    for (name, bytes, want) in files {
+        let p = write(tmp.path(), name, bytes);
+        let out = tmp.path().join(format!("out-{name}"));
+        let o = index_cmd(&["import", "--vectors", &s(&p), "--out", &s(&out)]);
+        assert_eq!(o.status.code(), Some(1), "{name}: {}", stderr(&o));
+        let e = fails(o);
+        assert!(e.contains(name) && e.contains(want), "{name}: {e}");
+        assert!(!out.exists(), "{name}: left {}", out.display());
+    }
+
+    // Streamed: nothing to check the header against but the data as it comes.
+    let existing = tmp.path().join("idx");
+    let good = tmp.path().join("good.npy");
+    save_npy(&good, &vectors(4, 8, 1), 4, 8, false);
+    ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&good),
+        "--out",
+        &s(&existing),
+        "--no-hnsw",
+    ]));
+    let before = tree(&existing);
+    let streams = [
+        (dict("(1, 1099511627776)"), "more than the 65536"),
+        (dict("(2, 65537)"), "more than the 65536"),
+        (dict("(1000000000000000, 8)"), "ended within rows 0.."),
+        (
+            dict("(4611686018427387904, 4)"),
+            "more bytes than any file holds",
+        ),
+    ];
+    for (i, (d, want)) in streams.iter().enumerate() {
+        let input = [npy_header(d), small.clone()].concat();
+        let fresh = tmp.path().join(format!("stream{i}"));
+        let o = import_piped(input.clone(), &["--out", &s(&fresh)]);
+        assert_eq!(o.status.code(), Some(1), "{d}: {}", stderr(&o));
+        let e = fails(o);
+        assert!(e.contains("standard input") && e.contains(want), "{d}: {e}");
+        assert!(!fresh.exists(), "{d}: left {}", fresh.display());
+        // Over an index with --force: the folder exactly as it was.
+        let e = fails(import_piped(input, &["--out", &s(&existing), "--force"]));
+        assert!(e.contains(want), "{d}: {e}");
+        assert_eq!(tree(&existing), before, "{d}");
+    }
+    ok(index_cmd(&["verify", &s(&existing)]));
+}
+
+/// Headers as numpy and other writers lay them out: keys in any order, any spacing, with or without
+/// the trailing comma, double quotes, format 2.0; a `True` without a space before it is still
+/// Fortran order, and refused.
+#[test]
+fn npy_headers_are_read_whatever_their_spacing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (n, dim) = (6, 4);
+    let base = vectors(n, dim, 2);
+    let body: Vec<u8> = base.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let v2 = |dict: &str| {
+        let mut d = dict.to_string();
+        while !(12 + d.len() + 1).is_multiple_of(64) {
+            d.push(' ');
+        }
+        d.push('\n');
+        let mut b = b"\x93NUMPY\x02\x00".to_vec();
+        b.extend((d.len() as u32).to_le_bytes());
+        b.extend(d.as_bytes());
+        b
+    };
+    let good = [
+        npy_header("{'shape': (6, 4), 'fortran_order': False, 'descr': '<f4'}"),
+        npy_header("{'descr':'<f4','fortran_order':False,'shape':(6,4)}"),
+        npy_header(
+            "{ \"descr\" : \"<f4\" ,\n\t'fortran_order' : False , 'shape' : ( 6 , 4 , ) , }",
+        ),
+        npy_header("{'descr': '<f4', 'fortran_order': False, 'shape': (6L, 4L), }"),
+        v2("{'descr': '<f4', 'fortran_order': False, 'shape': (6, 4), }"),
+    ];
+    for (i, h) in good.into_iter().enumerate() {
+        let p = write(
+            tmp.path(),
+            &format!("good{i}.npy"),
+            [h, body.clone()].concat(),
+        );
+        let out = tmp.path().join(format!("idx{i}"));
+        ok(index_cmd(&[
+            "import",
+            "--vectors",
+            &s(&p),
+            "--out",
+            &s(&out),
+            "--no-hnsw",
+        ]));
+        let index = Index::open(&out).unwrap();
+        assert_eq!(&index.vectors.rows_f32(0, n)[..], &base[..], "good{i}");
+    }
+    let bad = [
+        (
+            "{'descr':'<f4','fortran_order':True,'shape':(6,4)}",
+            "ascontiguousarray",
+        ),
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (6, 4), 'extra': 1}",
+            "'extra'",
+        ),
+        ("{'descr': '<f4', 'shape': (6, 4)}", "no 'fortran_order'"),
+        (
+            "{'descr': '>f4', 'fortran_order': False, 'shape': (6, 4)}",
+            "astype(np.float32)",
+        ),
+        (
+            "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (6, 4)}",
+            "astype(np.float32)",
+        ),
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (6, -4)}",
+            "not a string, a number",
+        ),
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': [6, 4]}",
+            "not a tuple",
+        ),
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (24)}",
+            "not a tuple",
+        ),
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': ()}",
+            "2-D array",
+        ),
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (6, 4)",
+            "expected '}'",
+        ),
+    ];
+    for (i, (dict, want)) in bad.into_iter().enumerate() {
+        let name = format!("bad{i}.npy");
+        let p = write(tmp.path(), &name, [npy_header(dict), body.clone()].concat());
+        let out = tmp.path().join(format!("out-bad{i}"));
+        let e = fails(index_cmd(&[
+            "import",
+            "--vectors",
+            &s(&p),
+            "--out",
+            &s(&out),
+        ]));
+        assert!(e.contains(&name) && e.contains(want), "{dict}: {e}");
+        assert!(!out.exists());
+    }
+}
+
+/// Nothing on standard input: the error says so and what to do, not "failed to fill whole buffer";
+/// a stream that stops within its header says that.
+#[test]
+fn an_empty_standard_input_is_named_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("idx");
+    let e = fails(import_piped(Vec::new(), &["--out", &s(&out)]));
+    assert!(
+        e.contains("standard input") && e.contains("no .npy data") && e.contains("np.save"),
+        "{e}"
+    );
+    let e = fails(import_piped(
+        b"\x93NUMPY\x01\x00\x76".to_vec(),
+        &["--out", &s(&out)],
+    ));
+    assert!(e.contains("ended within the header, after 9 bytes"), "{e}");
+    let e = fails(import_piped(b"id,x\n1,2\n".to_vec(), &["--out", &s(&out)]));
+    assert!(e.contains("magic"), "{e}");
+    assert!(!out.exists());
+}
+
+/// `--hnsw-m` and `--ef-construction` beyond their bounds are refused as the arguments are read,
+/// before anything is read or allocated.
+#[test]
+fn graph_parameters_beyond_their_bounds_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = tmp.path().join("v.npy");
+    save_npy(&v, &vectors(20, 4, 1), 20, 4, false);
+    let out = tmp.path().join("idx");
+    for (flag, value, want) in [
+        ("--hnsw-m", "18446744073709551615", "at most 512"),
+        ("--hnsw-m", "18446744073709551616", "at most 512"),
+        ("--hnsw-m", "4294967295", "at most 512"),
+        ("--hnsw-m", "100000", "at most 512"),
+        ("--ef-construction", "4294967295", "at most 16384"),
+        ("--hnsw-m", "0", "at least 1"),
+    ] {
+        let o = index_cmd(&[
+            "import",
+            "--vectors",
+            &s(&v),
+            "--out",
+            &s(&out),
+            flag,
+            value,
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", stderr(&o));
+        let e = fails(o);
+        assert!(e.contains(flag) && e.contains(want), "{flag} {value}: {e}");
+        assert!(!out.exists());
+    }
+    // The largest values are taken.
+    ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&v),
+        "--out",
+        &s(&out),
+        "--hnsw-m",
+        "512",
+        "--ef-construction",
+        "16384",
+    ]));
+    ok(index_cmd(&["verify", &s(&out)]));
+}
+
+/// A command killed within an atomic write leaves `NAME.tmpPID` beside the file; the next command
+/// that writes the folder removes such files of the index (and only those).
+#[test]
+fn temporary_files_of_a_killed_write_are_removed_by_the_next_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = tmp.path().join("v.npy");
+    save_npy(&v, &vectors(30, 4, 1), 30, 4, false);
+    let dir = tmp.path().join("idx");
+    ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&v),
+        "--out",
+        &s(&dir),
+        "--no-hnsw",
+    ]));
+    let manifest = std::fs::read(dir.join("manifest.json")).unwrap();
+    // Killed after the new manifest's temporary file is written, before its rename.
+    let o = Command::new(env!("CARGO_BIN_EXE_simlm-index"))
+        .args([
+            "import",
+            "--vectors",
+            &s(&v),
+            "--out",
+            &s(&dir),
+            "--no-hnsw",
+            "--force",
+        ])
+        .env("SIMLM_FAILPOINT", "write manifest.json")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert_eq!(std::fs::read(dir.join("manifest.json")).unwrap(), manifest);
+    let temps =
+        |d: &Path| -> Vec<String> { tree(d).into_iter().filter(|n| n.contains(".tmp")).collect() };
+    assert_eq!(temps(&dir).len(), 1, "{:?}", tree(&dir));
+    assert!(
+        temps(&dir)[0].starts_with("manifest.json.tmp"),
+        "{:?}",
+        temps(&dir)
+    );
+    // One in the current generation too (a kill during an earlier write of its ids), and a file
+    // that is not the index's, which stays.
+    let data = Index::open(&dir).unwrap().manifest.data;
+    std::fs::write(dir.join(&data).join("docids.txt.tmp4242"), "partial").unwrap();
+    std::fs::write(dir.join("notes.txt.tmp7"), "mine").unwrap();
+    ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&v),
+        "--out",
+        &s(&dir),
+        "--no-hnsw",
+        "--force",
+    ]));
+    assert_eq!(
+        temps(&dir),
+        vec!["notes.txt.tmp7".to_string()],
+        "{:?}",
+        tree(&dir)
+    );
+    ok(index_cmd(&["verify", &s(&dir)]));
+}
+
+/// One damaged file is one file failing, however many of its checks it fails.
+#[test]
+fn verify_counts_each_failing_file_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = tmp.path().join("v.npy");
+    save_npy(&v, &vectors(30, 4, 1), 30, 4, false);
+    let dir = tmp.path().join("idx");
+    ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&v),
+        "--out",
+        &s(&dir),
+        "--no-hnsw",
+    ]));
+    let data = dir.join(Index::open(&dir).unwrap().manifest.data);
+    let vectors_file = data.join("vectors.npy");
+    let bytes = std::fs::read(&vectors_file).unwrap();
+    std::fs::write(&vectors_file, &bytes[..bytes.len() - 4]).unwrap();
+    let e = fails(index_cmd(&["verify", &s(&dir)]));
+    assert!(e.contains("1 file fails verification"), "{e}");
+    let ids = data.join("docids.txt");
+    let text = std::fs::read_to_string(&ids).unwrap();
+    std::fs::write(&ids, &text[..text.len() - 3]).unwrap();
+    let e = fails(index_cmd(&["verify", &s(&dir)]));
+    assert!(e.contains("2 files fail verification"), "{e}");
+}
+
+/// A stage over at once prints its time and no rate (no "0.0 vectors/s").
+#[test]
+fn a_tiny_import_prints_no_meaningless_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = tmp.path().join("v.npy");
+    save_npy(&v, &vectors(50, 8, 1), 50, 8, false);
+    let o = ok(index_cmd(&[
+        "import",
+        "--vectors",
+        &s(&v),
+        "--out",
+        &s(&tmp.path().join("idx")),
+        "--m",
+        "8",
+    ]));
+    let e = stderr(&o);
+    let done: Vec<&str> = e.lines().filter(|l| l.contains(": done in")).collect();
+    assert!(done.iter().any(|l| l.starts_with("graph: done in")), "{e}");
+    for l in done {
+        assert!(!l.contains(" 0.0 ") && !l.contains("(0"), "{l}");
+    }
+}

@@ -40,8 +40,16 @@ pub struct ImportOptions {
 /// Bytes read and written per step of the copy.
 const BLOCK_BYTES: usize = 16 << 20;
 
+/// The most dimensions a streamed matrix may have. A file's header is checked against the file's
+/// length; a stream's cannot be, so its row size is bounded before anything is allocated for it
+/// (the widest embedding models give 4,096 to 8,192 dimensions).
+pub const MAX_STREAM_DIM: usize = 65_536;
+
 /// Imports a matrix (see the module's notes).
 pub fn import(opts: &ImportOptions, progress: &dyn Progress) -> Result<Manifest> {
+    if let Some(params) = &opts.hnsw {
+        params.validate()?;
+    }
     // `-` (standard input) or a named pipe: the matrix arrives as a stream, from an encoder or a
     // generator, and is never stored twice.
     let stdin = opts.vectors.as_os_str() == "-";
@@ -80,7 +88,19 @@ pub fn import(opts: &ImportOptions, progress: &dyn Progress) -> Result<Manifest>
             ),
         ));
     }
-    let size = header.data_offset as u64 + (rows * dim * header.dtype.size()) as u64;
+    if stream && dim > MAX_STREAM_DIM {
+        return Err(Error::invalid(
+            src,
+            None,
+            format!(
+                "the header gives {dim} dimensions a row, more than the {MAX_STREAM_DIM} a stream \
+                 may have (its header cannot be checked against a file's length): the stream is \
+                 damaged, or, if the shape is right, save the matrix to a file and import that"
+            ),
+        ));
+    }
+    // `parse_header` checked that this does not overflow; for a file, it is the file's length.
+    let size = header.file_bytes();
 
     let w = Writer::open(&opts.out)?;
     match w.current() {
@@ -88,11 +108,15 @@ pub fn import(opts: &ImportOptions, progress: &dyn Progress) -> Result<Manifest>
         Err(e) if !opts.force => return Err(e),
         _ => {}
     }
-    let (ids, offsets, sources, ids_sum) = ids_and_sources(opts, rows, progress)?;
+    let (ids, sources, ids_sum) = ids_and_sources(opts, rows, progress)?;
 
     let (gen, gen_dir) = w.new_generation()?;
     writer::discard_on_error(&gen_dir, || {
         let vectors = copy_matrix(src, input, &header, stream, &gen_dir, progress)?;
+        // Row numbers are made once the rows are there: a stream's header alone is not trusted
+        // with an allocation of its row count.
+        let (ids, offsets) =
+            ids.unwrap_or_else(|| ((0..rows).map(|r| r.to_string()).collect(), vec![0; rows]));
         crate::store::ids::write(&gen_dir, &ids, &offsets)?;
         if let Some(params) = opts.hnsw {
             writer::build_graph(&gen_dir, params, progress)?;
@@ -148,14 +172,19 @@ fn absolute(p: &Path) -> String {
         .to_string()
 }
 
-/// The ids (and collection offsets) of the rows: from `--ids`, the collection, or the row numbers;
-/// when both an ids file and a collection are given they must list the same ids in the same order.
+/// The ids (and collection offsets) of the rows: from `--ids` or the collection (`None`: the row
+/// numbers); when both an ids file and a collection are given they must list the same ids in the
+/// same order.
 #[allow(clippy::type_complexity)]
 fn ids_and_sources(
     opts: &ImportOptions,
     rows: usize,
     progress: &dyn Progress,
-) -> Result<(Vec<String>, Vec<u64>, Option<Sources>, Option<FileSum>)> {
+) -> Result<(
+    Option<(Vec<String>, Vec<u64>)>,
+    Option<Sources>,
+    Option<FileSum>,
+)> {
     let listed = match &opts.ids {
         Some(p) => {
             let ids = crate::corpus::read_ids(p, "passage")?;
@@ -176,13 +205,8 @@ fn ids_and_sources(
     };
     let Some(coll) = &opts.collection else {
         return Ok(match listed {
-            Some((ids, sum)) => (ids, vec![0; rows], None, Some(sum)),
-            None => (
-                (0..rows).map(|r| r.to_string()).collect(),
-                vec![0; rows],
-                None,
-                None,
-            ),
+            Some((ids, sum)) => (Some((ids, vec![0; rows])), None, Some(sum)),
+            None => (None, None, None),
         });
     };
     let scan = super::scan(coll, &ReadOptions::default(), progress)?;
@@ -217,8 +241,7 @@ fn ids_and_sources(
         skipped_lines: 0,
     };
     Ok((
-        scan.ids,
-        scan.offsets,
+        Some((scan.ids, scan.offsets)),
         Some(sources),
         listed.map(|(_, s)| s),
     ))
@@ -289,7 +312,7 @@ fn copy_matrix(
     progress.finish_stage();
     failpoint::hit("matrix-finish").at(gen_dir.join(PARTIAL))?;
     out.finish(&gen_dir.join(VECTORS))?;
-    let size = npy::HEADER_LEN as u64 + (rows * row_bytes) as u64;
+    let size = (npy::HEADER_LEN as u64).saturating_add(header.data_bytes());
     Ok(FileSum {
         path: VECTORS.to_string(),
         size,

@@ -15,7 +15,7 @@ pub use import::{import, ImportOptions};
 pub use merge::{merge, rebuild_graph};
 pub use progress::{Progress, Quiet};
 pub use searcher::{Searcher, SearcherOptions};
-pub use verify::verify;
+pub use verify::{verify, Problem};
 
 use std::path::{Path, PathBuf};
 

@@ -24,8 +24,9 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Locks `dir` (created if needed; a folder holding other things is refused) and removes what an
-    /// interrupted command left behind: generations that the manifest does not name and that are not
-    /// a resumable build. With a damaged manifest nothing is removed.
+    /// interrupted command left behind: the temporary files of atomic writes (`NAME.tmpPID`) of the
+    /// index's files, and generations that the manifest does not name and that are not a resumable
+    /// build. With a damaged manifest no generation is removed.
     pub fn open(dir: &Path) -> Result<Writer> {
         layout::check_out_dir(dir)?;
         let created = !dir.exists();
@@ -35,6 +36,14 @@ impl Writer {
             created,
             _lock: lock,
         };
+        // Every command that writes the index's files holds the lock now held here, so any
+        // temporary one is a killed command's, whatever its PID (a PID says nothing once reused, or
+        // when the folder is written from another PID namespace or host). In the folder itself only
+        // the manifest's are the index's; a generation folder holds only what writers put there.
+        crate::store::remove_temp_files(dir, |of| of == MANIFEST)?;
+        for g in layout::generations(dir)? {
+            crate::store::remove_temp_files(&dir.join(layout::generation_name(g)), |_| true)?;
+        }
         let current = match w.current() {
             Ok(m) => m.map(|m| m.generation()),
             // A manifest there that cannot be read names no generation: its index may be any of

@@ -21,6 +21,37 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// The name of the file that `name` is the temporary name of (`NAME.tmpPID`, see [`temp_path`]).
+pub fn temp_of(name: &str) -> Option<&str> {
+    let (of, pid) = name.rsplit_once(".tmp")?;
+    (!of.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then_some(of)
+}
+
+/// Removes the temporary files in `dir` (`NAME.tmpPID`) of the files whose names `of` accepts: an
+/// atomic write stopped between its start and its rename (a killed process) leaves one behind. A
+/// missing folder has none. Only for a folder whose writers hold a lock the caller now holds: no
+/// one else's write is in flight there.
+pub fn remove_temp_files(dir: &Path, of: impl Fn(&str) -> bool) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    for e in entries {
+        let e = e.at(dir)?;
+        let name = e.file_name();
+        let stale = name.to_str().and_then(temp_of).is_some_and(&of);
+        if stale && e.file_type().is_ok_and(|t| t.is_file()) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(Error::io(e.path(), err)),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes `path` atomically: into a temporary file beside it, flushed and synced, then renamed. A
 /// failed write (a full disk, say) is an error and leaves any earlier `path` as it was.
 pub fn atomic_write(

@@ -83,73 +83,392 @@ pub struct NpyHeader {
     pub data_offset: usize,
 }
 
-pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
-    let bad = |m: &str| Error::invalid(path, None, format!("not a usable .npy file: {m}"));
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(bad("the magic bytes are missing"));
+impl NpyHeader {
+    /// Bytes of the data the header describes (`rows x cols x` item size). [`parse_header`] refuses
+    /// a shape whose bytes, with the header's, do not fit in a u64, so this does not overflow.
+    pub fn data_bytes(&self) -> u64 {
+        (self.rows as u64)
+            .saturating_mul(self.cols as u64)
+            .saturating_mul(self.dtype.size() as u64)
     }
-    let (len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-        v => return Err(bad(&format!("format version {v} is not supported"))),
+
+    /// The file's whole length: header and data.
+    pub fn file_bytes(&self) -> u64 {
+        (self.data_offset as u64).saturating_add(self.data_bytes())
+    }
+}
+
+/// The longest header read (numpy writes about 128 bytes, and itself refuses more than 10,000 unless
+/// told otherwise): a longer one is refused before it is read.
+pub const MAX_HEADER_LEN: usize = 1 << 16;
+
+const MAGIC: &[u8] = b"\x93NUMPY";
+
+/// The start and length of the header's dictionary, from the file's first bytes (magic, version,
+/// length). `Ok(None)`: `bytes` is too short to tell, but begins as an `.npy` file does.
+fn preamble(bytes: &[u8]) -> std::result::Result<Option<(usize, usize)>, String> {
+    let n = bytes.len().min(MAGIC.len());
+    if bytes[..n] != MAGIC[..n] {
+        return Err("the magic bytes are missing (it is not an .npy file)".into());
+    }
+    let (Some(&major), Some(&minor)) = (bytes.get(6), bytes.get(7)) else {
+        return Ok(None);
     };
-    let dict = bytes
-        .get(start..start + len)
-        .ok_or_else(|| bad("the header is truncated"))?;
-    let dict = std::str::from_utf8(dict).map_err(|_| bad("the header is not text"))?;
-    let dtype = if dict.contains("'<f4'") {
-        Dtype::F32
-    } else if dict.contains("'<f2'") {
-        Dtype::F16
-    } else {
-        let descr = dict
-            .split("'descr':")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .unwrap_or("?")
-            .trim();
-        return Err(bad(&format!(
-            "dtype {descr} is not little-endian float32 or float16: save the array with \
-             `np.save(path, x.astype(np.float32))`"
-        )));
+    let start = match (major, minor) {
+        (1, 0) => 10,
+        (2, 0) | (3, 0) => 12,
+        _ => {
+            return Err(format!(
+                "format version {major}.{minor} is not supported (1.0, 2.0 and 3.0 are)"
+            ))
+        }
     };
-    if dict.contains("'fortran_order': True") {
-        return Err(bad(
-            "the array is in Fortran (column-major) order: save it with \
-             `np.save(path, np.ascontiguousarray(x))`",
+    let Some(b) = bytes.get(8..start) else {
+        return Ok(None);
+    };
+    let len = match *b {
+        [a, b] => u16::from_le_bytes([a, b]) as usize,
+        [a, b, c, d] => u32::from_le_bytes([a, b, c, d]) as usize,
+        _ => unreachable!("the length is 2 or 4 bytes"),
+    };
+    if len > MAX_HEADER_LEN {
+        return Err(format!(
+            "the header says it is {len} bytes long, more than the {MAX_HEADER_LEN} read: \
+             the file is damaged (numpy writes headers of about 128 bytes)"
         ));
     }
-    let shape = dict
-        .split("'shape':")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .map(|s| s.trim().trim_start_matches('('))
-        .ok_or_else(|| bad("no shape"))?;
-    let dims: Vec<usize> = shape
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| bad("bad shape")))
-        .collect::<Result<_>>()?;
+    Ok(Some((start, len)))
+}
+
+/// Parses the header at the start of `bytes` (an `.npy` file's first bytes: the magic, the version,
+/// the header's length, then its dictionary, a Python literal such as
+/// `{'descr': '<f4', 'fortran_order': False, 'shape': (3, 768), }`): any key order, any whitespace,
+/// a trailing comma, versions 1.0 to 3.0. Only little-endian float32 or float16 in C order is taken,
+/// of one or two dimensions; the data's size (`rows x cols x` item size, plus the header) must fit
+/// in a u64. `path` names the file in errors. Nothing is allocated beyond the dictionary's values.
+pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
+    let bad = |m: &str| Error::invalid(path, None, format!("not a usable .npy file: {m}"));
+    if bytes.is_empty() {
+        return Err(bad("the file is empty"));
+    }
+    let (start, len) = preamble(bytes)
+        .map_err(|m| bad(&m))?
+        .ok_or_else(|| bad("the file ends within the header (it is truncated)"))?;
+    let dict = bytes
+        .get(start..start + len)
+        .ok_or_else(|| bad("the file ends within the header (it is truncated)"))?;
+    let fields = literal::parse_dict(dict).map_err(|m| bad(&format!("the header {m}")))?;
+    let (mut descr, mut fortran, mut shape) = (None, None, None);
+    for (key, value) in fields {
+        let slot = match key.as_str() {
+            "descr" => &mut descr,
+            "fortran_order" => &mut fortran,
+            "shape" => &mut shape,
+            _ => {
+                return Err(bad(&format!(
+                    "the header has a key '{key}' besides 'descr', 'fortran_order' and 'shape'"
+                )))
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err(bad(&format!("the header gives '{key}' twice")));
+        }
+    }
+    let missing = |k: &str| bad(&format!("the header has no '{k}'"));
+    let descr = descr.ok_or_else(|| missing("descr"))?;
+    let fortran = fortran.ok_or_else(|| missing("fortran_order"))?;
+    let shape = shape.ok_or_else(|| missing("shape"))?;
+
+    let dtype = match &descr {
+        literal::Value::Str(s) if s == "<f4" => Dtype::F32,
+        literal::Value::Str(s) if s == "<f2" => Dtype::F16,
+        other => {
+            return Err(bad(&format!(
+                "dtype {other} is not little-endian float32 or float16: save the array with \
+                 `np.save(path, x.astype(np.float32))`"
+            )))
+        }
+    };
+    match fortran {
+        literal::Value::Bool(false) => {}
+        literal::Value::Bool(true) => {
+            return Err(bad(
+                "the array is in Fortran (column-major) order: save it with \
+                 `np.save(path, np.ascontiguousarray(x))`",
+            ))
+        }
+        other => {
+            return Err(bad(&format!(
+                "'fortran_order' is {other}, not True or False"
+            )))
+        }
+    }
+    let dims: Vec<u64> = match &shape {
+        literal::Value::Tuple(items) => items
+            .iter()
+            .map(|v| match v {
+                literal::Value::Int(n) => Some(*n),
+                _ => None,
+            })
+            .collect::<Option<_>>(),
+        _ => None,
+    }
+    .ok_or_else(|| bad(&format!("'shape' is {shape}, not a tuple of whole numbers")))?;
     let (rows, cols) = match dims[..] {
         [r, c] => (r, c),
         [r] => (r, 1),
         _ => {
             return Err(bad(&format!(
-                "expected a 2-D array (rows x dimensions), found shape ({shape})"
+                "expected a 2-D array (rows x dimensions), found shape {shape}"
             )))
         }
+    };
+    let data_offset = start + len;
+    let fits = rows
+        .checked_mul(cols)
+        .and_then(|v| v.checked_mul(dtype.size() as u64))
+        .and_then(|b| b.checked_add(data_offset as u64))
+        .is_some();
+    let (Ok(rows), Ok(cols), true) = (usize::try_from(rows), usize::try_from(cols), fits) else {
+        return Err(bad(&format!(
+            "the shape {shape} needs more bytes than any file holds: the header is damaged"
+        )));
     };
     Ok(NpyHeader {
         dtype,
         rows,
         cols,
         ndim: dims.len(),
-        data_offset: start + len,
+        data_offset,
     })
+}
+
+/// The Python literals an `.npy` header is written in: a dict of strings, booleans, whole numbers
+/// and tuples (lists and `None` are read, to be named in errors).
+mod literal {
+    use std::fmt;
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Value {
+        Str(String),
+        Bool(bool),
+        None,
+        Int(u64),
+        Tuple(Vec<Value>),
+        List(Vec<Value>),
+    }
+
+    impl fmt::Display for Value {
+        /// As Python prints it.
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let seq = |f: &mut fmt::Formatter<'_>, items: &[Value]| {
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{v}")?;
+                }
+                Ok(())
+            };
+            match self {
+                Value::Str(s) => write!(f, "'{}'", s.escape_debug()),
+                Value::Bool(true) => f.write_str("True"),
+                Value::Bool(false) => f.write_str("False"),
+                Value::None => f.write_str("None"),
+                Value::Int(n) => write!(f, "{n}"),
+                Value::Tuple(items) => {
+                    f.write_str("(")?;
+                    seq(f, items)?;
+                    f.write_str(if items.len() == 1 { ",)" } else { ")" })
+                }
+                Value::List(items) => {
+                    f.write_str("[")?;
+                    seq(f, items)?;
+                    f.write_str("]")
+                }
+            }
+        }
+    }
+
+    /// Nesting deeper than this is refused (a header's values nest two deep at most).
+    const MAX_DEPTH: usize = 16;
+
+    /// Parses `{key: value, ...}` followed by nothing but whitespace; the error says where.
+    pub fn parse_dict(text: &[u8]) -> Result<Vec<(String, Value)>, String> {
+        let mut p = Parser { s: text, i: 0 };
+        p.expect(b'{')?;
+        let mut fields = Vec::new();
+        loop {
+            if p.eat(b'}') {
+                break;
+            }
+            let key = match p.value(0)? {
+                Value::Str(k) => k,
+                other => return Err(p.error(&format!("has a key {other} that is not a string"))),
+            };
+            p.expect(b':')?;
+            let value = p.value(0)?;
+            fields.push((key, value));
+            if !p.eat(b',') {
+                p.expect(b'}')?;
+                break;
+            }
+        }
+        p.ws();
+        if p.i < p.s.len() {
+            return Err(p.error("goes on after its dictionary"));
+        }
+        Ok(fields)
+    }
+
+    struct Parser<'a> {
+        s: &'a [u8],
+        i: usize,
+    }
+
+    impl Parser<'_> {
+        fn error(&self, what: &str) -> String {
+            match self.s.get(self.i) {
+                Some(&c) => format!(
+                    "{what} (at byte {} of the dictionary, {:?})",
+                    self.i, c as char
+                ),
+                None => format!("{what} (at its end)"),
+            }
+        }
+
+        fn ws(&mut self) {
+            while let Some(b' ' | b'\t' | b'\n' | b'\r' | b'\x0c') = self.s.get(self.i) {
+                self.i += 1;
+            }
+        }
+
+        /// Skips whitespace, then `c` if it is next.
+        fn eat(&mut self, c: u8) -> bool {
+            self.ws();
+            let next = self.s.get(self.i) == Some(&c);
+            self.i += next as usize;
+            next
+        }
+
+        fn expect(&mut self, c: u8) -> Result<(), String> {
+            if self.eat(c) {
+                Ok(())
+            } else {
+                Err(self.error(&format!("is not a Python dict: expected {:?}", c as char)))
+            }
+        }
+
+        fn value(&mut self, depth: usize) -> Result<Value, String> {
+            if depth > MAX_DEPTH {
+                return Err(self.error("nests values too deeply"));
+            }
+            self.ws();
+            match self.s.get(self.i).copied() {
+                Some(b'\'' | b'"') => self.string(),
+                Some(b'u' | b'U') if matches!(self.s.get(self.i + 1), Some(b'\'' | b'"')) => {
+                    self.i += 1;
+                    self.string()
+                }
+                Some(b'(') => {
+                    self.i += 1;
+                    let (items, comma) = self.items(b')', depth)?;
+                    // `(x)` is x in parentheses, not a tuple.
+                    Ok(if items.len() == 1 && !comma {
+                        items.into_iter().next().expect("one item")
+                    } else {
+                        Value::Tuple(items)
+                    })
+                }
+                Some(b'[') => {
+                    self.i += 1;
+                    Ok(Value::List(self.items(b']', depth)?.0))
+                }
+                Some(b'0'..=b'9') => self.int(),
+                Some(c) if c.is_ascii_alphabetic() => {
+                    let from = self.i;
+                    while self
+                        .s
+                        .get(self.i)
+                        .is_some_and(|c| c.is_ascii_alphanumeric())
+                    {
+                        self.i += 1;
+                    }
+                    match &self.s[from..self.i] {
+                        b"True" => Ok(Value::Bool(true)),
+                        b"False" => Ok(Value::Bool(false)),
+                        b"None" => Ok(Value::None),
+                        _ => {
+                            self.i = from;
+                            Err(self.error("has a word that is not True, False or None"))
+                        }
+                    }
+                }
+                _ => Err(self
+                    .error("has something that is not a string, a number, True, False or a tuple")),
+            }
+        }
+
+        /// Values up to `close`, comma-separated, a trailing comma allowed; and whether a comma was
+        /// seen.
+        fn items(&mut self, close: u8, depth: usize) -> Result<(Vec<Value>, bool), String> {
+            let mut items = Vec::new();
+            let mut comma = false;
+            loop {
+                if self.eat(close) {
+                    return Ok((items, comma));
+                }
+                items.push(self.value(depth + 1)?);
+                if self.eat(b',') {
+                    comma = true;
+                } else if self.eat(close) {
+                    return Ok((items, comma));
+                } else {
+                    return Err(self.error(&format!("expected ',' or {:?}", close as char)));
+                }
+            }
+        }
+
+        fn string(&mut self) -> Result<Value, String> {
+            let quote = self.s[self.i];
+            let from = self.i + 1;
+            let mut j = from;
+            loop {
+                match self.s.get(j) {
+                    None | Some(b'\n') => return Err(self.error("has a string that does not end")),
+                    Some(b'\\') => j += 2,
+                    Some(&c) if c == quote => break,
+                    Some(_) => j += 1,
+                }
+            }
+            self.i = j + 1;
+            Ok(Value::Str(
+                String::from_utf8_lossy(&self.s[from..j]).into_owned(),
+            ))
+        }
+
+        /// A whole number; Python 2's `L` suffix (numpy's own files of that time) is allowed.
+        fn int(&mut self) -> Result<Value, String> {
+            let from = self.i;
+            let mut n: Option<u64> = Some(0);
+            while let Some(&c @ b'0'..=b'9') = self.s.get(self.i) {
+                n = n
+                    .and_then(|n| n.checked_mul(10))
+                    .and_then(|n| n.checked_add(u64::from(c - b'0')));
+                self.i += 1;
+            }
+            if let Some(b'L' | b'l') = self.s.get(self.i) {
+                self.i += 1;
+            }
+            match n {
+                Some(n) => Ok(Value::Int(n)),
+                None => {
+                    self.i = from;
+                    Err(self.error("has a number larger than 2^64 - 1"))
+                }
+            }
+        }
+    }
 }
 
 /// Writes a whole f32 matrix atomically (temporary file, then rename).
@@ -460,10 +779,13 @@ pub struct NpyMatrix {
 /// header needs (a truncated or padded file is refused); returns the file and the header.
 pub fn open_checked(path: &Path) -> Result<(File, NpyHeader)> {
     let mut f = File::open(path).at(path)?;
-    let mut head = Vec::with_capacity(4096);
-    (&mut f).take(1 << 16).read_to_end(&mut head).at(path)?;
+    let mut head = Vec::with_capacity(512);
+    (&mut f)
+        .take((12 + MAX_HEADER_LEN) as u64)
+        .read_to_end(&mut head)
+        .at(path)?;
     let header = parse_header(&head, path)?;
-    let need = header.data_offset as u64 + (header.rows * header.cols * header.dtype.size()) as u64;
+    let need = header.file_bytes();
     let have = f.metadata().at(path)?.len();
     if have != need {
         return Err(Error::invalid(
@@ -479,25 +801,42 @@ pub fn open_checked(path: &Path) -> Result<(File, NpyHeader)> {
 }
 
 /// Reads an `.npy` header from the start of a stream (a pipe: no seeking, no size to check), leaving
-/// the stream at the first data byte. `name` names the stream in errors.
+/// the stream at the first data byte. `name` names the stream in errors. Reads (and allocates) no
+/// more than the header's declared length, itself at most [`MAX_HEADER_LEN`]; the shape is not
+/// checked against anything (the caller bounds what it allocates for it).
 pub fn read_stream_header(r: &mut impl Read, name: &Path) -> Result<NpyHeader> {
+    let bad = |m: &str| Error::invalid(name, None, format!("not a usable .npy stream: {m}"));
     let mut head = vec![0u8; 10];
-    r.read_exact(&mut head).at(name)?;
-    let extra = match head.get(6) {
-        Some(2 | 3) => 2,
-        _ => 0,
+    let got = read_up_to(r, &mut head).at(name)?;
+    if got == 0 {
+        return Err(Error::invalid(
+            name,
+            None,
+            "no .npy data: the stream is empty (the program writing it wrote nothing, or nothing \
+             was piped in); write the matrix into it (`np.save(sys.stdout.buffer, x)`) or give \
+             the .npy file itself",
+        ));
+    }
+    head.truncate(got);
+    let truncated = |at: usize| {
+        bad(&format!(
+            "the stream ended within the header, after {at} bytes: the program writing it \
+             stopped early"
+        ))
     };
-    head.resize(10 + extra, 0);
-    r.read_exact(&mut head[10..]).at(name)?;
-    let len = if extra == 0 {
-        u16::from_le_bytes([head[8], head[9]]) as usize
-    } else {
-        u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize
-    };
-    if &head[..6] == b"\x93NUMPY" && len <= 1 << 20 {
-        let start = head.len();
-        head.resize(start + len, 0);
-        r.read_exact(&mut head[start..]).at(name)?;
+    let mut layout = preamble(&head).map_err(|m| bad(&m))?;
+    if layout.is_none() && got == 10 {
+        // Versions 2.0 and 3.0 give the header's length in 4 bytes, not 2.
+        head.resize(12, 0);
+        let more = read_up_to(r, &mut head[10..]).at(name)?;
+        head.truncate(10 + more);
+        layout = preamble(&head).map_err(|m| bad(&m))?;
+    }
+    let (start, len) = layout.ok_or_else(|| truncated(head.len()))?;
+    head.resize(start + len, 0);
+    let got = read_up_to(r, &mut head[start..]).at(name)?;
+    if got < len {
+        return Err(truncated(start + got));
     }
     parse_header(&head, name)
 }
@@ -631,14 +970,15 @@ fn bytemuck_f32(bytes: &[u8]) -> Option<&[f32]> {
     }
 }
 
-fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
-        let k = f.read(&mut buf[n..])?;
-        if k == 0 {
-            break;
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        n += k;
     }
     Ok(n)
 }
@@ -658,6 +998,151 @@ mod tests {
                 (rows, 768, Dtype::F32, HEADER_LEN)
             );
         }
+    }
+
+    /// A header as numpy writes it (format 1.0, padded so the data starts at a multiple of 64).
+    fn npy(dict: &str) -> Vec<u8> {
+        let mut d = dict.to_string();
+        while !(10 + d.len() + 1).is_multiple_of(64) {
+            d.push(' ');
+        }
+        d.push('\n');
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend((d.len() as u16).to_le_bytes());
+        b.extend(d.as_bytes());
+        b
+    }
+
+    fn parse(bytes: &[u8]) -> std::result::Result<NpyHeader, String> {
+        parse_header(bytes, Path::new("x.npy")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn headers_parse_in_any_key_order_and_spacing() {
+        let want = |rows, cols, ndim, dtype| NpyHeader {
+            dtype,
+            rows,
+            cols,
+            ndim,
+            data_offset: 0,
+        };
+        for (dict, h) in [
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 5), }",
+                want(3, 5, 2, Dtype::F32),
+            ),
+            (
+                "{'shape':(3,5),'descr':'<f2','fortran_order':False}",
+                want(3, 5, 2, Dtype::F16),
+            ),
+            (
+                "{\"fortran_order\"\t:\nFalse ,'shape': ( 7 , ) ,u'descr' : \"<f4\" , }",
+                want(7, 1, 1, Dtype::F32),
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (3L, 5L)}",
+                want(3, 5, 2, Dtype::F32),
+            ),
+        ] {
+            let bytes = npy(dict);
+            let h = NpyHeader {
+                data_offset: bytes.len(),
+                ..h
+            };
+            assert_eq!(parse(&bytes), Ok(h), "{dict}");
+        }
+        // Versions 2.0 and 3.0: a 4-byte length.
+        for v in [2u8, 3] {
+            let d = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 9), }\n";
+            let mut b = vec![0x93, b'N', b'U', b'M', b'P', b'Y', v, 0];
+            b.extend((d.len() as u32).to_le_bytes());
+            b.extend(d.as_bytes());
+            let h = parse(&b).unwrap();
+            assert_eq!((h.rows, h.cols, h.data_offset), (2, 9, b.len()));
+        }
+    }
+
+    #[test]
+    fn fortran_order_is_refused_however_it_is_spaced() {
+        for dict in [
+            "{'descr': '<f4', 'fortran_order': True, 'shape': (3, 5), }",
+            "{'descr':'<f4','fortran_order':True,'shape':(3,5)}",
+            "{'descr': '<f4', 'fortran_order':\tTrue, 'shape': (3, 5)}",
+        ] {
+            let e = parse(&npy(dict)).unwrap_err();
+            assert!(e.contains("x.npy") && e.contains("Fortran"), "{dict}: {e}");
+        }
+    }
+
+    #[test]
+    fn shapes_whose_bytes_overflow_are_refused() {
+        for shape in [
+            "(4611686018427387904, 4)",
+            "(18446744073709551615, 18446744073709551615)",
+            "(4294967296, 4294967296)",
+        ] {
+            let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}}}");
+            let e = parse(&npy(&dict)).unwrap_err();
+            assert!(e.contains("more bytes than any file holds"), "{shape}: {e}");
+        }
+        let e = parse(&npy(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (18446744073709551616, 1)}",
+        ))
+        .unwrap_err();
+        assert!(e.contains("larger than 2^64 - 1"), "{e}");
+        // A file whose header wraps to "no data needed" is refused when opened, not mapped.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wrap.npy");
+        std::fs::write(
+            &p,
+            npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 4)}"),
+        )
+        .unwrap();
+        let e = NpyMatrix::open(&p).err().unwrap().to_string();
+        assert!(e.contains("wrap.npy") && e.contains("more bytes"), "{e}");
+    }
+
+    /// Every prefix of a good header, and every header with one byte changed, is parsed or refused
+    /// with an error: never a panic, never a huge allocation.
+    #[test]
+    fn damaged_headers_never_panic() {
+        let good = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 5), }");
+        for n in 0..good.len() {
+            assert!(parse(&good[..n]).is_err(), "a prefix of {n} bytes");
+        }
+        for i in 0..good.len() {
+            for b in [
+                0u8, b'(', b')', b'{', b'}', b',', b'\'', b'9', b'-', 0xff, b'\\',
+            ] {
+                let mut h = good.clone();
+                h[i] = b;
+                let _ = parse(&h);
+            }
+        }
+        let deep = format!("{{'shape': {}}}", "(".repeat(10_000));
+        assert!(parse(&npy(&deep)).unwrap_err().contains("too deeply"));
+        let mut long = b"\x93NUMPY\x02\x00".to_vec();
+        long.extend(u32::MAX.to_le_bytes());
+        assert!(parse(&long).unwrap_err().contains("4294967295 bytes long"));
+    }
+
+    #[test]
+    fn streams_say_what_is_missing() {
+        let read = |bytes: &[u8]| {
+            read_stream_header(&mut &bytes[..], Path::new("standard input"))
+                .map_err(|e| e.to_string())
+        };
+        let e = read(b"").unwrap_err();
+        assert!(e.contains("no .npy data") && e.contains("empty"), "{e}");
+        let good = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 5), }");
+        for n in 1..good.len() {
+            let e = read(&good[..n]).unwrap_err();
+            assert!(e.contains("ended within the header"), "{n}: {e}");
+        }
+        let mut r = &[good.clone(), vec![7u8; 4]].concat()[..];
+        let h = read_stream_header(&mut r, Path::new("-")).unwrap();
+        assert_eq!((h.rows, h.cols), (3, 5));
+        assert_eq!(r, &[7u8; 4], "the stream is left at the data");
     }
 
     #[test]

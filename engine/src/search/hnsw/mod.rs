@@ -35,6 +35,41 @@ const CHUNK: usize = 65_536;
 /// "No list" in the upper-layer index; also the bound on node counts.
 const NONE: u32 = u32::MAX;
 
+impl HnswParams {
+    /// The largest `m`. Layer 0 keeps `2m` links a node, so each node takes `8m + 4` bytes there:
+    /// 4 KiB at 512, 36 GB for 8.8 million passages. hnswlib's and faiss's users go up to 64-128,
+    /// where recall stops improving; 512 leaves them room and refuses a slip of the keyboard before
+    /// it asks for terabytes.
+    pub const MAX_M: usize = 512;
+    /// The largest `ef_construction`. Build time grows with it about linearly and recall stops
+    /// improving at a few hundred to a few thousand (hnswlib's and faiss's users go up to 2,000);
+    /// 16,384 leaves room above that.
+    pub const MAX_EF_CONSTRUCTION: usize = 16_384;
+
+    /// Refuses parameters outside `1..=MAX_M` and `1..=MAX_EF_CONSTRUCTION`, before any work.
+    pub fn validate(&self) -> Result<()> {
+        let check = |flag: &str, v: usize, max: usize, why: &str| match v {
+            0 => Err(Error::Usage(format!("{flag} 0: must be at least 1"))),
+            v if v > max => Err(Error::Usage(format!(
+                "{flag} {v}: must be at most {max} ({why})"
+            ))),
+            _ => Ok(()),
+        };
+        check(
+            "--hnsw-m",
+            self.m,
+            Self::MAX_M,
+            "16-64 is usual; each node keeps 2 x M links on layer 0",
+        )?;
+        check(
+            "--ef-construction",
+            self.ef_construction,
+            Self::MAX_EF_CONSTRUCTION,
+            "100-500 is usual; recall stops improving long before the bound",
+        )
+    }
+}
+
 /// A scored node, ordered best first: higher score, then lower id (the result order,
 /// `search::rank`; a u32 id keeps the heaps compact). The build's and the walk's heaps hold these.
 #[derive(Debug, Clone, Copy)]
@@ -146,11 +181,7 @@ pub fn build_resumable(
             ),
         ));
     }
-    if params.m == 0 {
-        return Err(Error::Usage(
-            "the graph needs --hnsw-m of at least 1".into(),
-        ));
-    }
+    params.validate()?;
     let started = std::time::Instant::now();
     // The codes first: the construction scores on them, reading a quarter of the f32 bytes.
     let book = CodeBook::fit(matrix)?;
