@@ -16,7 +16,16 @@ else
   echo "note: rustfmt is not installed (rustup component add rustfmt): formatting not checked"
 fi
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# `cargo test` runs each fuzz target on a fixed 500 inputs; the step after it gives them the time.
+fuzz_secs="${SIMLM_FUZZ_SECS:-20}"
+unset SIMLM_FUZZ_SECS
 cargo test --workspace --locked "$@"
+# The fuzz targets (fuzz/, see README "Fuzzing"): each one's seeds, then mutated inputs for
+# SIMLM_FUZZ_SECS seconds per target (default 20; 0 skips this step). A failing input is saved under
+# fuzz/artifacts/<target>/ and named in the failure; each target prints how many inputs it ran.
+if [ "$fuzz_secs" != 0 ]; then
+  SIMLM_FUZZ_SECS="$fuzz_secs" cargo test --workspace --locked --test fuzz -- --nocapture --test-threads=1
+fi
 if [ ! -d "$shared/fixtures" ] || [ ! -d "$shared/data" ]; then
   echo "note: $shared is missing: the tests that need its fixtures and data were ignored (listed above as"
   echo "      ignored), and the small reproduction and the SLURM tests were skipped; put the shared folder"

@@ -271,8 +271,13 @@ impl CorpusReader {
             if t.next_line(&mut buf)?.is_none() {
                 return Err(Error::invalid(
                     &t.path,
-                    Some(t.line + 1),
-                    format!("the titles file ended before passage `{id}`; it must list the collection's ids in the same order"),
+                    None,
+                    format!(
+                        "the titles file ends after line {}, before the title of passage `{id}` (line {} of {}); it must list the collection's ids in the same order",
+                        t.line,
+                        self.lines.line,
+                        self.path.display()
+                    ),
                 ));
             }
             if !buf.is_empty() {
@@ -570,14 +575,19 @@ pub fn read_query_vectors(
     dim: usize,
 ) -> Result<(Vec<String>, Vec<f32>)> {
     let m = crate::store::npy::NpyMatrix::open(path)?;
-    if m.header.ndim != 2 || m.rows() == 0 {
+    // A shape without columns holds no values whatever its row count, so the row count of such a
+    // file is not bounded by its size: it is refused before anything is made per row.
+    if m.header.ndim != 2 || m.rows() == 0 || m.cols() == 0 {
+        let shape = if m.header.ndim == 2 {
+            format!("({}, {})", m.rows(), m.cols())
+        } else {
+            format!("({},)", m.rows())
+        };
         return Err(Error::invalid(
             path,
             None,
             format!(
-                "holds {} values in {} dimension(s); expected a 2-D array of queries x dimensions with at least one row",
-                m.rows() * m.cols(),
-                m.header.ndim
+                "has shape {shape}; expected a 2-D array of queries x dimensions, with at least one query and one dimension"
             ),
         ));
     }
@@ -778,5 +788,48 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(e.contains("t.tsv, line 2") && e.contains("`9`"), "{e}");
+    }
+
+    #[test]
+    fn a_titles_file_that_ends_early_is_named_without_a_line_past_its_end() {
+        let d = tempfile::tempdir().unwrap();
+        let c = write(d.path(), "c.tsv", "7\ta\n8\tb\n");
+        // One line, no line end: there is no line 2 to name.
+        let t = write(d.path(), "t.tsv", "7\tA");
+        let e = CorpusReader::open(
+            &c,
+            ReadOptions {
+                titles: Some(t.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .find_map(|r| r.err())
+        .unwrap()
+        .to_string();
+        let named = format!("{}: ", t.display());
+        assert!(e.starts_with(&named), "{e}");
+        assert!(
+            e.contains("ends after line 1") && e.contains("`8`") && e.contains("line 2 of"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn query_vectors_without_columns_are_refused() {
+        use crate::store::npy::{header, Dtype};
+        let d = tempfile::tempdir().unwrap();
+        // Rows of no columns take no bytes: a file of only a header can claim any number of them.
+        for rows in [5usize, 1_000_000_000_000] {
+            let p = d.path().join("q.npy");
+            std::fs::write(&p, header(Dtype::F32, rows, Some(0))).unwrap();
+            let e = read_query_vectors(&p, None, 0).unwrap_err().to_string();
+            assert!(
+                e.contains("q.npy")
+                    && e.contains(&format!("({rows}, 0)"))
+                    && e.contains("one dimension"),
+                "{e}"
+            );
+        }
     }
 }

@@ -307,19 +307,22 @@ impl Run {
             return Err(malformed(path, None, "the run file holds no results"));
         }
         let base = text.as_ptr() as usize;
-        let sorted: Result<Vec<(String, Vec<Hit>)>, InputError> = names
+        let sorted: Vec<Result<(String, Vec<Hit>), InputError>> = names
             .par_iter()
             .zip(groups.into_par_iter())
             .map(|(q, mut ranked)| {
                 sort_hits(&mut ranked);
                 if let Some(dup) = find_duplicate(&ranked) {
-                    let lines = lines_of(&text, q, dup);
+                    let (line, also) = match lines_of(&text, q, dup)[..] {
+                        [first, second, ..] => (Some(second), format!(" (also on line {first})")),
+                        [only] => (Some(only), String::new()),
+                        [] => (None, String::new()),
+                    };
                     return Err(malformed(
                         path,
-                        Some(lines[1]),
+                        line,
                         format!(
-                            "document `{dup}` appears twice for query `{q}` (also on line {}); a run may list a document once per query",
-                            lines[0]
+                            "document `{dup}` appears twice for query `{q}`{also}; a run may list a document once per query"
                         ),
                     ));
                 }
@@ -330,8 +333,37 @@ impl Run {
                 Ok((q.to_string(), hits))
             })
             .collect();
-        let queries = sorted?.into_iter().collect();
+        // Of several queries with a repeated document, the one repeated first in the file is named,
+        // so that every read of a file reports the same line.
+        let mut queries = HashMap::with_capacity(sorted.len());
+        let mut first_error: Option<InputError> = None;
+        for r in sorted {
+            match r {
+                Ok((q, hits)) => {
+                    queries.insert(q, hits);
+                }
+                Err(e) => {
+                    if first_error
+                        .as_ref()
+                        .is_none_or(|f| error_line(&e) < error_line(f))
+                    {
+                        first_error = Some(e);
+                    }
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
         Ok(Run { text, queries })
+    }
+}
+
+/// The line an error names (none: after every line).
+fn error_line(e: &InputError) -> usize {
+    match e {
+        InputError::Malformed { line: Some(l), .. } => *l,
+        _ => usize::MAX,
     }
 }
 
@@ -449,7 +481,9 @@ fn find_duplicate<'a>(ranked: &[(&'a str, f64)]) -> Option<&'a str> {
     let nums: Option<Vec<u64>> = ranked
         .iter()
         .map(|(d, _)| {
-            if d.len() < 20 && !d.starts_with('0') || *d == "0" {
+            // Only plain digits: `+1` parses as 1 but is another document than `1`.
+            let canonical = d.len() < 20 && !d.starts_with('0') || *d == "0";
+            if canonical && d.bytes().all(|b| b.is_ascii_digit()) {
                 d.parse::<u64>().ok()
             } else {
                 None
@@ -633,6 +667,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("found 4"), "{e}");
+    }
+
+    #[test]
+    fn ids_that_parse_as_the_same_number_but_differ_are_different_documents() {
+        let r = Run::parse(Vec::from(&b"5\t7\t2\n2\t+1\t1\n2\t1\t2\n"[..]), p()).unwrap();
+        assert_eq!(r.ranking("2").unwrap(), ["+1", "1"]);
+        // The same ids written alike are one document listed twice.
+        let e = Run::parse(Vec::from(&b"2\t1\t1\n2\t1\t2\n"[..]), p())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("also on line 1"), "{e}");
+    }
+
+    #[test]
+    fn of_several_repeated_documents_the_first_repeated_line_is_named() {
+        // Query 1 comes first but repeats its document on line 5; query 2 repeats its on line 4.
+        let text = b"1 Q0 a 1 3 t\n2 Q0 b 1 3 t\n2 Q0 c 2 2 t\n2 Q0 b 3 1 t\n1 Q0 a 2 2 t\n";
+        for _ in 0..20 {
+            let e = Run::parse(text.to_vec(), p()).unwrap_err().to_string();
+            assert!(e.contains("x.txt, line 4:") && e.contains("`b`"), "{e}");
+        }
     }
 
     #[test]

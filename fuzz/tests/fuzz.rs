@@ -1,0 +1,127 @@
+//! One test per fuzz target: its seeds, then mutated inputs (500, the same ones each run, or for
+//! `SIMLM_FUZZ_SECS` seconds). A failure names the saved input and its backtrace file.
+
+use std::sync::Mutex;
+
+use fuzz::driver::{self, Settings};
+use fuzz::targets::{self, Scratch, Target};
+
+#[global_allocator]
+static ALLOC: fuzz::guard::Guarded = fuzz::guard::Guarded;
+
+/// Targets run one at a time: the allocation guard and the panic hook serve one input at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn fuzz(name: &str) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let report = driver::fuzz(targets::find(name), &Settings::from_env());
+    eprintln!("\n{report}");
+    assert!(report.failures.is_empty(), "{report}");
+}
+
+#[test]
+fn npy() {
+    fuzz("npy");
+}
+
+#[test]
+fn collection() {
+    fuzz("collection");
+}
+
+#[test]
+fn queries() {
+    fuzz("queries");
+}
+
+#[test]
+fn query_vectors() {
+    fuzz("query_vectors");
+}
+
+#[test]
+fn qrels() {
+    fuzz("qrels");
+}
+
+#[test]
+fn run() {
+    fuzz("run");
+}
+
+#[test]
+fn manifest() {
+    fuzz("manifest");
+}
+
+#[test]
+fn every_target_has_seeds_and_every_seed_folder_a_target() {
+    let cfg = Settings::from_env();
+    let mut folders: Vec<String> = std::fs::read_dir(&cfg.corpus)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    folders.sort();
+    let mut names: Vec<String> = targets::TARGETS
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    names.sort();
+    assert_eq!(folders, names);
+    for t in targets::TARGETS {
+        assert!(
+            driver::seeds(&cfg.corpus.join(t.name)).len() >= 3,
+            "{}: fewer than 3 seeds",
+            t.name
+        );
+    }
+}
+
+/// A target that fails on one byte pattern, to check the driver finds, shrinks and saves it.
+fn boom(_: &Scratch, data: &[u8]) -> String {
+    if data.windows(3).any(|w| w == b"B\tM") {
+        panic!("boom");
+    }
+    format!("len {}", data.len().min(4))
+}
+
+#[test]
+fn the_driver_catches_shrinks_and_saves_a_failing_input() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tempfile::tempdir().unwrap();
+    let seeds = d.path().join("corpus/boom");
+    std::fs::create_dir_all(&seeds).unwrap();
+    std::fs::write(seeds.join("a"), b"xxxxB\tMyyyy").unwrap();
+    std::fs::write(seeds.join("b"), b"B\tN").unwrap();
+    let t = Target {
+        name: "boom",
+        run: boom,
+        tokens: &[b"M"],
+    };
+    let cfg = Settings {
+        secs: None,
+        runs: Some(3000),
+        seed: 1,
+        max_len: 64,
+        hang_secs: 10,
+        corpus: d.path().join("corpus"),
+        artifacts: d.path().join("artifacts"),
+    };
+    let report = driver::fuzz(&t, &cfg);
+    assert_eq!(report.seeds, 2);
+    assert_eq!(report.failures.len(), 1, "{report}");
+    let f = &report.failures[0];
+    assert_eq!(f.message, "boom");
+    assert_eq!(f.found_by, "seed a");
+    assert!(f.location.contains("tests/fuzz.rs"), "{}", f.location);
+    // Shrunk to the bytes that matter, saved, with the backtrace beside it.
+    assert_eq!(std::fs::read(&f.input).unwrap(), b"B\tM");
+    let txt = std::fs::read_to_string(f.input.with_extension("txt")).unwrap();
+    assert!(txt.contains("boom") && txt.contains("fuzz::boom"), "{txt}");
+    // Without the failing seed, mutation finds it from the other one (a token and a byte apart).
+    std::fs::remove_file(seeds.join("a")).unwrap();
+    let report = driver::fuzz(&t, &cfg);
+    assert_eq!(report.failures.len(), 1, "{report}");
+    assert_eq!(report.failures[0].found_by, "mutated");
+    assert!(report.mutated > 0 && report.mutated <= 3000);
+}
