@@ -62,16 +62,11 @@ pub const TARGETS: &[Target] = &[
         run: manifest_folder,
         tokens: MANIFEST_TOKENS,
     },
-    // REQUEST BODY: the body of a `simlm-search serve` request is not fuzzed yet. Its parser lives
-    // in the `searcher` binary crate, which this crate cannot call. Once `searcher` exposes it from a
-    // library target (`searcher/src/lib.rs` with `pub mod serve;`) and lists `fuzz` under
-    // `[dev-dependencies]`, or once it is a function of a library crate, add:
-    // - `fuzz/corpus/request_body/` with example `/search` and `/embed` bodies (one a file);
-    // - a test that opens a small index once (the parser checks bodies against the index's dimension)
-    //   and calls `fuzz::driver::fuzz_with("request_body", REQUEST_TOKENS, &|_, body| ..., &cfg)`,
-    //   whose closure passes `body` to the parser and returns `ok` or the refusal's status and shape,
-    //   and panics if an accepted request exceeds the limits it was given;
-    // - that test to the fuzz step of `scripts/test.sh`.
+    Target {
+        name: "request_body",
+        run: request_body,
+        tokens: REQUEST_TOKENS,
+    },
 ];
 
 /// The target called `name`.
@@ -663,4 +658,155 @@ fn manifest_folder(s: &Scratch, data: &[u8]) -> String {
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The body of a `simlm-search serve` request
+
+const REQUEST_TOKENS: &[&[u8]] = &[
+    b"\"query\"",
+    b"\"queries\"",
+    b"\"vector\"",
+    b"\"vectors\"",
+    b"\"k\"",
+    b"\"ef\"",
+    b"\"exact\"",
+    b"\"text\"",
+    b"\"inputs\"",
+    b"\"kind\"",
+    b"\"passage\"",
+    b"1e39",
+    b"-0.0",
+    b"4294967297",
+    b"18446744073709551615",
+    b"null",
+    b"[[",
+    b"]]",
+];
+
+/// The service's limits in the fuzz runs: small, so that mutated counts cross them.
+fn serve_options() -> searcher::serve::ServeOptions {
+    use std::time::Duration;
+    searcher::serve::ServeOptions {
+        addr: ([127, 0, 0, 1], 0).into(),
+        max_body: 1 << 20,
+        max_queries: 8,
+        max_k: 50,
+        max_hits: 100,
+        max_answer: 1 << 20,
+        max_inflight: 1 << 24,
+        max_batch: 8,
+        batch_wait: Duration::ZERO,
+        header_timeout: Duration::from_secs(1),
+        body_timeout: Duration::from_secs(1),
+        shutdown_timeout: Duration::from_secs(1),
+        reload_interval: Duration::ZERO,
+    }
+}
+
+/// The dimension of the index the request bodies are checked against.
+const REQUEST_DIM: usize = 4;
+
+thread_local! {
+    /// An index of 3 rows of dimension 4, with its graph and no model, imported once per thread.
+    static SERVED: (tempfile::TempDir, engine::index::Searcher) = {
+        use engine::index::{import, ImportOptions, Quiet, Searcher, SearcherOptions};
+        let dir = tempfile::tempdir().expect("a scratch folder");
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }";
+        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+        let pad = 64 - (10 + header.len() + 1) % 64;
+        let len = (header.len() + pad + 1) as u16;
+        npy.extend(len.to_le_bytes());
+        npy.extend(header.bytes());
+        npy.extend(std::iter::repeat_n(b' ', pad));
+        npy.push(b'\n');
+        for v in [1.0f32, 0., 0., 0., 0., 1., 0., 0., 0.6, 0.8, 0., 0.] {
+            npy.extend(v.to_le_bytes());
+        }
+        let vectors = dir.path().join("v.npy");
+        std::fs::write(&vectors, npy).expect("the matrix written");
+        let out = dir.path().join("idx");
+        let opts = ImportOptions {
+            vectors,
+            ids: None,
+            collection: None,
+            out: out.clone(),
+            hnsw: Some(engine::search::hnsw::HnswParams::default()),
+            force: false,
+        };
+        import(&opts, &Quiet).expect("the index imported");
+        let searcher = Searcher::open(
+            &out,
+            &SearcherOptions {
+                encoder: false,
+                ..SearcherOptions::default()
+            },
+        )
+        .expect("the index opened");
+        (dir, searcher)
+    };
+}
+
+/// A request body, as `/search` and as `/embed` (the index has no model, so texts are refused and
+/// vectors are checked): an accepted request is within every limit it was given, a refused one is a
+/// 4xx with a JSON error.
+fn request_body(_: &Scratch, data: &[u8]) -> String {
+    use searcher::serve::{parse_embed, parse_search, Queries};
+    let opts = serve_options();
+    SERVED.with(|(_, s)| {
+        let search = match parse_search(data, &opts, s) {
+            Ok(ask) => {
+                let n = match &ask.queries {
+                    Queries::Texts(t) => {
+                        assert!(
+                            t.iter().all(|q| !q.trim().is_empty()),
+                            "an empty query accepted"
+                        );
+                        t.len()
+                    }
+                    Queries::Vectors(v) => {
+                        assert!(
+                            !v.is_empty() && v.len() % REQUEST_DIM == 0,
+                            "{} values accepted for dimension {REQUEST_DIM}",
+                            v.len()
+                        );
+                        assert!(
+                            v.iter().all(|x| x.is_finite()),
+                            "a non-finite value accepted"
+                        );
+                        v.len() / REQUEST_DIM
+                    }
+                };
+                assert!(
+                    (1..=opts.max_queries).contains(&n),
+                    "{n} queries accepted (at most {})",
+                    opts.max_queries
+                );
+                assert!(
+                    (1..=opts.max_k).contains(&ask.k),
+                    "k {} accepted (at most {})",
+                    ask.k,
+                    opts.max_k
+                );
+                assert!(n * ask.k <= opts.max_hits, "{n} x {} hits accepted", ask.k);
+                format!("search ok {} {}", n.min(3), ask.several)
+            }
+            Err(r) => status_of("search", r),
+        };
+        let embed = match parse_embed(data, &opts, s) {
+            Ok(_) => panic!("an embedding request accepted by an index without a model"),
+            Err(r) => status_of("embed", r),
+        };
+        format!("{search}; {embed}")
+    })
+}
+
+/// A refusal's status, which must be a client error.
+fn status_of(route: &str, r: axum::response::Response) -> String {
+    let status = r.status();
+    assert!(
+        status.is_client_error(),
+        "{route}: a refusal with status {status}"
+    );
+    format!("{route} {}", status.as_u16())
 }

@@ -55,6 +55,11 @@ fn manifest() {
 }
 
 #[test]
+fn request_body() {
+    fuzz("request_body");
+}
+
+#[test]
 fn every_target_has_seeds_and_every_seed_folder_a_target() {
     let cfg = Settings::from_env();
     let mut folders: Vec<String> = std::fs::read_dir(&cfg.corpus)
@@ -124,4 +129,26 @@ fn the_driver_catches_shrinks_and_saves_a_failing_input() {
     assert_eq!(report.failures.len(), 1, "{report}");
     assert_eq!(report.failures[0].found_by, "mutated");
     assert!(report.mutated > 0 && report.mutated <= 3000);
+}
+
+/// The request-body target sees what the service would: its seeds are accepted or refused as a
+/// client of an index without a model would be answered.
+#[test]
+fn request_body_seeds_are_judged_as_the_service_would() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new().unwrap();
+    let run = targets::find("request_body").run;
+    let seed = |name: &str| {
+        let p = Settings::from_env().corpus.join("request_body").join(name);
+        run(&scratch, &std::fs::read(p).unwrap())
+    };
+    // Vectors of the index's dimension are accepted; `/embed` refuses their fields (400).
+    assert_eq!(seed("vector"), "search ok 1 false; embed 400");
+    assert_eq!(seed("vectors"), "search ok 2 true; embed 400");
+    // Texts need a model (422); `/search` refuses `/embed`'s fields (400) and the other way round.
+    assert_eq!(seed("query"), "search 422; embed 400");
+    assert_eq!(seed("queries-exact"), "search 422; embed 400");
+    assert_eq!(seed("embed"), "search 400; embed 422");
+    // A vector whose scores would overflow is the request's fault.
+    assert_eq!(seed("huge-vector"), "search 422; embed 400");
 }

@@ -1,7 +1,7 @@
 //! `simlm-search`: answer queries against an index built by `simlm-index`: one query, a batch run
 //! file, an interactive loop, or an HTTP service (`serve.rs`).
 
-mod serve;
+use searcher::serve;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
