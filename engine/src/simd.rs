@@ -3,10 +3,10 @@
 //!
 //! | kernel | AVX-512F | AVX2 + FMA | portable | used by |
 //! |---|---|---|---|---|
-//! | `dot` (f32 . f32) | intrinsics | intrinsics | 8-lane loop | graph walk re-scoring |
 //! | `dot_u8` (f32 . u8 codes) | intrinsics | intrinsics | 8-lane loop | graph build and walk |
 //! | GELU, softmax, LayerNorm | generic code compiled for the level ([`simd_dispatch!`]) | same | same | `model::cpu_ops` |
-//! | `score_tile` (6 queries x 16 rows, with the top-k test) | the AVX2 kernel | intrinsics | 16-lane loop | exact search |
+//! | `score_tile` (6 queries x 16 rows, with the top-k test) | intrinsics | intrinsics | 16-lane loop | exact search, small-batch projections |
+//! | `score_rows` (1 query x 16 rows read in place, `score_tile`'s arithmetic) | the AVX2 code | intrinsics | scalar loop | graph re-scoring |
 //!
 //! The encoder's matrix products go through the `gemm` crate, which makes its own choice of kernel.
 
@@ -67,24 +67,8 @@ macro_rules! simd_dispatch {
 }
 pub(crate) use simd_dispatch;
 
-/// An inner-product kernel for equal-length slices.
-pub type DotFn = fn(&[f32], &[f32]) -> f32;
-
 /// An inner-product kernel between f32 weights and u8 codes of equal length.
 pub type DotU8Fn = fn(&[f32], &[u8]) -> f32;
-
-/// The inner-product kernel for this CPU (taken once by the caller, so hot loops pay no dispatch per
-/// call).
-pub fn dot_kernel() -> DotFn {
-    match level() {
-        // Safety (both): the level says the CPU has the features the kernel is compiled for.
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => |a, b| unsafe { dot_avx512(a, b) },
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx2Fma => |a, b| unsafe { dot_avx2(a, b) },
-        _ => dot_portable,
-    }
-}
 
 /// The `sum(w[i] * c[i])` kernel over u8 codes for this CPU.
 pub fn dot_u8_kernel() -> DotU8Fn {
@@ -184,88 +168,6 @@ unsafe fn dot_u8_avx512(w: &[f32], c: &[u8]) -> f32 {
     s
 }
 
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for i in 0..chunks {
-        for j in 0..8 {
-            acc[j] += a[i * 8 + j] * b[i * 8 + j];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 16 <= n {
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-        acc1 = _mm256_fmadd_ps(
-            _mm256_loadu_ps(pa.add(i + 8)),
-            _mm256_loadu_ps(pb.add(i + 8)),
-            acc1,
-        );
-        i += 16;
-    }
-    if i + 8 <= n {
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-        i += 8;
-    }
-    let acc = _mm256_add_ps(acc0, acc1);
-    let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-    let mut s: f32 = lanes.iter().sum();
-    while i < n {
-        s += *pa.add(i) * *pb.add(i);
-        i += 1;
-    }
-    s
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc0 = _mm512_setzero_ps();
-    let mut acc1 = _mm512_setzero_ps();
-    let mut i = 0;
-    while i + 32 <= n {
-        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
-        acc1 = _mm512_fmadd_ps(
-            _mm512_loadu_ps(pa.add(i + 16)),
-            _mm512_loadu_ps(pb.add(i + 16)),
-            acc1,
-        );
-        i += 32;
-    }
-    if i + 16 <= n {
-        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
-        i += 16;
-    }
-    if i < n {
-        // The tail, masked: lanes past the end load as zero.
-        let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
-        acc1 = _mm512_fmadd_ps(
-            _mm512_maskz_loadu_ps(m, pa.add(i)),
-            _mm512_maskz_loadu_ps(m, pb.add(i)),
-            acc1,
-        );
-    }
-    _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
-}
-
 /// Asks for the `len` bytes at `p` ahead of their use.
 #[inline(always)]
 pub(crate) fn prefetch(p: *const u8, len: usize) {
@@ -299,6 +201,12 @@ pub struct TileHits {
 /// The exact-search tile kernel: `out[i * TILE_R + j] = a_i . b_j` for a panel of [`TILE_Q`] queries
 /// and one of [`TILE_R`] rows, both packed k-major (`a[k * TILE_Q + i]`, `b[k * TILE_R + j]`, `dim`
 /// steps of k), and each score compared with its query's threshold `thr[i]` while still in registers.
+///
+/// Each score is its own lane, summed in one chain over k from +0 with no horizontal reduction, so it
+/// depends only on its query and its row (not on the other queries or rows of the tile, nor on where
+/// in the tile they are): `s = fma(a_k, b_k, s)` with one rounding per step on AVX2 and AVX-512 (the
+/// same bits on both), `s = s + a_k * b_k` with two on the portable kernel ([`tile_score`] computes
+/// the same one score at a time, and the graph's re-scoring kernel, [`RowsFn`], the same scores).
 pub type TileFn = fn(
     dim: usize,
     a: &[f32],
@@ -307,43 +215,120 @@ pub type TileFn = fn(
     out: &mut [f32; TILE_Q * TILE_R],
 ) -> TileHits;
 
-/// The tile kernel for this CPU: AVX-512 where the CPU has it, else AVX2 + FMA, else portable.
+/// The tile kernel for this CPU's [`level`].
 pub fn score_tile_kernel() -> TileFn {
-    #[cfg(target_arch = "x86_64")]
-    if level() == Level::Avx512 {
-        return |dim, a, b, thr, out| {
-            assert!(a.len() >= dim * TILE_Q && b.len() >= dim * TILE_R);
-            // Safety: the CPU has AVX-512 F (the level), and the assert bounds every load.
-            unsafe { score_tile_avx512(dim, a.as_ptr(), b.as_ptr(), thr, out) }
-        };
-    }
-    if level() != Level::Portable {
-        if let Some(avx2) = avx2_tile() {
-            return avx2;
+    tile_kernel_for(level()).unwrap_or(score_tile_portable)
+}
+
+/// The tile kernel of `level`, where this CPU runs it (the portable one always).
+pub fn tile_kernel_for(level: Level) -> Option<TileFn> {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 if std::is_x86_feature_detected!("avx512f") => {
+            Some(|dim, a, b, thr, out| {
+                assert!(a.len() >= dim * TILE_Q && b.len() >= dim * TILE_R);
+                // Safety: the CPU has AVX-512 F (checked when the kernel was chosen), and the assert
+                // bounds every load to the two slices.
+                unsafe { score_tile_avx512(dim, a.as_ptr(), b.as_ptr(), thr, out) }
+            })
         }
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2Fma
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") =>
+        {
+            Some(|dim, a, b, thr, out| {
+                assert!(a.len() >= dim * TILE_Q && b.len() >= dim * TILE_R);
+                // Safety: the CPU has AVX2 and FMA (checked when the kernel was chosen), and the
+                // assert bounds every load to the two slices.
+                unsafe { score_tile_avx2(dim, a.as_ptr(), b.as_ptr(), thr, out) }
+            })
+        }
+        Level::Portable => Some(score_tile_portable),
+        _ => None,
     }
-    score_tile_portable
 }
 
-/// The AVX2 + FMA tile kernel, where the CPU has both (the dispatch's choice below AVX-512, and the
-/// twin the tests compare the AVX-512 kernel with).
-pub(crate) fn avx2_tile() -> Option<TileFn> {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        return Some(|dim, a, b, thr, out| {
-            assert!(a.len() >= dim * TILE_Q && b.len() >= dim * TILE_R);
-            // Safety: the CPU has AVX2 and FMA (checked when the kernel was chosen), and the assert
-            // bounds every load to the two slices.
-            unsafe { score_tile_avx2(dim, a.as_ptr(), b.as_ptr(), thr, out) }
-        });
-    }
-    None
+/// Every level whose tile kernel this CPU runs, with the kernel.
+pub fn tile_kernels() -> Vec<(Level, TileFn)> {
+    [Level::Avx512, Level::Avx2Fma, Level::Portable]
+        .into_iter()
+        .filter_map(|l| Some((l, tile_kernel_for(l)?)))
+        .collect()
 }
 
-/// The portable tile kernel, for tests that compare it with the one the CPU runs.
-#[cfg(test)]
-pub(crate) fn tests_portable_tile() -> TileFn {
-    score_tile_portable
+/// Rows scored at a time by a [`RowsFn`].
+pub const ROWS: usize = 16;
+
+/// The graph's re-scoring kernel: `out[j] = q . rows[j]` for up to [`ROWS`] rows (each at least
+/// `q.len()` long, read in place), every score the same chain over k as in the [`TileFn`] of the same
+/// level, so the same bits as exact search. It reads the rows as they lie (no packing) and turns
+/// blocks of them around in registers, so that each lane again holds one row's chain.
+pub type RowsFn = fn(q: &[f32], rows: &[&[f32]], out: &mut [f32; ROWS]);
+
+/// The re-scoring kernel for this CPU's [`level`].
+pub fn score_rows_kernel() -> RowsFn {
+    rows_kernel_for(level()).unwrap_or(score_rows_portable)
+}
+
+/// The re-scoring kernel of `level`, where this CPU runs it (the portable one always).
+pub fn rows_kernel_for(level: Level) -> Option<RowsFn> {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 if std::is_x86_feature_detected!("avx512f") => Some(|q, rows, out| {
+            let rows = row_pointers(q, rows);
+            // Safety: the CPU has AVX-512 F (checked when the kernel was chosen), and every row
+            // holds at least q.len() values (checked by row_pointers).
+            unsafe { score_rows_avx512(q, &rows, out) }
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2Fma
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") =>
+        {
+            Some(|q, rows, out| {
+                let rows = row_pointers(q, rows);
+                // Safety: the CPU has AVX2 and FMA (checked when the kernel was chosen), and every
+                // row holds at least q.len() values (checked by row_pointers).
+                unsafe { score_rows_avx2(q, &rows, out) }
+            })
+        }
+        Level::Portable => Some(score_rows_portable),
+        _ => None,
+    }
+}
+
+/// The start of each of the (1 to [`ROWS`]) rows, the first repeated in the places past the last;
+/// panics on a row shorter than the query.
+#[cfg(target_arch = "x86_64")]
+fn row_pointers(q: &[f32], rows: &[&[f32]]) -> [*const f32; ROWS] {
+    assert!(!rows.is_empty() && rows.len() <= ROWS);
+    assert!(rows.iter().all(|r| r.len() >= q.len()));
+    std::array::from_fn(|j| rows.get(j).unwrap_or(&rows[0]).as_ptr())
+}
+
+fn score_rows_portable(q: &[f32], rows: &[&[f32]], out: &mut [f32; ROWS]) {
+    assert!(rows.len() <= ROWS);
+    for (o, r) in out.iter_mut().zip(rows) {
+        *o = q
+            .iter()
+            .zip(&r[..q.len()])
+            .fold(0.0, |s, (&x, &y)| s + x * y);
+    }
+}
+
+/// One score `a . b` exactly as the tile kernel of `level` computes it (see [`TileFn`]), one
+/// multiply-add at a time: the reference the kernels are tested against bit for bit.
+pub fn tile_score(level: Level, a: &[f32], b: &[f32]) -> f32 {
+    let fused = level != Level::Portable;
+    a.iter().zip(b).fold(
+        0.0,
+        |s, (&x, &y)| {
+            if fused {
+                x.mul_add(y, s)
+            } else {
+                s + x * y
+            }
+        },
+    )
 }
 
 fn score_tile_portable(
@@ -468,32 +453,76 @@ unsafe fn score_tile_avx512(
     hits
 }
 
+/// Defines the re-scoring kernel of [`ROWS`] = 16 rows for the target features named, on 8-lane
+/// registers: two groups of 8 rows with an accumulator each (two chains in flight). Four steps of k at
+/// a time, register j of a group takes rows j and 4 + j (one 128-bit half each), and a 4 x 4
+/// transpose within the halves gives the group's 8 rows at k .. k + 3, which its accumulator takes in
+/// order of k, as the tile kernel's lanes do (an FMA gives the same bits at any width; wider
+/// registers here only cost more shuffles).
+macro_rules! score_rows_x86 {
+    ($name:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(q: &[f32], rows: &[*const f32; ROWS], out: &mut [f32; ROWS]) {
+            use std::arch::x86_64::*;
+            let dim = q.len();
+            let mut acc = [_mm256_setzero_ps(); 2];
+            let mut k = 0;
+            while k + 4 <= dim {
+                for (g, a) in acc.iter_mut().enumerate() {
+                    let p = |j: usize| rows[8 * g + j].add(k);
+                    let mut x = [_mm256_setzero_ps(); 4];
+                    for (j, xj) in x.iter_mut().enumerate() {
+                        let v = _mm256_castps128_ps256(_mm_loadu_ps(p(j)));
+                        *xj = _mm256_insertf128_ps::<1>(v, _mm_loadu_ps(p(4 + j)));
+                    }
+                    let t0 = _mm256_unpacklo_ps(x[0], x[1]);
+                    let t1 = _mm256_unpackhi_ps(x[0], x[1]);
+                    let t2 = _mm256_unpacklo_ps(x[2], x[3]);
+                    let t3 = _mm256_unpackhi_ps(x[2], x[3]);
+                    let cols = [
+                        _mm256_shuffle_ps::<0x44>(t0, t2),
+                        _mm256_shuffle_ps::<0xee>(t0, t2),
+                        _mm256_shuffle_ps::<0x44>(t1, t3),
+                        _mm256_shuffle_ps::<0xee>(t1, t3),
+                    ];
+                    for (i, &c) in cols.iter().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_set1_ps(q[k + i]), c, *a);
+                    }
+                }
+                k += 4;
+            }
+            for k in k..dim {
+                let x = _mm256_set1_ps(q[k]);
+                for (a, rows) in acc.iter_mut().zip(rows.chunks_exact(8)) {
+                    let mut col = [0f32; 8];
+                    for (c, &p) in col.iter_mut().zip(rows) {
+                        *c = *p.add(k);
+                    }
+                    *a = _mm256_fmadd_ps(x, _mm256_loadu_ps(col.as_ptr()), *a);
+                }
+            }
+            for (o, a) in out.chunks_exact_mut(8).zip(acc) {
+                _mm256_storeu_ps(o.as_mut_ptr(), a);
+            }
+        }
+    };
+}
+score_rows_x86!(score_rows_avx2, "avx2,fma");
+// AVX-512 F implies AVX2 and FMA.
+score_rows_x86!(score_rows_avx512, "avx512f");
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn matches_the_plain_sum() {
         for n in [0, 1, 7, 8, 15, 16, 17, 384, 768, 1001] {
             let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0).collect();
-            let b: Vec<f32> = (0..n).map(|i| ((i * 13 % 7) as f32 - 3.0) / 5.0).collect();
-            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-            // The AVX2 kernels directly: dot_kernel picks AVX-512 where the CPU has it.
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // Safety: the CPU supports AVX2 and FMA, checked above.
-                let got = unsafe { super::dot_avx2(&a, &b) };
-                assert!((got as f64 - want).abs() < 1e-4, "{n}");
-            }
-            assert!(
-                (super::dot_kernel()(&a, &b) as f64 - want).abs() < 1e-4,
-                "{n}"
-            );
-            assert!(
-                (super::dot_portable(&a, &b) as f64 - want).abs() < 1e-4,
-                "{n}"
-            );
             let c: Vec<u8> = (0..n).map(|i| (i * 97 % 256) as u8).collect();
             let want: f64 = a.iter().zip(&c).map(|(x, y)| *x as f64 * *y as f64).sum();
-            for f in [super::dot_u8_kernel(), super::dot_u8_portable] {
+            for f in [dot_u8_kernel(), dot_u8_portable] {
                 assert!(
                     (f(&a, &c) as f64 - want).abs() < 1e-2 + want.abs() * 1e-5,
                     "{n}"
@@ -502,8 +531,69 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 // Safety: the CPU supports AVX2 and FMA, checked above.
-                let got = unsafe { super::dot_u8_avx2(&a, &c) };
+                let got = unsafe { dot_u8_avx2(&a, &c) };
                 assert!((got as f64 - want).abs() < 1e-2 + want.abs() * 1e-5, "{n}");
+            }
+        }
+    }
+
+    /// Every score of every tile kernel this CPU runs is, bit for bit, [`tile_score`] of its level on
+    /// its query and row, whatever the other queries and rows of the tile and the widths; and so is
+    /// every score of the level's re-scoring kernel.
+    #[test]
+    fn every_scoring_kernel_is_its_one_score_chain() {
+        let kernels = tile_kernels();
+        assert_eq!(kernels.last().map(|k| k.0), Some(Level::Portable));
+        assert!(kernels.iter().any(|k| k.0 == level()));
+        assert!(kernels.iter().all(|k| rows_kernel_for(k.0).is_some()));
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        for dim in [1, 7, 8, 15, 16, 17, 33, 100, 384, 768] {
+            let a: Vec<f32> = (0..dim * TILE_Q).map(|_| next()).collect();
+            // Two panels of rows, for the re-scoring kernel's ROWS.
+            let panels = ROWS.div_ceil(TILE_R);
+            let b: Vec<f32> = (0..panels * dim * TILE_R).map(|_| next()).collect();
+            // The same rows as they lie in a matrix, one past its width (a row longer than the query
+            // is read only to the query's length).
+            let rows: Vec<Vec<f32>> = (0..panels * TILE_R)
+                .map(|j| {
+                    let panel = &b[j / TILE_R * dim * TILE_R..][..dim * TILE_R];
+                    let mut row: Vec<f32> =
+                        (0..dim).map(|k| panel[k * TILE_R + j % TILE_R]).collect();
+                    row.push(9.0);
+                    row
+                })
+                .collect();
+            let rows: Vec<&[f32]> = rows.iter().map(|r| &r[..]).collect();
+            for &(l, tile) in &kernels {
+                let mut out = vec![[0f32; TILE_Q * TILE_R]; panels];
+                for (p, o) in out.iter_mut().enumerate() {
+                    tile(dim, &a, &b[p * dim * TILE_R..], &[f32::INFINITY; TILE_Q], o);
+                }
+                let tile_out = |i: usize, j: usize| out[j / TILE_R][i * TILE_R + j % TILE_R];
+                let rows_kernel = rows_kernel_for(l).unwrap();
+                for i in 0..TILE_Q {
+                    let q: Vec<f32> = (0..dim).map(|k| a[k * TILE_Q + i]).collect();
+                    for (j, row) in rows.iter().enumerate() {
+                        let want = tile_score(l, &q, &row[..dim]);
+                        let got = tile_out(i, j);
+                        assert_eq!(got.to_bits(), want.to_bits(), "{l:?} dim {dim} ({i}, {j})");
+                    }
+                    // The re-scoring kernel: a full group of rows, and fewer (a list's last group).
+                    for take in [ROWS, 1, 7, 9, ROWS - 1] {
+                        let mut got = [f32::NAN; ROWS];
+                        rows_kernel(&q, &rows[ROWS - take..], &mut got);
+                        for (j, g) in got[..take].iter().enumerate() {
+                            let want = tile_out(i, ROWS - take + j);
+                            assert_eq!(g.to_bits(), want.to_bits(), "{l:?} rows, dim {dim} {take}");
+                        }
+                    }
+                }
             }
         }
     }

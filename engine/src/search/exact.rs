@@ -3,13 +3,15 @@
 //! Rows are packed 128 at a time into panels of 16 and scored against panels of 6 queries by one tile
 //! kernel ([`crate::simd::score_tile_kernel`]), which also compares the 96 scores with the queries'
 //! top-k thresholds while they are still in registers: no score matrix is written or read back, and
-//! only the few scores that can enter a top-k leave the kernel.
+//! only the few scores that can enter a top-k leave the kernel. Each score is one chain of
+//! multiply-adds over the dimensions, in order, which the graph's re-scoring repeats bit for bit
+//! ([`crate::simd::RowsFn`]).
 
 use rayon::prelude::*;
 
 use super::{sort_hits, Hit};
 use crate::error::Result;
-use crate::simd::{score_tile_kernel, TILE_Q, TILE_R};
+use crate::simd::{score_tile_kernel, TileFn, TILE_Q, TILE_R};
 use crate::store::npy::NpyMatrix;
 
 /// Rows per unit of work (a worker takes a run of consecutive blocks).
@@ -135,6 +137,7 @@ fn pack_rows(rows: &[f32], n: usize, dim: usize, out: &mut Vec<f32>) {
 /// One worker's share: rows `[a, b)` of each block in `run`, scored against every query and kept in
 /// `tops`. The first non-finite score met (lowest row) is noted in `bad`.
 fn scan_run(
+    tile: TileFn,
     matrix: &NpyMatrix,
     run: &[(usize, usize)],
     packed_queries: &[f32],
@@ -143,7 +146,6 @@ fn scan_run(
 ) {
     let dim = matrix.cols();
     let nq = tops.len();
-    let tile = score_tile_kernel();
     let mut packed_rows = Vec::new();
     let mut out = [0f32; TILE_Q * TILE_R];
     let q_panels = nq.div_ceil(TILE_Q);
@@ -224,6 +226,18 @@ pub fn search_rows(
     queries: &[f32],
     k: usize,
 ) -> Result<Vec<Vec<Hit>>> {
+    search_rows_with(score_tile_kernel(), matrix, start, end, queries, k)
+}
+
+/// [`search_rows`] with a given tile kernel (the tests run every one the CPU has).
+pub(crate) fn search_rows_with(
+    tile: TileFn,
+    matrix: &NpyMatrix,
+    start: usize,
+    end: usize,
+    queries: &[f32],
+    k: usize,
+) -> Result<Vec<Vec<Hit>>> {
     let dim = matrix.cols();
     let nq = queries.len() / dim.max(1);
     if nq == 0 {
@@ -252,7 +266,7 @@ pub fn search_rows(
         .map(|run| {
             let mut tops = vec![TopK::new(k); nq];
             let mut bad = None::<(usize, f32)>;
-            scan_run(matrix, run, &packed_queries, &mut tops, &mut bad);
+            scan_run(tile, matrix, run, &packed_queries, &mut tops, &mut bad);
             (tops, bad)
         })
         .reduce(
@@ -372,8 +386,8 @@ mod tests {
         let b: Vec<f32> = (0..dim * TILE_R).map(|i| (i as f32 * 0.11).cos()).collect();
         let thr = [-1.0, 0.0, 0.5, f32::NEG_INFINITY, f32::INFINITY, 0.1];
         let mut kernels: Vec<crate::simd::TileFn> = vec![crate::simd::score_tile_kernel()];
-        kernels.push(crate::simd::tests_portable_tile());
-        if let Some(avx2) = crate::simd::avx2_tile() {
+        kernels.push(crate::simd::tile_kernel_for(crate::simd::Level::Portable).unwrap());
+        if let Some(avx2) = crate::simd::tile_kernel_for(crate::simd::Level::Avx2Fma) {
             // The CPU's kernel (AVX-512 where it has it) and the AVX2 one: the same FMAs, the same bits.
             let (mut o1, mut o2) = ([0f32; TILE_Q * TILE_R], [0f32; TILE_Q * TILE_R]);
             let h1 = kernels[0](dim, &a, &b, &thr, &mut o1);

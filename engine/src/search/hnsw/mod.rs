@@ -6,8 +6,8 @@
 //! - `format`: the file `graph.hnsw`, written once and memory-mapped for search, every size checked;
 //! - `walk`: the search: a walk over fixed-stride link arrays with a per-thread visited table, scored
 //!   on the codes (a quarter of the f32 matrix's bytes, so four times fewer cache lines per step); the
-//!   `ef` candidates it ends with are re-scored with the exact inner products from the matrix, so
-//!   returned scores, and their order and ties, are those of exact search.
+//!   `ef` candidates it ends with are re-scored from the matrix in exact search's arithmetic, so
+//!   returned scores (bit for bit), and their order and ties, are those of exact search.
 
 mod build;
 pub mod checkpoint;

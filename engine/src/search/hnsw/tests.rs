@@ -545,3 +545,111 @@ fn damaged_checkpoints_are_not_used() {
         "resumed from graph.partial"
     );
 }
+
+// Graph search against exact search, bit for bit.
+
+/// Writes `data` (`n x dim`) as the matrix in `dtype` and builds its graph, as `setup` does.
+fn setup_from(data: &[f32], n: usize, dim: usize, dtype: Dtype) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("vectors.npy");
+    crate::store::atomic_write(&p, |w| {
+        w.write_all(&npy::header(dtype, n, Some(dim)))?;
+        npy::write_rows(w, dtype, data)
+    })
+    .unwrap();
+    let m = NpyMatrix::open(&p).unwrap();
+    let params = HnswParams {
+        m: 8,
+        ef_construction: 64,
+    };
+    build(&m, params, &|_| {})
+        .unwrap()
+        .save(&dir.path().join(GRAPH_FILE))
+        .unwrap();
+    dir
+}
+
+/// With `ef` = the collection's size (every row a candidate), the graph's hits for each query are
+/// exact search's: the same rows in the same order with the same score bits, at k = 10 and k = all,
+/// for every tile kernel this CPU runs; and each score is [`crate::simd::tile_score`] of that level.
+/// Returns how many adjacent pairs of exact search's lists are tied or within 4 ulps.
+fn assert_graph_is_exact(dir: &Path, queries: &[f32], what: &str) -> (usize, usize) {
+    let m = NpyMatrix::open(&dir.join("vectors.npy")).unwrap();
+    let g = open(dir).unwrap();
+    let (n, dim) = (m.rows(), m.cols());
+    let bits = |h: &[Hit]| {
+        h.iter()
+            .map(|h| (h.row, h.score.to_bits()))
+            .collect::<Vec<_>>()
+    };
+    let (mut ties, mut near) = (0, 0);
+    for (level, tile) in crate::simd::tile_kernels() {
+        let rows_kernel = crate::simd::rows_kernel_for(level).unwrap();
+        let exact = crate::search::exact::search_rows_with(tile, &m, 0, n, queries, n).unwrap();
+        for (q, (query, want)) in queries.chunks(dim).zip(&exact).enumerate() {
+            assert_eq!(want.len(), n);
+            for k in [10, n] {
+                let got = g.search_with(rows_kernel, &m, query, k, n).unwrap();
+                assert_eq!(
+                    bits(&got),
+                    bits(&want[..k]),
+                    "{what}, {level:?}, query {q}, k {k}"
+                );
+            }
+            for h in want {
+                let row = m.rows_f32(h.row, h.row + 1);
+                let chain = crate::simd::tile_score(level, query, &row);
+                assert_eq!(h.score.to_bits(), chain.to_bits(), "{what}, {level:?}");
+            }
+            for w in want.windows(2) {
+                ties += usize::from(w[0].score == w[1].score);
+                near += usize::from(w[0].score.to_bits().abs_diff(w[1].score.to_bits()) <= 4);
+            }
+        }
+    }
+    (ties, near)
+}
+
+#[test]
+fn graph_scores_and_order_are_exact_search_s_bit_for_bit() {
+    // Widths on and off the kernels' 8 and 16 lanes; an f16 matrix (converted rows, as exact search
+    // reads them).
+    for (n, dim, dtype) in [
+        (300, 384, Dtype::F32),
+        (200, 768, Dtype::F32),
+        (400, 100, Dtype::F32),
+        (500, 33, Dtype::F32),
+        (300, 100, Dtype::F16),
+    ] {
+        let all = unit_vectors(n + 8, dim);
+        let dir = setup_from(&all[..n * dim], n, dim, dtype);
+        // New queries and three of the rows themselves.
+        let mut queries = all[n * dim..].to_vec();
+        queries.extend_from_slice(&all[5 * dim..8 * dim]);
+        assert_graph_is_exact(dir.path(), &queries, &format!("{n} x {dim} {dtype:?}"));
+    }
+}
+
+#[test]
+fn near_identical_vectors_keep_exact_search_s_order() {
+    // One vector with noise in the last bits of its values and a quarter of the rows exact copies of
+    // others: most scores are ties or a few ulps apart, where any other summation order reorders them.
+    for (n, dim) in [(400, 100), (300, 768), (300, 33)] {
+        let base = unit_vectors(1, dim);
+        let noise = unit_vectors(n + 4, dim);
+        let mut data: Vec<f32> = (0..n * dim)
+            .map(|i| base[i % dim] + noise[i] * 1e-6)
+            .collect();
+        for r in (0..n).step_by(4).skip(1) {
+            data.copy_within((r - 1) * dim..r * dim, r * dim);
+        }
+        let dir = setup_from(&data, n, dim, Dtype::F32);
+        let queries: Vec<f32> = (0..4 * dim)
+            .map(|i| base[i % dim] + noise[n * dim + i] * 1e-3)
+            .collect();
+        let (ties, near) = assert_graph_is_exact(dir.path(), &queries, &format!("{n} x {dim}"));
+        let pairs = crate::simd::tile_kernels().len() * 4 * (n - 1);
+        assert!(ties >= pairs / 5, "{ties} ties of {pairs}");
+        assert!(near >= pairs / 2, "{near} near-ties of {pairs}");
+    }
+}

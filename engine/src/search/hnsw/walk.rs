@@ -1,5 +1,6 @@
 //! Searching a graph: greedy descent through the upper layers, a best-first search of layer 0 scored
-//! on the 8-bit codes, then the exact inner products of the candidates from the matrix. Every link the
+//! on the 8-bit codes, then the candidates re-scored from the matrix in exact search's arithmetic
+//! (`simd::RowsFn`: a row's score is the one exact search gives it, bit for bit). Every link the
 //! walk follows is bounds-checked, every returned score is finite, and a search returns
 //! `min(k, passages)` hits or an error: a damaged graph or matrix never shows as a short or wrong list.
 
@@ -11,7 +12,7 @@ use super::format::Graph;
 use super::Near;
 use crate::error::{Error, Result};
 use crate::search::{sort_hits, Hit};
-use crate::simd::{self, prefetch};
+use crate::simd::{self, prefetch, RowsFn, ROWS};
 use crate::store::npy::NpyMatrix;
 
 thread_local! {
@@ -75,9 +76,22 @@ impl Graph {
     }
 
     /// The `k` rows with the highest inner product with `query` found through the graph, keeping `ef`
-    /// candidates on layer 0; scores are the exact inner products with the rows of `matrix`.
+    /// candidates on layer 0; scores are those exact search gives the rows of `matrix` (the same
+    /// arithmetic, the same bits), in exact search's order.
     pub fn search(
         &self,
+        matrix: &NpyMatrix,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+    ) -> Result<Vec<Hit>> {
+        self.search_with(simd::score_rows_kernel(), matrix, query, k, ef)
+    }
+
+    /// [`Graph::search`], re-scoring with a given kernel (the tests run every one the CPU has).
+    pub(crate) fn search_with(
+        &self,
+        rows_kernel: RowsFn,
         matrix: &NpyMatrix,
         query: &[f32],
         k: usize,
@@ -120,7 +134,7 @@ impl Graph {
             found
         });
         let found = found.map_err(|m| self.damaged(m))?;
-        let mut hits = rescore(matrix, query, &found)?;
+        let mut hits = rescore(rows_kernel, matrix, query, &found)?;
         sort_hits(&mut hits);
         hits.truncate(k);
         let want = k.min(self.n);
@@ -232,25 +246,31 @@ impl Graph {
     }
 }
 
-/// Exact inner products of `query` with the `rows` of the matrix; a non-finite one (a damaged row) is
-/// an error naming the row.
-fn rescore(matrix: &NpyMatrix, query: &[f32], rows: &[u32]) -> Result<Vec<Hit>> {
+/// The scores of `query` with the `rows` of the matrix by `kernel` (exact search's arithmetic), in
+/// list order; a non-finite one (a damaged row) is an error naming the row.
+fn rescore(kernel: RowsFn, matrix: &NpyMatrix, query: &[f32], rows: &[u32]) -> Result<Vec<Hit>> {
     // A matrix larger than memory is mostly on disk: ask for all the candidates' rows at once, so that
     // the disk reads them in parallel (one page fault after another would wait for each in turn).
     if matrix.exceeds_half_of_memory() {
         matrix.prefetch_row_list(rows);
     }
-    let dot = simd::dot_kernel();
-    rows.iter()
-        .map(|&r| {
-            let r = r as usize;
-            // A borrowed slice of the map for f32 files; f16 rows are converted one by one.
-            let score = dot(query, &matrix.rows_f32(r, r + 1));
-            if score.is_finite() {
-                Ok(Hit { row: r, score })
-            } else {
-                Err(crate::search::non_finite(matrix, r, score))
+    let mut hits = Vec::with_capacity(rows.len());
+    let mut out = [0f32; ROWS];
+    for group in rows.chunks(ROWS) {
+        // Borrowed slices of the map for f32 files; f16 rows are converted one by one.
+        let data: Vec<_> = group
+            .iter()
+            .map(|&r| matrix.rows_f32(r as usize, r as usize + 1))
+            .collect();
+        let slices: Vec<&[f32]> = data.iter().map(|d| &d[..]).collect();
+        kernel(query, &slices, &mut out);
+        for (&r, &score) in group.iter().zip(&out) {
+            let row = r as usize;
+            if !score.is_finite() {
+                return Err(crate::search::non_finite(matrix, row, score));
             }
-        })
-        .collect()
+            hits.push(Hit { row, score });
+        }
+    }
+    Ok(hits)
 }
