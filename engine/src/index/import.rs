@@ -259,7 +259,7 @@ fn copy_matrix(
 ) -> Result<FileSum> {
     let (rows, dim, dtype) = (header.rows, header.cols, header.dtype);
     let row_bytes = dim * dtype.size();
-    let mut out = NpyAppender::resume(&gen_dir.join(PARTIAL), dtype, dim, 0, 1)?;
+    let mut out = NpyAppender::create(&gen_dir.join(PARTIAL), dtype, dim)?;
     let mut sha = Sha256::new();
     sha.update(npy::header(dtype, rows, Some(dim)));
     let block_rows = (BLOCK_BYTES / row_bytes).max(1);

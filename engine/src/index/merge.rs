@@ -109,7 +109,7 @@ fn join(
     progress: &dyn Progress,
 ) -> Result<Manifest> {
     progress.stage("merging", Some(total as u64));
-    let mut vectors = NpyAppender::resume(&gen_dir.join(PARTIAL), m0.dtype, m0.dim, 0, 1)?;
+    let mut vectors = NpyAppender::create(&gen_dir.join(PARTIAL), m0.dtype, m0.dim)?;
     let mut ids = Vec::with_capacity(total);
     let mut offsets = Vec::with_capacity(total);
     for (d, m, _) in ms {

@@ -522,41 +522,11 @@ pub struct NpyAppender {
 }
 
 impl NpyAppender {
-    /// Opens `path` to continue after at most `rows` rows, creating it if needed. Only whole rows
-    /// that are really in the file count, rounded down to a multiple of `granule`: a file shorter
-    /// than `rows` is continued from what it holds, never extended with zeros; bytes past the kept
-    /// rows are cut off. The kept rows are not read: a caller that resumes a file a stopped process
-    /// wrote checks them first ([`check_chunks`]) and continues with [`NpyAppender::continue_after`].
-    pub fn resume(
-        path: &Path,
-        dtype: Dtype,
-        cols: usize,
-        rows: usize,
-        granule: usize,
-    ) -> Result<Self> {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(path)
-            .at(path)?;
-        let row_bytes = (cols * dtype.size()) as u64;
-        let len = file.metadata().at(path)?.len();
-        let mut head = vec![0u8; HEADER_LEN];
-        let same_kind = len >= HEADER_LEN as u64
-            && read_up_to(&mut file, &mut head).at(path)? == HEADER_LEN
-            && parse_header(&head, path)
-                .map(|h| h.dtype == dtype && h.cols == cols && h.data_offset == HEADER_LEN)
-                .unwrap_or(false);
-        let present = if same_kind && row_bytes > 0 {
-            ((len - HEADER_LEN as u64) / row_bytes) as usize
-        } else {
-            0
-        };
-        let granule = granule.max(1);
-        let rows = rows.min(present) / granule * granule;
-        Self::keep(file, path, dtype, cols, rows)
+    /// Opens `path` empty (created if needed, any bytes there cut off) to append rows to. A file a
+    /// stopped process wrote is continued with [`NpyAppender::continue_after`], once its rows are
+    /// checked ([`check_chunks`]).
+    pub fn create(path: &Path, dtype: Dtype, cols: usize) -> Result<Self> {
+        Self::continue_after(path, dtype, cols, 0)
     }
 
     /// Opens `path` to continue after its first `rows` rows, which the caller has checked (see
@@ -1164,7 +1134,7 @@ mod tests {
         let (part, done) = (dir.path().join("v.npy.partial"), dir.path().join("v.npy"));
         let rows: Vec<f32> = (0..30).map(|i| i as f32 / 7.0).collect();
         // 10 rows of 3, in chunks of 4 rows: 4 + 4 + 2.
-        let mut a = NpyAppender::resume(&part, Dtype::F32, 3, 0, 1).unwrap();
+        let mut a = NpyAppender::create(&part, Dtype::F32, 3).unwrap();
         let sums: Vec<String> = [0..12, 12..24, 24..30]
             .into_iter()
             .map(|r| a.append_f32(&rows[r]).unwrap())
@@ -1218,7 +1188,7 @@ mod tests {
         assert!(std::fs::read(&part).unwrap() == good);
         // In half precision, a value past its range would be infinite: refused too.
         let h = dir.path().join("h.npy.partial");
-        let mut a = NpyAppender::resume(&h, Dtype::F16, 1, 0, 1).unwrap();
+        let mut a = NpyAppender::create(&h, Dtype::F16, 1).unwrap();
         let e = a.append_f32(&[0.5, 1e6]).unwrap_err().to_string();
         assert!(e.contains("row 1") && e.contains("F16"), "{e}");
     }
