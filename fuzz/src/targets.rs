@@ -712,19 +712,11 @@ thread_local! {
     static SERVED: (tempfile::TempDir, engine::index::Searcher) = {
         use engine::index::{import, ImportOptions, Quiet, Searcher, SearcherOptions};
         let dir = tempfile::tempdir().expect("a scratch folder");
-        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }";
-        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
-        let pad = 64 - (10 + header.len() + 1) % 64;
-        let len = (header.len() + pad + 1) as u16;
-        npy.extend(len.to_le_bytes());
-        npy.extend(header.bytes());
-        npy.extend(std::iter::repeat_n(b' ', pad));
-        npy.push(b'\n');
-        for v in [1.0f32, 0., 0., 0., 0., 1., 0., 0., 0.6, 0.8, 0., 0.] {
-            npy.extend(v.to_le_bytes());
-        }
+        let rows = [1.0f32, 0., 0., 0., 0., 1., 0., 0., 0.6, 0.8, 0., 0.];
+        let mut matrix = npy::header(npy::Dtype::F32, 3, Some(REQUEST_DIM));
+        npy::write_rows(&mut matrix, npy::Dtype::F32, &rows).expect("rows into memory");
         let vectors = dir.path().join("v.npy");
-        std::fs::write(&vectors, npy).expect("the matrix written");
+        std::fs::write(&vectors, matrix).expect("the matrix written");
         let out = dir.path().join("idx");
         let opts = ImportOptions {
             vectors,
