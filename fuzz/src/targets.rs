@@ -701,6 +701,7 @@ fn serve_options() -> searcher::serve::ServeOptions {
         body_timeout: Duration::from_secs(1),
         shutdown_timeout: Duration::from_secs(1),
         reload_interval: Duration::ZERO,
+        addr_file: None,
     }
 }
 

@@ -279,8 +279,66 @@ fn human(bytes: u64) -> String {
     }
 }
 
+/// The progress of an unfinished build in the folder, as lines for `info`.
+fn unfinished_lines(u: &engine::index::Unfinished) -> Vec<String> {
+    let mut lines = Vec::new();
+    let of = match u.rows {
+        Some(n) => format!(
+            "{} of {n} passages encoded ({:.1}%)",
+            u.rows_done,
+            100.0 * u.rows_done as f64 / n.max(1) as f64
+        ),
+        None => format!("{} passages encoded", u.rows_done),
+    };
+    let range = match u.range {
+        Some((start, end, total)) if end - start != total => {
+            format!("; rows {start}..{end} of the collection's {total}")
+        }
+        _ => String::new(),
+    };
+    lines.push(format!(
+        "unfinished build in {}: {of}{range}",
+        u.gen_dir.display()
+    ));
+    if u.encoded {
+        lines.push("the vectors are all encoded; the graph is next (or being built)".into());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    if let (Some(rate), Some(n)) = (u.rate(), u.rows) {
+        let left = n.saturating_sub(u.rows_done) as f64 / rate;
+        lines.push(format!(
+            "this attempt: {} passages in {:.0} s, {rate:.1} passages/s; about {left:.0} s left at that rate",
+            u.rows_done - u.attempt_rows.unwrap_or(0),
+            u.updated.unwrap_or(now) - u.attempt_began.unwrap_or(now),
+        ));
+    }
+    if let Some(upd) = u.updated {
+        lines.push(format!(
+            "last progress record written {:.0} s ago",
+            (now - upd).max(0.0)
+        ));
+    }
+    lines
+}
+
 fn info(dir: &Path) -> anyhow::Result<()> {
-    let m = Manifest::read(dir)?;
+    let building = engine::index::unfinished(dir).ok().flatten();
+    let m = match Manifest::read(dir) {
+        Ok(m) => m,
+        Err(e) => {
+            // A folder whose first build is under way (a shard of a cluster run, say): its progress.
+            let Some(u) = &building else {
+                return Err(e.into());
+            };
+            println!("{}: no index yet (no manifest.json)", dir.display());
+            for l in unfinished_lines(u) {
+                println!("{l}");
+            }
+            return Ok(());
+        }
+    };
     println!("{}", serde_json::to_string_pretty(&m)?);
     println!();
     let n = m.count.max(1) as f64;
@@ -302,6 +360,12 @@ fn info(dir: &Path) -> anyhow::Result<()> {
         human(total),
         total as f64 / n
     );
+    if let Some(u) = &building {
+        println!();
+        for l in unfinished_lines(u) {
+            println!("{l}");
+        }
+    }
     Ok(())
 }
 

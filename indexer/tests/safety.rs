@@ -117,6 +117,21 @@ fn a_build_stopped_at_any_phase_resumes_to_the_same_index() {
                 "{point}: an index before the commit"
             );
         }
+        // `info` on the folder follows the unfinished build: rows encoded of the whole.
+        if point == "encode" || point == "graph" {
+            let o = ok(index_cmd(&["info".to_string(), s(&dir)], None));
+            let out = String::from_utf8_lossy(&o.stdout).to_string();
+            assert!(
+                out.contains("no index yet") && out.contains("unfinished build in"),
+                "{point}: {out}"
+            );
+            assert!(out.contains(" of 1033 passages encoded"), "{point}: {out}");
+            assert_eq!(
+                out.contains("the vectors are all encoded"),
+                point == "graph",
+                "{point}: {out}"
+            );
+        }
         let o = ok(index_cmd(&args, None));
         if point == "committed" {
             assert!(stderr(&o).contains("already complete"), "{}", stderr(&o));

@@ -9,7 +9,9 @@
 #      from its progress record (its log says after how many rows), the array completes and the merge
 #      is again equal to the plain build; then the node is resumed;
 #   3. a shard that fails: the merge stays PENDING (DependencyNeverSatisfied); once the cause is gone,
-#      index.sh submits only that shard and a new merge, whose index equals a plain build.
+#      index.sh submits only that shard and a new merge, whose index equals a plain build;
+#   4. serve.sh: the plain build's passages in 2 shards, a shard server on each node and the front:
+#      every query of the collection's query file gets the unsplit index's exact answer through it.
 # Prints the wall times of the plain build and of the array + merge. A machine that cannot run the
 # cluster (no SLURM, and no root or apt-get to install it) is reported as SKIPPED, exit status 0.
 #
@@ -184,6 +186,60 @@ grep -q 'shards submitted: job array [0-9]*, tasks 2 of 0-3' "$work/c2.log" && g
 same_index "$work/c" "$work/plain-small"
 echo "ok 3: a failed shard left the merge PENDING (DependencyNeverSatisfied); run again, only it was" \
   "submitted, and the merge equals the plain build"
+
+# 4. The plain build served split over the two nodes: serve.sh starts a shard server on each and the
+#    front; every query of the collection's query file, asked of the front and of one server on the
+#    unsplit index (exact search, k 100, one query a request), gets the same ids, scores and order.
+queries_file="$(dirname "$collection")/queries.tsv"
+[ -f "$queries_file" ] || queries_file="$shared/data/classic/vaswani/queries.tsv"
+for i in 0 1; do
+  "$bin/simlm-index" build --collection "$collection" --model "$model" --out "$work/d/00$i" \
+    --shard $i/2 --no-hnsw --chunk-rows $chunk >"$work/d-$i.log" 2>&1 || { cat "$work/d-$i.log" >&2; fail "shard build $i/2"; }
+done
+"$slurm/serve.sh" --shards "$work/d" --bind 127.0.0.1 --wait 120 -- --exact >"$work/d.log" 2>&1 \
+  || { cat "$work/d.log" >&2; tail -n 20 "$work"/d.serve/logs/*.log >&2; fail "serve.sh --wait"; }
+serve_job=$(cat "$work/d.serve/job")
+front=$(cat "$work/d.serve/front.url")
+"$bin/simlm-search" serve --index "$work/plain" --exact --addr 127.0.0.1:0 --addr-file "$work/single.url" \
+  >"$work/single.log" 2>&1 &
+single_pid=$!
+for _ in $(seq 600); do [ -s "$work/single.url" ] && break; sleep 0.1; done
+[ -s "$work/single.url" ] || { cat "$work/single.log" >&2; fail "the single server did not start"; }
+python3 - "$front" "$(cat "$work/single.url")" "$queries_file" >"$work/compare.log" 2>&1 <<'EOF' \
+  || { kill $single_pid; cat "$work/compare.log" >&2; fail "the front's answers differ from the unsplit index's (above)"; }
+import json, sys, urllib.request
+front, single, path = sys.argv[1:]
+def search(url, q):
+    body = json.dumps({"query": q, "k": 100, "exact": True, "text": False}).encode()
+    req = urllib.request.Request(url + "/search", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return [(h["docid"], h["score"], h["row"]) for h in json.load(r)["hits"]]
+n = 0
+for line in open(path, encoding="utf-8"):
+    qid, _, text = line.rstrip("\n").partition("\t")
+    if not text.strip():
+        continue
+    a, b = search(front, text), search(single, text)
+    if a != b:
+        sys.exit(f"query {qid}: front {a[:3]}... single {b[:3]}...")
+    n += 1
+info = json.load(urllib.request.urlopen(front + "/info"))
+print(f"{n} queries equal; front over {len(info['shards'])} shards, {info['count']} passages")
+EOF
+kill $single_pid
+shards_seen=$(sed -n 's/.*front over \([0-9]*\) shards.*/\1/p' "$work/compare.log")
+[ "$shards_seen" = 2 ] || fail "the front does not serve 2 shards: $(cat "$work/compare.log")"
+nodes=$(squeue -h -j "$serve_job" -o '%N')
+scancel "$serve_job"
+for _ in $(seq 100); do
+  [ -z "$(squeue -h -j "$serve_job" -o '%T' 2>/dev/null)" ] && break
+  sleep 0.2
+done
+[ -z "$(squeue -h -j "$serve_job" -o '%T' 2>/dev/null)" ] || fail "the serve job $serve_job did not end after scancel"
+for _ in $(seq 50); do pgrep -f "simlm-search serve --index $work/d/" >/dev/null || break; sleep 0.2; done
+! pgrep -f "simlm-search serve --index $work/d/" >/dev/null || fail "shard servers still running after scancel"
+echo "ok 4: serve.sh: a shard server on each node ($nodes) and the front; $(cat "$work/compare.log");" \
+  "scancel stopped them"
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')
 echo "SLURM tests: passed. Timings: plain build $plain_s s, 4-shard array + merge $array_s s" \

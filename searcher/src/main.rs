@@ -1,7 +1,7 @@
 //! `simlm-search`: answer queries against an index built by `simlm-index`: one query, a batch run
 //! file, an interactive loop, or an HTTP service (`serve.rs`).
 
-use searcher::serve;
+use searcher::{front, serve};
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -117,6 +117,20 @@ enum Command {
         /// at once either way).
         #[arg(long, default_value_t = 1.0)]
         reload_interval: f64,
+        /// Write the service's address (`http://HOST:PORT`) into this file once it listens.
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
+        /// (front) Answer from the shards that answered when one is down, naming the missing rows
+        /// (default: 503 naming the shard).
+        #[arg(long, requires = "shard")]
+        allow_partial: bool,
+        /// (front) Seconds a shard server may take to answer one request (then its next replica is
+        /// tried).
+        #[arg(long, default_value_t = 10.0)]
+        shard_timeout: f64,
+        /// (front) Seconds to wait at start for shard servers that do not answer yet.
+        #[arg(long, default_value_t = 60.0)]
+        shard_wait: f64,
     },
     /// An interactive loop (one query a line when stdin is not a terminal).
     Repl {
@@ -131,8 +145,12 @@ enum Command {
 #[derive(Args)]
 struct Common {
     /// The index folder.
-    #[arg(long)]
-    index: PathBuf,
+    #[arg(long, required_unless_present = "shard")]
+    index: Option<PathBuf>,
+    /// (serve) A shard server's URL: serve, as a front, the index split over these servers
+    /// (`URL|URL` for replicas of one shard; once per shard).
+    #[arg(long, value_name = "URL[|URL...]", conflicts_with = "index")]
+    shard: Vec<String>,
     /// Search every vector instead of the HNSW graph.
     #[arg(long, conflicts_with = "ef")]
     exact: bool,
@@ -182,7 +200,10 @@ fn open(c: &Common, encoder: Encoder) -> anyhow::Result<Searcher> {
         ef: c.ef,
         encoder: encoder != Encoder::No,
     };
-    let s = Searcher::open(&c.index, &opts)?;
+    let Some(index) = &c.index else {
+        bail!("--shard is for `serve` only; give the index with --index");
+    };
+    let s = Searcher::open(index, &opts)?;
     if encoder == Encoder::Required {
         s.encoder()?;
     }
@@ -535,6 +556,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             body_timeout,
             shutdown_timeout,
             reload_interval,
+            addr_file,
+            allow_partial,
+            shard_timeout,
+            shard_wait,
         } => {
             let secs = |v: f64, flag: &str| {
                 std::time::Duration::try_from_secs_f64(v)
@@ -543,6 +568,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for (v, flag) in [
                 (header_timeout, "--header-timeout"),
                 (body_timeout, "--body-timeout"),
+                (shard_timeout, "--shard-timeout"),
             ] {
                 if v.is_nan() || v <= 0.0 {
                     bail!("{flag} {v}: expected seconds, more than 0");
@@ -562,7 +588,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 body_timeout: secs(body_timeout, "--body-timeout")?,
                 shutdown_timeout: secs(shutdown_timeout, "--shutdown-timeout")?,
                 reload_interval: secs(reload_interval, "--reload-interval")?,
+                addr_file,
             };
+            if !common.shard.is_empty() {
+                if let Some(t) = common.threads {
+                    std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+                }
+                let mut shards = Vec::new();
+                for given in &common.shard {
+                    let urls: Vec<String> = given
+                        .split('|')
+                        .map(|u| u.trim().to_string())
+                        .filter(|u| !u.is_empty())
+                        .collect();
+                    if urls.is_empty() {
+                        bail!("--shard {given:?}: expected URL or URL|URL");
+                    }
+                    shards.push(urls);
+                }
+                return front::serve(front::FrontOptions {
+                    serve: opts,
+                    shards,
+                    model: common.model.clone(),
+                    device: common.device.clone(),
+                    exact: common.exact,
+                    ef: common.ef,
+                    allow_partial,
+                    shard_timeout: secs(shard_timeout, "--shard-timeout")?,
+                    shard_wait: secs(shard_wait, "--shard-wait")?,
+                });
+            }
             // An index without a model still serves pre-encoded queries.
             let s = open(&common, Encoder::IfAny)?;
             serve::serve(s, opts)?;

@@ -70,6 +70,9 @@ pub struct ServeOptions {
     pub shutdown_timeout: Duration,
     /// How often the manifest is checked for a new commit (zero: never; SIGHUP still checks).
     pub reload_interval: Duration,
+    /// A file to write the service's address into once it listens (`http://HOST:PORT`), for scripts
+    /// that start it with port 0.
+    pub addr_file: Option<std::path::PathBuf>,
 }
 
 /// A request's queries: texts to encode, or vectors (row-major, the index's dimension each).
@@ -176,7 +179,7 @@ impl Served {
 struct App {
     current: RwLock<Arc<Served>>,
     queue: Mutex<Option<mpsc::Sender<Job>>>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     opts: ServeOptions,
     budget: Arc<Budget>,
     /// Why the last reload failed, while the generation it tried is the manifest's.
@@ -200,12 +203,8 @@ pub fn serve(searcher: Searcher, opts: ServeOptions) -> anyhow::Result<()> {
     let app = Arc::new(App {
         current: RwLock::new(Arc::new(Served::new(searcher))),
         queue: Mutex::new(Some(tx)),
-        metrics: Metrics::default(),
-        budget: Arc::new(Budget {
-            used: AtomicUsize::new(0),
-            max: opts.max_inflight,
-            freed: AtomicBool::new(false),
-        }),
+        metrics: Arc::new(Metrics::default()),
+        budget: Budget::new(opts.max_inflight),
         opts: opts.clone(),
         reload_error: Mutex::new(None),
         check_now: AtomicBool::new(false),
@@ -232,12 +231,13 @@ pub fn serve(searcher: Searcher, opts: ServeOptions) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.addr))?;
         let addr = listener.local_addr()?;
+        let url = write_addr_file(addr, opts.addr_file.as_deref())?;
         {
             let served = app.served();
             let s = &served.searcher;
             let m = &s.index.manifest;
             eprintln!(
-                "serving {} ({} passages, dim {}, {}) on http://{addr}/  (POST /search /embed; GET /health /info /metrics)",
+                "serving {} ({} passages, dim {}, {}) on {url}/  (POST /search /embed; GET /health /info /metrics)",
                 s.index.dir.display(),
                 m.count,
                 m.dim,
@@ -253,7 +253,7 @@ pub fn serve(searcher: Searcher, opts: ServeOptions) -> anyhow::Result<()> {
             .route("/metrics", get(metrics))
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(opts.max_body))
-            .layer(middleware::from_fn_with_state(app.clone(), track))
+            .layer(middleware::from_fn_with_state(app.metrics.clone(), track))
             .with_state(app.clone());
         let hup = {
             let app = app.clone();
@@ -283,9 +283,41 @@ pub fn serve(searcher: Searcher, opts: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The service's URL (`http://HOST:PORT`, the machine's host name when it listens on every
+/// address), written into `path` if given (whole or not at all: a temporary file renamed).
+pub(crate) fn write_addr_file(addr: SocketAddr, path: Option<&Path>) -> anyhow::Result<String> {
+    let host = if addr.ip().is_unspecified() {
+        host_name()
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    let url = format!("http://{host}:{}", addr.port());
+    if let Some(path) = path {
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, format!("{url}\n"))
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| anyhow::anyhow!("cannot write --addr-file {}: {e}", path.display()))?;
+    }
+    Ok(url)
+}
+
+/// This machine's host name (`localhost` when it has none).
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // Safety: gethostname writes at most `buf.len()` bytes into the buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(h) if rc == 0 && !h.is_empty() => h.to_string(),
+        _ => "localhost".to_string(),
+    }
+}
+
 /// Accepts connections until SIGTERM or Ctrl-C, then lets each finish the request it is on, for at
 /// most `shutdown_timeout`. True when every connection ended in time.
-async fn accept_loop(
+pub(crate) async fn accept_loop(
     listener: tokio::net::TcpListener,
     router: Router,
     opts: &ServeOptions,
@@ -353,7 +385,7 @@ async fn accept_loop(
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -376,25 +408,33 @@ async fn shutdown_signal() {
 // Memory in flight
 
 /// The bytes of requests and answers in flight, against `max`.
-struct Budget {
-    used: AtomicUsize,
-    max: usize,
+pub(crate) struct Budget {
+    pub(crate) used: AtomicUsize,
+    pub(crate) max: usize,
     /// A large hold was released since the last trim.
     freed: AtomicBool,
 }
 
 /// A hold of `bytes` of the budget, released when dropped (with the answer it belongs to, once sent).
-struct Hold {
+pub(crate) struct Hold {
     budget: Arc<Budget>,
-    bytes: usize,
+    pub(crate) bytes: usize,
 }
 
 /// Releasing a hold this large asks the housekeeping thread to hand freed memory back.
 const TRIM_AFTER: usize = 4 << 20;
 
 impl Budget {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Budget {
+            used: AtomicUsize::new(0),
+            max,
+            freed: AtomicBool::new(false),
+        })
+    }
+
     /// Holds `bytes`, if they fit beside what is held (or nothing is).
-    fn take(self: &Arc<Self>, bytes: usize) -> Option<Hold> {
+    pub(crate) fn take(self: &Arc<Self>, bytes: usize) -> Option<Hold> {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
                 (u == 0 || u.saturating_add(bytes) <= self.max).then_some(u + bytes)
@@ -409,7 +449,7 @@ impl Budget {
 
 impl Hold {
     /// Grows the hold to `bytes`, if they fit beside the others' (or this hold is alone).
-    fn grow_to(&mut self, bytes: usize) -> bool {
+    pub(crate) fn grow_to(&mut self, bytes: usize) -> bool {
         if bytes <= self.bytes {
             return true;
         }
@@ -442,7 +482,7 @@ impl Drop for Hold {
 /// An answer's bytes, written into an anonymous memory map: its pages are taken as they are written
 /// and all given back to the system when the answer is dropped (the heap would keep most of what a
 /// large answer freed). Holds its share of the budget until then.
-struct Answer {
+pub(crate) struct Answer {
     map: memmap2::MmapMut,
     len: usize,
     /// A write did not fit the map.
@@ -452,7 +492,7 @@ struct Answer {
 
 impl Answer {
     /// A buffer for at most `cap` bytes.
-    fn new(cap: usize, hold: Hold) -> Result<Self, Response> {
+    pub(crate) fn new(cap: usize, hold: Hold) -> Result<Self, Response> {
         let map = memmap2::MmapMut::map_anon(cap.max(1)).map_err(|e| {
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -468,11 +508,11 @@ impl Answer {
     }
 
     /// Counts the pages written in the hold: false when they no longer fit the budget.
-    fn account(&mut self) -> bool {
+    pub(crate) fn account(&mut self) -> bool {
         self.hold.grow_to(self.len.next_multiple_of(4096))
     }
 
-    fn into_response(self) -> Response {
+    pub(crate) fn into_response(self) -> Response {
         // The hold has grown with every check; what the last bytes add is within one page.
         (
             [(
@@ -510,7 +550,7 @@ impl AsRef<[u8]> for Answer {
 
 /// Hands memory freed by large answers back to the system (glibc keeps freed heap memory
 /// otherwise: the binaries ask it to, for the encoder's sake).
-fn trim_memory() {
+pub(crate) fn trim_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // Safety: malloc_trim only returns free memory of malloc's arenas to the system.
     unsafe {
@@ -802,7 +842,7 @@ fn run_batch(served: &Served, jobs: &[Job]) -> engine::Result<BatchAnswers> {
 // Requests
 
 /// A JSON error response.
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     let msg = msg.into();
     (
         status,
@@ -813,12 +853,16 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 
 /// 503: the requests in flight hold the memory the service may use.
 fn busy(app: &App) -> Response {
+    busy_with(&app.budget)
+}
+
+pub(crate) fn busy_with(budget: &Budget) -> Response {
     let mut r = error(
         StatusCode::SERVICE_UNAVAILABLE,
         format!(
             "the service is busy: the requests in flight hold {} MiB of the {} MiB it may use (--max-inflight-mb); retry shortly",
-            app.budget.used.load(Ordering::Relaxed) >> 20,
-            app.opts.max_inflight >> 20
+            budget.used.load(Ordering::Relaxed) >> 20,
+            budget.max >> 20
         ),
     );
     r.headers_mut()
@@ -829,7 +873,15 @@ fn busy(app: &App) -> Response {
 /// Reads a request's body, within `--body-timeout` (408) and `--max-body` (413), holding its bytes
 /// of the budget first (503 when they do not fit).
 async fn read_body(app: &Arc<App>, req: Request) -> Result<(Bytes, Hold), Response> {
-    let max = app.opts.max_body;
+    read_body_within(&app.budget, &app.opts, req).await
+}
+
+pub(crate) async fn read_body_within(
+    budget: &Arc<Budget>,
+    opts: &ServeOptions,
+    req: Request,
+) -> Result<(Bytes, Hold), Response> {
+    let max = opts.max_body;
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -842,17 +894,17 @@ async fn read_body(app: &Arc<App>, req: Request) -> Result<(Bytes, Hold), Respon
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     // A body past the limit is read up to it before the 413 (a client still sending it would
     // otherwise see its connection reset instead of the answer).
-    let Some(hold) = app.budget.take(declared.unwrap_or(max).min(max)) else {
-        return Err(busy(app));
+    let Some(hold) = budget.take(declared.unwrap_or(max).min(max)) else {
+        return Err(busy_with(budget));
     };
-    let read = tokio::time::timeout(app.opts.body_timeout, Bytes::from_request(req, &())).await;
+    let read = tokio::time::timeout(opts.body_timeout, Bytes::from_request(req, &())).await;
     let body = match read {
         Err(_) => {
             return Err(error(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
                     "the request body did not arrive within {:.1} s (--body-timeout)",
-                    app.opts.body_timeout.as_secs_f64()
+                    opts.body_timeout.as_secs_f64()
                 ),
             ))
         }
@@ -905,16 +957,16 @@ async fn submit(app: &App, work: Work) -> Result<Done, Response> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SearchRequest {
-    query: Option<String>,
-    queries: Option<Vec<String>>,
-    vector: Option<Vec<f32>>,
-    vectors: Option<Vec<Vec<f32>>>,
-    k: Option<usize>,
-    exact: Option<bool>,
-    ef: Option<usize>,
+pub(crate) struct SearchRequest {
+    pub(crate) query: Option<String>,
+    pub(crate) queries: Option<Vec<String>>,
+    pub(crate) vector: Option<Vec<f32>>,
+    pub(crate) vectors: Option<Vec<Vec<f32>>>,
+    pub(crate) k: Option<usize>,
+    pub(crate) exact: Option<bool>,
+    pub(crate) ef: Option<usize>,
     /// Include each passage's title and text (default true).
-    text: Option<bool>,
+    pub(crate) text: Option<bool>,
 }
 
 /// Parses and checks a `/search` body against the limits and the index `s`: the request, or the
@@ -1097,6 +1149,8 @@ fn write_answer(
     max_answer: usize,
 ) -> Result<(), Response> {
     let s = &done.served.searcher;
+    // Rows are numbered in the whole collection (a shard's start added), as the front merges them.
+    let first_row = s.index.manifest.shard.as_ref().map_or(0, |sh| sh.start);
     let check = |out: &mut Answer| -> Result<(), Response> {
         if out.overflow || out.len > max_answer {
             Err(error(
@@ -1130,7 +1184,7 @@ fn write_answer(
             let _ = serde_json::to_writer(&mut *out, &s.index.ids[h.row]);
             let _ = out.write_all(b",\"score\":");
             let _ = serde_json::to_writer(&mut *out, &h.score);
-            let _ = write!(out, ",\"rank\":{}", rank + 1);
+            let _ = write!(out, ",\"rank\":{},\"row\":{}", rank + 1, first_row + h.row);
             if with_text {
                 if let Ok(rec) = s.index.passage(h.row) {
                     let _ = out.write_all(b",\"title\":");
@@ -1162,23 +1216,23 @@ fn write_answer(
     check(out)
 }
 
-fn round(ms: f64) -> f64 {
+pub(crate) fn round(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
 }
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Inputs {
+pub(crate) enum Inputs {
     One(String),
     Many(Vec<String>),
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EmbedRequest {
-    inputs: Inputs,
+pub(crate) struct EmbedRequest {
+    pub(crate) inputs: Inputs,
     /// `query` (default) or `passage`.
-    kind: Option<String>,
+    pub(crate) kind: Option<String>,
     /// Accepted for compatibility; the vectors are always L2-normalised.
     #[allow(dead_code)]
     normalize: Option<bool>,
@@ -1281,6 +1335,14 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     Json(v).into_response()
 }
 
+/// The rows of the whole collection an index holds: `{start, end, total}` (a shard's, or all).
+pub(crate) fn rows_of(m: &engine::store::manifest::Manifest) -> serde_json::Value {
+    match &m.shard {
+        Some(sh) => json!({"start": sh.start, "end": sh.end, "total": sh.total}),
+        None => json!({"start": 0, "end": m.count, "total": m.count}),
+    }
+}
+
 async fn info(State(app): State<Arc<App>>) -> Response {
     let served = app.served();
     let s = &served.searcher;
@@ -1291,7 +1353,9 @@ async fn info(State(app): State<Arc<App>>) -> Response {
         "model_fingerprint": m.model.as_ref().map(|x| x.fingerprint.clone()),
         "input_format": m.input_format,
         "pooling": m.pooling,
+        "precision": m.precision,
         "count": m.count,
+        "rows": rows_of(m),
         "dim": m.dim,
         "dtype": m.dtype,
         "hnsw": m.hnsw,
@@ -1323,14 +1387,14 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
-async fn not_found() -> Response {
+pub(crate) async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "no such route: POST /search /embed; GET / /health /info /metrics",
     )
 }
 
-async fn page() -> Html<&'static str> {
+pub(crate) async fn page() -> Html<&'static str> {
     Html(include_str!("page.html"))
 }
 
@@ -1340,23 +1404,23 @@ async fn page() -> Html<&'static str> {
 /// Counts and latencies by route and status, the queue's depth, batch sizes and reloads, for
 /// `/metrics`.
 #[derive(Default)]
-struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
-    queue_depth: AtomicI64,
-    batch_sizes: Mutex<Histogram>,
+pub(crate) struct Metrics {
+    pub(crate) requests: Mutex<BTreeMap<(String, u16), u64>>,
+    pub(crate) latency: Mutex<BTreeMap<String, Histogram>>,
+    pub(crate) queue_depth: AtomicI64,
+    pub(crate) batch_sizes: Mutex<Histogram>,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
 }
 
-struct Histogram {
+pub(crate) struct Histogram {
     bounds: &'static [f64],
     counts: Vec<u64>,
     sum: f64,
     count: u64,
 }
 
-const SECONDS: &[f64] = &[
+pub(crate) const SECONDS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
@@ -1368,7 +1432,7 @@ impl Default for Histogram {
 }
 
 impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
+    pub(crate) fn new(bounds: &'static [f64]) -> Self {
         Histogram {
             bounds,
             counts: vec![0; bounds.len()],
@@ -1377,7 +1441,7 @@ impl Histogram {
         }
     }
 
-    fn observe(&mut self, v: f64) {
+    pub(crate) fn observe(&mut self, v: f64) {
         for (b, c) in self.bounds.iter().zip(&mut self.counts) {
             if v <= *b {
                 *c += 1;
@@ -1387,7 +1451,7 @@ impl Histogram {
         self.count += 1;
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
         use std::fmt::Write;
         let sep = if labels.is_empty() { "" } else { "," };
         for (b, c) in self.bounds.iter().zip(&self.counts) {
@@ -1409,7 +1473,7 @@ impl Histogram {
 }
 
 impl Metrics {
-    fn record(&self, route: &str, status: u16, secs: f64) {
+    pub(crate) fn record(&self, route: &str, status: u16, secs: f64) {
         *self
             .requests
             .lock()
@@ -1424,7 +1488,7 @@ impl Metrics {
             .observe(secs);
     }
 
-    fn render(&self, inflight_bytes: usize) -> String {
+    pub(crate) fn render(&self, inflight_bytes: usize) -> String {
         use std::fmt::Write;
         let mut out = String::new();
         out.push_str("# HELP simlm_requests_total Requests answered, by route and status.\n");
@@ -1481,7 +1545,11 @@ impl Metrics {
 }
 
 /// Records every response's route, status and latency.
-async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+pub(crate) async fn track(
+    State(metrics): State<Arc<Metrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -1489,7 +1557,6 @@ async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
         .unwrap_or_else(|| "other".to_string());
     let t = Instant::now();
     let resp = next.run(req).await;
-    app.metrics
-        .record(&route, resp.status().as_u16(), t.elapsed().as_secs_f64());
+    metrics.record(&route, resp.status().as_u16(), t.elapsed().as_secs_f64());
     resp
 }

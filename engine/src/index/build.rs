@@ -66,6 +66,83 @@ struct BuildProgress {
     /// The SHA-256 (hex) of `graph.hnsw` as it was written.
     #[serde(default)]
     graph_sha256: Option<String>,
+    /// For following a run (`simlm-index info` on the folder): the rows this build encodes in all,
+    /// the collection's rows `[start, end)` of `total` it holds, and when the current attempt began
+    /// (Unix seconds) with how many rows were done then, and when the record was last written.
+    #[serde(default)]
+    rows: Option<usize>,
+    #[serde(default)]
+    range: Option<(usize, usize, usize)>,
+    #[serde(default)]
+    attempt_began: Option<f64>,
+    #[serde(default)]
+    attempt_rows: Option<usize>,
+    #[serde(default)]
+    updated: Option<f64>,
+}
+
+/// How far an unfinished build has come, from the progress record it keeps in its folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unfinished {
+    /// The generation folder the build writes.
+    pub gen_dir: PathBuf,
+    /// Rows encoded and synced.
+    pub rows_done: usize,
+    /// Rows it encodes in all, and the collection's rows `[start, end)` of `total` (recorded by
+    /// this version from the start of encoding; `None` in an older record).
+    pub rows: Option<usize>,
+    pub range: Option<(usize, usize, usize)>,
+    /// The vectors are all encoded (a graph may still be building).
+    pub encoded: bool,
+    /// When the current attempt began (Unix seconds), the rows done then, and when the record was
+    /// last written.
+    pub attempt_began: Option<f64>,
+    pub attempt_rows: Option<usize>,
+    pub updated: Option<f64>,
+}
+
+impl Unfinished {
+    /// Passages a second over the current attempt, from its start to the last record.
+    pub fn rate(&self) -> Option<f64> {
+        let (began, from, upd) = (self.attempt_began?, self.attempt_rows?, self.updated?);
+        (upd > began && self.rows_done > from)
+            .then(|| (self.rows_done - from) as f64 / (upd - began))
+    }
+}
+
+/// The newest unfinished build in `dir` (a generation folder that is not the manifest's and holds a
+/// progress record), if any.
+pub fn unfinished(dir: &Path) -> Result<Option<Unfinished>> {
+    let current = crate::store::manifest::Manifest::read(dir)
+        .ok()
+        .map(|m| m.generation());
+    for g in layout::generations(dir)?.into_iter().rev() {
+        if Some(g) == current {
+            continue;
+        }
+        let gen_dir = dir.join(layout::generation_name(g));
+        if !gen_dir.join(PROGRESS).is_file() {
+            continue;
+        }
+        let p = BuildProgress::read(&gen_dir)?;
+        return Ok(Some(Unfinished {
+            encoded: gen_dir.join(VECTORS).is_file(),
+            gen_dir,
+            rows_done: p.rows_done,
+            rows: p.rows,
+            range: p.range,
+            attempt_began: p.attempt_began,
+            attempt_rows: p.attempt_rows,
+            updated: p.updated,
+        }));
+    }
+    Ok(None)
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl BuildProgress {
@@ -404,6 +481,11 @@ fn staging(w: &Writer, settings: &str, force: bool) -> Result<(u64, PathBuf, Bui
         chunk_sha256: Some(Vec::new()),
         graph: None,
         graph_sha256: None,
+        rows: None,
+        range: None,
+        attempt_began: None,
+        attempt_rows: None,
+        updated: None,
     };
     p.save(&gen_dir)?;
     Ok((g, gen_dir, p))
@@ -539,6 +621,11 @@ fn encode(
     sums.truncate(checked.chunks);
     state.rows_done = checked.rows;
     state.chunk_sha256 = Some(sums);
+    state.rows = Some(rows);
+    state.range = Some((plan.start, plan.end, plan.total));
+    state.attempt_began = Some(unix_now());
+    state.attempt_rows = Some(state.rows_done);
+    state.updated = state.attempt_began;
     state.save(gen_dir)?;
     let mut out = NpyAppender::continue_after(&partial, opts.dtype, plan.dim, state.rows_done)?;
     if state.rows_done > 0 {
@@ -572,6 +659,7 @@ fn encode(
                     sums.push(sum);
                 }
                 chunk.clear();
+                state.updated = Some(unix_now());
                 state.save(gen_dir)?;
                 progress.set(state.rows_done as u64);
                 failpoint::hit("encode").at(&partial)?;

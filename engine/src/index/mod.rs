@@ -10,7 +10,7 @@ mod searcher;
 mod verify;
 mod writer;
 
-pub use build::{build, scan, shard_range, BuildOptions, Scan};
+pub use build::{build, scan, shard_range, unfinished, BuildOptions, Scan, Unfinished};
 pub use import::{import, ImportOptions};
 pub use merge::{merge, rebuild_graph};
 pub use progress::{Progress, Quiet};

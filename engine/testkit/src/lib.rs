@@ -1,6 +1,8 @@
 //! Test support shared by the workspace's test files: where the shared fixtures and data are, the
 //! Python with the reference tools, and small helpers for running the binaries on temporary files.
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
