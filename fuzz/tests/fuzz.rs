@@ -123,7 +123,10 @@ fn the_driver_catches_shrinks_and_saves_a_failing_input() {
     assert_eq!(std::fs::read(&f.input).unwrap(), b"B\tM");
     let txt = std::fs::read_to_string(f.input.with_extension("txt")).unwrap();
     // The backtrace names the frame that panicked: the target's line in this file.
-    assert!(txt.contains("boom") && txt.contains("tests/fuzz.rs:"), "{txt}");
+    assert!(
+        txt.contains("boom") && txt.contains("tests/fuzz.rs:"),
+        "{txt}"
+    );
     // Without the failing seed, mutation finds it from the other one (a token and a byte apart).
     std::fs::remove_file(seeds.join("a")).unwrap();
     let report = driver::fuzz(&t, &cfg);
