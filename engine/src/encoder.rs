@@ -274,6 +274,16 @@ impl Encoder {
         self.text.tokenize(kind, docs)
     }
 
+    /// The tokens each text takes once truncated, and whether it was truncated.
+    pub fn token_counts(&self, kind: Kind, docs: &[Doc]) -> Result<Vec<(usize, bool)>> {
+        self.text.token_counts(kind, docs)
+    }
+
+    /// The most tokens a text of this kind keeps (longer ones are truncated).
+    pub fn max_tokens(&self, kind: Kind) -> usize {
+        self.text.max_tokens(kind)
+    }
+
     /// Unit vectors of `docs`, row-major `(docs.len(), dim)`, in input order.
     pub fn encode(&self, kind: Kind, docs: &[Doc]) -> Result<Vec<f32>> {
         self.encode_within(kind, docs, self.batch_tokens)

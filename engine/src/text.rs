@@ -206,6 +206,32 @@ impl TextEncoder {
             .collect())
     }
 
+    /// The tokens each text takes once truncated (special tokens included), and whether it was
+    /// longer than the kind's limit (truncated).
+    pub fn token_counts(&self, kind: Kind, docs: &[Doc]) -> Result<Vec<(usize, bool)>> {
+        let tok = match kind {
+            Kind::Query => &self.query,
+            Kind::Passage => &self.passage,
+        };
+        let inputs: Vec<EncodeInput> = docs.iter().map(|d| self.input(kind, d)).collect();
+        let encs = tok
+            .encode_batch(inputs, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(encs
+            .iter()
+            .map(|e| (e.get_ids().len(), !e.get_overflowing().is_empty()))
+            .collect())
+    }
+
+    /// The most tokens a text of this kind keeps.
+    pub fn max_tokens(&self, kind: Kind) -> usize {
+        let tok = match kind {
+            Kind::Query => &self.query,
+            Kind::Passage => &self.passage,
+        };
+        tok.get_truncation().map_or(usize::MAX, |t| t.max_length)
+    }
+
     fn input<'s>(&self, kind: Kind, d: &'s Doc) -> EncodeInput<'s> {
         match (self.format, kind) {
             (InputFormat::Simlm, Kind::Query) => EncodeInput::Single(d.text.as_str().into()),

@@ -41,8 +41,7 @@ use tokio::sync::oneshot;
 
 use crate::serve::{
     accept_loop, busy_with, error, not_found, page, read_body_within, round, track,
-    write_addr_file, Budget, EmbedRequest, Histogram, Inputs, Metrics, SearchRequest, ServeOptions,
-    SECONDS,
+    write_addr_file, Budget, Histogram, Metrics, SearchRequest, ServeOptions, SECONDS,
 };
 
 /// The front's options: the service's own, and its shards.
@@ -170,7 +169,9 @@ struct Front {
     client: Client<HttpConnector, Full<Bytes>>,
     /// The encoder's queue (none when the shards have no model).
     encode: Mutex<Option<mpsc::Sender<EncodeJob>>>,
-    has_encoder: bool,
+    /// The query encoder (none when the shards have no model): encodes on its own thread; read here
+    /// for token counts.
+    encoder: Option<Arc<Encoder>>,
     budget: Arc<Budget>,
     metrics: Arc<Metrics>,
     shard_metrics: FrontMetrics,
@@ -210,7 +211,7 @@ pub fn serve(mut opts: FrontOptions) -> anyhow::Result<()> {
         opts.serve.max_k = opts.serve.max_k.min(l.max_k);
         opts.serve.max_hits = opts.serve.max_hits.min(l.max_hits);
     }
-    let encoder = load_encoder(&agreed, &opts)?;
+    let encoder = load_encoder(&agreed, &opts)?.map(Arc::new);
     let total = shards.last().map_or(0, |s| s.rows.end);
     let (tx, rx) = mpsc::channel::<EncodeJob>();
     let has_encoder = encoder.is_some();
@@ -222,7 +223,7 @@ pub fn serve(mut opts: FrontOptions) -> anyhow::Result<()> {
         total,
         client,
         encode: Mutex::new(has_encoder.then_some(tx)),
-        has_encoder,
+        encoder: encoder.clone(),
         metrics: Arc::new(Metrics::default()),
         shard_metrics: FrontMetrics {
             latency: Mutex::new(BTreeMap::new()),
@@ -257,9 +258,10 @@ pub fn serve(mut opts: FrontOptions) -> anyhow::Result<()> {
             front.info.dim,
         );
         let router = Router::new()
-            .route("/", get(page))
+            .route("/", get(page).post(embed))
             .route("/search", post(search))
             .route("/embed", post(embed))
+            .route("/v1/embeddings", post(openai_embeddings))
             .route("/health", get(health))
             .route("/info", get(info))
             .route("/metrics", get(metrics))
@@ -1172,72 +1174,86 @@ async fn search(State(front): State<Arc<Front>>, req: Request) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
 }
 
+/// Why there is nothing to embed with, if so.
+fn encoder_of(front: &Front) -> Result<&Encoder, String> {
+    front.encoder.as_deref().ok_or_else(|| {
+        "the shards were imported from vectors made elsewhere and have no model: there is nothing \
+         to embed with"
+            .to_string()
+    })
+}
+
+/// Checks that `n` vectors fit the answer limit and the budget beside `hold`.
+fn hold_for(front: &Front, hold: &mut crate::serve::Hold, n: usize) -> Result<(), Response> {
+    let size = n * (front.info.dim * 16 + 64) + 256;
+    if size > front.opts.serve.max_answer {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{n} vectors could take {size} bytes; at most {} (--max-answer-mb)",
+                front.opts.serve.max_answer
+            ),
+        ));
+    }
+    if !hold.grow_to(hold.bytes + size) {
+        return Err(busy_with(&front.budget));
+    }
+    Ok(())
+}
+
+/// `POST /embed` and TEI's `POST /`.
 async fn embed(State(front): State<Arc<Front>>, req: Request) -> Response {
-    let (body, hold) = match read_body_within(&front.budget, &front.opts.serve, req).await {
+    let (body, mut hold) = match read_body_within(&front.budget, &front.opts.serve, req).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
-    let req: EmbedRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed request: {e}")),
-    };
+    let ask =
+        match crate::compat::parse_tei(&body, front.opts.serve.max_queries, encoder_of(&front)) {
+            Ok(a) => a,
+            Err(resp) => return resp,
+        };
     drop(body);
-    if !front.has_encoder {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the shards were imported from vectors made elsewhere and have no model: there is nothing to embed with",
-        );
+    if let Err(resp) = hold_for(&front, &mut hold, ask.texts.len()) {
+        return resp;
     }
-    let kind = match req.kind.as_deref() {
-        None | Some("query") => Kind::Query,
-        Some("passage") => Kind::Passage,
-        Some(other) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("kind `{other}`: expected `query` or `passage`"),
-            )
-        }
-    };
-    let texts = match req.inputs {
-        Inputs::One(t) => vec![t],
-        Inputs::Many(ts) => ts,
-    };
-    if texts.is_empty() {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "no inputs given");
-    }
-    if texts.len() > front.opts.serve.max_queries {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "{} inputs in one request; at most {} (--max-queries)",
-                texts.len(),
-                front.opts.serve.max_queries
-            ),
-        );
-    }
-    let size = texts.len() * (front.info.dim * 16 + 2) + 2;
-    if size > front.opts.serve.max_answer {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "{} vectors could take {size} bytes; at most {} (--max-answer-mb)",
-                texts.len(),
-                front.opts.serve.max_answer
-            ),
-        );
-    }
-    let mut hold = hold;
-    if !hold.grow_to(hold.bytes + size) {
-        return busy_with(&front.budget);
-    }
-    let n = texts.len();
-    let enc = match encode(&front, kind, texts).await {
+    let n = ask.texts.len();
+    let enc = match encode(&front, ask.kind, ask.texts).await {
         Ok(e) => e,
         Err(resp) => return resp,
     };
     let dim = front.info.dim.max(1);
     let rows: Vec<&[f32]> = enc.vectors.chunks(dim).take(n).collect();
     Json(rows).into_response()
+}
+
+/// `POST /v1/embeddings`: OpenAI's embeddings API, errors in its shape.
+async fn openai_embeddings(State(front): State<Arc<Front>>, req: Request) -> Response {
+    crate::compat::as_openai(openai_inner(front, req).await).await
+}
+
+async fn openai_inner(front: Arc<Front>, req: Request) -> Response {
+    let (body, mut hold) = match read_body_within(&front.budget, &front.opts.serve, req).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let ask = match crate::compat::parse_openai(
+        &body,
+        front.opts.serve.max_queries,
+        encoder_of(&front),
+    ) {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    drop(body);
+    if let Err(resp) = hold_for(&front, &mut hold, ask.texts.texts.len()) {
+        return resp;
+    }
+    let enc = match encode(&front, ask.texts.kind, ask.texts.texts.clone()).await {
+        Ok(e) => e,
+        Err(resp) => return resp,
+    };
+    let model = front.info.model.clone().unwrap_or_default();
+    crate::compat::openai_answer(&ask, &enc.vectors, front.info.dim, &model)
 }
 
 /// Each replica's `/health`, asked now: 200 while every shard has a replica that answers (or, with

@@ -245,9 +245,10 @@ pub fn serve(searcher: Searcher, opts: ServeOptions) -> anyhow::Result<()> {
             );
         }
         let router = Router::new()
-            .route("/", get(page))
+            .route("/", get(page).post(embed))
             .route("/search", post(search))
             .route("/embed", post(embed))
+            .route("/v1/embeddings", post(openai_embeddings))
             .route("/health", get(health))
             .route("/info", get(info))
             .route("/metrics", get(metrics))
@@ -1220,62 +1221,18 @@ pub(crate) fn round(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(crate) enum Inputs {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct EmbedRequest {
-    pub(crate) inputs: Inputs,
-    /// `query` (default) or `passage`.
-    pub(crate) kind: Option<String>,
-    /// Accepted for compatibility; the vectors are always L2-normalised.
-    #[allow(dead_code)]
-    normalize: Option<bool>,
-    /// Accepted for compatibility; inputs are always truncated to the format's length.
-    #[allow(dead_code)]
-    truncate: Option<bool>,
-}
-
-/// Parses and checks an `/embed` body: the request, or the error response it gets.
+/// Parses and checks an `/embed` (or TEI `POST /`) body: the request, or the error response it
+/// gets (see `compat::parse_tei`).
 pub fn parse_embed(body: &[u8], opts: &ServeOptions, s: &Searcher) -> Result<EmbedAsk, Response> {
-    let req: EmbedRequest = serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))?;
-    if let Err(e) = s.encoder() {
-        return Err(error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
-    }
-    let kind = match req.kind.as_deref() {
-        None | Some("query") => Kind::Query,
-        Some("passage") => Kind::Passage,
-        Some(other) => {
-            return Err(error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("kind `{other}`: expected `query` or `passage`"),
-            ))
-        }
-    };
-    let texts = match req.inputs {
-        Inputs::One(t) => vec![t],
-        Inputs::Many(ts) => ts,
-    };
-    if texts.is_empty() {
-        return Err(error(StatusCode::UNPROCESSABLE_ENTITY, "no inputs given"));
-    }
-    if texts.len() > opts.max_queries {
-        return Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "{} inputs in one request; at most {} (--max-queries)",
-                texts.len(),
-                opts.max_queries
-            ),
-        ));
-    }
-    Ok(EmbedAsk { kind, texts })
+    let t = crate::compat::parse_tei(
+        body,
+        opts.max_queries,
+        s.encoder().map_err(|e| e.to_string()),
+    )?;
+    Ok(EmbedAsk {
+        kind: t.kind,
+        texts: t.texts,
+    })
 }
 
 async fn embed(State(app): State<Arc<App>>, req: Request) -> Response {
@@ -1316,6 +1273,62 @@ async fn embed(State(app): State<Arc<App>>, req: Request) -> Response {
         Ok(()) => out.into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// `POST /v1/embeddings`: OpenAI's embeddings API (see `compat`), errors in its shape.
+async fn openai_embeddings(State(app): State<Arc<App>>, req: Request) -> Response {
+    crate::compat::as_openai(openai_inner(app, req).await).await
+}
+
+async fn openai_inner(app: Arc<App>, req: Request) -> Response {
+    let (body, mut hold) = match read_body(&app, req).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let served = app.served();
+    let s = &served.searcher;
+    let ask = match crate::compat::parse_openai(
+        &body,
+        app.opts.max_queries,
+        s.encoder().map_err(|e| e.to_string()),
+    ) {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    drop(body);
+    let dim = s.index.manifest.dim;
+    let size = ask.texts.texts.len() * (dim * 16 + 64) + 256;
+    if size > app.opts.max_answer {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} vectors could take {size} bytes; at most {} (--max-answer-mb)",
+                ask.texts.texts.len(),
+                app.opts.max_answer
+            ),
+        );
+    }
+    if !hold.grow_to(hold.bytes + size) {
+        return busy(&app);
+    }
+    let work = Work::Embed(EmbedAsk {
+        kind: ask.texts.kind,
+        texts: ask.texts.texts.clone(),
+    });
+    let done = match submit(&app, work).await {
+        Ok(d) => d,
+        Err(resp) => return resp,
+    };
+    let flat: Vec<f32> = done.vectors.concat();
+    let model = s
+        .index
+        .manifest
+        .model
+        .as_ref()
+        .map_or("", |m| m.spec.as_str());
+    let resp = crate::compat::openai_answer(&ask, &flat, dim, model);
+    drop(hold);
+    resp
 }
 
 /// Which generation is served, and whether the manifest's newest commit could not be opened.
@@ -1390,7 +1403,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 pub(crate) async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such route: POST /search /embed; GET / /health /info /metrics",
+        "no such route: POST /search /embed / /v1/embeddings; GET / /health /info /metrics",
     )
 }
 

@@ -189,6 +189,16 @@ fn a_front_over_shards_answers_as_the_unsplit_index() {
     let (_, emb) = post(&single.addr, "/embed", &json!({"inputs": several}));
     let (_, emb_front) = post(&front.addr, "/embed", &json!({"inputs": several}));
     assert_eq!(emb, emb_front, "/embed");
+    // The clients' APIs through the front: TEI's POST / and OpenAI's /v1/embeddings.
+    let (_, tei) = post(&front.addr, "/", &json!({ "inputs": several }));
+    assert_eq!(tei, emb, "POST /");
+    let ask = json!({"input": several, "model": "m"});
+    let (s1, want) = post(&single.addr, "/v1/embeddings", &ask);
+    let (s2, got) = post(&front.addr, "/v1/embeddings", &ask);
+    assert_eq!((s1, s2), (200, 200), "{got}");
+    assert_eq!(got, want, "/v1/embeddings");
+    let (status, v) = post(&front.addr, "/v1/embeddings", &json!({"input": [1, 2]}));
+    assert_eq!((status, v["error"]["param"].as_str()), (400, Some("input")));
     let ask = json!({"vectors": emb, "k": 1000, "exact": true, "text": false});
     let (_, want) = post(&single.addr, "/search", &ask);
     let (status, got) = post(&front.addr, "/search", &ask);
