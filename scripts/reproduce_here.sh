@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces, on the data that exists on this machine, the results table of the README:
+# Reproduces, on the data that exists on this machine, the results table of docs/reproduce.md:
 #  1. BEIR SciFact with all-MiniLM-L6-v2 (sentence-transformers format, 256 tokens, mean pooling),
 #     exact and HNSW search, top 1000, against the published MTEB numbers.
 #  2. The MS MARCO passage pool (28,606 real passages, NOT the full 8.8M collection) in simlm format

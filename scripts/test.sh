@@ -13,6 +13,8 @@ echo "test.sh: ${free_gb} GB free on $(df -P "$root" | awk 'NR == 2 { print $6 }
 if [ "${free_gb:-0}" -lt 8 ]; then
   echo "test.sh: warning: less than 8 GB free; the run may stop with \"No space left on device\"" >&2
 fi
+# Every relative link in README.md, ARCHITECTURE.md and docs/ resolves.
+python3 scripts/check-links.py
 scripts/fetch-minilm.sh
 scripts/setup-python.sh
 export SIMLM_PYTHON="$root/.venv/bin/python"
@@ -27,7 +29,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 fuzz_secs="${SIMLM_FUZZ_SECS:-20}"
 unset SIMLM_FUZZ_SECS
 cargo test --workspace --locked "$@"
-# The fuzz targets (fuzz/, see README "Fuzzing"): each one's seeds, then mutated inputs for
+# The fuzz targets (fuzz/, see docs/fuzzing.md): each one's seeds, then mutated inputs for
 # SIMLM_FUZZ_SECS seconds per target (default 20; 0 skips this step). A failing input is saved under
 # fuzz/artifacts/<target>/ and named in the failure; each target prints how many inputs it ran.
 if [ "$fuzz_secs" != 0 ]; then
