@@ -4,7 +4,7 @@
 Both tools read the same qrels and run files from disk and compute MRR@10, R@50, R@1000 and nDCG@10;
 each runs in its own process, and wall time and peak memory (max RSS) are printed side by side.
 
-usage: scripts/bench_eval.py [--python PY] [--bin target/release/simlm-eval] [--shared ../shared]
+usage: scripts/bench/bench_eval.py [--python PY] [--bin target/release/simlm-eval] [--shared ../shared]
 """
 import argparse
 import os
@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PYTREC = r'''
 import sys, pytrec_eval

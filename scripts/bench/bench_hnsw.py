@@ -6,7 +6,7 @@ Datasets: real embeddings (an index's vectors.npy, e.g. the MS MARCO pool encode
 scripts/reproduce_here.sh; it lies in the generation folder the index's manifest names) and N synthetic
 unit vectors for scale.
 
-usage: scripts/bench_hnsw.py --real target/repro/pool/gen000001/vectors.npy [--synthetic 1000000 --synthetic-dim 16]
+usage: scripts/bench/bench_hnsw.py --real target/repro/pool/gen000001/vectors.npy [--synthetic 1000000 --synthetic-dim 16]
 """
 import argparse
 import os
@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 HNSWLIB = r'''
 import sys, time, numpy as np, hnswlib

@@ -6,7 +6,7 @@
          ef_construction, sweeping ef: queries/s at recall@10 (against exact) of 0.90, 0.95, 0.99;
   time to the first answer after start-up (open, map, graph load, one query).
 
-usage: scripts/bench_search.py --index target/repro/pool --queries queries.npy
+usage: scripts/bench/bench_search.py --index target/repro/pool --queries queries.npy
 """
 import argparse
 import json
@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPEAT = 3  # each setting's speed: the best of this many passes, for every library alike
 ROUNDS = 3  # interleaved rounds of all three tools
 EFS = [10, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512]

@@ -21,7 +21,7 @@ Runtime's dynamic int8 (`quantize_dynamic` of the optimised model: int8 weights 
 reduce_range on CPUs without VNNI, its advice for them; full range with VNNI; u8 activations), and their vectors' cosine to their
 own f32 vectors is printed.
 
-usage: scripts/bench_encode.py [--model models/all-MiniLM-L6-v2 | --base] [--n 2000] [--threads 2] [--int8]
+usage: scripts/bench/bench_encode.py [--model models/all-MiniLM-L6-v2 | --base] [--n 2000] [--threads 2] [--int8]
                                [--rounds 2] [--probe 512] [--q 1000]
   --base: a BERT-base-shaped checkpoint (12 layers, 768 wide) with seeded random weights, made once
           under target/bench-models/.
@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MINILM = os.path.join(ROOT, "models/all-MiniLM-L6-v2")
 BATCHES = [8, 16, 32, 64, 128]
 

@@ -12,7 +12,7 @@ Every server runs on this machine: the front, its shard servers and the single s
 (one at a time under load), so what the front adds here is its HTTP hop, the merge and the shards'
 searches beside each other, not more hardware.
 
-usage: scripts/bench_front.py [--collection POOL] [--model DIR] [--queries Q] [--shards 2] [--bin target/release]
+usage: scripts/bench/bench_front.py [--collection POOL] [--model DIR] [--queries Q] [--shards 2] [--bin target/release]
 """
 import argparse
 import json
@@ -25,7 +25,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_serve import load, read_queries  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = os.environ.get("SIMLM_SHARED", os.path.join(ROOT, "../shared"))
 
 
@@ -69,15 +69,22 @@ def main():
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--equal-k", type=int, default=100)
+    ap.add_argument("--whole", help="an index of the collection already built (skips the builds)")
+    ap.add_argument("--shard-index", action="append", help="a shard index already built (once per shard)")
     a = ap.parse_args()
     index_bin, search_bin = os.path.join(a.bin, "simlm-index"), os.path.join(a.bin, "simlm-search")
     os.makedirs(a.work, exist_ok=True)
-    whole = os.path.join(a.work, "whole")
-    parts = [os.path.join(a.work, f"shard{i}") for i in range(a.shards)]
-    base = [index_bin, "build", "--collection", a.collection, "--model", a.model, "--no-hnsw"]
-    t_whole = run(base + ["--out", whole])
-    t_parts = [run(base + ["--out", p, "--shard", f"{i}/{a.shards}"]) for i, p in enumerate(parts)]
-    print(f"indexes: whole {t_whole:.1f} s, {a.shards} shards {sum(t_parts):.1f} s (0 s: already built)")
+    if a.whole and a.shard_index:
+        whole, parts = a.whole, a.shard_index
+        a.shards = len(parts)
+        print(f"indexes: {whole}; shards {', '.join(parts)}")
+    else:
+        whole = os.path.join(a.work, "whole")
+        parts = [os.path.join(a.work, f"shard{i}") for i in range(a.shards)]
+        base = [index_bin, "build", "--collection", a.collection, "--model", a.model, "--no-hnsw"]
+        t_whole = run(base + ["--out", whole])
+        t_parts = [run(base + ["--out", p, "--shard", f"{i}/{a.shards}"]) for i, p in enumerate(parts)]
+        print(f"indexes: whole {t_whole:.1f} s, {a.shards} shards {sum(t_parts):.1f} s (0 s: already built)")
 
     procs = []
     try:

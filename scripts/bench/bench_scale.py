@@ -100,13 +100,13 @@ The generator (vectors shaped after a seed matrix of real embeddings):
 
 Usage (the repository's .venv: scripts/setup-python.sh --bench, or pip install faiss-cpu hnswlib
 threadpoolctl matplotlib):
-  .venv/bin/python scripts/bench_scale.py                              # 1M x 768, 10,000 queries, 1 round
-  .venv/bin/python scripts/bench_scale.py --n 20000 --queries 1000 --rounds 3
-  .venv/bin/python scripts/bench_scale.py --seed-vectors simlm-passages.npy --dim 768
-  .venv/bin/python scripts/bench_scale.py --full                      # 8,841,823 x 768, engine only
-  .venv/bin/python scripts/bench_scale.py --tools hnswlib --resume     # one tool now, the others later:
+  .venv/bin/python scripts/bench/bench_scale.py                              # 1M x 768, 10,000 queries, 1 round
+  .venv/bin/python scripts/bench/bench_scale.py --n 20000 --queries 1000 --rounds 3
+  .venv/bin/python scripts/bench/bench_scale.py --seed-vectors simlm-passages.npy --dim 768
+  .venv/bin/python scripts/bench/bench_scale.py --full                      # 8,841,823 x 768, engine only
+  .venv/bin/python scripts/bench/bench_scale.py --tools hnswlib --resume     # one tool now, the others later:
   each tool's figures are saved in OUT/roundR/TOOL.json when it finishes; --resume reuses them.
-  .venv/bin/python scripts/bench_scale.py --tools engine,hnswlib,faiss-flat --resume  # faiss exact only
+  .venv/bin/python scripts/bench/bench_scale.py --tools engine,hnswlib,faiss-flat --resume  # faiss exact only
   With --full the base streams from the generator into `simlm-index import --vectors FIFO` (one copy on
   disk, the index's), the truth is computed from the index's vectors.npy, and a stopped run resumes: the
   same command again skips the finished import (OUT/round1/full-progress.json) and the graph build
@@ -127,7 +127,7 @@ import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = os.environ.get("SIMLM_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
 POOL = os.path.join(SHARED, "data/msmarco/pool/collection.tsv")
 MINILM = os.path.join(ROOT, "models/all-MiniLM-L6-v2")

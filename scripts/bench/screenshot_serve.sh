@@ -2,9 +2,9 @@
 # The search page in a real browser: starts `simlm-search serve` on a free loopback port, opens
 # /?q=QUERY in headless Chromium (Debian's package: apt-get install chromium), which runs the search on
 # load, and saves a screenshot of the ranked passages.
-#   scripts/screenshot_serve.sh INDEX_DIR "query text" OUT.png
+#   scripts/bench/screenshot_serve.sh INDEX_DIR "query text" OUT.png
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 index="$1"; query="$2"; out="$3"
 bin="${SIMLM_BIN:-$root/target/release}"
 chromium="$(command -v chromium || command -v chromium-browser || true)"

@@ -14,7 +14,7 @@
 
 Bounded: --seconds per concurrency level (default 10), --requests at most per level; loopback only.
 
-usage: scripts/bench_serve.py --index target/repro/pool --queries queries.dev.small.tsv [--threads 2]
+usage: scripts/bench/bench_serve.py --index target/repro/pool --queries queries.dev.small.tsv [--threads 2]
 """
 import argparse
 import http.client
@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def rss_mib(pid):
