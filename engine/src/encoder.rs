@@ -162,6 +162,32 @@ fn folder_pooling(files: &ModelFiles) -> Result<Option<Pooling>> {
     }
 }
 
+/// The query and passage token limits of an input format with a model: SimLM's fixed 32 and 144;
+/// for sentence-transformers, the folder's `max_seq_length` (`sentence_bert_config.json`), else the
+/// model's `max_position_embeddings`. `simlm-index info` shows them for an index.
+pub fn token_limits(
+    format: InputFormat,
+    files: &ModelFiles,
+    config: &BertConfig,
+) -> Result<(usize, usize)> {
+    Ok(match format {
+        InputFormat::Simlm => (SIMLM_QUERY_MAX_LEN, SIMLM_PASSAGE_MAX_LEN),
+        InputFormat::SentenceTransformers => {
+            let m = match &files.sentence_bert_config {
+                Some(p) => read_json(p)?
+                    .get("max_seq_length")
+                    .and_then(|m| m.as_u64())
+                    .map(|m| m as usize)
+                    .ok_or_else(|| {
+                        Error::invalid(p, None, "missing integer field `max_seq_length`")
+                    })?,
+                None => config.max_position_embeddings,
+            };
+            (m, m)
+        }
+    })
+}
+
 impl Encoder {
     /// Loads a checkpoint (folder or hub id) for the given options.
     pub fn load(spec: &str, opts: &EncoderOptions) -> Result<Self> {
@@ -171,22 +197,7 @@ impl Encoder {
     pub fn from_files(files: ModelFiles, opts: &EncoderOptions) -> Result<Self> {
         let config = BertConfig::from_file(&files.config)?;
         let tok = load_tokenizer(&files.tokenizer, files.tokenizer_config.as_deref())?;
-        let (qmax, pmax) = match opts.format {
-            InputFormat::Simlm => (SIMLM_QUERY_MAX_LEN, SIMLM_PASSAGE_MAX_LEN),
-            InputFormat::SentenceTransformers => {
-                let m = match &files.sentence_bert_config {
-                    Some(p) => read_json(p)?
-                        .get("max_seq_length")
-                        .and_then(|m| m.as_u64())
-                        .map(|m| m as usize)
-                        .ok_or_else(|| {
-                            Error::invalid(p, None, "missing integer field `max_seq_length`")
-                        })?,
-                    None => config.max_position_embeddings,
-                };
-                (m, m)
-            }
-        };
+        let (qmax, pmax) = token_limits(opts.format, &files, &config)?;
         let max_pos = config.max_position_embeddings;
         if qmax > max_pos || pmax > max_pos {
             return Err(Error::Unsupported {

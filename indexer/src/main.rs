@@ -323,6 +323,40 @@ fn unfinished_lines(u: &engine::index::Unfinished) -> Vec<String> {
     lines
 }
 
+/// The token limits the index's input format applies (not in the manifest: they follow from the
+/// format and, for sentence-transformers, the model folder's `max_seq_length`), as a line for `info`;
+/// none for an index without a model (imported vectors).
+fn token_limits_line(m: &Manifest) -> Option<String> {
+    let format = m.input_format?;
+    if format == InputFormat::Simlm {
+        return Some(format!(
+            "token limits: queries {}, passages {} (fixed by the {format} input format)",
+            engine::text::SIMLM_QUERY_MAX_LEN,
+            engine::text::SIMLM_PASSAGE_MAX_LEN
+        ));
+    }
+    let model = m.model.as_ref()?;
+    let limits = engine::ModelFiles::resolve_cached(&model.spec).and_then(|files| {
+        let config = engine::model::config::BertConfig::from_file(&files.config)?;
+        let (q, p) = engine::encoder::token_limits(format, &files, &config)?;
+        let from = match &files.sentence_bert_config {
+            Some(p) => format!("max_seq_length of {}", p.display()),
+            None => format!("max_position_embeddings of {}", files.config.display()),
+        };
+        Ok((q, p, from))
+    });
+    Some(match limits {
+        Ok((q, p, from)) => {
+            format!("token limits: queries {q}, passages {p} ({format} input format: {from})")
+        }
+        Err(e) => format!(
+            "token limits: unknown ({format} input format: the model's max_seq_length, and the \
+             model {} cannot be read here: {e})",
+            model.spec
+        ),
+    })
+}
+
 fn info(dir: &Path) -> anyhow::Result<()> {
     let building = engine::index::unfinished(dir).ok().flatten();
     let m = match Manifest::read(dir) {
@@ -341,6 +375,9 @@ fn info(dir: &Path) -> anyhow::Result<()> {
     };
     println!("{}", serde_json::to_string_pretty(&m)?);
     println!();
+    if let Some(line) = token_limits_line(&m) {
+        println!("{line}");
+    }
     let n = m.count.max(1) as f64;
     println!("files in {}:", m.data_dir(dir).display());
     println!("{:<20} {:>12} {:>16}", "file", "size", "bytes/passage");

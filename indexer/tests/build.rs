@@ -129,7 +129,13 @@ fn index_vectors_equal_embed_and_numpy_opens_them() {
     let info = ok(index_cmd(&["info", dir.to_str().unwrap()])
         .output()
         .unwrap());
-    assert!(String::from_utf8_lossy(&info.stdout).contains("bytes/passage"));
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("bytes/passage"), "{text}");
+    // The sequence lengths the index was encoded with (not in the manifest; from the format).
+    assert!(
+        text.contains("token limits: queries 32, passages 144 (fixed by the simlm input format)"),
+        "{text}"
+    );
 }
 
 /// `--precision int8`: the manifest says so (queries are then encoded the same way), the vectors
@@ -533,4 +539,61 @@ fn fix_encoding_repairs_passage_421() {
     .find(|r| r.id == "421")
     .unwrap();
     assert!(rec.text.contains("/ˈwaɪ faɪ/"), "{}", rec.text);
+}
+
+/// The real all-MiniLM-L6-v2 folder (scripts/fetch-minilm.sh; SIMLM_MINILM elsewhere).
+fn minilm() -> PathBuf {
+    let p = std::env::var_os("SIMLM_MINILM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| testkit::repo_root().join("models/all-MiniLM-L6-v2"));
+    assert!(
+        p.join("sentence_bert_config.json").is_file(),
+        "{} is missing: run scripts/fetch-minilm.sh first",
+        p.display()
+    );
+    p
+}
+
+/// A few passages of a collection, as JSONL, for quick builds with the real model.
+fn few_passages(dir: &Path) -> PathBuf {
+    let lines: String = (0..6)
+        .map(|i| {
+            format!(
+                "{{\"_id\":\"d{i}\",\"title\":\"Title {i}\",\"text\":\"passage number {i} about retrieval and proteins\"}}\n"
+            )
+        })
+        .collect();
+    testkit::write(dir, "few.jsonl", lines)
+}
+
+/// `info` shows the token limits of a sentence-transformers index: the folder's max_seq_length.
+#[test]
+fn info_shows_the_token_limits_of_a_sentence_transformers_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coll = few_passages(tmp.path());
+    let dir = tmp.path().join("st");
+    let model = minilm();
+    ok(index_cmd(&[
+        "build",
+        "--model",
+        model.to_str().unwrap(),
+        "--format",
+        "sentence-transformers",
+        "--collection",
+        coll.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+        "--no-hnsw",
+    ])
+    .output()
+    .unwrap());
+    let info = ok(index_cmd(&["info", dir.to_str().unwrap()])
+        .output()
+        .unwrap());
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        text.contains("token limits: queries 256, passages 256 (sentence-transformers input format: max_seq_length of ")
+            && text.contains("sentence_bert_config.json"),
+        "{text}"
+    );
 }
