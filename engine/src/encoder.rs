@@ -302,24 +302,46 @@ impl Encoder {
 
     /// [`Encoder::encode`] with forward passes of at most `batch_tokens` padded tokens.
     pub fn encode_within(&self, kind: Kind, docs: &[Doc], batch_tokens: usize) -> Result<Vec<f32>> {
+        self.encode_within_reporting(kind, docs, batch_tokens, &|_| {})
+    }
+
+    /// [`Encoder::encode_within`], calling `done(n)` as each forward pass of `n` texts finishes (from
+    /// the worker threads, in any order): a build shows progress within a chunk. The vectors do not
+    /// depend on it.
+    pub fn encode_within_reporting(
+        &self,
+        kind: Kind,
+        docs: &[Doc],
+        batch_tokens: usize,
+        done: &(dyn Fn(usize) + Sync),
+    ) -> Result<Vec<f32>> {
         let toks = self.tokenize(kind, docs)?;
-        self.encode_tokens_within(&toks, batch_tokens)
+        self.encode_tokens_within(&toks, batch_tokens, done)
     }
 
     /// Unit vectors of already tokenised texts, in input order. Texts are sorted by length and cut
     /// into batches of at most `batch_tokens` padded tokens, so padding stays small.
     pub fn encode_tokens(&self, toks: &[Tokens]) -> Result<Vec<f32>> {
-        self.encode_tokens_within(toks, self.batch_tokens)
+        self.encode_tokens_within(toks, self.batch_tokens, &|_| {})
     }
 
-    fn encode_tokens_within(&self, toks: &[Tokens], batch_tokens: usize) -> Result<Vec<f32>> {
+    fn encode_tokens_within(
+        &self,
+        toks: &[Tokens],
+        batch_tokens: usize,
+        done: &(dyn Fn(usize) + Sync),
+    ) -> Result<Vec<f32>> {
         use crate::model::cpu_ops::with_splitting;
         use rayon::prelude::*;
         let dim = self.dim();
         let mut out = vec![0f32; toks.len() * dim];
         let batches = length_batches(toks, batch_tokens.max(1), self.max_batch);
         let run = |batch: &Vec<usize>| {
-            self.forward_batch(&batch.iter().map(|&i| &toks[i]).collect::<Vec<_>>())
+            let vecs = self.forward_batch(&batch.iter().map(|&i| &toks[i]).collect::<Vec<_>>());
+            if vecs.is_ok() {
+                done(batch.len());
+            }
+            vecs
         };
         // On the CPU, whole batches go to the worker threads (each batch's GEMMs then run on one
         // thread): that scales better than splitting every GEMM. A batch's result does not depend on

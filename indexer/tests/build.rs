@@ -78,6 +78,8 @@ fn index_vectors_equal_embed_and_numpy_opens_them() {
     for l in done {
         assert!(!l.contains("bytes/s") && !l.contains("(0.0 "), "{l}");
     }
+    // scripts/slurm/index.sh reads the total from this line: plain digits.
+    assert!(e.contains("encoding: started (1033 passages)"), "{e}");
     let npy = tmp.path().join("embed.npy");
     ok(index_cmd(&[
         "embed",
