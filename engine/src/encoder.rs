@@ -143,8 +143,70 @@ pub struct Encoder {
     max_batch: usize,
 }
 
+/// The file that marks a sentence-transformers model folder (`sentence_bert_config.json`,
+/// `modules.json` or `1_Pooling/config.json`), if the model has one.
+pub fn sentence_transformers_marker(files: &ModelFiles) -> Option<std::path::PathBuf> {
+    files
+        .sentence_bert_config
+        .clone()
+        .or_else(|| {
+            let modules = files.config.parent()?.join("modules.json");
+            modules.is_file().then_some(modules)
+        })
+        .or_else(|| files.pooling_config.clone())
+}
+
+/// The input format and pooling of an encoder: the user's where given; otherwise what the model folder
+/// says: a sentence-transformers folder gets that format (and then its own pooling), any other model
+/// SimLM's. Returns the lines to show the user: one saying the format was taken from the folder, and
+/// a warning where the pooling that will be used contradicts the folder's `1_Pooling/config.json`.
+pub fn choose_format(
+    files: &ModelFiles,
+    format: Option<InputFormat>,
+    pooling: Option<Pooling>,
+) -> Result<(InputFormat, Option<Pooling>, Vec<String>)> {
+    let marker = sentence_transformers_marker(files);
+    let declared = folder_pooling(files)?;
+    let mut notes = Vec::new();
+    let format = match (format, &marker) {
+        (Some(f), _) => f,
+        (None, None) => InputFormat::Simlm,
+        (None, Some(m)) => {
+            notes.push(format!(
+                "{} is a sentence-transformers model ({}): using --format sentence-transformers{} \
+                 (--format simlm for SimLM's)",
+                files.spec,
+                m.display(),
+                match (pooling, declared) {
+                    (None, Some(p)) => format!(" and its {p} pooling"),
+                    _ => String::new(),
+                }
+            ));
+            InputFormat::SentenceTransformers
+        }
+    };
+    let used = pooling.unwrap_or(match format {
+        InputFormat::Simlm => Pooling::Cls,
+        InputFormat::SentenceTransformers => declared.unwrap_or(Pooling::Mean),
+    });
+    if let (Some(d), Some(p)) = (declared, &files.pooling_config) {
+        if d != used {
+            let why = match pooling {
+                Some(_) => format!("--pooling {used} was asked for"),
+                None => format!("--format {format} pools with {used}"),
+            };
+            notes.push(format!(
+                "warning: {} declares {d} pooling, but {why}: kept as asked; pass --pooling {d} \
+                 (or leave out --format and --pooling) to follow the model",
+                p.display()
+            ));
+        }
+    }
+    Ok((format, pooling, notes))
+}
+
 /// The pooling a sentence-transformers folder declares (`1_Pooling/config.json`), if any.
-fn folder_pooling(files: &ModelFiles) -> Result<Option<Pooling>> {
+pub fn folder_pooling(files: &ModelFiles) -> Result<Option<Pooling>> {
     let Some(p) = &files.pooling_config else {
         return Ok(None);
     };

@@ -72,9 +72,11 @@ struct EncoderArgs {
     /// Model folder (Hugging Face layout) or hub id.
     #[arg(long, default_value = engine::DEFAULT_MODEL)]
     model: String,
-    /// Input format: simlm | sentence-transformers.
-    #[arg(long, default_value = "simlm")]
-    format: InputFormat,
+    /// Input format: simlm | sentence-transformers. Default: sentence-transformers for a
+    /// sentence-transformers model folder (sentence_bert_config.json, modules.json or
+    /// 1_Pooling/config.json), simlm for any other model.
+    #[arg(long)]
+    format: Option<InputFormat>,
     /// Pooling: cls | mean (default: cls for simlm, the model folder's setting for sentence-transformers).
     #[arg(long)]
     pooling: Option<Pooling>,
@@ -207,15 +209,21 @@ fn load_encoder(a: &EncoderArgs) -> anyhow::Result<Encoder> {
     let precision = a
         .precision
         .unwrap_or_else(|| Precision::default_for(&device));
+    let files = engine::ModelFiles::resolve(&a.model)?;
+    // Unless told, the format (and pooling) a sentence-transformers folder declares.
+    let (format, pooling, notes) = engine::encoder::choose_format(&files, a.format, a.pooling)?;
+    for n in notes {
+        eprintln!("{n}");
+    }
     let opts = EncoderOptions {
-        format: a.format,
-        pooling: a.pooling,
+        format,
+        pooling,
         precision,
         device,
         batch_tokens: a.batch_tokens,
         ..Default::default()
     };
-    Ok(Encoder::load(&a.model, &opts)?)
+    Ok(Encoder::from_files(files, &opts)?)
 }
 
 /// A count that must be 1 or more (threads, tokens, rows, neighbours).
