@@ -143,8 +143,70 @@ pub struct Encoder {
     max_batch: usize,
 }
 
+/// The file that marks a sentence-transformers model folder (`sentence_bert_config.json`,
+/// `modules.json` or `1_Pooling/config.json`), if the model has one.
+pub fn sentence_transformers_marker(files: &ModelFiles) -> Option<std::path::PathBuf> {
+    files
+        .sentence_bert_config
+        .clone()
+        .or_else(|| {
+            let modules = files.config.parent()?.join("modules.json");
+            modules.is_file().then_some(modules)
+        })
+        .or_else(|| files.pooling_config.clone())
+}
+
+/// The input format and pooling of an encoder: the user's where given; otherwise what the model folder
+/// says: a sentence-transformers folder gets that format (and then its own pooling), any other model
+/// SimLM's. Returns the lines to show the user: one saying the format was taken from the folder, and
+/// a warning where the pooling that will be used contradicts the folder's `1_Pooling/config.json`.
+pub fn choose_format(
+    files: &ModelFiles,
+    format: Option<InputFormat>,
+    pooling: Option<Pooling>,
+) -> Result<(InputFormat, Option<Pooling>, Vec<String>)> {
+    let marker = sentence_transformers_marker(files);
+    let declared = folder_pooling(files)?;
+    let mut notes = Vec::new();
+    let format = match (format, &marker) {
+        (Some(f), _) => f,
+        (None, None) => InputFormat::Simlm,
+        (None, Some(m)) => {
+            notes.push(format!(
+                "{} is a sentence-transformers model ({}): using --format sentence-transformers{} \
+                 (--format simlm for SimLM's)",
+                files.spec,
+                m.display(),
+                match (pooling, declared) {
+                    (None, Some(p)) => format!(" and its {p} pooling"),
+                    _ => String::new(),
+                }
+            ));
+            InputFormat::SentenceTransformers
+        }
+    };
+    let used = pooling.unwrap_or(match format {
+        InputFormat::Simlm => Pooling::Cls,
+        InputFormat::SentenceTransformers => declared.unwrap_or(Pooling::Mean),
+    });
+    if let (Some(d), Some(p)) = (declared, &files.pooling_config) {
+        if d != used {
+            let why = match pooling {
+                Some(_) => format!("--pooling {used} was asked for"),
+                None => format!("--format {format} pools with {used}"),
+            };
+            notes.push(format!(
+                "warning: {} declares {d} pooling, but {why}: kept as asked; pass --pooling {d} \
+                 (or leave out --format and --pooling) to follow the model",
+                p.display()
+            ));
+        }
+    }
+    Ok((format, pooling, notes))
+}
+
 /// The pooling a sentence-transformers folder declares (`1_Pooling/config.json`), if any.
-fn folder_pooling(files: &ModelFiles) -> Result<Option<Pooling>> {
+pub fn folder_pooling(files: &ModelFiles) -> Result<Option<Pooling>> {
     let Some(p) = &files.pooling_config else {
         return Ok(None);
     };
@@ -162,6 +224,32 @@ fn folder_pooling(files: &ModelFiles) -> Result<Option<Pooling>> {
     }
 }
 
+/// The query and passage token limits of an input format with a model: SimLM's fixed 32 and 144;
+/// for sentence-transformers, the folder's `max_seq_length` (`sentence_bert_config.json`), else the
+/// model's `max_position_embeddings`. `simlm-index info` shows them for an index.
+pub fn token_limits(
+    format: InputFormat,
+    files: &ModelFiles,
+    config: &BertConfig,
+) -> Result<(usize, usize)> {
+    Ok(match format {
+        InputFormat::Simlm => (SIMLM_QUERY_MAX_LEN, SIMLM_PASSAGE_MAX_LEN),
+        InputFormat::SentenceTransformers => {
+            let m = match &files.sentence_bert_config {
+                Some(p) => read_json(p)?
+                    .get("max_seq_length")
+                    .and_then(|m| m.as_u64())
+                    .map(|m| m as usize)
+                    .ok_or_else(|| {
+                        Error::invalid(p, None, "missing integer field `max_seq_length`")
+                    })?,
+                None => config.max_position_embeddings,
+            };
+            (m, m)
+        }
+    })
+}
+
 impl Encoder {
     /// Loads a checkpoint (folder or hub id) for the given options.
     pub fn load(spec: &str, opts: &EncoderOptions) -> Result<Self> {
@@ -171,22 +259,7 @@ impl Encoder {
     pub fn from_files(files: ModelFiles, opts: &EncoderOptions) -> Result<Self> {
         let config = BertConfig::from_file(&files.config)?;
         let tok = load_tokenizer(&files.tokenizer, files.tokenizer_config.as_deref())?;
-        let (qmax, pmax) = match opts.format {
-            InputFormat::Simlm => (SIMLM_QUERY_MAX_LEN, SIMLM_PASSAGE_MAX_LEN),
-            InputFormat::SentenceTransformers => {
-                let m = match &files.sentence_bert_config {
-                    Some(p) => read_json(p)?
-                        .get("max_seq_length")
-                        .and_then(|m| m.as_u64())
-                        .map(|m| m as usize)
-                        .ok_or_else(|| {
-                            Error::invalid(p, None, "missing integer field `max_seq_length`")
-                        })?,
-                    None => config.max_position_embeddings,
-                };
-                (m, m)
-            }
-        };
+        let (qmax, pmax) = token_limits(opts.format, &files, &config)?;
         let max_pos = config.max_position_embeddings;
         if qmax > max_pos || pmax > max_pos {
             return Err(Error::Unsupported {
@@ -291,24 +364,46 @@ impl Encoder {
 
     /// [`Encoder::encode`] with forward passes of at most `batch_tokens` padded tokens.
     pub fn encode_within(&self, kind: Kind, docs: &[Doc], batch_tokens: usize) -> Result<Vec<f32>> {
+        self.encode_within_reporting(kind, docs, batch_tokens, &|_| {})
+    }
+
+    /// [`Encoder::encode_within`], calling `done(n)` as each forward pass of `n` texts finishes (from
+    /// the worker threads, in any order): a build shows progress within a chunk. The vectors do not
+    /// depend on it.
+    pub fn encode_within_reporting(
+        &self,
+        kind: Kind,
+        docs: &[Doc],
+        batch_tokens: usize,
+        done: &(dyn Fn(usize) + Sync),
+    ) -> Result<Vec<f32>> {
         let toks = self.tokenize(kind, docs)?;
-        self.encode_tokens_within(&toks, batch_tokens)
+        self.encode_tokens_within(&toks, batch_tokens, done)
     }
 
     /// Unit vectors of already tokenised texts, in input order. Texts are sorted by length and cut
     /// into batches of at most `batch_tokens` padded tokens, so padding stays small.
     pub fn encode_tokens(&self, toks: &[Tokens]) -> Result<Vec<f32>> {
-        self.encode_tokens_within(toks, self.batch_tokens)
+        self.encode_tokens_within(toks, self.batch_tokens, &|_| {})
     }
 
-    fn encode_tokens_within(&self, toks: &[Tokens], batch_tokens: usize) -> Result<Vec<f32>> {
+    fn encode_tokens_within(
+        &self,
+        toks: &[Tokens],
+        batch_tokens: usize,
+        done: &(dyn Fn(usize) + Sync),
+    ) -> Result<Vec<f32>> {
         use crate::model::cpu_ops::with_splitting;
         use rayon::prelude::*;
         let dim = self.dim();
         let mut out = vec![0f32; toks.len() * dim];
         let batches = length_batches(toks, batch_tokens.max(1), self.max_batch);
         let run = |batch: &Vec<usize>| {
-            self.forward_batch(&batch.iter().map(|&i| &toks[i]).collect::<Vec<_>>())
+            let vecs = self.forward_batch(&batch.iter().map(|&i| &toks[i]).collect::<Vec<_>>());
+            if vecs.is_ok() {
+                done(batch.len());
+            }
+            vecs
         };
         // On the CPU, whole batches go to the worker threads (each batch's GEMMs then run on one
         // thread): that scales better than splitting every GEMM. A batch's result does not depend on

@@ -8,4 +8,4 @@ pub mod metrics;
 
 pub use compare::{compare, Comparison};
 pub use input::{write_run_line, InputError, Qrels, Run, RunFormat};
-pub use metrics::{evaluate, Evaluation, Metric, DEFAULT_METRICS};
+pub use metrics::{evaluate, Evaluation, Metric, DEFAULT_METRICS, METRIC_NAMES};

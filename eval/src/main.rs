@@ -19,8 +19,11 @@ struct Args {
     /// A second run to compare with the first (means, differences, wins/losses, randomisation test).
     #[arg(long)]
     compare: Option<PathBuf>,
-    /// Metrics: MRR@k, R@k, P@k, nDCG@k, MAP. Default: MRR@10 R@50 R@1000 nDCG@10.
-    #[arg(long = "metric", value_name = "METRIC")]
+    /// Metrics: MRR@k, R@k, P@k, nDCG@k, MAP (k a number; 1k = 1000), MRR (whole ranking), or
+    /// trec_eval's names: recip_rank, recall_k, P_k, ndcg_cut_k, map. Several in one flag
+    /// (`--metric nDCG@10,R@100` or `--metric nDCG@10 R@100`) or repeated flags. Default: MRR@10
+    /// R@50 R@1000 nDCG@10.
+    #[arg(long = "metric", value_name = "METRIC", num_args = 1.., value_delimiter = ',')]
     metrics: Vec<Metric>,
     /// Lowest label that counts as relevant for binary measures (DL papers use 2).
     #[arg(long, default_value_t = 1)]
@@ -50,7 +53,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     let metrics: Vec<Metric> = if args.metrics.is_empty() {
         DEFAULT_METRICS.to_vec()
     } else {
-        args.metrics.clone()
+        // Each once, in the order first given (`nDCG@10` and `ndcg_cut_10` are one measure).
+        let mut seen = Vec::new();
+        for m in &args.metrics {
+            if !seen.contains(m) {
+                seen.push(*m);
+            }
+        }
+        seen
     };
     let qrels = Qrels::read(&args.qrels)?;
     let run_a = Run::read(&args.run)?;

@@ -32,22 +32,44 @@ pub enum Metric {
     Map,
 }
 
+/// The names `--metric` accepts, for help and error messages.
+pub const METRIC_NAMES: &str = "MRR@k, R@k, P@k, nDCG@k, MAP (k a number; 1k = 1000), MRR (whole \
+     ranking), or trec_eval's names: recip_rank, recall_k, P_k, ndcg_cut_k, map";
+
 impl std::str::FromStr for Metric {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("unknown metric `{s}` (MRR@k, R@k, P@k, nDCG@k, MAP)");
-        if s.eq_ignore_ascii_case("map") {
-            return Ok(Metric::Map);
+        let bad = || format!("unknown metric `{s}`; the known ones: {METRIC_NAMES}");
+        let lower = s.to_ascii_lowercase();
+        match lower.as_str() {
+            "map" => return Ok(Metric::Map),
+            // trec_eval's recip_rank: the first relevant document anywhere in the ranking.
+            "recip_rank" | "mrr" | "rr" => return Ok(Metric::Mrr(usize::MAX)),
+            _ => {}
+        }
+        let cut = |k: &str| -> Result<usize, String> {
+            let k: usize = match k.to_ascii_lowercase().strip_suffix('k') {
+                Some(thousands) => thousands.parse::<usize>().map(|x| x * 1000),
+                None => k.parse(),
+            }
+            .map_err(|_| bad())?;
+            if k == 0 {
+                return Err(format!("metric `{s}`: the cut-off must be at least 1"));
+            }
+            Ok(k)
+        };
+        // trec_eval's names: ndcg_cut_10, recall_100, P_10.
+        for (prefix, metric) in [
+            ("ndcg_cut_", Metric::Ndcg as fn(usize) -> Metric),
+            ("recall_", Metric::Recall),
+            ("p_", Metric::Precision),
+        ] {
+            if let Some(k) = lower.strip_prefix(prefix) {
+                return Ok(metric(cut(k)?));
+            }
         }
         let (name, k) = s.split_once('@').ok_or_else(bad)?;
-        let k: usize = match k.to_ascii_lowercase().strip_suffix('k') {
-            Some(thousands) => thousands.parse::<usize>().map(|x| x * 1000),
-            None => k.parse(),
-        }
-        .map_err(|_| bad())?;
-        if k == 0 {
-            return Err(format!("metric `{s}`: the cut-off must be at least 1"));
-        }
+        let k = cut(k)?;
         match name.to_ascii_lowercase().as_str() {
             "mrr" | "rr" => Ok(Metric::Mrr(k)),
             "r" | "recall" => Ok(Metric::Recall(k)),
@@ -61,6 +83,7 @@ impl std::str::FromStr for Metric {
 impl std::fmt::Display for Metric {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Metric::Mrr(usize::MAX) => write!(f, "MRR"),
             Metric::Mrr(k) => write!(f, "MRR@{k}"),
             Metric::Recall(k) => write!(f, "R@{k}"),
             Metric::Precision(k) => write!(f, "P@{k}"),
@@ -231,6 +254,31 @@ mod tests {
         assert_eq!("R@1k".parse::<Metric>().unwrap(), Metric::Recall(1000));
         assert!("X@3".parse::<Metric>().is_err());
         assert!("R@0".parse::<Metric>().is_err());
+    }
+
+    /// trec_eval's names give the same measures as ours.
+    #[test]
+    fn trec_eval_names_parse_to_the_same_measures() {
+        let m = |s: &str| s.parse::<Metric>().unwrap();
+        assert_eq!(m("ndcg_cut_10"), Metric::Ndcg(10));
+        assert_eq!(m("recall_100"), Metric::Recall(100));
+        assert_eq!(m("recall_1000"), m("R@1k"));
+        assert_eq!(m("P_10"), Metric::Precision(10));
+        assert_eq!(m("map"), Metric::Map);
+        // recip_rank has no cut-off: the whole ranking.
+        assert_eq!(m("recip_rank"), Metric::Mrr(usize::MAX));
+        assert_eq!(m("recip_rank").to_string(), "MRR");
+        assert_eq!(m("MRR"), m("recip_rank"));
+        let h = hits(&["a", "b", "c"]);
+        let j = judged(&[("c", 1)]);
+        let v = score_query(&h, &j, &[m("recip_rank"), m("MRR@2")], 1);
+        assert_eq!(v, vec![1.0 / 3.0, 0.0]);
+        for bad in ["ndcg_cut_", "recall_x", "P_0", "bleu", "success_10"] {
+            let e = bad.parse::<Metric>().unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+        let e = "bleu".parse::<Metric>().unwrap_err();
+        assert!(e.contains("nDCG@k") && e.contains("ndcg_cut_k"), "{e}");
     }
 
     #[test]

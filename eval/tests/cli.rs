@@ -132,3 +132,70 @@ fn bad_input_names_file_and_line_and_exits_non_zero() {
         assert!(!e.contains("panicked"), "{e}");
     }
 }
+
+/// `--metric` takes lists (comma-separated, or several values after one flag) as well as repeated
+/// flags, and trec_eval's names for the same measures; an unknown name lists the known ones.
+#[test]
+fn metric_lists_and_trec_eval_names_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = write(dir.path(), "q", "1 0 a 1\n1 0 b 2\n2 0 c 1\n");
+    let r = write(
+        dir.path(),
+        "r",
+        "1 Q0 x 1 3 t\n1 Q0 a 2 2 t\n1 Q0 b 3 1 t\n2 Q0 c 1 1 t\n",
+    );
+    let keys = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["--qrels", &q, "--run", &r, "--json"];
+        all.extend_from_slice(args);
+        let o = run(&all);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["metrics"].clone()
+    };
+    let ours = keys(&[
+        "--metric",
+        "nDCG@10,R@100",
+        "--metric",
+        "MRR@10",
+        "P@10",
+        "MAP",
+    ]);
+    let names: Vec<&String> = ours.as_object().unwrap().keys().collect();
+    assert_eq!(names.len(), 5, "{ours}");
+    let spaced = keys(&["--metric", "nDCG@10", "R@100", "MRR@10", "P@10", "MAP"]);
+    assert_eq!(spaced, ours);
+    let trec = keys(&[
+        "--metric",
+        "ndcg_cut_10,recall_100",
+        "--metric",
+        "recip_rank",
+        "P_10",
+        "map",
+    ]);
+    for (a, b) in [
+        ("nDCG@10", "nDCG@10"),
+        ("R@100", "R@100"),
+        ("P@10", "P@10"),
+        ("MAP", "MAP"),
+        // recip_rank is the whole ranking's; here the first relevant is within 10.
+        ("MRR@10", "MRR"),
+    ] {
+        assert_eq!(ours[a], trec[b], "{a} vs {b}: {ours} {trec}");
+    }
+    // One measure named twice is printed once.
+    let twice = keys(&["--metric", "nDCG@10,ndcg_cut_10"]);
+    assert_eq!(twice.as_object().unwrap().len(), 1, "{twice}");
+    let o = run(&["--qrels", &q, "--run", &r, "--metric", "ndcg@10,bleu"]);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    assert!(
+        e.contains("unknown metric `bleu`") && e.contains("nDCG@k") && e.contains("ndcg_cut_k"),
+        "{e}"
+    );
+    let help = run(&["--help"]);
+    let h = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        h.contains("recip_rank") && h.contains("nDCG@10,R@100"),
+        "{h}"
+    );
+}

@@ -72,9 +72,11 @@ struct EncoderArgs {
     /// Model folder (Hugging Face layout) or hub id.
     #[arg(long, default_value = engine::DEFAULT_MODEL)]
     model: String,
-    /// Input format: simlm | sentence-transformers.
-    #[arg(long, default_value = "simlm")]
-    format: InputFormat,
+    /// Input format: simlm | sentence-transformers. Default: sentence-transformers for a
+    /// sentence-transformers model folder (sentence_bert_config.json, modules.json or
+    /// 1_Pooling/config.json), simlm for any other model.
+    #[arg(long)]
+    format: Option<InputFormat>,
     /// Pooling: cls | mean (default: cls for simlm, the model folder's setting for sentence-transformers).
     #[arg(long)]
     pooling: Option<Pooling>,
@@ -207,15 +209,21 @@ fn load_encoder(a: &EncoderArgs) -> anyhow::Result<Encoder> {
     let precision = a
         .precision
         .unwrap_or_else(|| Precision::default_for(&device));
+    let files = engine::ModelFiles::resolve(&a.model)?;
+    // Unless told, the format (and pooling) a sentence-transformers folder declares.
+    let (format, pooling, notes) = engine::encoder::choose_format(&files, a.format, a.pooling)?;
+    for n in notes {
+        eprintln!("{n}");
+    }
     let opts = EncoderOptions {
-        format: a.format,
-        pooling: a.pooling,
+        format,
+        pooling,
         precision,
         device,
         batch_tokens: a.batch_tokens,
         ..Default::default()
     };
-    Ok(Encoder::load(&a.model, &opts)?)
+    Ok(Encoder::from_files(files, &opts)?)
 }
 
 /// A count that must be 1 or more (threads, tokens, rows, neighbours).
@@ -323,6 +331,40 @@ fn unfinished_lines(u: &engine::index::Unfinished) -> Vec<String> {
     lines
 }
 
+/// The token limits the index's input format applies (not in the manifest: they follow from the
+/// format and, for sentence-transformers, the model folder's `max_seq_length`), as a line for `info`;
+/// none for an index without a model (imported vectors).
+fn token_limits_line(m: &Manifest) -> Option<String> {
+    let format = m.input_format?;
+    if format == InputFormat::Simlm {
+        return Some(format!(
+            "token limits: queries {}, passages {} (fixed by the {format} input format)",
+            engine::text::SIMLM_QUERY_MAX_LEN,
+            engine::text::SIMLM_PASSAGE_MAX_LEN
+        ));
+    }
+    let model = m.model.as_ref()?;
+    let limits = engine::ModelFiles::resolve_cached(&model.spec).and_then(|files| {
+        let config = engine::model::config::BertConfig::from_file(&files.config)?;
+        let (q, p) = engine::encoder::token_limits(format, &files, &config)?;
+        let from = match &files.sentence_bert_config {
+            Some(p) => format!("max_seq_length of {}", p.display()),
+            None => format!("max_position_embeddings of {}", files.config.display()),
+        };
+        Ok((q, p, from))
+    });
+    Some(match limits {
+        Ok((q, p, from)) => {
+            format!("token limits: queries {q}, passages {p} ({format} input format: {from})")
+        }
+        Err(e) => format!(
+            "token limits: unknown ({format} input format: the model's max_seq_length, and the \
+             model {} cannot be read here: {e})",
+            model.spec
+        ),
+    })
+}
+
 fn info(dir: &Path) -> anyhow::Result<()> {
     let building = engine::index::unfinished(dir).ok().flatten();
     let m = match Manifest::read(dir) {
@@ -341,6 +383,9 @@ fn info(dir: &Path) -> anyhow::Result<()> {
     };
     println!("{}", serde_json::to_string_pretty(&m)?);
     println!();
+    if let Some(line) = token_limits_line(&m) {
+        println!("{line}");
+    }
     let n = m.count.max(1) as f64;
     println!("files in {}:", m.data_dir(dir).display());
     println!("{:<20} {:>12} {:>16}", "file", "size", "bytes/passage");

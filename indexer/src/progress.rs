@@ -27,6 +27,10 @@ struct State {
 /// A rate over less time than this is noise (a stage that was over at once): none is shown.
 const MIN_TIMED: Duration = Duration::from_millis(100);
 
+/// A plain log (stderr not a terminal) prints a stage's position at most this often: the engine
+/// reports it after every forward pass, so a line comes about this often while work moves.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
 impl Bars {
     pub fn new() -> Self {
         Bars {
@@ -89,16 +93,20 @@ fn three_digits(v: f64) -> String {
     } else if v < 99.95 {
         format!("{v:.1}")
     } else {
-        let digits = format!("{:.0}", v);
-        let mut out = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i).is_multiple_of(3) {
-                out.push(',');
-            }
-            out.push(c);
-        }
-        out
+        thousands(&format!("{:.0}", v))
     }
+}
+
+/// Digits with thousands separators (`1,234,567`).
+fn thousands(digits: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A stage's time in seconds (`0.003 s`, `4.2 s`, `5123.4 s`): scripts read the `graph: done in
@@ -129,12 +137,25 @@ fn human_duration(d: Duration) -> String {
 }
 
 impl State {
-    /// `pos` in the stage's unit, as people read it.
+    /// `pos` in the stage's unit, as people read it (`12.3 MB`, `12,288`).
     fn amount(&self, pos: u64) -> String {
         match unit(&self.name) {
             "bytes" => human_bytes(pos),
-            _ => pos.to_string(),
+            _ => thousands(&pos.to_string()),
         }
+    }
+
+    /// A new position: the line a plain log prints now, if one is due (`LOG_EVERY` since the last
+    /// line, or since the stage began). Positions reported out of order by worker threads never
+    /// move it back.
+    fn advance(&mut self, pos: u64, now: Instant) -> Option<String> {
+        self.pos = self.pos.max(pos);
+        self.first.get_or_insert((pos, now));
+        if now.saturating_duration_since(self.last_log) < LOG_EVERY {
+            return None;
+        }
+        self.last_log = now;
+        Some(self.log_line(now))
     }
 
     /// The line a plain log prints every so often: position, rate and time left, where known.
@@ -202,7 +223,12 @@ impl Progress for Bars {
             bar.set_prefix(name.to_string());
             s.bar = Some(bar);
         } else {
-            let total = total.map_or("?".into(), |t| s.amount(t));
+            // Plain digits: scripts/slurm/index.sh reads `encoding: started (N`.
+            let total = match total {
+                Some(t) if unit(name) != "bytes" => t.to_string(),
+                Some(t) => s.amount(t),
+                None => "?".into(),
+            };
             let u = unit(name);
             eprintln!(
                 "{name}: started ({total}{})",
@@ -217,19 +243,16 @@ impl Progress for Bars {
 
     fn set(&self, pos: u64) {
         let mut s = self.state.lock().unwrap();
-        s.pos = pos;
-        let now = Instant::now();
         let first = s.first.is_none();
-        s.first.get_or_insert((pos, now));
+        let line = s.advance(pos, Instant::now());
         if let Some(b) = &s.bar {
-            b.set_position(pos);
+            b.set_position(s.pos);
             if first && pos > 0 {
                 // Resumed: the rows done before are not this run's speed.
                 b.reset_eta();
             }
-        } else if now.duration_since(s.last_log).as_secs() >= 10 {
-            s.last_log = now;
-            eprintln!("{}", s.log_line(now));
+        } else if let Some(line) = line {
+            eprintln!("{line}");
         }
     }
 
@@ -305,6 +328,31 @@ mod tests {
         );
     }
 
+    /// A plain log prints a line once LOG_EVERY has passed since the last (or the stage's start),
+    /// however often positions come, and none in between; late reports never move it back.
+    #[test]
+    fn plain_log_lines_come_every_ten_seconds_while_work_moves() {
+        let t0 = Instant::now();
+        let mut s = state("encoding", Some(100_000), t0);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(s.advance(0, at(0)), None);
+        assert_eq!(s.advance(700, at(4_000)), None);
+        assert_eq!(s.advance(1_400, at(9_900)), None);
+        assert_eq!(
+            s.advance(1_500, at(10_000)).as_deref(),
+            Some("encoding: 1,500/100,000 passages (150 passages/s, eta 10 min 57 s)")
+        );
+        assert_eq!(s.advance(2_000, at(15_000)), None);
+        // A worker's report that arrives after a later one's.
+        assert_eq!(s.advance(1_900, at(16_000)), None);
+        assert_eq!(s.pos, 2_000);
+        let line = s.advance(3_000, at(20_000)).unwrap();
+        assert!(
+            line.starts_with("encoding: 3,000/100,000 passages ("),
+            "{line}"
+        );
+    }
+
     /// The rate counts from the first report, in position and in time: a resumed stage's earlier
     /// rows are not this run's speed, and a first report late in the stage does not dilute it.
     #[test]
@@ -323,7 +371,7 @@ mod tests {
         let now = t0 + Duration::from_secs(4);
         assert_eq!(
             s.log_line(now),
-            "graph: 32768/40000 vectors (8,192 vectors/s, eta 882 ms)"
+            "graph: 32,768/40,000 vectors (8,192 vectors/s, eta 882 ms)"
         );
         let mut s = state("reading", Some(2_000_000_000), t0);
         s.first = Some((0, t0));

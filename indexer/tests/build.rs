@@ -78,6 +78,8 @@ fn index_vectors_equal_embed_and_numpy_opens_them() {
     for l in done {
         assert!(!l.contains("bytes/s") && !l.contains("(0.0 "), "{l}");
     }
+    // scripts/slurm/index.sh reads the total from this line: plain digits.
+    assert!(e.contains("encoding: started (1033 passages)"), "{e}");
     let npy = tmp.path().join("embed.npy");
     ok(index_cmd(&[
         "embed",
@@ -129,7 +131,13 @@ fn index_vectors_equal_embed_and_numpy_opens_them() {
     let info = ok(index_cmd(&["info", dir.to_str().unwrap()])
         .output()
         .unwrap());
-    assert!(String::from_utf8_lossy(&info.stdout).contains("bytes/passage"));
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("bytes/passage"), "{text}");
+    // The sequence lengths the index was encoded with (not in the manifest; from the format).
+    assert!(
+        text.contains("token limits: queries 32, passages 144 (fixed by the simlm input format)"),
+        "{text}"
+    );
 }
 
 /// `--precision int8`: the manifest says so (queries are then encoded the same way), the vectors
@@ -533,4 +541,151 @@ fn fix_encoding_repairs_passage_421() {
     .find(|r| r.id == "421")
     .unwrap();
     assert!(rec.text.contains("/ˈwaɪ faɪ/"), "{}", rec.text);
+}
+
+/// The real all-MiniLM-L6-v2 folder (scripts/fetch-minilm.sh; SIMLM_MINILM elsewhere).
+fn minilm() -> PathBuf {
+    let p = std::env::var_os("SIMLM_MINILM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| testkit::repo_root().join("models/all-MiniLM-L6-v2"));
+    assert!(
+        p.join("sentence_bert_config.json").is_file(),
+        "{} is missing: run scripts/fetch-minilm.sh first",
+        p.display()
+    );
+    p
+}
+
+/// A few passages of a collection, as JSONL, for quick builds with the real model.
+fn few_passages(dir: &Path) -> PathBuf {
+    let lines: String = (0..6)
+        .map(|i| {
+            format!(
+                "{{\"_id\":\"d{i}\",\"title\":\"Title {i}\",\"text\":\"passage number {i} about retrieval and proteins\"}}\n"
+            )
+        })
+        .collect();
+    testkit::write(dir, "few.jsonl", lines)
+}
+
+/// `info` shows the token limits of a sentence-transformers index: the folder's max_seq_length.
+#[test]
+fn info_shows_the_token_limits_of_a_sentence_transformers_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coll = few_passages(tmp.path());
+    let dir = tmp.path().join("st");
+    let model = minilm();
+    ok(index_cmd(&[
+        "build",
+        "--model",
+        model.to_str().unwrap(),
+        "--format",
+        "sentence-transformers",
+        "--collection",
+        coll.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+        "--no-hnsw",
+    ])
+    .output()
+    .unwrap());
+    let info = ok(index_cmd(&["info", dir.to_str().unwrap()])
+        .output()
+        .unwrap());
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        text.contains("token limits: queries 256, passages 256 (sentence-transformers input format: max_seq_length of ")
+            && text.contains("sentence_bert_config.json"),
+        "{text}"
+    );
+}
+
+/// A sentence-transformers folder indexed without --format gets that format and the folder's pooling
+/// (one line says so), the same bytes as with --format sentence-transformers; a format or pooling
+/// that contradicts the folder's pooling is kept, with a warning; any other model keeps simlm.
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn a_sentence_transformers_folder_gives_its_format_and_pooling_by_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coll = few_passages(tmp.path());
+    let model = minilm();
+    let build_with = |name: &str, model: &Path, extra: &[&str]| -> (PathBuf, String) {
+        let dir = tmp.path().join(name);
+        let mut args = vec![
+            "build",
+            "--model",
+            model.to_str().unwrap(),
+            "--collection",
+            coll.to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+            "--no-hnsw",
+        ];
+        args.extend_from_slice(extra);
+        let o = ok(index_cmd(&args).output().unwrap());
+        (dir, String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let manifest = |dir: &Path| engine::store::manifest::Manifest::read(dir).unwrap();
+    let (told, e) = build_with("told", &model, &["--format", "sentence-transformers"]);
+    assert!(
+        !e.contains("sentence-transformers model (") && !e.contains("warning"),
+        "{e}"
+    );
+    let (default, e) = build_with("default", &model, &[]);
+    let notes: Vec<&str> = e
+        .lines()
+        .filter(|l| l.contains("is a sentence-transformers model ("))
+        .collect();
+    assert_eq!(notes.len(), 1, "{e}");
+    assert!(
+        notes[0].contains("using --format sentence-transformers and its mean pooling"),
+        "{e}"
+    );
+    assert!(!e.contains("warning"), "{e}");
+    let m = manifest(&default);
+    assert_eq!(
+        (m.input_format, m.pooling),
+        (
+            Some(engine::InputFormat::SentenceTransformers),
+            Some(engine::Pooling::Mean)
+        )
+    );
+    assert_eq!(
+        bytes(&data(&default).join("vectors.npy")),
+        bytes(&data(&told).join("vectors.npy"))
+    );
+    // The user's format is kept, with a warning that its pooling is not the folder's.
+    let (simlm, e) = build_with("simlm", &model, &["--format", "simlm"]);
+    assert!(
+        e.contains("warning: ")
+            && e.contains("1_Pooling/config.json declares mean pooling")
+            && e.contains("but --format simlm pools with cls: kept as asked"),
+        "{e}"
+    );
+    let m = manifest(&simlm);
+    assert_eq!(
+        (m.input_format, m.pooling),
+        (Some(engine::InputFormat::Simlm), Some(engine::Pooling::Cls))
+    );
+    let (_, e) = build_with("cls", &model, &["--pooling", "cls"]);
+    assert!(
+        e.contains("warning: ") && e.contains("but --pooling cls was asked for: kept as asked"),
+        "{e}"
+    );
+    let (_, e) = build_with("agree", &model, &["--format", "simlm", "--pooling", "mean"]);
+    assert!(!e.contains("warning"), "{e}");
+    // A plain BERT folder: simlm, as before, and nothing said.
+    let (tiny_dir, e) = build_with("tiny", Path::new(tiny_s()), &[]);
+    assert!(
+        !e.contains("sentence-transformers") && !e.contains("warning"),
+        "{e}"
+    );
+    let m = manifest(&tiny_dir);
+    assert_eq!(
+        (m.input_format, m.pooling),
+        (Some(engine::InputFormat::Simlm), Some(engine::Pooling::Cls))
+    );
 }

@@ -392,17 +392,30 @@ fn batch(
     Ok(())
 }
 
+const REPL_COMMANDS: &str = ":k N   :exact   :hnsw   :ef N   :help   :quit";
 const REPL_HELP: &str = "type a query, or:  :k N   :exact   :hnsw   :ef N   :help   :quit";
 
-/// One line of the interactive loop; returns false to stop.
+/// The loop's settings: k, the search mode, and the graph's ef (kept while the search is exact, so
+/// that `:hnsw` goes back to it).
+struct ReplState {
+    k: usize,
+    mode: SearchMode,
+    ef: usize,
+}
+
+/// One line of the interactive loop; returns false to stop. `echo`: write the line first (`> text`),
+/// so that piped answers can be matched to their queries.
 fn repl_line(
     s: &Searcher,
     line: &str,
-    k: &mut usize,
-    mode: &mut SearchMode,
+    st: &mut ReplState,
+    echo: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<bool> {
     let line = line.trim();
+    if echo {
+        writeln!(out, "> {line}")?;
+    }
     if line.is_empty() {
         writeln!(out, "(empty query) {REPL_HELP}")?;
         return Ok(true);
@@ -411,38 +424,61 @@ fn repl_line(
         let mut parts = cmd.split_whitespace();
         match (parts.next(), parts.next()) {
             (Some("q" | "quit" | "exit"), _) => return Ok(false),
-            (Some("k"), Some(n)) => match n.parse::<usize>() {
-                Ok(n) if n > 0 => *k = n,
-                _ => writeln!(out, ":k needs a positive number")?,
+            (Some("help" | "h" | "?"), _) => writeln!(out, "{REPL_HELP}")?,
+            (Some("k"), n) => match n.map(str::parse::<usize>) {
+                Some(Ok(n)) if n > 0 => st.k = n,
+                _ => writeln!(out, "error: :k needs a positive number (:k 10)")?,
             },
-            (Some("exact"), _) => *mode = SearchMode::Exact,
-            (Some("hnsw"), _) => match s.graph_mode(DEFAULT_EF) {
-                Ok(m) => *mode = m,
-                Err(why) => writeln!(out, "{why}")?,
+            (Some("exact"), _) => st.mode = SearchMode::Exact,
+            (Some("hnsw"), _) => match s.graph_mode(st.ef) {
+                Ok(m) => st.mode = m,
+                Err(why) => writeln!(out, "error: {why}")?,
             },
-            (Some("ef"), Some(n)) => match n.parse::<usize>() {
-                Ok(n) => match s.graph_mode(n) {
-                    Ok(m) => *mode = m,
-                    Err(why) => writeln!(out, "{why}")?,
+            (Some("ef"), n) => match n.map(str::parse::<usize>) {
+                Some(Ok(n)) => match s.graph_mode(n) {
+                    Ok(m) => {
+                        st.ef = n;
+                        if st.mode == SearchMode::Exact {
+                            // Not a silent switch: the search stays exact until :hnsw.
+                            writeln!(
+                                out,
+                                "ef={n} kept for the graph; the search is still exact \
+                                 (:hnsw searches the graph with ef={n})"
+                            )?;
+                        } else {
+                            st.mode = m;
+                        }
+                    }
+                    Err(why) => writeln!(out, "error: {why}")?,
                 },
-                Err(_) => writeln!(out, ":ef needs a positive number")?,
+                _ => writeln!(out, "error: :ef needs a positive number (:ef 128)")?,
             },
-            _ => writeln!(out, "{REPL_HELP}")?,
+            (name, _) => writeln!(
+                out,
+                "error: unknown command `:{}`; the commands: {REPL_COMMANDS}",
+                name.unwrap_or("")
+            )?,
         }
-        writeln!(out, "k={k}, {mode}")?;
+        writeln!(out, "k={}, {}", st.k, st.mode)?;
         return Ok(true);
     }
-    answer(s, line, *k, *mode, out)?;
+    answer(s, line, st.k, st.mode, out)?;
     Ok(true)
 }
 
 fn repl(s: &Searcher, k: usize) -> anyhow::Result<()> {
-    let mut k = k;
-    let mut mode = s.mode;
+    let mut st = ReplState {
+        k,
+        mode: s.mode,
+        ef: match s.mode {
+            SearchMode::Hnsw { ef } => ef,
+            SearchMode::Exact => DEFAULT_EF,
+        },
+    };
     let mut stdout = std::io::stdout();
     if !std::io::stdin().is_terminal() {
-        // Piped lines: a line that is not UTF-8, or whose query fails, is reported and the next
-        // line answered; the exit status says whether any failed.
+        // Piped lines: each is echoed before its answer. A line that is not UTF-8, or whose query
+        // fails, is reported and the next line answered; the exit status says whether any failed.
         let mut failed = 0usize;
         for (no, line) in std::io::stdin().lock().split(b'\n').enumerate() {
             let line = line.context("standard input")?;
@@ -454,13 +490,7 @@ fn repl(s: &Searcher, k: usize) -> anyhow::Result<()> {
                 failed += 1;
                 continue;
             };
-            match repl_line(
-                s,
-                line.trim_end_matches('\r'),
-                &mut k,
-                &mut mode,
-                &mut stdout,
-            ) {
+            match repl_line(s, line.trim_end_matches('\r'), &mut st, true, &mut stdout) {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
@@ -488,7 +518,7 @@ fn repl(s: &Searcher, k: usize) -> anyhow::Result<()> {
         match rl.readline("query> ") {
             Ok(line) => {
                 let _ = rl.add_history_entry(line.as_str());
-                match repl_line(s, &line, &mut k, &mut mode, &mut stdout) {
+                match repl_line(s, &line, &mut st, false, &mut stdout) {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => eprintln!("error: {e:#}"),

@@ -237,6 +237,16 @@ fn the_repl_reports_a_bad_line_and_answers_the_next() {
     let e = stderr(&o);
     assert!(e.contains("line 2: not valid UTF-8"), "{e}");
     assert_eq!(out.matches("  1. ").count(), 2, "{out}");
+    // The lines answered are echoed before their answers; the skipped one is not.
+    assert_eq!(
+        out.matches("\n> ").count() + usize::from(out.starts_with("> ")),
+        2,
+        "{out}"
+    );
+    assert!(
+        out.starts_with("> cancer\n") && out.contains("\n> heart disease\n"),
+        "{out}"
+    );
     assert!(!o.status.success());
 }
 

@@ -211,6 +211,69 @@ fn the_repl_answers_piped_queries() {
     assert!(out.contains("(empty query)"), "{out}");
     assert!(out.contains("k=2, exact"), "{out}");
     assert!(out.contains("encode") && out.contains("search"), "{out}");
+    // Piped, each line is echoed before its answer.
+    let first = out.find("> cancer in children\n").expect(&out);
+    let second = out.find("> heart valve surgery\n").expect(&out);
+    assert!(
+        first < out.find("  1. ").unwrap() && second > first,
+        "{out}"
+    );
+    assert!(out.contains("> :k 2\nk=2, "), "{out}");
+}
+
+/// `:ef N` while exact says the search stays exact (no silent switch to the graph), `:hnsw` then
+/// uses that ef, and an unknown command is named with the list of commands, the loop going on.
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn the_repl_keeps_ef_across_modes_and_names_unknown_commands() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_simlm-search"))
+        .args(["repl", "--index", med_index().to_str().unwrap(), "--k", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b":exact\n:ef 50\nblood pressure\n:hnsw\n:foo 3\n:ef 70\n:ef\nheart\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let after = |cmd: &str| -> String {
+        let at = out.find(&format!("> {cmd}\n")).expect(&out) + cmd.len() + 3;
+        out[at..]
+            .lines()
+            .take_while(|l| !l.starts_with("> "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(after(":exact"), "k=2, exact", "{out}");
+    let ef = after(":ef 50");
+    assert!(
+        ef.contains("ef=50 kept for the graph; the search is still exact")
+            && ef.ends_with("k=2, exact"),
+        "{out}"
+    );
+    assert_eq!(after(":hnsw"), "k=2, hnsw ef=50", "{out}");
+    let foo = after(":foo 3");
+    assert!(
+        foo.contains("unknown command `:foo`") && foo.contains(":k N") && foo.contains(":quit"),
+        "{out}"
+    );
+    assert_eq!(after(":ef 70"), "k=2, hnsw ef=70", "{out}");
+    assert!(
+        after(":ef").contains(":ef needs a positive number"),
+        "{out}"
+    );
+    // Both queries answered, the second after the unknown command.
+    assert_eq!(out.matches("  1. ").count(), 2, "{out}");
+    assert!(after("heart").contains("  1. "), "{out}");
 }
 
 #[test]

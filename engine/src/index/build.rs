@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -652,7 +653,18 @@ fn encode(
             }
             row += 1;
             if chunk.len() == opts.chunk_rows || (row == plan.end && !chunk.is_empty()) {
-                let vecs = encoder.encode_within(Kind::Passage, &chunk, plan.batch_tokens)?;
+                // Positions within the chunk as its forward passes finish: a chunk can take
+                // minutes on a CPU, and the display shows movement meanwhile.
+                let (before, in_chunk) = (state.rows_done, AtomicUsize::new(0));
+                let vecs = encoder.encode_within_reporting(
+                    Kind::Passage,
+                    &chunk,
+                    plan.batch_tokens,
+                    &|n| {
+                        let d = in_chunk.fetch_add(n, Ordering::Relaxed) + n;
+                        progress.set((before + d) as u64);
+                    },
+                )?;
                 let sum = out.append_f32(&vecs)?;
                 state.rows_done += chunk.len();
                 if let Some(sums) = &mut state.chunk_sha256 {

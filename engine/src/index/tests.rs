@@ -525,3 +525,61 @@ fn a_record_without_checksums_is_not_trusted() {
     assert_eq!(data(&out, layout::VECTORS), data(&clean, layout::VECTORS));
     assert!(verify(&out).unwrap().is_empty());
 }
+
+/// Positions of each stage, as reported.
+#[derive(Default)]
+struct Positions(Mutex<Vec<(String, u64)>>);
+
+impl Progress for Positions {
+    fn stage(&self, name: &str, _: Option<u64>) {
+        self.0.lock().unwrap().push((name.to_string(), u64::MAX));
+    }
+    fn set(&self, pos: u64) {
+        let mut v = self.0.lock().unwrap();
+        let name = v.last().map(|(n, _)| n.clone()).unwrap_or_default();
+        v.push((name, pos));
+    }
+    fn finish_stage(&self) {}
+    fn message(&self, _: &str) {}
+}
+
+/// The encoding stage reports positions within a chunk, as its forward passes finish, not only at
+/// the chunk's end: one chunk of a slow model takes minutes. The vectors are those of a quiet build.
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn encoding_reports_progress_within_a_chunk() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = collection(tmp.path(), 300);
+    let enc = encoder();
+    let opts = BuildOptions {
+        chunk_rows: 4096,
+        ..options(&docs, &tmp.path().join("reported"))
+    };
+    let rec = Positions::default();
+    build(&enc, &opts, &rec).unwrap();
+    let quiet = tmp.path().join("quiet");
+    let quiet_opts = BuildOptions {
+        out: quiet.clone(),
+        ..opts.clone()
+    };
+    build(&enc, &quiet_opts, &Quiet).unwrap();
+    assert_eq!(
+        data(&opts.out, layout::VECTORS),
+        data(&quiet, layout::VECTORS)
+    );
+    let seen: Vec<u64> = rec
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, p)| n == "encoding" && *p != u64::MAX)
+        .map(|(_, p)| *p)
+        .collect();
+    let within = seen.iter().filter(|&&p| p > 0 && p < 300).count();
+    assert!(within >= 2, "one chunk of 300 rows: {seen:?}");
+    assert_eq!(seen.iter().max(), Some(&300), "{seen:?}");
+}

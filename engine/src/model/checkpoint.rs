@@ -114,6 +114,15 @@ impl ModelFiles {
         Self::from_hub(spec)
     }
 
+    /// [`ModelFiles::resolve`] without downloading: a folder, or a hub id already in the cache.
+    pub fn resolve_cached(spec: &str) -> Result<Self> {
+        let path = Path::new(spec);
+        if path.exists() || !looks_like_hub_id(spec) {
+            return Self::resolve(spec);
+        }
+        Self::from_hub_cache(spec, hf_hub::Cache::from_env(), true)
+    }
+
     pub fn from_folder(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::ModelNotFound(format!(
