@@ -6,8 +6,9 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-# Disk: the build, the tests' temporary indexes and the SLURM and reproduction folders take about
-# 8; say so up front when there is less, rather than failing late on "No space left on device".
+# Disk: the debug build (2.2 GB), the Python package's release build (1.2 GB), .venv, the model, the
+# tests' temporary indexes and the SLURM and reproduction folders take about 5 GB; say so up front when
+# there is less than 8, rather than failing late on "No space left on device".
 free_gb=$(df -Pk "$root" | awk 'NR == 2 { printf "%d", $4 / 1048576 }')
 echo "test.sh: ${free_gb} GB free on $(df -P "$root" | awk 'NR == 2 { print $6 }')"
 if [ "${free_gb:-0}" -lt 8 ]; then
