@@ -33,6 +33,10 @@ cargo test --workspace --locked "$@"
 if [ "$fuzz_secs" != 0 ]; then
   SIMLM_FUZZ_SECS="$fuzz_secs" cargo test --workspace --locked --test fuzz -- --nocapture --test-threads=1
 fi
+# The Python package (python/, docs/python.md): built and installed into .venv, then its tests, which
+# compare with the binaries just built; those that need ../shared skip themselves, with the reason.
+scripts/setup-python-package.sh
+SIMLM_BIN="$root/target/debug" SIMLM_SHARED="$shared" .venv/bin/python -m pytest -q python/tests
 if [ ! -d "$shared/fixtures" ] || [ ! -d "$shared/data" ]; then
   echo "note: $shared is missing: the tests that need its fixtures and data were ignored (listed above as"
   echo "      ignored), and the small reproduction and the SLURM tests were skipped; put the shared folder"
