@@ -198,6 +198,9 @@ fn query_array<'py>(
     Ok(a)
 }
 
+/// What `search` returns: scores and rows, (n, k) each.
+type Found<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>);
+
 /// Hits as faiss returns them: (n, k) scores and rows, padded with -inf and -1 past the hits found
 /// (a k larger than the index).
 fn pack(hits: &[Vec<Hit>], k: usize) -> (Vec<f32>, Vec<i64>) {
@@ -277,7 +280,7 @@ impl Index {
         k: usize,
         exact: bool,
         ef: Option<usize>,
-    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>)> {
+    ) -> PyResult<Found<'py>> {
         let mode = self.mode(exact, ef)?;
         let kk = self.check_k(k)?;
         let a = query_array(py, queries, self.index().manifest.dim)?;
