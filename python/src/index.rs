@@ -457,7 +457,7 @@ impl Index {
             self.count(),
             self.dim(),
             self.dtype(),
-            self.has_graph()
+            if self.has_graph() { "True" } else { "False" }
         )
     }
 }

@@ -214,6 +214,31 @@ def test_threads_searching_at_once_agree_with_one(tiny_index):
             assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
+@needs_shared
+def test_the_gil_is_released_and_ctrl_c_interrupts_a_search(tiny_index):
+    idx = simlm.Index(tiny_index)
+    q = np.random.default_rng(4).standard_normal((60000, 32)).astype(np.float32)
+    ticks, stop = [0], [False]
+
+    def count():
+        while not stop[0]:
+            ticks[0] += 1
+
+    t = threading.Thread(target=count)
+    t.start()
+    idx.search(q[:20000], k=10, exact=True)
+    stop[0] = True
+    t.join()
+    # With the GIL held through the search, the counting thread could not have run at all.
+    assert ticks[0] > 1000, ticks
+    timer = threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    began = time.time()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        idx.search(q, k=10, exact=True)
+    assert time.time() - began < 0.2 + 1.0
+
+
 # ---------------------------------------------------------------- build and import
 
 
