@@ -22,6 +22,7 @@ export SIMLM_PYTHON="$root/.venv/bin/python"
 shared="${SIMLM_SHARED:-$root/../shared}"
 if cargo fmt --version >/dev/null 2>&1; then
   cargo fmt --all -- --check
+  cargo fmt --manifest-path python/Cargo.toml -- --check
 else
   echo "note: rustfmt is not installed (rustup component add rustfmt): formatting not checked"
 fi
@@ -36,6 +37,10 @@ cargo test --workspace --locked "$@"
 if [ "$fuzz_secs" != 0 ]; then
   SIMLM_FUZZ_SECS="$fuzz_secs" cargo test --workspace --locked --test fuzz -- --nocapture --test-threads=1
 fi
+# The Python package (python/, docs/python.md): built and installed into .venv, then its tests, which
+# compare with the binaries just built; those that need ../shared skip themselves, with the reason.
+scripts/setup-python-package.sh
+SIMLM_BIN="$root/target/debug" SIMLM_SHARED="$shared" .venv/bin/python -m pytest -q python/tests
 if [ ! -d "$shared/fixtures" ] || [ ! -d "$shared/data" ]; then
   echo "note: $shared is missing: the tests that need its fixtures and data were ignored (listed above as"
   echo "      ignored), and the small reproduction and the SLURM tests were skipped; put the shared folder"

@@ -42,6 +42,10 @@ pub enum Error {
     /// (shards of different indexes, queries of another dimension, text for an index without a model).
     #[error("{0}")]
     Usage(String),
+    /// The caller asked the command to stop (`Progress::cancelled`); what it had recorded is kept,
+    /// and the same command resumes from there.
+    #[error("{0}")]
+    Cancelled(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -396,6 +396,13 @@ pub fn build(encoder: &Encoder, opts: &BuildOptions, progress: &dyn Progress) ->
         &scan.ids[plan.start..plan.end],
         &scan.offsets[plan.start..plan.end],
     )?;
+    if opts.hnsw.is_some() && progress.cancelled() {
+        return Err(stopped(
+            &opts.out,
+            plan.end - plan.start,
+            plan.end - plan.start,
+        ));
+    }
     if let Some(params) = opts.hnsw {
         match saved_graph(&gen_dir, &state, params, progress)? {
             Some(sum) => known.push(sum),
@@ -447,6 +454,15 @@ pub fn build(encoder: &Encoder, opts: &BuildOptions, progress: &dyn Progress) ->
     };
     w.commit(&mut manifest)?;
     Ok(manifest)
+}
+
+/// The error of a build stopped on the caller's request (`Progress::cancelled`), at a chunk boundary.
+fn stopped(out: &Path, done: usize, rows: usize) -> Error {
+    Error::Cancelled(format!(
+        "{}: build stopped on request after {done} of {rows} passages were encoded and recorded; \
+         the same build resumes from there",
+        out.display()
+    ))
 }
 
 /// The generation this build writes: an unfinished build with the same settings (resumed), or a new
@@ -675,6 +691,9 @@ fn encode(
                 state.save(gen_dir)?;
                 progress.set(state.rows_done as u64);
                 failpoint::hit("encode").at(&partial)?;
+                if progress.cancelled() && state.rows_done < rows {
+                    return Err(stopped(&opts.out, state.rows_done, rows));
+                }
             }
         }
         if state.rows_done != rows {

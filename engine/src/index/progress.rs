@@ -8,6 +8,13 @@ pub trait Progress: Sync {
     fn set(&self, pos: u64);
     fn finish_stage(&self);
     fn message(&self, msg: &str);
+    /// Whether the caller has asked the command to stop (a front end's Ctrl-C: the Python package's
+    /// KeyboardInterrupt). A build asks after each chunk of vectors is appended and recorded, and
+    /// before its graph, and then stops with `Error::Cancelled`, leaving its progress record as a
+    /// stopped process would: the same command run again resumes from there.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// A progress sink that prints nothing.

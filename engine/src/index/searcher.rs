@@ -144,6 +144,21 @@ impl Searcher {
         Encoder::from_files(files, &enc_opts)
     }
 
+    /// The encoder an opened index's manifest names, loaded and checked as `open` loads it (the
+    /// model's fingerprint against the manifest's): for front ends that open the index first and load
+    /// the model only when a text query comes (the Python package's `Index.search_text`).
+    pub fn load_index_encoder(index: &Index, opts: &SearcherOptions) -> Result<Encoder> {
+        let m = &index.manifest;
+        match &m.model {
+            Some(model) => Self::load_encoder(&index.dir, m, model, opts),
+            None => Err(Error::Usage(format!(
+                "{} was imported from vectors made elsewhere and has no model: it answers \
+                 pre-encoded queries only",
+                index.dir.display()
+            ))),
+        }
+    }
+
     /// The index's encoder, or why there is none.
     pub fn encoder(&self) -> Result<&Encoder> {
         self.encoder.as_deref().ok_or_else(|| {

@@ -134,6 +134,56 @@ fn a_stopped_build_resumes_where_it_stopped() {
     assert_eq!(std::fs::read(out.join(layout::MANIFEST)).unwrap(), manifest);
 }
 
+/// Progress that asks the build to stop once `after` rows are encoded (a front end's Ctrl-C).
+struct StopAfter(u64, std::sync::atomic::AtomicU64);
+
+impl Progress for StopAfter {
+    fn stage(&self, _: &str, _: Option<u64>) {}
+    fn set(&self, pos: u64) {
+        self.1.store(pos, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn finish_stage(&self) {}
+    fn message(&self, _: &str) {}
+    fn cancelled(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::SeqCst) >= self.0
+    }
+}
+
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn a_cancelled_build_stops_at_a_chunk_and_resumes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = collection(tmp.path(), 600);
+    let enc = encoder();
+    let clean = tmp.path().join("clean");
+    build(&enc, &options(&docs, &clean), &Quiet).unwrap();
+    let out = tmp.path().join("stopped");
+    let opts = options(&docs, &out);
+    let e = build(&enc, &opts, &StopAfter(200, Default::default())).unwrap_err();
+    assert!(matches!(e, crate::Error::Cancelled(_)), "{e}");
+    assert!(e.to_string().contains("after 256 of 600"), "{e}");
+    assert!(!out.join(layout::MANIFEST).exists());
+    let u = super::unfinished(&out).unwrap().unwrap();
+    assert_eq!(u.rows_done, 256);
+    // Asked to stop once the vectors are done: it stops before the graph.
+    let graph = BuildOptions {
+        hnsw: Some(crate::search::hnsw::HnswParams::default()),
+        ..opts.clone()
+    };
+    let e = build(&enc, &graph, &StopAfter(600, Default::default())).unwrap_err();
+    assert!(e.to_string().contains("after 600 of 600"), "{e}");
+    let m = build(&enc, &graph, &Quiet).unwrap();
+    assert_eq!(m.count, 600);
+    for name in [layout::VECTORS, layout::DOCIDS, layout::OFFSETS] {
+        assert_eq!(data(&out, name), data(&clean, name), "{name}");
+    }
+    assert!(verify(&out).unwrap().is_empty());
+}
+
 #[test]
 #[cfg_attr(
     no_shared,
