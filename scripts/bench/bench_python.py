@@ -10,7 +10,7 @@
 Peers run in the same process with the same thread count (faiss: omp_set_num_threads; hnswlib:
 num_threads; torch: set_num_threads). Each peer not installed is reported as skipped. Usage:
 
-  target/bench-venv/bin/python scripts/bench_python.py [--threads 2] [--n 30000] [--skip-encode]
+  target/bench-venv/bin/python scripts/bench/bench_python.py [--threads 2] [--n 30000] [--skip-encode]
 
 The search matrix: --index IDX (an existing index; its vectors are used by every peer) or, by default,
 N random unit vectors of 384 dimensions (seeded), imported with simlm.import_vectors (M 32, efC 200);
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("SIMLM_SHARED", ROOT.parent / "shared"))
 
 
