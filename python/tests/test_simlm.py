@@ -31,6 +31,15 @@ from conftest import (
 FIXTURE_QUERIES = ["what is qa", "how many calories are in an egg", "who wrote hamlet"]
 
 
+@pytest.fixture
+def ctrl_c():
+    """Python's own SIGINT handler for the test: a process started with SIGINT ignored (a background
+    job of a non-interactive shell, as CI may run the tests) would otherwise never see Ctrl-C."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def fixture_lines(name):
     with open(SHARED / "fixtures" / name, encoding="utf-8") as f:
         return [json.loads(l) for l in f]
@@ -215,7 +224,7 @@ def test_threads_searching_at_once_agree_with_one(tiny_index):
 
 
 @needs_shared
-def test_the_gil_is_released_and_ctrl_c_interrupts_a_search(tiny_index):
+def test_the_gil_is_released_and_ctrl_c_interrupts_a_search(tiny_index, ctrl_c):
     idx = simlm.Index(tiny_index)
     q = np.random.default_rng(4).standard_normal((60000, 32)).astype(np.float32)
     ticks, stop = [0], [False]
@@ -394,7 +403,7 @@ def test_evaluate_equals_pytrec_eval():
 
 
 @needs_shared
-def test_keyboard_interrupt_stops_a_build_that_resumes_to_the_same_index(tmp_path):
+def test_keyboard_interrupt_stops_a_build_that_resumes_to_the_same_index(tmp_path, ctrl_c):
     coll = pool_head(12000, tmp_path / "c.tsv")
     out = tmp_path / "stopped"
     opts = dict(model=TINY, chunk_rows=200, m=8, ef_construction=40, threads=2)
