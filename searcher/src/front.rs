@@ -40,8 +40,8 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use crate::serve::{
-    accept_loop, busy_with, error, not_found, page, read_body_within, round, track,
-    write_addr_file, Budget, Histogram, Metrics, SearchRequest, ServeOptions, SECONDS,
+    accept_loop, busy_with, check_search, error, not_found, page, read_body_within, round, track,
+    write_addr_file, Budget, Histogram, Metrics, Queries, ServeOptions, SECONDS,
 };
 
 /// The front's options: the service's own, and its shards.
@@ -819,102 +819,18 @@ struct FrontAsk {
 }
 
 fn parse_search(front: &Front, body: &[u8]) -> Result<FrontAsk, Response> {
-    let opts = &front.opts.serve;
-    let req: SearchRequest = serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))?;
-    let given = [
-        req.query.is_some(),
-        req.queries.is_some(),
-        req.vector.is_some(),
-        req.vectors.is_some(),
-    ];
-    if given.iter().filter(|g| **g).count() != 1 {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "give exactly one of `query`, `queries`, `vector` or `vectors`",
-        ));
-    }
-    let several = req.queries.is_some() || req.vectors.is_some();
-    let count = match (&req.queries, &req.vectors) {
-        (Some(q), _) => q.len(),
-        (_, Some(v)) => v.len(),
-        _ => 1,
-    };
-    if count == 0 {
-        return Err(error(StatusCode::UNPROCESSABLE_ENTITY, "no queries given"));
-    }
-    if count > opts.max_queries {
-        return Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "{count} queries in one request; at most {} (--max-queries, and the shards')",
-                opts.max_queries
-            ),
-        ));
-    }
-    let k = req.k.unwrap_or(10);
-    if k == 0 || k > opts.max_k {
-        return Err(error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "k must be between 1 and {} (--max-k, and the shards'); got {k}",
-                opts.max_k
-            ),
-        ));
-    }
-    if count.saturating_mul(k) > opts.max_hits {
-        return Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "{count} queries x k {k} = {} hits in one request; at most {} (--max-hits, and the \
-                 shards'): send fewer queries a request or a smaller k",
-                count * k,
-                opts.max_hits
-            ),
-        ));
-    }
-    if req.ef == Some(0) {
+    let c = check_search(body, &front.opts.serve, front.info.dim, ", and the shards'")?;
+    if c.ef == Some(0) {
         return Err(error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "ef must be positive",
         ));
     }
-    let dim = front.info.dim;
-    let (texts, vectors) = if let Some(t) = req.query {
-        (Some(vec![t]), Vec::new())
-    } else if let Some(ts) = req.queries {
-        (Some(ts), Vec::new())
-    } else {
-        let vs = match (req.vector, req.vectors) {
-            (Some(v), _) => vec![v],
-            (None, vs) => vs.unwrap_or_default(),
-        };
-        let mut flat = Vec::with_capacity(vs.len() * dim);
-        for (i, v) in vs.iter().enumerate() {
-            if v.len() != dim {
-                return Err(error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!(
-                        "vector {i} has {} values; the index holds dimension {dim}",
-                        v.len()
-                    ),
-                ));
-            }
-            flat.extend_from_slice(v);
-        }
-        engine::index::check_query_vectors(&flat, dim)
-            .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-        (None, flat)
+    let (texts, vectors) = match c.queries {
+        Queries::Texts(ts) => (Some(ts), Vec::new()),
+        Queries::Vectors(flat) => (None, flat),
     };
-    if let Some(ts) = &texts {
-        if let Some(i) = ts.iter().position(|t| t.trim().is_empty()) {
-            return Err(error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("query {i} is empty"),
-            ));
-        }
-    }
-    let (exact, ef) = match (req.exact, req.ef) {
+    let (exact, ef) = match (c.exact, c.ef) {
         (Some(true), _) => (Some(true), None),
         (_, Some(ef)) => (None, Some(ef)),
         (Some(false), None) => (Some(false), front.opts.ef),
@@ -924,10 +840,10 @@ fn parse_search(front: &Front, body: &[u8]) -> Result<FrontAsk, Response> {
     Ok(FrontAsk {
         texts,
         vectors,
-        count,
-        k,
-        several,
-        text: req.text.unwrap_or(true),
+        count: c.count,
+        k: c.k,
+        several: c.several,
+        text: c.text,
         exact,
         ef,
     })

@@ -970,9 +970,28 @@ pub(crate) struct SearchRequest {
     pub(crate) text: Option<bool>,
 }
 
-/// Parses and checks a `/search` body against the limits and the index `s`: the request, or the
-/// error response it gets (400 malformed, 413 over a limit, 422 not searchable as asked).
-pub fn parse_search(body: &[u8], opts: &ServeOptions, s: &Searcher) -> Result<SearchAsk, Response> {
+/// A `/search` body parsed and checked against the limits and the vectors' dimension: what the
+/// single server and the front over shards check alike, before the search mode and the encoder.
+pub(crate) struct CheckedSearch {
+    pub(crate) queries: Queries,
+    pub(crate) count: usize,
+    pub(crate) k: usize,
+    /// `queries` or `vectors` was given: the answer is a list of lists.
+    pub(crate) several: bool,
+    pub(crate) text: bool,
+    pub(crate) exact: Option<bool>,
+    pub(crate) ef: Option<usize>,
+}
+
+/// Parses `body` and checks it (400 malformed, 413 over a limit, 422 k, an empty query, a vector of
+/// another dimension or one that cannot be scored). `whose` follows each limit's flag in the
+/// messages (the front's limits are also its shards').
+pub(crate) fn check_search(
+    body: &[u8],
+    opts: &ServeOptions,
+    dim: usize,
+    whose: &str,
+) -> Result<CheckedSearch, Response> {
     let req: SearchRequest = serde_json::from_slice(body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))?;
     let given = [
@@ -988,7 +1007,6 @@ pub fn parse_search(body: &[u8], opts: &ServeOptions, s: &Searcher) -> Result<Se
         ));
     }
     let several = req.queries.is_some() || req.vectors.is_some();
-    let dim = s.index.manifest.dim;
     let count = if let Some(q) = &req.queries {
         q.len()
     } else if let Some(v) = &req.vectors {
@@ -1003,7 +1021,7 @@ pub fn parse_search(body: &[u8], opts: &ServeOptions, s: &Searcher) -> Result<Se
         return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "{count} queries in one request; at most {} (--max-queries)",
+                "{count} queries in one request; at most {} (--max-queries{whose})",
                 opts.max_queries
             ),
         ));
@@ -1012,14 +1030,17 @@ pub fn parse_search(body: &[u8], opts: &ServeOptions, s: &Searcher) -> Result<Se
     if k == 0 || k > opts.max_k {
         return Err(error(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("k must be between 1 and {} (--max-k); got {k}", opts.max_k),
+            format!(
+                "k must be between 1 and {} (--max-k{whose}); got {k}",
+                opts.max_k
+            ),
         ));
     }
     if count.saturating_mul(k) > opts.max_hits {
         return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "{count} queries x k {k} = {} hits in one request; at most {} (--max-hits): \
+                "{count} queries x k {k} = {} hits in one request; at most {} (--max-hits{whose}): \
                  send fewer queries a request or a smaller k",
                 count * k,
                 opts.max_hits
@@ -1060,13 +1081,30 @@ pub fn parse_search(body: &[u8], opts: &ServeOptions, s: &Searcher) -> Result<Se
                 format!("query {i} is empty"),
             ));
         }
+    }
+    Ok(CheckedSearch {
+        queries,
+        count,
+        k,
+        several,
+        text: req.text.unwrap_or(true),
+        exact: req.exact,
+        ef: req.ef,
+    })
+}
+
+/// Parses and checks a `/search` body against the limits and the index `s`: the request, or the
+/// error response it gets (400 malformed, 413 over a limit, 422 not searchable as asked).
+pub fn parse_search(body: &[u8], opts: &ServeOptions, s: &Searcher) -> Result<SearchAsk, Response> {
+    let c = check_search(body, opts, s.index.manifest.dim, "")?;
+    if let Queries::Texts(_) = &c.queries {
         if let Err(e) = s.encoder() {
             return Err(error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
         }
     }
-    let mode = if req.exact.unwrap_or(false) {
+    let mode = if c.exact.unwrap_or(false) {
         SearchMode::Exact
-    } else if let Some(ef) = req.ef {
+    } else if let Some(ef) = c.ef {
         s.graph_mode(ef)
             .map_err(|why| error(StatusCode::UNPROCESSABLE_ENTITY, why))?
     } else {
@@ -1079,11 +1117,11 @@ pub fn parse_search(body: &[u8], opts: &ServeOptions, s: &Searcher) -> Result<Se
         }
     }
     Ok(SearchAsk {
-        queries,
-        k,
+        queries: c.queries,
+        k: c.k,
         mode,
-        several,
-        text: req.text.unwrap_or(true),
+        several: c.several,
+        text: c.text,
     })
 }
 
