@@ -712,7 +712,7 @@ fn run_encoder(front: &Front, enc: &Encoder, rx: mpsc::Receiver<EncodeJob>) {
             }
             let docs: Vec<Doc> = group
                 .iter()
-                .flat_map(|j| j.texts.iter().map(|t| doc(kind, t)))
+                .flat_map(|j| j.texts.iter().map(|t| Doc::new(None, t)))
                 .collect();
             let t = Instant::now();
             let result =
@@ -734,7 +734,7 @@ fn run_encoder(front: &Front, enc: &Encoder, rx: mpsc::Receiver<EncodeJob>) {
                 }
                 _ if group.len() > 1 => {
                     for j in group {
-                        let docs: Vec<Doc> = j.texts.iter().map(|t| doc(kind, t)).collect();
+                        let docs: Vec<Doc> = j.texts.iter().map(|t| Doc::new(None, t)).collect();
                         let t = Instant::now();
                         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             enc.encode(kind, &docs)
@@ -763,10 +763,6 @@ fn run_encoder(front: &Front, enc: &Encoder, rx: mpsc::Receiver<EncodeJob>) {
             }
         }
     }
-}
-
-fn doc(_kind: Kind, text: &str) -> Doc {
-    Doc::new(None, text)
 }
 
 /// Encodes texts on the encoder's thread.
