@@ -393,7 +393,7 @@ impl Encoder {
         batch_tokens: usize,
         done: &(dyn Fn(usize) + Sync),
     ) -> Result<Vec<f32>> {
-        use crate::model::cpu_ops::with_splitting;
+        use crate::model::cpu::parallel::with_splitting;
         use rayon::prelude::*;
         let dim = self.dim();
         let mut out = vec![0f32; toks.len() * dim];

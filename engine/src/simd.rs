@@ -4,7 +4,7 @@
 //! | kernel | AVX-512F | AVX2 + FMA | portable | used by |
 //! |---|---|---|---|---|
 //! | `dot_u8` (f32 . u8 codes) | intrinsics | intrinsics | 8-lane loop | graph build and walk |
-//! | GELU, softmax, LayerNorm | generic code compiled for the level ([`simd_dispatch!`]) | same | same | `model::cpu_ops` |
+//! | GELU, softmax, LayerNorm | generic code compiled for the level ([`simd_dispatch!`]) | same | same | `model::cpu::elementwise` |
 //! | `score_tile` (6 queries x 16 rows, with the top-k test) | intrinsics | intrinsics | 16-lane loop | exact search, small-batch projections |
 //! | `score_rows` (1 query x 16 rows read in place, `score_tile`'s arithmetic) | the AVX2 code | intrinsics | scalar loop | graph re-scoring |
 //!

@@ -1,10 +1,37 @@
-//! The BERT encoder: configuration, checkpoint files and the forward pass.
-pub mod attention;
+//! The BERT encoder: configuration, checkpoint files, the weights and the forward pass, and the CPU
+//! kernels under it.
+//!
+//! The files point one way, from the forward down to the kernels:
+//!
+//! ```text
+//! bert.rs      the forward: embeddings, layers (candle's ops on any device; the fused CPU ops for f32
+//!  |           and int8 on the CPU), pooling
+//!  +-- weights.rs       the tensors, found by name, checked and laid out (config.rs, checkpoint.rs)
+//!  +-- cpu/             the CPU kernels (cpu/mod.rs): fused ops -> products -> leaves
+//! ```
+//!
+//! Each step of the CPU forward, the file that runs it, and the kernels it runs on each CPU level
+//! (`crate::simd::level`; the `gemm` crate picks its own kernels for the CPU):
+//!
+//! | op | file | AVX-512 | AVX2 + FMA | portable |
+//! |---|---|---|---|---|
+//! | embedding sums | `cpu/embedding.rs` | plain loop | same | same |
+//! | f32 projection, more than 64 rows | `cpu/fused_linear.rs`, `cpu/linear.rs` (`gemm_f32`) | `gemm` crate | `gemm` crate | `gemm` crate |
+//! | f32 projection, up to 64 rows (a query) | `cpu/linear.rs` (`PackedWeight`) | `rows_panel_avx512`, up to 24 rows a pass | `simd::score_tile` 6 x 16, intrinsics | `score_tile`'s 16-lane loop |
+//! | bias, residual, GELU, LayerNorm after a projection | `cpu/fused_linear.rs`, `cpu/elementwise.rs` | generic code compiled for AVX-512 | compiled for AVX2 + FMA | baseline x86-64 |
+//! | attention per (sequence, head) | `cpu/fused_attention.rs` | `cpu/attention.rs`: register tiles and `exp16` (head size a multiple of 16, up to 128) | `gemm` crate products, `softmax_padded` | same as AVX2 |
+//! | attention of the [CLS] row only (last layer, [CLS] pooling) | `cpu/fused_attention.rs` (`first_rows`) | loops, `softmax` | same | same |
+//! | int8: activations quantised per row | `cpu/int8/rows.rs` | `row_range_avx512`, `quantize_into` | `row_range_avx2`, `quantize_into` | `row_range_generic`, `quantize_into` |
+//! | int8: product tiles and epilogue | `cpu/int8/tiles.rs` | `tile_vnni` where the CPU has VNNI, else `tile_avx2` | `tile_avx2` | `tile_portable` |
+//! | int8 projection, int8 feed-forward block | `cpu/fused_linear.rs`, `cpu/int8/mod.rs` | the rows and tiles above, GELU from `elementwise` | same | same |
+//!
+//! All levels give the same bits for a given op except the `gemm` crate's (its own kernel choice) and
+//! attention's register tiles (the `gemm` crate's order for more than 16 keys); see each file.
 pub mod bert;
 pub mod checkpoint;
 pub mod config;
-pub mod cpu_ops;
-pub mod int8;
+pub mod cpu;
+mod weights;
 
 use std::path::Path;
 

@@ -7,7 +7,7 @@
 //! run on register tiles of up to 24 accumulators, instead of the general GEMM, which packed both
 //! operands of each product on every call. Every score and every context value is one chain of fused
 //! multiply-adds, in order over the head's dimensions, then over the keys; and the softmax is
-//! `cpu_ops::softmax_padded`'s arithmetic on 16 lanes (`softmax_rows_have_the_portable_bits`). For
+//! `elementwise::softmax_padded`'s arithmetic on 16 lanes (`softmax_rows_have_the_portable_bits`). For
 //! sequences of more than 16 tokens that is what the `gemm` crate does for these shapes, so passages'
 //! vectors have the bits of the general path (`cmp` of 300 passages, f32 and int8); up to 16 tokens
 //! (most queries) the crate took other kernels (lane-wise partial sums over the head's dimensions, then
@@ -157,7 +157,7 @@ unsafe fn head_avx512(
     }
 }
 
-/// `cpu_ops::softmax_padded` of one row (`ld` values, `ld` a multiple of 16, `len <= ld` of them
+/// `elementwise::softmax_padded` of one row (`ld` values, `ld` a multiple of 16, `len <= ld` of them
 /// real) on 16-lane vectors, with the same bits: the maximum is exact whatever the order, the
 /// exponentials are the same operations lane by lane, and the sum adds the same 8-lane chunks in the
 /// same order, then the lanes and the tail one by one, as `sum_lanes` does.
@@ -205,7 +205,7 @@ unsafe fn softmax_row(row: *mut f32, len: usize, ld: usize, scale: f32) {
     }
 }
 
-/// `cpu_ops::exp_fast` on 16 lanes, with the same bits: the rounding of `x log2 e` to the nearest
+/// `elementwise::exp_fast` on 16 lanes, with the same bits: the rounding of `x log2 e` to the nearest
 /// integer `n` by `vrndscaleps` (nearest even, as the 1.5 * 2^23 addition there), the same polynomial,
 /// and the scaling by 2^n by `vscalefps` (exact, as the multiplication by 2^n there: `n` stays in
 /// [-126, 127], where 2^n is a normal float).
@@ -222,7 +222,7 @@ unsafe fn exp16(x: __m512) -> __m512 {
     let t = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
     let f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(std::f32::consts::LN_2));
-    let c = super::cpu_ops::EXP_POLY;
+    let c = super::elementwise::EXP_POLY;
     let mut p = _mm512_set1_ps(c[0]);
     for c in &c[1..] {
         p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(*c));
@@ -379,7 +379,7 @@ mod tests {
                 let ld = len.next_multiple_of(16);
                 let row: Vec<f32> = (0..ld).map(|_| (next() - 0.5) * spread).collect();
                 let mut want = row.clone();
-                super::super::cpu_ops::softmax_padded(&mut want, len, 0.125);
+                super::super::elementwise::softmax_padded(&mut want, len, 0.125);
                 let mut got = row.clone();
                 unsafe { softmax_row(got.as_mut_ptr(), len, ld, 0.125) };
                 for j in 0..len {
@@ -461,7 +461,7 @@ mod tests {
                     let mut row: Vec<f32> = (0..ld).map(|i| (i % 7) as f32 * 0.3).collect();
                     row[at] = bad;
                     let mut want = row.clone();
-                    super::super::cpu_ops::softmax_padded(&mut want, len, 0.125);
+                    super::super::elementwise::softmax_padded(&mut want, len, 0.125);
                     let mut got = row.clone();
                     unsafe { softmax_row(got.as_mut_ptr(), len, ld, 0.125) };
                     for j in 0..len {
