@@ -1200,11 +1200,14 @@ fn write_answer(
                 ),
             ))
         } else if !out.account() {
-            Err(error(
+            let mut r = error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the service is busy: the answers in flight hold the memory it may use \
                  (--max-inflight-mb); retry shortly",
-            ))
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Err(r)
         } else {
             Ok(())
         }

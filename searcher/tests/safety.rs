@@ -353,12 +353,13 @@ fn a_query_vector_that_cannot_be_scored_is_the_querys_fault() {
     .unwrap();
     let dim = m.cols();
     let good = m.rows_f32(0, 1).to_vec();
-    // Finite values whose scores overflow f32 (against row 0 at least), and a vector of zeros, each
-    // after a good query.
+    // Finite values whose scores overflow f32 (against row 0 at least), a vector of zeros and one of
+    // subnormals whose scores underflow to zero, each after a good query.
     let huge: Vec<f32> = good.iter().map(|x| 3e38 * x.signum()).collect();
     for (name, bad, want) in [
         ("huge", huge, "query 1 has length"),
         ("zero", vec![0f32; dim], "query 1 is all zeros"),
+        ("tiny", vec![1e-45f32; dim], "less than 1e-18"),
     ] {
         let q = tmp.path().join(format!("{name}.npy"));
         let rows: Vec<f32> = good.iter().chain(&bad).copied().collect();

@@ -286,9 +286,14 @@ fn again(e: &Error) -> Error {
 /// encoders' vectors have lengths near 1.
 pub const MAX_QUERY_NORM: f64 = 1e18;
 
+/// The shortest query vector scored: below it the products underflow towards f32's subnormals and
+/// zero, and the scores no longer rank anything.
+pub const MIN_QUERY_NORM: f64 = 1e-18;
+
 /// Checks query vectors (row-major, `dim` values each) before a search: the right size, finite
-/// values, not all zeros (every score would be 0: no ranking), and no longer than `MAX_QUERY_NORM`
-/// (its scores could overflow and seem to blame the index). The error names the query.
+/// values, not all zeros (every score would be 0: no ranking), no shorter than `MIN_QUERY_NORM` (its
+/// scores underflow to zero) and no longer than `MAX_QUERY_NORM` (its scores could overflow and seem
+/// to blame the index). The error names the query.
 pub fn check_query_vectors(queries: &[f32], dim: usize) -> Result<()> {
     crate::search::check_queries(queries, dim)?;
     for (i, q) in queries.chunks(dim).enumerate() {
@@ -300,6 +305,12 @@ pub fn check_query_vectors(queries: &[f32], dim: usize) -> Result<()> {
         if norm == 0.0 {
             return Err(Error::Usage(format!(
                 "query {i} is all zeros: it scores every passage 0, so there is nothing to rank"
+            )));
+        }
+        if norm < MIN_QUERY_NORM {
+            return Err(Error::Usage(format!(
+                "query {i} has length {norm:.3e}, less than {MIN_QUERY_NORM:e}: its scores underflow \
+                 to zero; scale it up (the index's model makes vectors of length near 1)"
             )));
         }
         if norm > MAX_QUERY_NORM {
