@@ -640,8 +640,45 @@ fn reload_failed(app: &App, msg: String) {
 // ---------------------------------------------------------------------------------------------
 // The worker
 
+/// Batches running on the thread pool at once, at most one a thread: while one batch computes, the
+/// next is gathered and started on a free thread, so the cores do not wait for a batch's answers to
+/// go out and the next requests to come in (with one batch at a time, a closed loop of clients
+/// left a quarter of two cores idle); each batch then runs its operations on one thread.
+struct InFlight {
+    running: Mutex<usize>,
+    freed: std::sync::Condvar,
+    max: usize,
+}
+
+impl InFlight {
+    /// Waits for a free slot and takes it.
+    fn take(&self) {
+        let mut n = self.running.lock().unwrap();
+        while *n >= self.max {
+            n = self.freed.wait(n).unwrap();
+        }
+        *n += 1;
+    }
+
+    fn give_back(&self) {
+        *self.running.lock().unwrap() -= 1;
+        self.freed.notify_one();
+    }
+}
+
 fn run_worker(app: &App, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
+    let slots = Arc::new(InFlight {
+        running: Mutex::new(0),
+        freed: std::sync::Condvar::new(),
+        max: rayon::current_num_threads().max(1),
+    });
+    loop {
+        // A free thread first: requests that come meanwhile join the batch.
+        slots.take();
+        let Ok(first) = rx.recv() else {
+            slots.give_back();
+            break;
+        };
         // The generation this batch runs on: a reload takes effect between batches.
         let served = app.served();
         let dim = served.searcher.index.manifest.dim;
@@ -673,7 +710,11 @@ fn run_worker(app: &App, rx: mpsc::Receiver<Job>) {
             .queue_depth
             .fetch_sub(jobs.len() as i64, Ordering::Relaxed);
         app.metrics.batch_sizes.lock().unwrap().observe(size as f64);
-        run_isolated(&served, jobs);
+        let slots = slots.clone();
+        rayon::spawn(move || {
+            run_isolated(&served, jobs);
+            slots.give_back();
+        });
     }
 }
 
@@ -1159,13 +1200,19 @@ async fn search(State(app): State<Arc<App>>, req: Request) -> Response {
         Ok(d) => d,
         Err(resp) => return resp,
     };
-    // Passage text is read from the collection: blocking file reads, off the async threads.
     let max_answer = app.opts.max_answer;
-    let formatted = tokio::task::spawn_blocking(move || {
+    let format = move || {
         let mut out = Answer::new(max_answer.saturating_add(1), hold)?;
         write_answer(&mut out, &done, several, with_text, mode, t, max_answer).map(|()| out)
-    })
-    .await;
+    };
+    // Passage text is read from the collection: blocking file reads, off the async threads. Without
+    // it the answer is ids and scores from memory, written here (a hand-off to the blocking pool
+    // cost two thread wake-ups a request).
+    let formatted = if with_text {
+        tokio::task::spawn_blocking(format).await
+    } else {
+        Ok(format())
+    };
     match formatted {
         Ok(Ok(out)) => out.into_response(),
         Ok(Err(resp)) => resp,
