@@ -640,45 +640,8 @@ fn reload_failed(app: &App, msg: String) {
 // ---------------------------------------------------------------------------------------------
 // The worker
 
-/// Batches running on the thread pool at once, at most one a thread: while one batch computes, the
-/// next is gathered and started on a free thread, so the cores do not wait for a batch's answers to
-/// go out and the next requests to come in (with one batch at a time, a closed loop of clients
-/// left a quarter of two cores idle); each batch then runs its operations on one thread.
-struct InFlight {
-    running: Mutex<usize>,
-    freed: std::sync::Condvar,
-    max: usize,
-}
-
-impl InFlight {
-    /// Waits for a free slot and takes it.
-    fn take(&self) {
-        let mut n = self.running.lock().unwrap();
-        while *n >= self.max {
-            n = self.freed.wait(n).unwrap();
-        }
-        *n += 1;
-    }
-
-    fn give_back(&self) {
-        *self.running.lock().unwrap() -= 1;
-        self.freed.notify_one();
-    }
-}
-
 fn run_worker(app: &App, rx: mpsc::Receiver<Job>) {
-    let slots = Arc::new(InFlight {
-        running: Mutex::new(0),
-        freed: std::sync::Condvar::new(),
-        max: rayon::current_num_threads().max(1),
-    });
-    loop {
-        // A free thread first: requests that come meanwhile join the batch.
-        slots.take();
-        let Ok(first) = rx.recv() else {
-            slots.give_back();
-            break;
-        };
+    while let Ok(first) = rx.recv() {
         // The generation this batch runs on: a reload takes effect between batches.
         let served = app.served();
         let dim = served.searcher.index.manifest.dim;
@@ -710,11 +673,7 @@ fn run_worker(app: &App, rx: mpsc::Receiver<Job>) {
             .queue_depth
             .fetch_sub(jobs.len() as i64, Ordering::Relaxed);
         app.metrics.batch_sizes.lock().unwrap().observe(size as f64);
-        let slots = slots.clone();
-        rayon::spawn(move || {
-            run_isolated(&served, jobs);
-            slots.give_back();
-        });
+        run_isolated(&served, jobs);
     }
 }
 
