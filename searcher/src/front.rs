@@ -40,8 +40,8 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use crate::serve::{
-    accept_loop, busy_with, check_search, error, not_found, page, read_body_within, round, track,
-    write_addr_file, Budget, Histogram, Metrics, Queries, ServeOptions, SECONDS,
+    accept_loop, busy_with, check_search, error, not_found, page, read_body_within, retry_soon,
+    round, track, write_addr_file, Budget, Histogram, Metrics, Queries, ServeOptions, SECONDS,
 };
 
 /// The front's options: the service's own, and its shards.
@@ -999,19 +999,13 @@ async fn search(State(front): State<Arc<Front>>, req: Request) -> Response {
                 format!("shard {i} (rows {}..{}): {why}", r.start, r.end)
             })
             .collect();
-        let mut r = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "{} of {} shards did not answer, so the answer would miss their rows: {} \
-                 (start the front with --allow-partial to answer without them)",
-                missing.len(),
-                front.shards.len(),
-                names.join("; ")
-            ),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return r;
+        return retry_soon(format!(
+            "{} of {} shards did not answer, so the answer would miss their rows: {} \
+             (start the front with --allow-partial to answer without them)",
+            missing.len(),
+            front.shards.len(),
+            names.join("; ")
+        ));
     }
     if answers.iter().all(Option::is_none) {
         return error(

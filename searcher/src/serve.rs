@@ -858,14 +858,16 @@ fn busy(app: &App) -> Response {
 }
 
 pub(crate) fn busy_with(budget: &Budget) -> Response {
-    let mut r = error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!(
-            "the service is busy: the requests in flight hold {} MiB of the {} MiB it may use (--max-inflight-mb); retry shortly",
-            budget.used.load(Ordering::Relaxed) >> 20,
-            budget.max >> 20
-        ),
-    );
+    retry_soon(format!(
+        "the service is busy: the requests in flight hold {} MiB of the {} MiB it may use (--max-inflight-mb); retry shortly",
+        budget.used.load(Ordering::Relaxed) >> 20,
+        budget.max >> 20
+    ))
+}
+
+/// A 503 that tells the client to come back in a second (`Retry-After: 1`).
+pub(crate) fn retry_soon(msg: impl Into<String>) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, msg);
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
@@ -1206,14 +1208,10 @@ fn write_answer(
                 ),
             ))
         } else if !out.account() {
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
+            Err(retry_soon(
                 "the service is busy: the answers in flight hold the memory it may use \
                  (--max-inflight-mb); retry shortly",
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            Err(r)
+            ))
         } else {
             Ok(())
         }
