@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tokenizers::{
-    EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+    EncodeInput, Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
 use crate::error::{Error, IoContext, Result};
@@ -189,15 +189,8 @@ impl TextEncoder {
 
     /// Token ids of each text, in order (tokenised in parallel).
     pub fn tokenize(&self, kind: Kind, docs: &[Doc]) -> Result<Vec<Tokens>> {
-        let tok = match kind {
-            Kind::Query => &self.query,
-            Kind::Passage => &self.passage,
-        };
-        let inputs: Vec<EncodeInput> = docs.iter().map(|d| self.input(kind, d)).collect();
-        let encs = tok
-            .encode_batch(inputs, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(encs
+        Ok(self
+            .encodings(kind, docs)?
             .into_iter()
             .map(|e| Tokens {
                 ids: e.get_ids().to_vec(),
@@ -209,18 +202,22 @@ impl TextEncoder {
     /// The tokens each text takes once truncated (special tokens included), and whether it was
     /// longer than the kind's limit (truncated).
     pub fn token_counts(&self, kind: Kind, docs: &[Doc]) -> Result<Vec<(usize, bool)>> {
+        Ok(self
+            .encodings(kind, docs)?
+            .iter()
+            .map(|e| (e.get_ids().len(), !e.get_overflowing().is_empty()))
+            .collect())
+    }
+
+    /// Each text tokenised in the kind's format, truncated to its limit (in parallel).
+    fn encodings(&self, kind: Kind, docs: &[Doc]) -> Result<Vec<Encoding>> {
         let tok = match kind {
             Kind::Query => &self.query,
             Kind::Passage => &self.passage,
         };
         let inputs: Vec<EncodeInput> = docs.iter().map(|d| self.input(kind, d)).collect();
-        let encs = tok
-            .encode_batch(inputs, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(encs
-            .iter()
-            .map(|e| (e.get_ids().len(), !e.get_overflowing().is_empty()))
-            .collect())
+        tok.encode_batch(inputs, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     /// The most tokens a text of this kind keeps.
