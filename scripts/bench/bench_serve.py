@@ -6,7 +6,7 @@
   serve    the service started on a free loopback port; `wrk` (a native load generator: one thread, N
            keep-alive connections, a Lua script posting the queries in turn, k 10, the index's default mode,
            no passage text) at concurrency 1, 8 and 64: queries/s and p50 / p99 latency, and the CPU seconds
-           the server and wrk each took (they share the machine's cores);
+           the server took a second (wrk shares the machine's cores);
   faults   while 8 good clients run: clients that send half a request and disconnect, slow clients that
            send their request 8 bytes every 20 ms, and a burst of malformed requests (bad JSON, unknown fields, k 0, empty
            queries, over-long bodies). Every good answer is checked against the service's own answer for
@@ -152,14 +152,19 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def load_wrk(host, port, queries, concurrency, seconds, server_pid, work):
-    """wrk, one thread and `concurrency` connections, for `seconds`; the CPU the server and wrk took."""
+def wrk_files(queries, work):
+    """The Lua script and the request bodies it posts, written into `work`: (script, bodies)."""
     bodies = os.path.join(work, "bodies.txt")
     with open(bodies, "w") as f:
         f.writelines(json.dumps({"query": t, "k": 10, "text": False}) + "\n" for _, t in queries)
     script = os.path.join(work, "post.lua")
     with open(script, "w") as f:
         f.write(WRK_SCRIPT)
+    return script, bodies
+
+
+def load_wrk(host, port, script, bodies, concurrency, seconds, server_pid):
+    """wrk, one thread and `concurrency` connections, for `seconds`; with the CPU the server took."""
     cpu0 = cpu_seconds(server_pid)
     r = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "30s", "-s", script,
                         f"http://{host}:{port}"], capture_output=True, text=True,
@@ -295,7 +300,8 @@ def main():
         rss0 = rss_mib(server.pid)
         with tempfile.TemporaryDirectory() as work:
             if a.load == "wrk":
-                levels = [load_wrk(host, port, queries, n, a.seconds, server.pid, work) for n in (1, 8, 64)]
+                script, bodies = wrk_files(queries, work)
+                levels = [load_wrk(host, port, script, bodies, n, a.seconds, server.pid) for n in (1, 8, 64)]
             else:
                 levels = [load(host, port, queries, n, a.seconds, a.requests) for n in (1, 8, 64)]
         fault = faults(host, port, queries[:200], expected, a.seconds)
@@ -306,8 +312,10 @@ def main():
         if server.poll() is None:
             server.kill()
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
+    with open("/proc/cpuinfo") as f:
+        cpuinfo = f.read().splitlines()
+    cpu = next((l.split(":", 1)[1].strip() for l in cpuinfo if l.startswith("model name")), "?")
+    flags = next((l.split(":", 1)[1].split() for l in cpuinfo if l.startswith("flags")), [])
     level = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "portable"
     print(f"# bench_serve: {a.index}, {len(queries)} queries, k 10, {a.threads} threads, loopback, load by "
           f"{a.load}; {cpu} ({level}), {os.cpu_count()} CPUs\n")
