@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use engine::index::{Index, SearchMode};
 use engine::store::npy;
 
-use testkit::{ok, s, stderr, write};
+use testkit::{ok, s, stderr, with_stdin, write};
 
 fn index_cmd(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_simlm-index"))
@@ -561,31 +561,12 @@ fn a_killed_graph_build_resumes_from_its_checkpoint() {
 /// imported from the file; a stream that ends early or runs long is refused, and nothing is left.
 #[test]
 fn vectors_stream_in_through_standard_input() {
-    use std::io::Write;
-    use std::process::Stdio;
     let tmp = tempfile::tempdir().unwrap();
     let (n, dim) = (700, 12);
     let v = tmp.path().join("v.npy");
     save_npy(&v, &vectors(n, dim, 3), n, dim, false);
     let bytes = std::fs::read(&v).unwrap();
-    let piped = |input: Vec<u8>, out: &Path| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_simlm-index"))
-            .args(["import", "--vectors", "-", "--out", &s(out), "--no-hnsw"])
-            .env_remove("SIMLM_FAILPOINT")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = c.stdin.take().unwrap();
-        let writer = std::thread::spawn(move || {
-            // The importer may stop reading early (an error): a broken pipe is expected then.
-            let _ = stdin.write_all(&input);
-        });
-        let o = c.wait_with_output().unwrap();
-        writer.join().unwrap();
-        o
-    };
+    let piped = |input: Vec<u8>, out: &Path| import_piped(input, &["--out", &s(out), "--no-hnsw"]);
     let a = tmp.path().join("from-stdin");
     ok(piped(bytes.clone(), &a));
     ok(index_cmd(&["verify", &s(&a)]));
@@ -619,27 +600,14 @@ fn vectors_stream_in_through_standard_input() {
     assert!(!short.exists());
 }
 
-/// Runs `simlm-index import --vectors - ...` with `input` on standard input.
+/// Runs `simlm-index import --vectors - ...` with `input` on standard input (the importer may stop
+/// reading early, on an error).
 fn import_piped(input: Vec<u8>, args: &[&str]) -> Output {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut c = Command::new(env!("CARGO_BIN_EXE_simlm-index"))
-        .args(["import", "--vectors", "-"])
+    let mut c = Command::new(env!("CARGO_BIN_EXE_simlm-index"));
+    c.args(["import", "--vectors", "-"])
         .args(args)
-        .env_remove("SIMLM_FAILPOINT")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = c.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
-        // The importer may stop reading early (an error): a broken pipe is expected then.
-        let _ = stdin.write_all(&input);
-    });
-    let o = c.wait_with_output().unwrap();
-    writer.join().unwrap();
-    o
+        .env_remove("SIMLM_FAILPOINT");
+    with_stdin(c, input)
 }
 
 /// The names in a folder and its generation folders, sorted.

@@ -1,13 +1,12 @@
 //! What `simlm-search` does with damaged indexes and odd `--out` paths, as a user meets them.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use engine::store::manifest::Manifest;
 
-use testkit::{s, shared, stderr};
+use testkit::{s, shared, stderr, with_stdin};
 
 fn search(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_simlm-search"))
@@ -219,20 +218,9 @@ use std::os::unix::fs::FileTypeExt;
     ignore = "needs ../shared: the fixtures and data beside the checkout"
 )]
 fn the_repl_reports_a_bad_line_and_answers_the_next() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_simlm-search"))
-        .args(["repl", "--index", index().to_str().unwrap(), "--k", "2"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"cancer\ncaf\xe9 au lait\nheart disease\n")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let mut repl = Command::new(env!("CARGO_BIN_EXE_simlm-search"));
+    repl.args(["repl", "--index", index().to_str().unwrap(), "--k", "2"]);
+    let o = with_stdin(repl, b"cancer\ncaf\xe9 au lait\nheart disease\n".to_vec());
     let out = String::from_utf8_lossy(&o.stdout);
     let e = stderr(&o);
     assert!(e.contains("line 2: not valid UTF-8"), "{e}");

@@ -1,8 +1,7 @@
 //! `simlm-search` on an index of Medline (1,033 docs) built with the tiny BERT fixture.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use engine::corpus::ReadOptions;
@@ -11,7 +10,7 @@ use engine::search::hnsw::{HnswParams, DEFAULT_EF};
 use engine::store::npy::Dtype;
 use engine::{Doc, Encoder, EncoderOptions, Kind};
 
-use testkit::{shared, stderr};
+use testkit::{shared, stderr, with_stdin};
 
 fn tiny() -> PathBuf {
     shared().join("fixtures/tiny-bert")
@@ -190,20 +189,12 @@ fn a_batch_run_evaluates_with_simlm_eval() {
     ignore = "needs ../shared: the fixtures and data beside the checkout"
 )]
 fn the_repl_answers_piped_queries() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_simlm-search"))
-        .args(["repl", "--index", med_index().to_str().unwrap(), "--k", "3"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"cancer in children\n\n:k 2\n:exact\nheart valve surgery\n:quit\nnever read\n")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let mut repl = Command::new(env!("CARGO_BIN_EXE_simlm-search"));
+    repl.args(["repl", "--index", med_index().to_str().unwrap(), "--k", "3"]);
+    let o = with_stdin(
+        repl,
+        b"cancer in children\n\n:k 2\n:exact\nheart valve surgery\n:quit\nnever read\n".to_vec(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(out.matches("  1. ").count(), 2, "{out}");
@@ -229,20 +220,12 @@ fn the_repl_answers_piped_queries() {
     ignore = "needs ../shared: the fixtures and data beside the checkout"
 )]
 fn the_repl_keeps_ef_across_modes_and_names_unknown_commands() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_simlm-search"))
-        .args(["repl", "--index", med_index().to_str().unwrap(), "--k", "2"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b":exact\n:ef 50\nblood pressure\n:hnsw\n:foo 3\n:ef 70\n:ef\nheart\n")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let mut repl = Command::new(env!("CARGO_BIN_EXE_simlm-search"));
+    repl.args(["repl", "--index", med_index().to_str().unwrap(), "--k", "2"]);
+    let o = with_stdin(
+        repl,
+        b":exact\n:ef 50\nblood pressure\n:hnsw\n:foo 3\n:ef 70\n:ef\nheart\n".to_vec(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     let after = |cmd: &str| -> String {

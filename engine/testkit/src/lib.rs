@@ -4,7 +4,7 @@
 pub mod http;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
 
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
@@ -63,6 +63,26 @@ pub fn write(dir: &Path, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
 /// A command's standard error as text.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Runs `cmd` with `input` on its standard input (written from another thread, so that a large input
+/// cannot block on a full pipe; a command that stops reading early gives a broken pipe, ignored) and
+/// its standard output and error captured.
+pub fn with_stdin(mut cmd: Command, input: Vec<u8>) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let o = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    o
 }
 
 /// Asserts that a command succeeded, showing its standard error when it did not.
