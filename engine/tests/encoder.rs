@@ -39,6 +39,58 @@ fn a_vector_does_not_depend_on_its_batch() {
     }
 }
 
+/// Queries of 3 to 30-odd tokens in one forward pass run packed (the projections on their real
+/// tokens only, attention on each one's span): each vector is the query's alone, for mean and [CLS]
+/// pooling, f32 and int8.
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn a_packed_batch_of_mixed_lengths_gives_each_query_alone() {
+    let queries: Vec<Doc> = [
+        "a",
+        "what is paula deen's brother",
+        "how long does it take for a broken collarbone to heal in an adult who is otherwise healthy and active",
+        "androgen receptor define",
+        "the names of the planets of the solar system in order of their distance from the sun, with their moons",
+        "ww2",
+    ]
+    .iter()
+    .map(|q| Doc::query(q))
+    .collect();
+    for precision in [Precision::F32, Precision::Int8] {
+        for format in [InputFormat::SentenceTransformers, InputFormat::Simlm] {
+            let opts = EncoderOptions {
+                precision,
+                format,
+                ..Default::default()
+            };
+            let enc = Encoder::load(minilm().to_str().unwrap(), &opts).unwrap();
+            let lens: Vec<usize> = enc
+                .tokenize(Kind::Query, &queries)
+                .unwrap()
+                .iter()
+                .map(|t| t.ids.len())
+                .collect();
+            assert!(lens.iter().min() < lens.iter().max());
+            // One batch: the default budget holds all six at the longest's length.
+            assert!(lens.iter().max().unwrap() * lens.len() <= enc.batch_tokens());
+            let all = enc.encode(Kind::Query, &queries).unwrap();
+            let d = enc.dim();
+            for (i, q) in queries.iter().enumerate() {
+                let alone = enc.encode(Kind::Query, std::slice::from_ref(q)).unwrap();
+                let diff = max_abs_diff(&all[i * d..(i + 1) * d], &alone);
+                assert!(
+                    diff <= 1e-6,
+                    "{precision:?} {format:?} query {i} ({} tokens): {diff} between the batch and alone",
+                    lens[i]
+                );
+            }
+        }
+    }
+}
+
 /// A query encoded alone (its operations split across the pool from a pool worker) gives the same bits
 /// from the main thread, from inside a rayon pool, and from several threads at once (a service), in
 /// f32 and int8.

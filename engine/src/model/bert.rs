@@ -233,11 +233,32 @@ impl BertModel {
             .sum(1)?
             .to_vec1::<f32>()?
             .into_iter()
-            .map(|n| n as usize)
+            .map(|n| (n as usize).min(s))
             .collect();
+        // Sequences shorter than the batch's longest are packed: the projections, which cost in
+        // proportion to their rows, run on the real tokens only (a batch of queries of 5 to 32
+        // tokens holds about twice as many padded rows as real ones), and attention reads each
+        // sequence's span. Each row's values are those it has padded.
+        let h = self.config.hidden_size;
+        let packed = b > 1 && lengths.iter().any(|&n| n < s);
+        let starts: Vec<usize> = if packed {
+            std::iter::once(0)
+                .chain(lengths.iter().scan(0, |at, &n| {
+                    *at += n;
+                    Some(*at)
+                }))
+                .collect()
+        } else {
+            (0..=b).map(|i| i * s).collect()
+        };
+        if packed {
+            let real: Vec<u32> = (0..b)
+                .flat_map(|i| (i * s..i * s + lengths[i]).map(|r| r as u32))
+                .collect();
+            x = x.index_select(&Tensor::new(real.as_slice(), x.device())?, 0)?;
+        }
         let attention = FusedAttention {
-            batch: b,
-            seq: s,
+            starts: &starts,
             heads: self.config.num_attention_heads,
             head_dim: self.config.head_dim(),
             lengths: &lengths,
@@ -246,6 +267,7 @@ impl BertModel {
         };
         let erf = self.config.hidden_act == Activation::GeluErf;
         let last = self.layers.len().saturating_sub(1);
+        let mut firsts_only = false;
         for (li, layer) in self.layers.iter().enumerate() {
             let linear = |l: &Linear,
                           residual: Option<&Tensor>,
@@ -266,12 +288,9 @@ impl BertModel {
             let qkv = linear(&layer.qkv, None, false, None, &x)?;
             let ctx = if cls_only && li == last {
                 // From here on, only the first row of each sequence.
-                let h = self.config.hidden_size;
-                x = x
-                    .reshape((b, s, h))?
-                    .narrow(1, 0, 1)?
-                    .reshape((b, h))?
-                    .contiguous()?;
+                let first: Vec<u32> = starts[..b].iter().map(|&r| r as u32).collect();
+                x = x.index_select(&Tensor::new(first.as_slice(), x.device())?, 0)?;
+                firsts_only = true;
                 qkv.apply_op1_no_bwd(&FusedAttention {
                     first_token_only: true,
                     ..attention
@@ -311,6 +330,16 @@ impl BertModel {
                 Some(&layer.out_norm),
                 &inter,
             )?;
+        }
+        if packed && !firsts_only {
+            // Back to the padded layout, the padding rows zero.
+            let real = x.flatten_all()?.to_vec1::<f32>()?;
+            let mut padded = vec![0f32; b * s * h];
+            for i in 0..b {
+                let n = lengths[i] * h;
+                padded[i * s * h..][..n].copy_from_slice(&real[starts[i] * h..][..n]);
+            }
+            x = Tensor::from_vec(padded, (b * s, h), x.device())?;
         }
         Ok(x)
     }

@@ -1,7 +1,9 @@
 //! Attention as a candle custom op: from the fused QKV projection to the attention context, per
 //! (sequence, head) in parallel: scores for the sequence's real tokens only, softmax, times `V`.
-//! Padding keys are left out exactly (not down-weighted), so a sequence's result does not depend on
-//! its batch; padding rows of the output are zero. A head runs on the AVX-512 register tiles of
+//! The sequences lie one after another, each in its own span of rows: padded to one length, or
+//! packed (a span is the sequence's real tokens, no padding rows at all). Padding keys are left out
+//! exactly (not down-weighted), so a sequence's result does not depend on its batch; padding rows of
+//! the output are zero. A head runs on the AVX-512 register tiles of
 //! [`super::attention`] where the CPU and the head size allow, else on the general GEMM and the
 //! element-wise softmax. The top of the kernels.
 
@@ -14,16 +16,17 @@ use super::linear::gemm_f32;
 use super::parallel::SharedMut;
 use super::tensor::f32_slice;
 
-/// Attention context from the fused QKV projection `(batch * seq, 3 * hidden)`.
+/// Attention context from the fused QKV projection `(rows, 3 * hidden)`.
 pub struct FusedAttention<'a> {
-    pub batch: usize,
-    pub seq: usize,
+    /// Where each sequence's span of rows begins, and after the last, the rows in all: sequence `i`
+    /// holds rows `starts[i]..starts[i + 1]`, its first `lengths[i]` real.
+    pub starts: &'a [usize],
     pub heads: usize,
     pub head_dim: usize,
     /// Real tokens of each sequence (the rest is padding).
     pub lengths: &'a [usize],
     pub scale: f32,
-    /// Only the first token's row of each sequence: the output is `(batch, hidden)`.
+    /// Only the first token's row of each sequence: the output is `(sequences, hidden)`.
     pub first_token_only: bool,
 }
 
@@ -34,9 +37,14 @@ impl CustomOp1 for FusedAttention<'_> {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let qkv = f32_slice(s, l, "fused-attention input")?;
-        let (b, sq, nh, hd) = (self.batch, self.seq, self.heads, self.head_dim);
+        let (nh, hd) = (self.heads, self.head_dim);
         let h = nh * hd;
-        if qkv.len() != b * sq * 3 * h || self.lengths.len() != b {
+        let b = self.lengths.len();
+        let rows = self.starts.last().copied().unwrap_or(0);
+        if self.starts.len() != b + 1
+            || self.starts.windows(2).any(|w| w[0] > w[1])
+            || qkv.len() != rows * 3 * h
+        {
             candle_core::bail!("fused-attention: shape mismatch");
         }
         if self.first_token_only {
@@ -44,20 +52,20 @@ impl CustomOp1 for FusedAttention<'_> {
         }
         // Every value is written once: the real rows by their (sequence, head) tasks, the padding
         // rows (zero) by each sequence's head-0 task.
-        let mut ctx: Vec<f32> = Vec::with_capacity(b * sq * h);
+        let mut ctx: Vec<f32> = Vec::with_capacity(rows * h);
         let out = SharedMut(ctx.as_mut_ptr());
         let tiles = attention::supported(hd);
         (0..b * nh).into_par_iter().for_each_init(
             Default::default,
             |(scores, scratch): &mut (Vec<f32>, attention::Scratch), task| {
                 let (bi, head) = (task / nh, task % nh);
-                let len = self.lengths[bi].min(sq);
-                let row0 = bi * sq;
+                let (row0, span) = (self.starts[bi], self.starts[bi + 1] - self.starts[bi]);
+                let len = self.lengths[bi].min(span);
                 if head == 0 {
-                    // Safety: rows row0+len..row0+sq of ctx (b*sq x h) are this sequence's padding,
-                    // written by no other task.
+                    // Safety: rows row0+len..row0+span of ctx (rows x h) are this sequence's
+                    // padding, written by no other task.
                     unsafe {
-                        std::ptr::write_bytes(out.ptr().add((row0 + len) * h), 0, (sq - len) * h)
+                        std::ptr::write_bytes(out.ptr().add((row0 + len) * h), 0, (span - len) * h)
                     };
                 }
                 if len == 0 {
@@ -73,7 +81,7 @@ impl CustomOp1 for FusedAttention<'_> {
                         k,
                         v,
                         stride: 3 * h,
-                        // Safety: row row0 of ctx (b*sq x h), this head's columns.
+                        // Safety: row row0 of ctx (rows x h), this head's columns.
                         out: unsafe { out.ptr().add(row0 * h + head * hd) },
                         out_stride: h,
                     };
@@ -135,9 +143,9 @@ impl CustomOp1 for FusedAttention<'_> {
                 }
             },
         );
-        // Safety: the tasks wrote every one of the b * sq * h values (see above).
-        unsafe { ctx.set_len(b * sq * h) };
-        Ok((CpuStorage::F32(ctx), Shape::from((b * sq, h))))
+        // Safety: the tasks wrote every one of the rows * h values (see above).
+        unsafe { ctx.set_len(rows * h) };
+        Ok((CpuStorage::F32(ctx), Shape::from((rows, h))))
     }
 }
 
@@ -145,14 +153,15 @@ impl FusedAttention<'_> {
     /// The attention context of each sequence's first token, `(batch, hidden)`: one query row against
     /// the sequence's real keys, per (sequence, head).
     fn first_rows(&self, qkv: &[f32]) -> Vec<f32> {
-        let (sq, nh, hd) = (self.seq, self.heads, self.head_dim);
+        let (nh, hd) = (self.heads, self.head_dim);
         let h = nh * hd;
-        let mut ctx = vec![0f32; self.batch * h];
+        let mut ctx = vec![0f32; self.lengths.len() * h];
         ctx.par_chunks_mut(h)
             .enumerate()
             .for_each_init(Vec::new, |scores, (bi, out)| {
-                let len = self.lengths[bi].min(sq);
-                let row = |t: usize| &qkv[(bi * sq + t) * 3 * h..][..3 * h];
+                let row0 = self.starts[bi];
+                let len = self.lengths[bi].min(self.starts[bi + 1] - row0);
+                let row = |t: usize| &qkv[(row0 + t) * 3 * h..][..3 * h];
                 for head in 0..nh {
                     let q = &row(0)[head * hd..][..hd];
                     scores.clear();
