@@ -23,7 +23,9 @@ The peers and their settings:
   one chunk, their best case (an np.load of the whole base would add 3 GB at 1M). The children run with
   the BLAS tuning variables (OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE, GOTO*, MKL_DEBUG_CPU_TYPE, MKL_CBWR,
   MKL_ENABLE_INSTRUCTIONS, NVPL_*) removed from the environment, so that faiss and numpy pick their own
-  kernels; OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / RAYON_NUM_THREADS = T. The script prints the BLAS
+  kernels, except that faiss IndexFlatIP runs with the OpenBLAS kernel that searched fastest in a probe
+  (its own pick, Haswell's or SkylakeX's: see run_faiss_flat); OMP_NUM_THREADS / OPENBLAS_NUM_THREADS /
+  RAYON_NUM_THREADS = T. The script prints the BLAS
   libraries faiss and numpy load with the kernel (architecture) OpenBLAS selected (threadpoolctl), and the
   faiss build and SIMD level dispatched.
 """
@@ -141,12 +143,15 @@ for ef in efs:
 FAISS_FLAT = CHUNKS + r'''
 import sys, time, faiss
 base, queries, truth, threads, repeat, rows = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+probe = int(sys.argv[7]) if len(sys.argv) > 7 else 0
 faiss.omp_set_num_threads(threads)
 q, truth = np.load(queries), np.load(truth)
+if probe:
+    q, truth = q[:probe], truth[:probe]
 idx = faiss.IndexFlatIP(q.shape[1])
 for _, x in chunks(base, rows):
     idx.add(x)
-for k in (10, 1000):
+for k in ((10,) if probe else (10, 1000)):
     best = None
     for _ in range(repeat):
         t = time.perf_counter()
@@ -384,10 +389,31 @@ def run_peer(a, env, name, paths, folder, efs):
     return r
 
 
+# OpenBLAS kernels faiss's products are probed with: its own pick for the CPU ("auto"), and the AVX2 and
+# AVX-512 kernels by name. On a Zen 4 the wheel's OpenBLAS 0.3.15 picks "Zen", and a named kernel ran faster.
+CORETYPES = ("auto", "Haswell", "SkylakeX")
+PROBE_QUERIES = 500
+
+
 def run_faiss_flat(a, env, paths):
     """faiss IndexFlatIP's exact search at k = 10 and 1000 (also the tool `faiss-flat` alone: the exact
-    comparison without building faiss's graph)."""
+    comparison without building faiss's graph), with the OpenBLAS kernel that was fastest for it on this
+    CPU: each of CORETYPES searches the first PROBE_QUERIES queries at k = 10 (best of --repeat), the
+    fastest runs the whole set."""
+    probe = {}
+    for ct in CORETYPES:
+        e = dict(env)
+        if ct != "auto":
+            e["OPENBLAS_CORETYPE"] = ct
+        out, _, _, _, _ = measure([a.python, "-c", FAISS_FLAT, paths["base"], paths["queries"], paths["truth"],
+                                   str(a.threads), str(a.repeat), str(CHUNK), str(PROBE_QUERIES)], e)
+        probe[ct] = parse_lines(out, "k")[0]["qps"]
+    best = max(probe, key=probe.get)
+    e = dict(env)
+    if best != "auto":
+        e["OPENBLAS_CORETYPE"] = best
     out, _, _, frss, _ = measure([a.python, "-c", FAISS_FLAT, paths["base"], paths["queries"], paths["truth"],
-                                  str(a.threads), str(a.repeat), str(CHUNK)], env)
-    return {int(row["k"]): {"recall": row["recall"], "qps": row["qps"], "rss_mib": frss}
+                                  str(a.threads), str(a.repeat), str(CHUNK)], e)
+    return {int(row["k"]): {"recall": row["recall"], "qps": row["qps"], "rss_mib": frss, "coretype": best,
+                            "probe_qps": probe}
             for row in parse_lines(out, "k")}

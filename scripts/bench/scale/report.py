@@ -2,6 +2,8 @@
 report (shape check, build, search, exact, targets) and the recall / queries/s plot."""
 import statistics
 
+from .peers import PROBE_QUERIES
+
 
 def at_recall(points, target):
     """Queries/s at the recall target: log(qps) interpolated linearly in recall between the settings around
@@ -38,7 +40,8 @@ def combine(rounds, stat):
                               "qps": pick([x["exact"][k]["qps"] for x in rs], True),
                               "rss_mib": max(x["exact"][k].get("rss_mib", 0.0) for x in rs),
                               "wall_s": statistics.median([x["exact"][k].get("wall_s", 0.0) for x in rs]),
-                              **{f: rs[0]["exact"][k][f] for f in ("matrix_bytes", "read_gb_per_s", "disk_gb_per_s")
+                              **{f: rs[0]["exact"][k][f] for f in ("matrix_bytes", "read_gb_per_s", "disk_gb_per_s",
+                                                                   "coretype", "probe_qps")
                                  if f in rs[0]["exact"][k]}}
                           for k in rs[0]["exact"]}
         out[tool] = t
@@ -156,6 +159,15 @@ def report(a, info, res, n, dim, nq, blas_lines, env_removed):
             L.append(f"| {names.get(t, t)} | " + " | ".join(f"{e[k]['qps']:,.1f} (R@10 {e[k]['recall']:.4f})"
                                                            for k in (10, 1000)) + " |")
         peer = next((t for t in ("faiss", "faiss-flat") if t in ex), None)
+        if peer and "coretype" in ex[peer][10]:
+            probe = ex[peer][10]["probe_qps"]
+            L.append("")
+            ct = ex[peer][10]["coretype"]
+            L.append(f"faiss IndexFlatIP ran with OpenBLAS's {ct} kernel"
+                     + ("" if ct == "auto" else f" (OPENBLAS_CORETYPE={ct})")
+                     + f", the fastest in a probe (first {PROBE_QUERIES} queries, k = 10, queries/s: "
+                     + ", ".join(f"{c} {q:,.1f}" for c, q in probe.items())
+                     + "; auto is OpenBLAS's own pick, named on the BLAS line below)")
         if "engine" in ex and peer:
             L.append("")
             L.append("engine / faiss: " + ", ".join(f"k={k} {ex['engine'][k]['qps'] / ex[peer][k]['qps']:.2f}x"
