@@ -97,6 +97,11 @@ def main():
     ap.add_argument("--engine-args", default="", help="extra simlm-index embed options")
     ap.add_argument("--int8", action="store_true", help="also the engine's --precision int8 and ONNX Runtime's dynamic int8")
     a = ap.parse_args()
+    # Both binaries are checked before the minutes of encoding, not after.
+    for exe in ("simlm-index", "examples/encode_latency"):
+        if not os.access(os.path.join(a.bin, exe), os.X_OK):
+            sys.exit(f"{os.path.join(a.bin, exe)} is missing: build it with `cargo build --release --bin "
+                     f"simlm-index --example encode_latency` (or give --bin the folder that holds both)")
     if a.probe < 1 or a.n < 1 or a.q < 1 or a.rounds < 1:
         ap.error("--probe, --n, --q and --rounds must be at least 1")
 
