@@ -5,6 +5,7 @@
   HNSW:  the engine's graph (built and searched by the engine) against hnswlib and faiss IndexHNSWFlat with the same M and
          ef_construction, sweeping ef: queries/s at recall@10 (against exact) of 0.90, 0.95, 0.99;
   time to the first answer after start-up (open, map, graph load, one query).
+  faiss and numpy run the OpenBLAS kernel that searched fastest in a probe (--openblas-coretype).
 
 usage: scripts/bench/bench_search.py --index target/repro/pool --queries queries.npy
 """
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -29,6 +31,24 @@ for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "GOTOBLAS_CORETYPE", "MKL_
     os.environ.pop(_var, None)
 
 
+# OpenBLAS kernels the exact peer is probed with: its own pick ("auto") and the AVX2 and AVX-512 ones by name
+# (on a Zen 4, faiss-cpu's OpenBLAS 0.3.15 picks "Zen", and a named kernel searched faster).
+CORETYPES = ("auto", "Haswell", "SkylakeX")
+FLAT_PROBE = r'''
+import sys, time, numpy as np, faiss
+x, q, threads = np.load(sys.argv[1]), np.load(sys.argv[2])[:500], int(sys.argv[3])
+faiss.omp_set_num_threads(threads)
+flat = faiss.IndexFlatIP(x.shape[1])
+flat.add(x)
+best = 0.0
+for _ in range(3):
+    t = time.perf_counter()
+    flat.search(q, 10)
+    best = max(best, len(q) / (time.perf_counter() - t))
+print(best)
+'''
+
+
 def at_recall(points, target):
     """Queries/s of the fastest setting reaching the recall target (None if none does)."""
     ok = [qps for recall, qps in points if recall >= target]
@@ -41,7 +61,28 @@ def main():
     ap.add_argument("--queries", required=True, help=".npy of query vectors")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/examples/search_bench"))
+    ap.add_argument("--openblas-coretype", default="probe",
+                    help="OpenBLAS kernel for faiss and numpy: auto (its own pick), a name (Haswell, SkylakeX, ...), "
+                         "or probe (default: the fastest of auto, Haswell and SkylakeX for faiss IndexFlatIP on the "
+                         "first 500 queries, each in its own process)")
     a = ap.parse_args()
+    manifest = json.load(open(os.path.join(a.index, "manifest.json")))
+    vectors = os.path.join(a.index, manifest["data"], "vectors.npy")
+    coretype = a.openblas_coretype
+    if coretype == "probe":
+        probe = {}
+        for ct in CORETYPES:
+            env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+            if ct != "auto":
+                env["OPENBLAS_CORETYPE"] = ct
+            out = subprocess.run([sys.executable, "-c", FLAT_PROBE, vectors, a.queries, str(a.threads)],
+                                 capture_output=True, text=True, env=env, check=True).stdout
+            probe[ct] = float(out.split()[-1])
+        coretype = max(probe, key=probe.get)
+        print(f"OpenBLAS kernel for faiss: {coretype}, the fastest in a probe (faiss IndexFlatIP, first 500 queries, "
+              f"k = 10, queries/s: " + ", ".join(f"{c} {v:,.0f}" for c, v in probe.items()) + ")")
+    if coretype != "auto":
+        os.environ["OPENBLAS_CORETYPE"] = coretype
 
     import faiss
     import hnswlib
@@ -55,10 +96,9 @@ def main():
                   f"{lib.get('architecture', '-')}, {lib.get('num_threads')} threads ({os.path.basename(lib['filepath'])})")
     except ImportError:
         print("threadpoolctl not installed: BLAS kernel not shown (scripts/setup-python.sh --bench)")
-    manifest = json.load(open(os.path.join(a.index, "manifest.json")))
     m, efc = manifest["hnsw"]["m"], manifest["hnsw"]["ef_construction"]
     # The index's files live in the generation folder its manifest names.
-    x = np.load(os.path.join(a.index, manifest["data"], "vectors.npy"))
+    x = np.load(vectors)
     q = np.load(a.queries)
     nq, k = q.shape[0], 10
 
