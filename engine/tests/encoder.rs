@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use engine::{Doc, Encoder, EncoderOptions, InputFormat, Kind, Precision};
+use engine::{Doc, Encoder, EncoderOptions, InputFormat, Kind, Pooling, Precision};
 
 fn passages() -> Vec<Doc> {
     let text = std::fs::read_to_string(shared().join("data/msmarco/pool/collection.tsv")).unwrap();
@@ -86,6 +86,50 @@ fn a_packed_batch_of_mixed_lengths_gives_each_query_alone() {
                     "{precision:?} {format:?} query {i} ({} tokens): {diff} between the batch and alone",
                     lens[i]
                 );
+            }
+        }
+    }
+}
+
+/// A sequence without a single token in a batch of real ones (forward_batch takes any tokens) keeps
+/// the padded layout: every vector is finite, and the real ones are what they are alone.
+#[test]
+#[cfg_attr(
+    no_shared,
+    ignore = "needs ../shared: the fixtures and data beside the checkout"
+)]
+fn an_empty_sequence_beside_real_ones_is_finite_and_changes_nothing() {
+    for pooling in [Pooling::Mean, Pooling::Cls] {
+        let opts = EncoderOptions {
+            pooling: Some(pooling),
+            ..Default::default()
+        };
+        let enc = Encoder::load(minilm().to_str().unwrap(), &opts).unwrap();
+        let toks = enc
+            .tokenize(
+                Kind::Query,
+                &[Doc::query("androgen receptor define"), Doc::query("ww2")],
+            )
+            .unwrap();
+        let empty = engine::Tokens {
+            ids: Vec::new(),
+            type_ids: Vec::new(),
+        };
+        let d = enc.dim();
+        for batch in [
+            vec![&toks[0], &empty, &toks[1]],
+            vec![&toks[0], &toks[1], &empty],
+        ] {
+            let got = enc.forward_batch(&batch).unwrap();
+            assert_eq!(got.len(), 3 * d);
+            assert!(got.iter().all(|v| v.is_finite()), "{pooling}: not finite");
+            for (row, t) in batch.iter().enumerate() {
+                if t.ids.is_empty() {
+                    continue;
+                }
+                let alone = enc.forward_batch(&[t]).unwrap();
+                let diff = max_abs_diff(&got[row * d..(row + 1) * d], &alone);
+                assert!(diff <= 1e-5, "{pooling} row {row}: {diff}");
             }
         }
     }

@@ -240,7 +240,9 @@ impl BertModel {
         // tokens holds about twice as many padded rows as real ones), and attention reads each
         // sequence's span. Each row's values are those it has padded.
         let h = self.config.hidden_size;
-        let packed = b > 1 && lengths.iter().any(|&n| n < s);
+        // A sequence with no real token at all (a text that tokenised to nothing) keeps the padded
+        // layout: it has no first row to take.
+        let packed = b > 1 && lengths.iter().any(|&n| n < s) && lengths.iter().all(|&n| n > 0);
         let starts: Vec<usize> = if packed {
             std::iter::once(0)
                 .chain(lengths.iter().scan(0, |at, &n| {
