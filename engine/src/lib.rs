@@ -18,3 +18,18 @@ pub use encoder::{parse_device, Encoder, EncoderOptions, Pooling, Precision};
 pub use error::{Error, Result};
 pub use model::checkpoint::{ModelFiles, DEFAULT_MODEL};
 pub use text::{Doc, InputFormat, Kind, Tokens};
+
+/// The kernels this process runs, in words: the level of exact search, the graph and the element-wise
+/// passes, and the int8 products' (the f32 products are the `gemm` crate's own choice for the CPU).
+/// The binaries print it with `--version`.
+pub fn kernels() -> String {
+    let level = match simd::level() {
+        simd::Level::Avx512 => "AVX-512",
+        simd::Level::Avx2Fma => "AVX2 + FMA",
+        simd::Level::Portable => "portable",
+    };
+    format!(
+        "{level} (exact search, graph, element-wise); int8 products: {}; f32 products: the gemm crate's choice for this CPU",
+        model::cpu::int8::kernel_name()
+    )
+}

@@ -543,11 +543,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     engine::memory::keep_freed_memory();
-    match run(Cli::parse()) {
+    match run(parse_cli()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("simlm-index: error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The arguments; `--version` also names the kernels this CPU runs (`-V`: the version alone).
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let long = format!(
+        "{}\nkernels: {}",
+        env!("CARGO_PKG_VERSION"),
+        engine::kernels()
+    );
+    let matches = Cli::command()
+        .long_version(&*Box::leak(long.into_boxed_str()))
+        .get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }

@@ -991,3 +991,29 @@ fn a_tiny_import_prints_no_meaningless_rate() {
         assert!(!l.contains(" 0.0 ") && !l.contains("(0"), "{l}");
     }
 }
+
+/// `--version` of both binaries names the kernels this CPU runs (what the benchmarks print beside
+/// their figures); `-V` is the version alone.
+#[test]
+fn version_names_the_kernels() {
+    let level = engine::kernels();
+    for out in [index_cmd(&["--version"]), search_cmd(&["--version"])] {
+        let text = String::from_utf8_lossy(&ok(out).stdout).into_owned();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("kernels: "))
+            .unwrap_or_else(|| panic!("no kernels line in {text:?}"));
+        assert_eq!(line, level);
+        assert!(
+            ["AVX-512 (", "AVX2 + FMA (", "portable ("]
+                .iter()
+                .any(|p| line.starts_with(p)),
+            "{line}"
+        );
+    }
+    let short = String::from_utf8_lossy(&ok(index_cmd(&["-V"])).stdout).into_owned();
+    assert_eq!(
+        short.trim(),
+        format!("simlm-index {}", env!("CARGO_PKG_VERSION"))
+    );
+}

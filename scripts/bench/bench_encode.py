@@ -82,6 +82,12 @@ def sorted_batches(lengths, batch):
     return [order[s:s + batch] for s in range(0, len(order), batch)]
 
 
+def engine_kernels(exe):
+    """The kernels the engine runs on this CPU, as its `--version` names them."""
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    return next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("kernels:")), "?")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=MINILM)
@@ -122,6 +128,7 @@ def main():
     print(f"model {model_dir}: {cfg.num_hidden_layers} layers, {cfg.hidden_size} wide; {a.threads} threads")
     print(f"PyTorch {torch.__version__}: {torch.get_num_threads()} threads, MKL {torch.backends.mkl.is_available()}, "
           f"oneDNN {torch.backends.mkldnn.is_available()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"engine kernels: {engine_kernels(os.path.join(a.bin, 'simlm-index'))}")
 
     def tokenize_passages(idx, tensors):
         return tok(["-"] * len(idx), [texts[i] for i in idx], max_length=144, truncation="longest_first",

@@ -88,6 +88,14 @@ def main():
     import hnswlib
     import numpy as np
 
+    search = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(a.bin))), "simlm-search")
+    try:
+        out = subprocess.run([search, "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        out = ""
+    print("engine kernels: " + next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("kernels:")),
+                                    f"? ({search} --version)"))
+
     faiss.omp_set_num_threads(a.threads)
     try:
         from threadpoolctl import threadpool_info

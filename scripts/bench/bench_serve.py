@@ -318,7 +318,10 @@ def main():
     flags = next((l.split(":", 1)[1].split() for l in cpuinfo if l.startswith("flags")), [])
     level = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "portable"
     print(f"# bench_serve: {a.index}, {len(queries)} queries, k 10, {a.threads} threads, loopback, load by "
-          f"{a.load}; {cpu} ({level}), {os.cpu_count()} CPUs\n")
+          f"{a.load}; {cpu} ({level}), {os.cpu_count()} CPUs")
+    out = subprocess.run([search, "--version"], capture_output=True, text=True).stdout
+    print("# engine kernels: " + next((l.split(":", 1)[1].strip() for l in out.splitlines()
+                                       if l.startswith("kernels:")), "?") + "\n")
     print(f"batch mode: {batch_qps:,.1f} queries/s; one query's encode + search: {warm_ms:.2f} ms in the warm server "
           f"(median of 200 sent one at a time), {one_ms:.1f} ms in a fresh `simlm-search query` (cold)\n")
     print("| concurrency | requests | queries/s | p50 ms | p99 ms | server CPU s per s | errors |")

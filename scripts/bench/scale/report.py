@@ -1,8 +1,19 @@
 """The scale benchmark's summaries (scripts/bench/bench_scale.py): the rounds combined per tool, the markdown
 report (shape check, build, search, exact, targets) and the recall / queries/s plot."""
+import os
 import statistics
+import subprocess
 
 from .peers import PROBE_QUERIES
+
+
+def engine_kernels(exe):
+    """The kernels the engine runs on this CPU, as its `--version` names them."""
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return "?"
+    return next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("kernels:")), "?")
 
 
 def at_recall(points, target):
@@ -201,6 +212,7 @@ def report(a, info, res, n, dim, nq, blas_lines, env_removed):
     L.append("")
     L.append("Environment of the children: removed " + (", ".join(env_removed) or "nothing") +
              f"; OMP/OPENBLAS/MKL/RAYON_NUM_THREADS={a.threads}.")
+    L.append("Engine kernels (`simlm-search --version`): " + engine_kernels(os.path.join(a.bin, "simlm-search")))
     L.extend(blas_lines)
     return "\n".join(L)
 

@@ -20,6 +20,11 @@ mod tiles;
 
 pub use rows::QuantRows;
 
+/// The int8 product kernel this CPU runs (AVX-512 VNNI, AVX2 or portable).
+pub fn kernel_name() -> &'static str {
+    tiles::tile_kernel_name()
+}
+
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;

@@ -62,6 +62,17 @@ pub(super) fn tile_kernel() -> TileFn {
     }
 }
 
+/// The name of [`tile_kernel`]'s choice on this CPU.
+pub(super) fn tile_kernel_name() -> &'static str {
+    match level() {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 if has_vnni() => "AVX-512 VNNI",
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 | Level::Avx2Fma => "AVX2",
+        _ => "portable",
+    }
+}
+
 /// Whether the CPU has AVX-512 VNNI (`vpdpbusd`) with the byte/word instructions beside it.
 #[cfg(target_arch = "x86_64")]
 fn has_vnni() -> bool {
