@@ -19,6 +19,12 @@ pub use error::{Error, Result};
 pub use model::checkpoint::{ModelFiles, DEFAULT_MODEL};
 pub use text::{Doc, InputFormat, Kind, Tokens};
 
+/// A binary's `--version` text: its version, then a `kernels: ` line naming [`kernels`] (the line the
+/// benchmarks read). Made once per process, for clap's `long_version`.
+pub fn long_version(version: &str) -> &'static str {
+    Box::leak(format!("{version}\nkernels: {}", kernels()).into_boxed_str())
+}
+
 /// The kernels this process runs, in words: the level of exact search, the graph and the element-wise
 /// passes, and the int8 products' (the f32 products are the `gemm` crate's own choice for the CPU).
 /// The binaries print it with `--version`.

@@ -555,13 +555,8 @@ fn main() -> ExitCode {
 /// The arguments; `--version` also names the kernels this CPU runs (`-V`: the version alone).
 fn parse_cli() -> Cli {
     use clap::{CommandFactory, FromArgMatches};
-    let long = format!(
-        "{}\nkernels: {}",
-        env!("CARGO_PKG_VERSION"),
-        engine::kernels()
-    );
     let matches = Cli::command()
-        .long_version(&*Box::leak(long.into_boxed_str()))
+        .long_version(engine::long_version(env!("CARGO_PKG_VERSION")))
         .get_matches();
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }

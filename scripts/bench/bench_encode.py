@@ -35,6 +35,8 @@ import sys
 import tempfile
 import time
 
+from scale.common import engine_kernels
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MINILM = os.path.join(ROOT, "models/all-MiniLM-L6-v2")
 BATCHES = [8, 16, 32, 64, 128]
@@ -80,12 +82,6 @@ def cpu_has_vnni():
 def sorted_batches(lengths, batch):
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return [order[s:s + batch] for s in range(0, len(order), batch)]
-
-
-def engine_kernels(exe):
-    """The kernels the engine runs on this CPU, as its `--version` names them."""
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
-    return next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("kernels:")), "?")
 
 
 def main():

@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 
+from scale.common import engine_kernels
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPEAT = 3  # each setting's speed: the best of this many passes, for every library alike
 ROUNDS = 3  # interleaved rounds of all three tools
@@ -89,12 +91,7 @@ def main():
     import numpy as np
 
     search = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(a.bin))), "simlm-search")
-    try:
-        out = subprocess.run([search, "--version"], capture_output=True, text=True).stdout
-    except OSError:
-        out = ""
-    print("engine kernels: " + next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("kernels:")),
-                                    f"? ({search} --version)"))
+    print(f"engine kernels: {engine_kernels(search)}")
 
     faiss.omp_set_num_threads(a.threads)
     try:

@@ -33,6 +33,8 @@ import tempfile
 import threading
 import time
 
+from scale.common import engine_kernels
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -319,9 +321,7 @@ def main():
     level = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "portable"
     print(f"# bench_serve: {a.index}, {len(queries)} queries, k 10, {a.threads} threads, loopback, load by "
           f"{a.load}; {cpu} ({level}), {os.cpu_count()} CPUs")
-    out = subprocess.run([search, "--version"], capture_output=True, text=True).stdout
-    print("# engine kernels: " + next((l.split(":", 1)[1].strip() for l in out.splitlines()
-                                       if l.startswith("kernels:")), "?") + "\n")
+    print(f"# engine kernels: {engine_kernels(search)}\n")
     print(f"batch mode: {batch_qps:,.1f} queries/s; one query's encode + search: {warm_ms:.2f} ms in the warm server "
           f"(median of 200 sent one at a time), {one_ms:.1f} ms in a fresh `simlm-search query` (cold)\n")
     print("| concurrency | requests | queries/s | p50 ms | p99 ms | server CPU s per s | errors |")

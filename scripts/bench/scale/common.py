@@ -1,6 +1,8 @@
 """What every part of the scale benchmark (scripts/bench/bench_scale.py) shares: the repository root, the
-log line on stderr, and .npy files read and written in blocks."""
+log line on stderr, and .npy files read and written in blocks; and, for every benchmark, the engine's
+kernels as its binaries name them."""
 import os
+import subprocess
 import sys
 
 # The repository root: this file is ROOT/scripts/bench/scale/common.py.
@@ -9,6 +11,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
+
+
+def engine_kernels(exe):
+    """The kernels the engine runs on this CPU: the `kernels:` line of `EXE --version`."""
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        out = ""
+    return next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("kernels:")),
+                f"? (no kernels line from {exe} --version)")
 
 
 # ----------------------------------------------------------------------------------------------------

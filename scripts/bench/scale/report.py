@@ -2,18 +2,9 @@
 report (shape check, build, search, exact, targets) and the recall / queries/s plot."""
 import os
 import statistics
-import subprocess
 
+from .common import engine_kernels
 from .peers import PROBE_QUERIES
-
-
-def engine_kernels(exe):
-    """The kernels the engine runs on this CPU, as its `--version` names them."""
-    try:
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
-    except OSError:
-        return "?"
-    return next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("kernels:")), "?")
 
 
 def at_recall(points, target):
