@@ -269,7 +269,8 @@ impl BertModel {
         };
         let erf = self.config.hidden_act == Activation::GeluErf;
         let last = self.layers.len().saturating_sub(1);
-        let mut firsts_only = false;
+        // Whether the last layer keeps only each sequence's first row (see below).
+        let firsts_only = cls_only && !self.layers.is_empty();
         for (li, layer) in self.layers.iter().enumerate() {
             let linear = |l: &Linear,
                           residual: Option<&Tensor>,
@@ -292,7 +293,6 @@ impl BertModel {
                 // From here on, only the first row of each sequence.
                 let first: Vec<u32> = starts[..b].iter().map(|&r| r as u32).collect();
                 x = x.index_select(&Tensor::new(first.as_slice(), x.device())?, 0)?;
-                firsts_only = true;
                 qkv.apply_op1_no_bwd(&FusedAttention {
                     first_token_only: true,
                     ..attention
