@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from scale.common import engine_kernels
+from scale.common import PROBE_QUERIES, engine_kernels, probe_coretype
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPEAT = 3  # each setting's speed: the best of this many passes, for every library alike
@@ -31,24 +31,6 @@ EFS = [10, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512]
 for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "GOTOBLAS_CORETYPE", "MKL_DEBUG_CPU_TYPE", "MKL_CBWR",
              "MKL_ENABLE_INSTRUCTIONS"):
     os.environ.pop(_var, None)
-
-
-# OpenBLAS kernels the exact peer is probed with: its own pick ("auto") and the AVX2 and AVX-512 ones by name
-# (on a Zen 4, faiss-cpu's OpenBLAS 0.3.15 picks "Zen", and a named kernel searched faster).
-CORETYPES = ("auto", "Haswell", "SkylakeX")
-FLAT_PROBE = r'''
-import sys, time, numpy as np, faiss
-x, q, threads = np.load(sys.argv[1]), np.load(sys.argv[2])[:500], int(sys.argv[3])
-faiss.omp_set_num_threads(threads)
-flat = faiss.IndexFlatIP(x.shape[1])
-flat.add(x)
-best = 0.0
-for _ in range(3):
-    t = time.perf_counter()
-    flat.search(q, 10)
-    best = max(best, len(q) / (time.perf_counter() - t))
-print(best)
-'''
 
 
 def at_recall(points, target):
@@ -72,17 +54,10 @@ def main():
     vectors = os.path.join(a.index, manifest["data"], "vectors.npy")
     coretype = a.openblas_coretype
     if coretype == "probe":
-        probe = {}
-        for ct in CORETYPES:
-            env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
-            if ct != "auto":
-                env["OPENBLAS_CORETYPE"] = ct
-            out = subprocess.run([sys.executable, "-c", FLAT_PROBE, vectors, a.queries, str(a.threads)],
-                                 capture_output=True, text=True, env=env, check=True).stdout
-            probe[ct] = float(out.split()[-1])
-        coretype = max(probe, key=probe.get)
-        print(f"OpenBLAS kernel for faiss: {coretype}, the fastest in a probe (faiss IndexFlatIP, first 500 queries, "
-              f"k = 10, queries/s: " + ", ".join(f"{c} {v:,.0f}" for c, v in probe.items()) + ")")
+        coretype, probe = probe_coretype(sys.executable, vectors, a.queries, a.threads,
+                                         dict(os.environ, OMP_NUM_THREADS=str(a.threads)))
+        print(f"OpenBLAS kernel for faiss: {coretype}, the fastest in a probe (faiss IndexFlatIP, first "
+              f"{PROBE_QUERIES} queries, k = 10, queries/s: " + ", ".join(f"{c} {v:,.0f}" for c, v in probe.items()) + ")")
     if coretype != "auto":
         os.environ["OPENBLAS_CORETYPE"] = coretype
 

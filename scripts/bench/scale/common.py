@@ -1,6 +1,6 @@
 """What every part of the scale benchmark (scripts/bench/bench_scale.py) shares: the repository root, the
 log line on stderr, and .npy files read and written in blocks; and, for every benchmark, the engine's
-kernels as its binaries name them."""
+kernels as its binaries name them and the OpenBLAS kernel faiss searches fastest with."""
 import os
 import subprocess
 import sys
@@ -49,3 +49,57 @@ def npy_chunks(path, rows):
 def npy_shape(path):
     import numpy as np
     return np.load(path, mmap_mode="r").shape
+
+
+# ----------------------------------------------------------------------------------------------------
+# faiss's OpenBLAS kernel
+
+# OpenBLAS kernels faiss's products are probed with: its own pick for the CPU ("auto"), and the AVX2 and
+# AVX-512 kernels by name. On a Zen 4 the faiss-cpu wheel's OpenBLAS 0.3.15 picks "Zen", and a named kernel
+# searched faster.
+CORETYPES = ("auto", "Haswell", "SkylakeX")
+PROBE_QUERIES = 500
+
+# One probe: faiss IndexFlatIP over the base (read in blocks), the first PROBE_QUERIES queries at k = 10,
+# the best of `repeat` passes; prints queries/s.
+FLAT_PROBE = r'''
+import sys, time, numpy as np, faiss
+base, queries, threads, repeat, rows, nq = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+faiss.omp_set_num_threads(threads)
+q = np.ascontiguousarray(np.load(queries)[:nq])
+flat = faiss.IndexFlatIP(q.shape[1])
+with open(base, "rb") as f:
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    (n, d), _, dtype = read(f)
+    for s in range(0, n, rows):
+        c = min(rows, n - s)
+        flat.add(np.fromfile(f, dtype=dtype, count=c * d).reshape(c, d))
+best = 0.0
+for _ in range(repeat):
+    t = time.perf_counter()
+    flat.search(q, 10)
+    best = max(best, len(q) / (time.perf_counter() - t))
+print(best)
+'''
+
+
+def with_coretype(env, coretype):
+    """`env` with OPENBLAS_CORETYPE set to `coretype` ("auto": left unset)."""
+    e = dict(env)
+    e.pop("OPENBLAS_CORETYPE", None)
+    if coretype != "auto":
+        e["OPENBLAS_CORETYPE"] = coretype
+    return e
+
+
+def probe_coretype(python, base, queries, threads, env, repeat=3, rows=100_000):
+    """The OpenBLAS kernel of CORETYPES faiss IndexFlatIP searched fastest with on this CPU, each in its own
+    process, and every kernel's queries/s."""
+    probe = {}
+    for ct in CORETYPES:
+        out = subprocess.run([python, "-c", FLAT_PROBE, base, queries, str(threads), str(repeat), str(rows),
+                              str(PROBE_QUERIES)], capture_output=True, text=True, env=with_coretype(env, ct),
+                             check=True).stdout
+        probe[ct] = float(out.split()[-1])
+    return max(probe, key=probe.get), probe

@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import threading
 
+from .common import probe_coretype, with_coretype
 from .generate import make_truth
 from .measure import StepFailed, disk_read_rate, drop_cached, folder_bytes, measure
 
@@ -143,15 +144,12 @@ for ef in efs:
 FAISS_FLAT = CHUNKS + r'''
 import sys, time, faiss
 base, queries, truth, threads, repeat, rows = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-probe = int(sys.argv[7]) if len(sys.argv) > 7 else 0
 faiss.omp_set_num_threads(threads)
 q, truth = np.load(queries), np.load(truth)
-if probe:
-    q, truth = q[:probe], truth[:probe]
 idx = faiss.IndexFlatIP(q.shape[1])
 for _, x in chunks(base, rows):
     idx.add(x)
-for k in ((10,) if probe else (10, 1000)):
+for k in (10, 1000):
     best = None
     for _ in range(repeat):
         t = time.perf_counter()
@@ -389,31 +387,14 @@ def run_peer(a, env, name, paths, folder, efs):
     return r
 
 
-# OpenBLAS kernels faiss's products are probed with: its own pick for the CPU ("auto"), and the AVX2 and
-# AVX-512 kernels by name. On a Zen 4 the wheel's OpenBLAS 0.3.15 picks "Zen", and a named kernel ran faster.
-CORETYPES = ("auto", "Haswell", "SkylakeX")
-PROBE_QUERIES = 500
-
-
 def run_faiss_flat(a, env, paths):
     """faiss IndexFlatIP's exact search at k = 10 and 1000 (also the tool `faiss-flat` alone: the exact
     comparison without building faiss's graph), with the OpenBLAS kernel that was fastest for it on this
     CPU: each of CORETYPES searches the first PROBE_QUERIES queries at k = 10 (best of --repeat), the
     fastest runs the whole set."""
-    probe = {}
-    for ct in CORETYPES:
-        e = dict(env)
-        if ct != "auto":
-            e["OPENBLAS_CORETYPE"] = ct
-        out, _, _, _, _ = measure([a.python, "-c", FAISS_FLAT, paths["base"], paths["queries"], paths["truth"],
-                                   str(a.threads), str(a.repeat), str(CHUNK), str(PROBE_QUERIES)], e)
-        probe[ct] = parse_lines(out, "k")[0]["qps"]
-    best = max(probe, key=probe.get)
-    e = dict(env)
-    if best != "auto":
-        e["OPENBLAS_CORETYPE"] = best
+    best, probe = probe_coretype(a.python, paths["base"], paths["queries"], a.threads, env, a.repeat, CHUNK)
     out, _, _, frss, _ = measure([a.python, "-c", FAISS_FLAT, paths["base"], paths["queries"], paths["truth"],
-                                  str(a.threads), str(a.repeat), str(CHUNK)], e)
+                                  str(a.threads), str(a.repeat), str(CHUNK)], with_coretype(env, best))
     return {int(row["k"]): {"recall": row["recall"], "qps": row["qps"], "rss_mib": frss, "coretype": best,
                             "probe_qps": probe}
             for row in parse_lines(out, "k")}

@@ -3,8 +3,7 @@ report (shape check, build, search, exact, targets) and the recall / queries/s p
 import os
 import statistics
 
-from .common import engine_kernels
-from .peers import PROBE_QUERIES
+from .common import PROBE_QUERIES, engine_kernels
 
 
 def at_recall(points, target):
