@@ -48,6 +48,64 @@ pub fn huge_with_capacity<T>(cap: usize) -> Vec<T> {
     v
 }
 
+/// The size of a transparent huge page on x86-64 and most aarch64 kernels.
+pub const HUGE_PAGE: usize = 2 << 20;
+
+/// A zeroed array that starts on a 2 MiB boundary, its pages advised as huge pages before any is
+/// touched: unlike [`huge_zeroed`], whose allocation starts just past a page boundary and so leaves
+/// the first and last 2 MiB to small pages, every byte of it can sit on a huge page (a 2 MiB visited
+/// table would otherwise get none). It costs up to 2 MiB more address space, not memory: the slack
+/// before the start is never touched.
+pub struct HugeArray<T> {
+    buf: Vec<T>,
+    start: usize,
+    len: usize,
+}
+
+impl<T: Zero + Copy> HugeArray<T> {
+    pub fn zeroed(len: usize) -> Self {
+        let size = std::mem::size_of::<T>().max(1);
+        let slack = if len == 0 {
+            0
+        } else {
+            HUGE_PAGE.div_ceil(size)
+        };
+        let buf = T::zeroed_vec(len + slack);
+        let addr = buf.as_ptr() as usize;
+        // Elements up to the first 2 MiB boundary (allocations are aligned to `T`, so the distance
+        // is a whole number of elements).
+        let start = (addr.next_multiple_of(HUGE_PAGE) - addr) / size;
+        let start = if start + len <= buf.len() { start } else { 0 };
+        advise_huge_pages(buf.as_ptr() as *const u8, buf.len() * size);
+        HugeArray { buf, start, len }
+    }
+}
+
+impl<T> std::ops::Deref for HugeArray<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl<T> std::ops::DerefMut for HugeArray<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+}
+
+/// Whether the kernel can back memory advised with `MADV_HUGEPAGE` by huge pages: transparent huge
+/// pages are not switched off (`never`). Where that cannot be read (not Linux), no.
+pub fn huge_pages_available() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| !s.contains("[never]"))
+}
+
+/// Memory the kernel can hand out now without swapping (Linux's `MemAvailable`), where it can be read.
+pub fn available_memory() -> Option<u64> {
+    meminfo("MemAvailable:")
+}
+
 /// Element types whose all-zero vector is allocated zeroed (untouched pages cost no memory).
 pub trait Zero: Sized {
     fn zeroed_vec(len: usize) -> Vec<Self>;
@@ -66,8 +124,13 @@ zero!(u8, u16, u32, u64);
 
 /// This machine's memory in bytes (Linux's `MemTotal`), where it can be read.
 pub fn total_memory() -> Option<u64> {
+    meminfo("MemTotal:")
+}
+
+/// A line of `/proc/meminfo`, in bytes.
+fn meminfo(key: &str) -> Option<u64> {
     let m = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let line = m.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }

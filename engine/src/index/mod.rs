@@ -158,7 +158,9 @@ impl Index {
                 // seconds). The open map keeps the file even if its generation has been removed.
                 self.warmed.call_once(|| {
                     let len = g.file_len() as u64;
-                    if crate::memory::total_memory().is_some_and(|t| len <= t / 2) {
+                    if !g.is_resident()
+                        && crate::memory::total_memory().is_some_and(|t| len <= t / 2)
+                    {
                         if let Ok(f) = file.try_clone() {
                             crate::memory::warm_page_cache(f, len);
                         }

@@ -7,9 +7,14 @@
 //! - layer 0: `n` lists of `1 + m0` u32 (count, then neighbour rows);
 //! - for every node its first word in the upper-layer table (u32; `u32::MAX` when its level is 0);
 //! - the upper-layer table: for each node of level `L >= 1`, `L` lists of `1 + m` u32 (layers 1..=L);
+//! - (version 2) every node's matrix row (`n` u32, a permutation of the rows: nodes are numbered in
+//!   the order of `order`, and every id above is a node number);
 //! - the code book: `dim` f32 minima, then `dim` f32 steps (see `codes`), all finite (a file with
 //!   any other value is refused at open: one NaN there would make every walk score NaN);
-//! - the codes: `n` rows of `dim` bytes.
+//! - the codes: `n` rows of `dim` bytes, by node.
+//!
+//! Version 1 (written before the nodes were reordered) has no row section: node `i` is row `i`. It
+//! is read as before.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,9 +24,12 @@ use sha2::{Digest, Sha256};
 
 use super::{GraphParts, MAX_LAYER, NONE};
 use crate::error::{Error, IoContext, Result};
+use crate::memory::HugeArray;
 
 const MAGIC: &[u8; 8] = b"SIMLMHNS";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The version without the row section (nodes are rows), still read.
+const VERSION_ROWS_ARE_NODES: u32 = 1;
 pub(super) const HEADER_LEN: usize = 64;
 /// Words converted to bytes at a time by [`write_le_words`].
 const WRITE_WORDS: usize = 1 << 18;
@@ -120,6 +128,7 @@ impl GraphParts {
                 ),
             ));
         }
+        let inv = super::order::inverse(&self.order);
         let mut sum = None;
         crate::store::atomic_write(path, |w| {
             let mut w = Summed::new(w);
@@ -130,20 +139,35 @@ impl GraphParts {
             h.extend_from_slice(&(self.m as u32).to_le_bytes());
             h.extend_from_slice(&(self.top as u32).to_le_bytes());
             h.extend_from_slice(&(self.len() as u64).to_le_bytes());
-            h.extend_from_slice(&(self.entry as u64).to_le_bytes());
+            h.extend_from_slice(&(inv[self.entry] as u64).to_le_bytes());
             h.extend_from_slice(&(self.upper.len() as u64).to_le_bytes());
             h.extend_from_slice(&(self.dim as u64).to_le_bytes());
             h.resize(HEADER_LEN, 0);
             w.write_all(&h)?;
-            w.write_all(&self.levels)?;
+            // Every array by node (`order`), every link a node number.
+            let order = &self.order;
+            let levels: Vec<u8> = order.iter().map(|&r| self.levels[r as usize]).collect();
+            w.write_all(&levels)?;
             w.write_all(&vec![0u8; pad4(self.len()) - self.len()])?;
-            for words in [&self.layer0, &self.upper_at, &self.upper] {
-                write_le_words(&mut w, words.iter().copied())?;
-            }
+            let l0 = 1 + self.m0;
+            write_le_words(
+                &mut w,
+                order.iter().flat_map(|&r| {
+                    relabel(&self.layer0[r as usize * l0..(r as usize + 1) * l0], &inv)
+                }),
+            )?;
+            write_le_words(&mut w, order.iter().map(|&r| self.upper_at[r as usize]))?;
+            // The upper-layer table stays where the build put each node's lists (by row); its
+            // links are node numbers.
+            write_le_words(&mut w, self.upper_words().flat_map(|l| relabel(l, &inv)))?;
+            write_le_words(&mut w, order.iter().copied())?;
             for x in self.book.mins.iter().chain(&self.book.steps) {
                 w.write_all(&x.to_le_bytes())?;
             }
-            w.write_all(&self.codes)?;
+            let dim = self.dim;
+            for &r in order {
+                w.write_all(&self.codes[r as usize * dim..(r as usize + 1) * dim])?;
+            }
             let (_, size, sha256) = w.into_parts();
             sum = Some((size, sha256));
             Ok(())
@@ -152,9 +176,68 @@ impl GraphParts {
     }
 }
 
-/// A graph file opened for search (memory-mapped).
+impl GraphParts {
+    /// The upper-layer table's lists (count, then ids), in table order.
+    fn upper_words(&self) -> impl Iterator<Item = &[u32]> {
+        self.upper.chunks_exact(1 + self.m)
+    }
+}
+
+/// A link list (count, then ids) with its ids turned into node numbers (`inv[row]`) and its unused
+/// slots zero.
+fn relabel<'a>(list: &'a [u32], inv: &'a [u32]) -> impl Iterator<Item = u32> + 'a {
+    let count = (list[0] as usize).min(list.len() - 1);
+    std::iter::once(count as u32)
+        .chain(list[1..=count].iter().map(|&v| inv[v as usize]))
+        .chain(std::iter::repeat_n(0, list.len() - 1 - count))
+}
+
+/// A graph file's bytes: read into memory on huge pages where it fits, else memory-mapped.
+pub(super) enum Bytes {
+    Mapped(Mmap),
+    Resident(HugeArray<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Resident(r) => r,
+        }
+    }
+}
+
+/// Whether a graph file of `len` bytes is read into memory: where the kernel gives huge pages, the
+/// file takes at most a quarter of the memory available, and `SIMLM_GRAPH_RESIDENT` is not `0`.
+/// A walk scores about a thousand codes at random places of the file per query; on a 4 KiB-page map
+/// nearly every one also misses the TLB (1M x 768 codes span 190,000 pages), on 2 MiB pages the whole
+/// file needs a few hundred entries. A larger file stays mapped, paged in and out by the kernel.
+fn resident(len: usize) -> bool {
+    if std::env::var("SIMLM_GRAPH_RESIDENT").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    crate::memory::huge_pages_available()
+        && crate::memory::available_memory().is_some_and(|a| len as u64 <= a / 4)
+}
+
+/// The file's bytes in memory on huge pages; `len` is the size it had when mapped.
+fn read_resident(f: &std::fs::File, len: usize) -> std::io::Result<HugeArray<u8>> {
+    use std::io::{Read, Seek};
+    let mut buf = HugeArray::<u8>::zeroed(len);
+    let mut f = f;
+    f.seek(std::io::SeekFrom::Start(0))?;
+    f.read_exact(&mut buf)?;
+    // The file is no longer than when mapped (a longer one fails the size check that follows).
+    if f.read(&mut [0u8; 1])? != 0 {
+        return Err(std::io::Error::other("the file grew while it was read"));
+    }
+    Ok(buf)
+}
+
+/// A graph file opened for search (in memory or memory-mapped).
 pub struct Graph {
-    pub(super) map: Mmap,
+    pub(super) map: Bytes,
     pub(super) path: PathBuf,
     /// The index folder, for the messages that tell how to rebuild the graph.
     pub(super) index_dir: PathBuf,
@@ -168,6 +251,8 @@ pub struct Graph {
     upper_at_at: usize,
     upper_at: usize,
     upper_len: usize,
+    /// Where each node's matrix row is stored (version 2); none when nodes are rows (version 1).
+    rows_at: Option<usize>,
     pub(super) book_at: usize,
     pub(super) codes_at: usize,
 }
@@ -177,6 +262,12 @@ impl Graph {
     /// file's exact size, the code book must be finite, and the entry node's links must be in range;
     /// the other links are checked as a search follows them.
     pub fn open(path: &Path, index_dir: &Path) -> Result<Graph> {
+        Self::open_as(path, index_dir, None)
+    }
+
+    /// [`Graph::open`], read into memory (`Some(true)`), mapped (`Some(false)`) or as [`resident`]
+    /// decides (`None`).
+    pub(super) fn open_as(path: &Path, index_dir: &Path, read: Option<bool>) -> Result<Graph> {
         if !path.is_file() {
             return Err(Error::invalid(
                 path,
@@ -190,7 +281,12 @@ impl Graph {
         let f = std::fs::File::open(path).at(path)?;
         // Safety: the file is opened read-only, and files of a committed generation are never written
         // again (see `store::layout`).
-        let map = unsafe { Mmap::map(&f) }.at(path)?;
+        let mapped = unsafe { Mmap::map(&f) }.at(path)?;
+        let map = if read.unwrap_or_else(|| resident(mapped.len())) {
+            Bytes::Resident(read_resident(&f, mapped.len()).at(path)?)
+        } else {
+            Bytes::Mapped(mapped)
+        };
         let bad = |msg: String| {
             Error::corrupt(
                 path,
@@ -206,11 +302,13 @@ impl Graph {
         let u32_at = |o: usize| u32::from_le_bytes(map[o..o + 4].try_into().unwrap()) as usize;
         let u64_at = |o: usize| u64::from_le_bytes(map[o..o + 8].try_into().unwrap());
         let version = u32_at(8);
-        if version != VERSION as usize {
+        if version != VERSION as usize && version != VERSION_ROWS_ARE_NODES as usize {
             return Err(bad(format!(
-                "graph format version {version}, this engine reads version {VERSION}"
+                "graph format version {version}, this engine reads versions \
+                 {VERSION_ROWS_ARE_NODES} and {VERSION}"
             )));
         }
+        let has_rows = version == VERSION as usize;
         let (m0, m, top) = (u32_at(12), u32_at(16), u32_at(20));
         let (n, entry, upper_len, dim) = (u64_at(24), u64_at(32), u64_at(40), u64_at(48));
         // Sizes in u128, so that no header value can overflow the arithmetic.
@@ -220,6 +318,7 @@ impl Graph {
             + 4 * n128 * (m0_128 + 1)
             + 4 * n128
             + 4 * ul
+            + if has_rows { 4 * n128 } else { 0 }
             + 8 * d128
             + n128 * d128;
         if map.len() as u128 != need
@@ -237,7 +336,8 @@ impl Graph {
         let layer0_at = HEADER_LEN + pad4(n);
         let upper_at_at = layer0_at + 4 * n * (m0 + 1);
         let upper_at = upper_at_at + 4 * n;
-        let book_at = upper_at + 4 * upper_len;
+        let rows_at = has_rows.then_some(upper_at + 4 * upper_len);
+        let book_at = upper_at + 4 * upper_len + if has_rows { 4 * n } else { 0 };
         let codes_at = book_at + 8 * dim;
         let g = Graph {
             map,
@@ -253,9 +353,23 @@ impl Graph {
             upper_at_at,
             upper_at,
             upper_len,
+            rows_at,
             book_at,
             codes_at,
         };
+        if let Some(at) = rows_at {
+            // A row twice (or a row past the matrix) would return a passage twice, or the wrong one.
+            let mut seen = vec![false; n];
+            for (node, &r) in g.words(at, n).iter().enumerate() {
+                let r = r as usize;
+                if r >= n || std::mem::replace(&mut seen[r], true) {
+                    return Err(bad(format!(
+                        "node {node} stands for row {r}, past the {n} rows or already taken: \
+                         its row table is damaged"
+                    )));
+                }
+            }
+        }
         let book = g.floats(g.book_at, 2 * dim);
         if let Some(v) = bad_book_value(&book[..dim], &book[dim..]) {
             return Err(bad(format!(
@@ -292,6 +406,11 @@ impl Graph {
         self.map.len()
     }
 
+    /// Whether the file was read into memory (else it is memory-mapped).
+    pub fn is_resident(&self) -> bool {
+        matches!(self.map, Bytes::Resident(_))
+    }
+
     pub(super) fn words(&self, at: usize, len: usize) -> &[u32] {
         let b = &self.map[at..at + 4 * len];
         // Safety: the map is page-aligned and every section starts at a multiple of 4; any bit pattern
@@ -303,6 +422,14 @@ impl Graph {
         let b = &self.map[at..at + 4 * len];
         // Safety: as for `words`; any bit pattern is a valid f32.
         unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, len) }
+    }
+
+    /// The matrix row of node `node` (checked at open to be a row, each once).
+    pub(super) fn row(&self, node: usize) -> usize {
+        match self.rows_at {
+            Some(at) => self.words(at + 4 * node, 1)[0] as usize,
+            None => node,
+        }
     }
 
     pub(super) fn level(&self, row: usize) -> usize {

@@ -3,7 +3,10 @@
 //! - `build`: the graph's construction, in parallel, scored on the codes, straight into the file's
 //!   link arrays, every node given an incoming link;
 //! - `codes`: the 8-bit codes of the vectors that the walk scores on;
-//! - `format`: the file `graph.hnsw`, written once and memory-mapped for search, every size checked;
+//! - `format`: the file `graph.hnsw`, written once and read (or memory-mapped) for search, every size
+//!   checked;
+//! - `order`: the order the file stores the nodes in (breadth-first from the entry, so that a node's
+//!   neighbours' codes lie together);
 //! - `walk`: the search: a walk over fixed-stride link arrays with a per-thread visited table, scored
 //!   on the codes (a quarter of the f32 matrix's bytes, so four times fewer cache lines per step); the
 //!   `ef` candidates it ends with are re-scored from the matrix in exact search's arithmetic, so
@@ -13,6 +16,7 @@ mod build;
 pub mod checkpoint;
 pub mod codes;
 mod format;
+mod order;
 mod walk;
 
 pub use codes::CodeBook;
@@ -108,6 +112,9 @@ pub struct GraphParts {
     upper: Vec<u32>,
     book: CodeBook,
     codes: Vec<u8>,
+    /// The order the file stores the nodes in (`order[i]` is the row of the file's node `i`; see
+    /// `order`). The arrays above are by row.
+    order: Vec<u32>,
 }
 
 impl GraphParts {
@@ -231,7 +238,9 @@ pub fn build_resumable(
         let dir = checkpoints.map_or(matrix.path(), |c| c.dir);
         Error::io(dir.join(checkpoint::FOLDER), e)
     })?;
+    let order = order::breadth_first(&links.layer0, links.m0, n, links.entry);
     Ok(GraphParts {
+        order,
         m0: links.m0,
         m: links.m,
         top: links.top,

@@ -175,9 +175,14 @@ fn damaged_files_are_errors() {
     ];
     for (bytes, want) in cases {
         std::fs::write(&p, &bytes).unwrap();
-        let err = open(dir.path()).err().expect("an error").to_string();
-        assert!(err.contains(want) && err.contains("graph.hnsw"), "{err}");
-        assert!(err.contains("simlm-index hnsw"), "{err}");
+        for read in [false, true] {
+            let err = Graph::open_as(&p, dir.path(), Some(read))
+                .err()
+                .expect("an error")
+                .to_string();
+            assert!(err.contains(want) && err.contains("graph.hnsw"), "{err}");
+            assert!(err.contains("simlm-index hnsw"), "{err}");
+        }
     }
     // Damaged links (rows out of range, counts past the list) are errors, never followed.
     let mut bad = good.clone();
@@ -188,15 +193,17 @@ fn damaged_files_are_errors() {
     std::fs::write(&p, &bad).unwrap();
     let m = NpyMatrix::open(&dir.path().join("vectors.npy")).unwrap();
     let q = unit_vectors(1, 8);
-    let err = match open(dir.path()) {
-        Ok(g) => g.search(&m, &q, 10, 20).unwrap_err(),
-        Err(e) => e,
+    for read in [false, true] {
+        let err = match Graph::open_as(&p, dir.path(), Some(read)) {
+            Ok(g) => g.search(&m, &q, 10, 20).unwrap_err(),
+            Err(e) => e,
+        }
+        .to_string();
+        assert!(
+            err.contains("damaged") && err.contains("simlm-index hnsw"),
+            "{err}"
+        );
     }
-    .to_string();
-    assert!(
-        err.contains("damaged") && err.contains("simlm-index hnsw"),
-        "{err}"
-    );
     std::fs::remove_file(&p).unwrap();
     let err = open(dir.path()).err().unwrap().to_string();
     assert!(err.contains("missing"), "{err}");
@@ -651,5 +658,118 @@ fn near_identical_vectors_keep_exact_search_s_order() {
         let pairs = crate::simd::tile_kernels().len() * 4 * (n - 1);
         assert!(ties >= pairs / 5, "{ties} ties of {pairs}");
         assert!(near >= pairs / 2, "{near} near-ties of {pairs}");
+    }
+}
+
+#[test]
+fn nodes_are_stored_breadth_first_and_version_1_files_are_still_read() {
+    let (n, dim) = (500, 16);
+    let dir = tempfile::tempdir().unwrap();
+    let m = matrix_in(dir.path(), n, dim);
+    let params = HnswParams {
+        m: 8,
+        ef_construction: 64,
+    };
+    let mut parts = build(&m, params, &|_| {}).unwrap();
+    // The file's node order: the entry first, every row once, and not the rows' order.
+    assert_eq!(parts.order[0] as usize, parts.entry);
+    let mut sorted = parts.order.clone();
+    sorted.sort_unstable();
+    assert!(sorted.iter().enumerate().all(|(i, &r)| i == r as usize));
+    assert_ne!(sorted, parts.order);
+    let reordered = graph_bytes(&parts, dir.path());
+    // The same graph with nodes numbered by row, in version 1's layout: version 2's with the identity
+    // order, less its row table.
+    parts.order = (0..n as u32).collect();
+    let v2 = graph_bytes(&parts, dir.path());
+    let (h, _) = v2.split_at(HEADER_LEN);
+    let upper_words = u64::from_le_bytes(h[40..48].try_into().unwrap()) as usize;
+    let rows_at = HEADER_LEN + pad4(n) + 4 * n * (1 + parts.m0) + 4 * n + 4 * upper_words;
+    let mut v1 = v2.clone();
+    v1.drain(rows_at..rows_at + 4 * n);
+    v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let p = dir.path().join(GRAPH_FILE);
+    let queries = unit_vectors(40, dim);
+    let hits = |bytes: &[u8]| {
+        std::fs::write(&p, bytes).unwrap();
+        let g = open(dir.path()).unwrap();
+        queries
+            .chunks(dim)
+            .map(|q| {
+                g.search(&m, q, 10, 32)
+                    .unwrap()
+                    .iter()
+                    .map(|h| (h.row, h.score.to_bits()))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let (by_row_v1, by_row_v2, by_order) = (hits(&v1), hits(&v2), hits(&reordered));
+    // Version 1 walks exactly as version 2 with nodes numbered by row.
+    assert_eq!(by_row_v1, by_row_v2);
+    // The reordered walk breaks ties between equal code scores by another numbering; its hits are
+    // still exact search's rows and scores.
+    let data = m.rows_f32(0, n).to_vec();
+    let mut agree = 0;
+    for (q, got) in queries.chunks(dim).zip(&by_order) {
+        assert_eq!(got.len(), 10);
+        let want = brute_force(&data, dim, q, 10);
+        agree += got.iter().filter(|(r, _)| want.contains(r)).count();
+    }
+    assert!(agree >= 380, "{agree} of 400 true neighbours found");
+}
+
+#[test]
+fn a_damaged_row_table_is_refused() {
+    let (n, dim) = (200, 8);
+    let dir = tempfile::tempdir().unwrap();
+    let m = matrix_in(dir.path(), n, dim);
+    let params = HnswParams {
+        m: 4,
+        ef_construction: 32,
+    };
+    let parts = build(&m, params, &|_| {}).unwrap();
+    let good = graph_bytes(&parts, dir.path());
+    let upper_words = u64::from_le_bytes(good[40..48].try_into().unwrap()) as usize;
+    let rows_at = HEADER_LEN + pad4(n) + 4 * n * (1 + parts.m0) + 4 * n + 4 * upper_words;
+    let p = dir.path().join(GRAPH_FILE);
+    for (what, value) in [
+        ("a row taken twice", None),
+        ("a row past the matrix", Some(n as u32)),
+    ] {
+        let mut bad = good.clone();
+        let v = value
+            .unwrap_or_else(|| u32::from_le_bytes(bad[rows_at..rows_at + 4].try_into().unwrap()));
+        bad[rows_at + 4 * 7..rows_at + 4 * 8].copy_from_slice(&v.to_le_bytes());
+        std::fs::write(&p, &bad).unwrap();
+        let err = open(dir.path()).err().expect(what).to_string();
+        assert!(
+            err.contains("row table is damaged") && err.contains("simlm-index hnsw"),
+            "{what}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_graph_read_into_memory_walks_as_the_mapped_file() {
+    let (dir, _) = setup(2_000, 24, Dtype::F32);
+    let p = dir.path().join(GRAPH_FILE);
+    let m = NpyMatrix::open(&dir.path().join("vectors.npy")).unwrap();
+    let (mapped, read) = (
+        Graph::open_as(&p, dir.path(), Some(false)).unwrap(),
+        Graph::open_as(&p, dir.path(), Some(true)).unwrap(),
+    );
+    assert!(!mapped.is_resident() && read.is_resident());
+    let bits = |hits: Vec<Hit>| {
+        hits.iter()
+            .map(|h| (h.row, h.score.to_bits()))
+            .collect::<Vec<_>>()
+    };
+    for q in unit_vectors(50, 24).chunks(24) {
+        for (k, ef) in [(1, 1), (10, 16), (10, 100)] {
+            let a = bits(mapped.search(&m, q, k, ef).unwrap());
+            assert_eq!(a.len(), k);
+            assert_eq!(a, bits(read.search(&m, q, k, ef).unwrap()));
+        }
     }
 }
