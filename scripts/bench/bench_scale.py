@@ -13,9 +13,9 @@ What it measures (same vectors, same queries, same M / efConstruction / threads 
              ef of a grid;
   exact      queries/s of the engine's exact search and faiss IndexFlatIP at k = 10 and k = 1000;
   targets    engine inserts/s >= 1.25x hnswlib's; engine peak RSS <= 0.5x hnswlib's; engine
-             recall@10 at every ef >= hnswlib's - 0.005; engine queries/s at recall@10 0.95 >= 1.3x
-             hnswlib's (log queries/s interpolated linearly in recall between the two ef settings around
-             0.95).
+             recall@10 at every ef >= hnswlib's - 0.005; engine queries/s at recall@10 0.95 >= 2x
+             hnswlib's at each of --search-threads (log queries/s interpolated linearly in recall between
+             the two ef settings around 0.95).
 
 The parts, each in scripts/bench/scale/: generate.py (the generator, the data and the truth: its docstring
 says how the vectors are made), peers.py (the engine, hnswlib and faiss: how each is built and searched,
@@ -36,6 +36,9 @@ threadpoolctl matplotlib):
   .venv/bin/python scripts/bench/bench_scale.py --tools hnswlib --resume     # one tool now, the others later:
   each tool's figures are saved in OUT/roundR/TOOL.json when it finishes; --resume reuses them.
   .venv/bin/python scripts/bench/bench_scale.py --tools engine,hnswlib,faiss-flat --resume  # faiss exact only
+  .venv/bin/python scripts/bench/bench_scale.py --tools engine,hnswlib --search-threads 1,2 --keep-indexes
+  .venv/bin/python scripts/bench/bench_scale.py --tools engine,hnswlib --search-threads 1,2 --search-again
+  # the graph searches alone again, on the kept indexes, every tool in the same run
   With --full the base streams from the generator into `simlm-index import --vectors FIFO` (one copy on
   disk, the index's), the truth is computed from the index's vectors.npy, and a stopped run resumes: the
   same command again skips the finished import (OUT/round1/full-progress.json) and the graph build
@@ -54,7 +57,7 @@ import time
 from scale.common import ROOT, log, npy_shape
 from scale.generate import prepare_data
 from scale.measure import BLAS_TUNING, child_env, measure
-from scale.peers import FAISS_INFO, Engine, run_faiss_flat, run_peer
+from scale.peers import FAISS_INFO, Engine, run_faiss_flat, run_peer, search_peer
 from scale.report import combine, plot, report
 
 FULL_N = 8_841_823
@@ -82,6 +85,8 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release"), help="folder of simlm-index, simlm-search")
     ap.add_argument("--python", default=sys.executable, help="Python with numpy, hnswlib, faiss-cpu, threadpoolctl")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--search-threads", help="thread counts of the graph searches, comma-separated (default: "
+                    "--threads); builds and exact search use --threads")
     ap.add_argument("--m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=200)
     ap.add_argument("--efs", default=None, help="search ef grid, comma-separated (default 10,16,32,64,128,256,512)")
@@ -91,6 +96,9 @@ def main():
     ap.add_argument("--tools", default="engine,hnswlib,faiss")
     ap.add_argument("--no-exact", action="store_true", help="skip the exact-search throughput")
     ap.add_argument("--keep-indexes", action="store_true")
+    ap.add_argument("--search-again", action="store_true",
+                    help="rerun only the graph searches, on the indexes an earlier --keep-indexes run left in OUT "
+                         "(its build figures kept): the tools' searches side by side in one run")
     ap.add_argument("--generate-only", action="store_true", help="make (or check) the data and truth, then stop")
     ap.add_argument("--full", action="store_true", help="8,841,823 x 768, engine only, 1,000 queries, ef 64/128/256")
     ap.add_argument("--resume", action="store_true",
@@ -107,6 +115,7 @@ def main():
     a.queries = a.queries or 10_000
     a.rounds = a.rounds or (3 if a.n <= 100_000 else 1)
     efs = [int(e) for e in (a.efs or "10,16,32,64,128,256,512").split(",")]
+    a.search_threads = sorted({int(t) for t in (a.search_threads or str(a.threads)).split(",") if t} or {a.threads})
     tools = [t for t in a.tools.split(",") if t]
     unknown = [t for t in tools if t not in ("engine", "hnswlib", "faiss", "faiss-flat")]
     if unknown or not tools:
@@ -158,6 +167,18 @@ def main():
             folder = os.path.join(a.out, f"round{r + 1}")
             os.makedirs(folder, exist_ok=True)
             saved = os.path.join(folder, f"{tool}.json")
+            if a.search_again and tool in ("engine", "hnswlib", "faiss"):
+                res[tool] = json.load(open(saved), object_hook=int_keys)
+                log(f"round {r + 1}/{a.rounds}: {tool}: searches again on the kept index (build figures from {saved})")
+                if tool == "engine":
+                    engine.index = os.path.join(folder, "engine-index")
+                    res[tool].update(engine.search(paths, folder, efs))
+                    res[tool]["first_pass"] = engine.first_pass
+                else:
+                    res[tool].update(search_peer(a, env, tool, paths, folder, efs))
+                json.dump(res[tool], open(saved + ".part", "w"), indent=1, default=str)
+                os.replace(saved + ".part", saved)
+                continue
             if a.resume and os.path.exists(saved):
                 res[tool] = json.load(open(saved), object_hook=int_keys)
                 log(f"round {r + 1}/{a.rounds}: {tool}: from {saved} (--resume)")
@@ -166,7 +187,7 @@ def main():
             t = time.perf_counter()
             if tool == "engine":
                 res[tool] = {"build": engine.build(paths, folder)}
-                res[tool]["hnsw"] = engine.search(paths, folder, efs)
+                res[tool].update(engine.search(paths, folder, efs))
                 if engine.first_pass:
                     res[tool]["first_pass"] = engine.first_pass
                 if not a.no_exact:

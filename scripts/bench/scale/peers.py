@@ -305,14 +305,16 @@ class Engine:
         self.index = idx
         return r
 
-    def _batch(self, paths, folder, mode, k, repeat=None):
+    def _batch(self, paths, folder, mode, k, repeat=None, threads=None):
         a = self.a
+        threads = threads or a.threads
         run = os.path.join(folder, "engine.run")
         best = None
         for _ in range(a.repeat if repeat is None else repeat):
             _, err, wall, rss, anon = measure([self.search_bin, "batch", "--index", self.index, "--query-vectors",
-                                               paths["queries"], "--k", str(k), *mode, "--threads", str(a.threads),
-                                               "--out", run, "--run-format", "msmarco"], self.env)
+                                               paths["queries"], "--k", str(k), *mode, "--threads", str(threads),
+                                               "--out", run, "--run-format", "msmarco"],
+                                              with_threads(self.env, threads))
             m = SEARCH_LINE.search(err)
             if not m:
                 raise RuntimeError(f"no `N queries (...) in S s (Q queries/s)` line in simlm-search's stderr:\n{err[-2000:]}")
@@ -332,7 +334,8 @@ class Engine:
             # at the first ef puts the engine on the peers' footing; its figures are kept as `first_pass`.
             first = self._batch(paths, folder, ["--ef", str(efs[0])], 10, repeat=1)
             self.first_pass = dict(ef=efs[0], **first)
-            return [dict(ef=ef, **self._batch(paths, folder, ["--ef", str(ef)], 10)) for ef in efs]
+            return by_threads(self.a, lambda t: [dict(ef=ef, **self._batch(paths, folder, ["--ef", str(ef)], 10,
+                                                                           threads=t)) for ef in efs])
         # The matrix is larger than memory (--full): each ef starts with a cold pass (neither the graph
         # nor the matrix cached), then the warm passes (--repeat, the fastest kept) that the table shows.
         manifest = json.load(open(os.path.join(self.index, "manifest.json")))
@@ -345,7 +348,7 @@ class Engine:
             warm = self._batch(paths, folder, ["--ef", str(ef)], 10)
             out.append(dict(ef=ef, **warm, cold_qps=cold["qps"], cold_wall_s=cold["wall_s"],
                             cold_rss_mib=cold["rss_mib"]))
-        return out
+        return {"hnsw": out}
 
     def exact(self, paths, folder):
         if not self.a.stream_base:
@@ -367,19 +370,42 @@ class Engine:
         return out
 
 
+def with_threads(env, threads):
+    """`env` with the thread-count variables of the children (`child_env`) set to `threads`."""
+    return {**env, **{k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                                 "RAYON_NUM_THREADS")}}
+
+
+def by_threads(a, search):
+    """The graph searches at each of --search-threads: `hnsw` (at --threads when it is one of them, else the
+    first) and `hnsw_by_threads` {threads: rows}."""
+    rows = {t: search(t) for t in a.search_threads}
+    return {"hnsw": rows.get(a.threads, rows[a.search_threads[0]]), "hnsw_by_threads": rows}
+
+
+def search_peer(a, env, name, paths, folder, efs):
+    """A peer's graph searches on its index in `folder`, at each of --search-threads."""
+    idx = os.path.join(folder, f"{name}.index")
+    search = HNSWLIB_SEARCH if name == "hnswlib" else FAISS_SEARCH
+
+    def search_at(t):
+        out, _, _, srss, sanon = measure([a.python, "-c", search, idx, paths["queries"], paths["truth"], str(t),
+                                          str(a.repeat), ",".join(map(str, efs))], with_threads(env, t))
+        return [{"ef": int(row["ef"]), "recall": row["recall"], "qps": row["qps"], "rss_mib": srss, "anon_mib": sanon}
+                for row in parse_lines(out, "ef")]
+    return by_threads(a, search_at)
+
+
 def run_peer(a, env, name, paths, folder, efs):
     py = a.python
     idx = os.path.join(folder, f"{name}.index")
-    build, search = (HNSWLIB_BUILD, HNSWLIB_SEARCH) if name == "hnswlib" else (FAISS_BUILD, FAISS_SEARCH)
+    build = HNSWLIB_BUILD if name == "hnswlib" else FAISS_BUILD
     out, _, wall, rss, anon = measure([py, "-c", build, paths["base"], idx, str(a.m), str(a.ef_construction),
                                        str(a.threads), str(CHUNK)], env)
     b = {k: v for row in parse_lines(out, "build_seconds") + parse_lines(out, "index_bytes") for k, v in row.items()}
     r = {"build": {"build_seconds": b["build_seconds"], "step_seconds": wall, "rss_mib": rss, "anon_mib": anon,
                    "index_bytes": int(b["index_bytes"]), "disk_bytes": int(b["index_bytes"])}}
-    out, _, _, srss, sanon = measure([py, "-c", search, idx, paths["queries"], paths["truth"], str(a.threads),
-                                      str(a.repeat), ",".join(map(str, efs))], env)
-    r["hnsw"] = [{"ef": int(row["ef"]), "recall": row["recall"], "qps": row["qps"], "rss_mib": srss, "anon_mib": sanon}
-                 for row in parse_lines(out, "ef")]
+    r.update(search_peer(a, env, name, paths, folder, efs))
     if not a.keep_indexes:
         os.remove(idx)
     if name == "faiss" and not a.no_exact:
