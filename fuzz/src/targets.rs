@@ -67,6 +67,11 @@ pub const TARGETS: &[Target] = &[
         run: request_body,
         tokens: REQUEST_TOKENS,
     },
+    Target {
+        name: "graph",
+        run: graph_file,
+        tokens: GRAPH_TOKENS,
+    },
 ];
 
 /// The target called `name`.
@@ -375,6 +380,89 @@ fn npy_file(s: &Scratch, data: &[u8]) -> String {
         Err(e) => {
             out.push_str(" / ");
             out.push_str(&refused(s, &e, &[&f]));
+        }
+    }
+    out
+}
+
+/// Words the graph file's header and tables hold: the magic, the two versions, counts and ids at
+/// the edges of their ranges.
+const GRAPH_TOKENS: &[&[u8]] = &[
+    b"SIMLMHNS",
+    b"\x01\x00\x00\x00",
+    b"\x02\x00\x00\x00",
+    b"\x00\x00\x00\x00",
+    b"\xff\xff\xff\xff",
+    b"\xfe\xff\xff\xff",
+    b"\x00\x00\x80\x7f",
+    b"\x00\x00\xc0\x7f",
+    b"\x00\x00\x00\x00\x00\x00\x00\x00",
+    b"\xff\xff\xff\xff\xff\xff\xff\xff",
+];
+
+/// A graph file (`graph.hnsw`), opened as a search opens it and, where it opens, searched against a
+/// matrix of its own shape: every search returns `min(k, nodes)` distinct rows of the matrix with
+/// finite scores in exact search's order, or a refusal naming the graph file.
+fn graph_file(s: &Scratch, data: &[u8]) -> String {
+    use engine::search::hnsw::Graph;
+    let f = File {
+        path: s.write("graph.hnsw", data),
+        text: None,
+    };
+    let g = match Graph::open(&f.path, &s.path("")) {
+        Ok(g) => g,
+        Err(e) => return refused(s, &e, &[&f]),
+    };
+    let (n, dim) = (g.len(), g.dim());
+    // The header accounts for every byte (n x dim codes among them), so the matrix is small.
+    assert!(
+        (n as u128) * (dim as u128) <= data.len() as u128,
+        "a graph of {n} x {dim} opened from {} bytes",
+        data.len()
+    );
+    let values: Vec<f32> = (0..n * dim)
+        .map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0)
+        .collect();
+    let m_path = s.path("vectors.npy");
+    npy::write_f32(&m_path, &values, n, dim).expect("the scratch folder is writable");
+    let m = npy::NpyMatrix::open(&m_path).expect("a matrix this target wrote opens");
+    let query: Vec<f32> = (0..dim)
+        .map(|i| ((i * 13 % 7) as f32 - 3.0) / 3.0)
+        .collect();
+    let mut out = format!("opened {} x {}", n.min(2), dim.min(2));
+    for (k, ef) in [(1, 1), (3, 8), (10, 64)] {
+        match g.search(&m, &query, k, ef) {
+            Ok(hits) => {
+                assert_eq!(
+                    hits.len(),
+                    k.min(n),
+                    "a search of k {k} returned {}",
+                    hits.len()
+                );
+                let mut rows: Vec<usize> = hits.iter().map(|h| h.row).collect();
+                assert!(rows.iter().all(|&r| r < n), "a row past the matrix");
+                assert!(
+                    hits.iter().all(|h| h.score.is_finite()),
+                    "a score that is not finite"
+                );
+                // Exact search's order: score descending, ties to the lower row.
+                assert!(
+                    hits.windows(2).all(|w| w[0]
+                        .score
+                        .total_cmp(&w[1].score)
+                        .then(w[1].row.cmp(&w[0].row))
+                        .is_gt()),
+                    "hits out of exact search's order"
+                );
+                rows.sort_unstable();
+                rows.dedup();
+                assert_eq!(rows.len(), hits.len(), "a row returned twice");
+                out.push_str(" found");
+            }
+            Err(e) => {
+                out.push_str(" / ");
+                out.push_str(&refused(s, &e, &[&f]));
+            }
         }
     }
     out

@@ -55,6 +55,11 @@ fn manifest() {
 }
 
 #[test]
+fn graph() {
+    fuzz("graph");
+}
+
+#[test]
 fn request_body() {
     fuzz("request_body");
 }
@@ -155,4 +160,26 @@ fn request_body_seeds_are_judged_as_the_service_would() {
     assert_eq!(seed("embed"), "search 400; embed 422");
     // A vector whose scores would overflow is the request's fault.
     assert_eq!(seed("huge-vector"), "search 422; embed 400");
+}
+
+/// The graph target's seeds are graphs the engine built (version 2) and one in version 1's layout:
+/// every one opens and is searched, so mutations start from files that reach the walk.
+#[test]
+fn graph_seeds_open_and_are_searched() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new().unwrap();
+    let run = targets::find("graph").run;
+    let folder = Settings::from_env().corpus.join("graph");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&folder).unwrap() {
+        let p = entry.unwrap().path();
+        let out = run(&scratch, &std::fs::read(&p).unwrap());
+        assert!(
+            out.starts_with("opened") && out.matches(" found").count() == 3,
+            "{}: {out}",
+            p.display()
+        );
+        seen += 1;
+    }
+    assert!(seen >= 5, "{seen} seeds");
 }
