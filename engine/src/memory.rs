@@ -101,9 +101,67 @@ pub fn huge_pages_available() -> bool {
         .is_ok_and(|s| !s.contains("[never]"))
 }
 
-/// Memory the kernel can hand out now without swapping (Linux's `MemAvailable`), where it can be read.
+/// Memory this process can take now: Linux's `MemAvailable`, or less where the process's control
+/// group (and every group above it: a SLURM job's limit sits on the job's group, its steps below it)
+/// has a memory limit closer to its use (`memory.max - memory.current` in cgroup v2,
+/// `memory.limit_in_bytes - memory.usage_in_bytes` in v1; use counts the group's page cache, so this
+/// errs low). `MemAvailable` alone is the whole machine's: a job that trusted it could be killed at
+/// its limit.
 pub fn available_memory() -> Option<u64> {
-    meminfo("MemAvailable:")
+    let machine = meminfo("MemAvailable:");
+    let group = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|c| cgroup_headroom(&c, |p| std::fs::read_to_string(p).ok()));
+    match (machine, group) {
+        (Some(m), Some(g)) => Some(m.min(g)),
+        (m, g) => m.or(g),
+    }
+}
+
+/// The least `limit - use` over the process's memory control groups and their ancestors, given
+/// `/proc/self/cgroup` and a reader of files; none where no group has a limit.
+fn cgroup_headroom(proc_cgroup: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64> {
+    let number = |p: &str| read(p).and_then(|s| s.trim().parse::<u64>().ok());
+    let mut least: Option<u64> = None;
+    for line in proc_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (root, limit, usage) = if id == "0" && controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max", "memory.current")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (
+                "/sys/fs/cgroup/memory",
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
+        } else {
+            continue;
+        };
+        // The group and its ancestors, up to the root of the hierarchy this process sees.
+        let mut at = path.trim_end_matches('/');
+        loop {
+            let dir = format!("{root}{at}");
+            let (l, u) = (
+                number(&format!("{dir}/{limit}")),
+                number(&format!("{dir}/{usage}")),
+            );
+            // v1 writes "no limit" as a page-rounded i64::MAX, v2 as "max" (not a number).
+            if let (Some(l), Some(u)) = (l, u) {
+                if l < 1 << 60 {
+                    let room = l.saturating_sub(u);
+                    least = Some(least.map_or(room, |x| x.min(room)));
+                }
+            }
+            match at.rfind('/') {
+                Some(i) => at = &at[..i],
+                None => break,
+            }
+        }
+    }
+    least
 }
 
 /// Element types whose all-zero vector is allocated zeroed (untouched pages cost no memory).
@@ -169,6 +227,56 @@ pub fn warm_page_cache(file: std::fs::File, len: u64) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (file, len);
+}
+
+#[cfg(test)]
+mod cgroup_tests {
+    use super::cgroup_headroom;
+    use std::collections::HashMap;
+
+    fn files(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_tightest_limit_of_the_group_and_its_ancestors_counts() {
+        // cgroup v2: a SLURM step under its job; the job's limit is the tight one.
+        let v2 = files(&[
+            ("/sys/fs/cgroup/job/step/memory.max", "max"),
+            ("/sys/fs/cgroup/job/step/memory.current", "100"),
+            ("/sys/fs/cgroup/job/memory.max", "8000"),
+            ("/sys/fs/cgroup/job/memory.current", "3000"),
+            ("/sys/fs/cgroup/memory.max", "max"),
+            ("/sys/fs/cgroup/memory.current", "9999999"),
+        ]);
+        let read = |p: &str| v2.get(p).cloned();
+        assert_eq!(cgroup_headroom("0::/job/step\n", read), Some(5000));
+        // cgroup v1 (the memory controller among others on its line), unlimited: none.
+        let v1 = files(&[
+            (
+                "/sys/fs/cgroup/memory/a/memory.limit_in_bytes",
+                "9223372036854771712",
+            ),
+            (
+                "/sys/fs/cgroup/memory/a/memory.usage_in_bytes",
+                "6084030464",
+            ),
+        ]);
+        let read = |p: &str| v1.get(p).cloned();
+        assert_eq!(cgroup_headroom("5:cpu,memory:/a\n0::/\n", read), None);
+        let v1 = files(&[
+            ("/sys/fs/cgroup/memory/a/memory.limit_in_bytes", "4096"),
+            ("/sys/fs/cgroup/memory/a/memory.usage_in_bytes", "5000"),
+        ]);
+        let read = |p: &str| v1.get(p).cloned();
+        assert_eq!(cgroup_headroom("4:memory:/a\n", read), Some(0));
+        // Nothing readable, or no memory group: none.
+        assert_eq!(cgroup_headroom("0::/\n3:cpuset:/\n", |_| None), None);
+        assert_eq!(cgroup_headroom("garbage", |_| None), None);
+    }
 }
 
 #[cfg(all(test, target_os = "linux"))]

@@ -209,7 +209,8 @@ impl std::ops::Deref for Bytes {
 }
 
 /// Whether a graph file of `len` bytes is read into memory: where the kernel gives huge pages, the
-/// file takes at most a quarter of the memory available, and `SIMLM_GRAPH_RESIDENT` is not `0`.
+/// file takes at most a quarter of the memory available (`memory::available_memory`: the machine's or
+/// the control group's), and `SIMLM_GRAPH_RESIDENT` is not `0`.
 /// A walk scores about a thousand codes at random places of the file per query; on a 4 KiB-page map
 /// nearly every one also misses the TLB (1M x 768 codes span 190,000 pages), on 2 MiB pages the whole
 /// file needs a few hundred entries. A larger file stays mapped, paged in and out by the kernel.
