@@ -162,8 +162,9 @@ fn request_body_seeds_are_judged_as_the_service_would() {
     assert_eq!(seed("huge-vector"), "search 422; embed 400");
 }
 
-/// The graph target's seeds are graphs the engine built (version 2) and one in version 1's layout:
-/// every one opens and is searched, so mutations start from files that reach the walk.
+/// The graph target's seeds named `v1-*` and `v2-*` are graphs the engine built (version 2) and one
+/// in version 1's layout: every one opens and is searched, so mutations start from files that reach
+/// the walk. The others are refused (a header whose sizes overflow 128 bits).
 #[test]
 fn graph_seeds_open_and_are_searched() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -174,10 +175,14 @@ fn graph_seeds_open_and_are_searched() {
     for entry in std::fs::read_dir(&folder).unwrap() {
         let p = entry.unwrap().path();
         let out = run(&scratch, &std::fs::read(&p).unwrap());
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if !name.starts_with('v') {
+            assert!(out.contains("truncated or damaged"), "{name}: {out}");
+            continue;
+        }
         assert!(
             out.starts_with("opened") && out.matches(" found").count() == 3,
-            "{}: {out}",
-            p.display()
+            "{name}: {out}"
         );
         seen += 1;
     }

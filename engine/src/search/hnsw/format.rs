@@ -312,24 +312,31 @@ impl Graph {
         let has_rows = version == VERSION as usize;
         let (m0, m, top) = (u32_at(12), u32_at(16), u32_at(20));
         let (n, entry, upper_len, dim) = (u64_at(24), u64_at(32), u64_at(40), u64_at(48));
-        // Sizes in u128, so that no header value can overflow the arithmetic.
+        // Sizes in u128, checked: no header value can overflow the arithmetic (the codes' n x dim of
+        // two u64s alone can pass 2^128); an overflow describes no file.
         let (n128, m0_128, ul, d128) = (n as u128, m0 as u128, upper_len as u128, dim as u128);
-        let need = HEADER_LEN as u128
-            + n128.div_ceil(4) * 4
-            + 4 * n128 * (m0_128 + 1)
-            + 4 * n128
-            + 4 * ul
-            + if has_rows { 4 * n128 } else { 0 }
-            + 8 * d128
-            + n128 * d128;
-        if map.len() as u128 != need
+        let parts = [
+            Some(HEADER_LEN as u128),
+            Some(n128.div_ceil(4) * 4),
+            (4 * n128).checked_mul(m0_128 + 1),
+            Some(4 * n128),
+            Some(4 * ul),
+            Some(if has_rows { 4 * n128 } else { 0 }),
+            Some(8 * d128),
+            n128.checked_mul(d128),
+        ];
+        let need = parts
+            .iter()
+            .try_fold(0u128, |sum, p| p.and_then(|p| sum.checked_add(p)));
+        if need != Some(map.len() as u128)
             || (n > 0 && entry >= n)
             || top > MAX_LAYER
             || !cfg!(target_endian = "little")
         {
             return Err(bad(format!(
-                "the file holds {} bytes, its header describes {need}: it is truncated or damaged",
-                map.len()
+                "the file holds {} bytes, its header describes {}: it is truncated or damaged",
+                map.len(),
+                need.map_or("more than 2^128".to_string(), |n| n.to_string())
             )));
         }
         let (n, entry, upper_len, dim) =

@@ -166,9 +166,13 @@ fn damaged_files_are_errors() {
     huge[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
     let mut version = good.clone();
     version[8] = 9;
+    // Node count and dimension both at u64::MAX: n x dim alone passes 2^128.
+    let mut overflow = huge.clone();
+    overflow[48..56].copy_from_slice(&u64::MAX.to_le_bytes());
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (good[..good.len() - 4].to_vec(), "truncated or damaged"),
         (huge, "truncated or damaged"),
+        (overflow, "truncated or damaged"),
         (vec![b'x'; 100], "not a graph file"),
         (version, "format version 9"),
         (Vec::new(), "not a graph file"),
