@@ -13,9 +13,8 @@
 pub fn advise_huge_pages(ptr: *const u8, bytes: usize) {
     #[cfg(target_os = "linux")]
     {
-        const HUGE: usize = 2 << 20;
-        let start = (ptr as usize).next_multiple_of(HUGE);
-        let end = (ptr as usize + bytes) / HUGE * HUGE;
+        let start = (ptr as usize).next_multiple_of(HUGE_PAGE);
+        let end = (ptr as usize + bytes) / HUGE_PAGE * HUGE_PAGE;
         if end > start {
             // Safety: madvise with MADV_HUGEPAGE only changes how the kernel backs these pages; the
             // range lies inside one live allocation of the caller.
@@ -78,6 +77,12 @@ impl<T: Zero + Copy> HugeArray<T> {
         let start = if start + len <= buf.len() { start } else { 0 };
         advise_huge_pages(buf.as_ptr() as *const u8, buf.len() * size);
         HugeArray { buf, start, len }
+    }
+}
+
+impl<T: Zero + Copy> Default for HugeArray<T> {
+    fn default() -> Self {
+        Self::zeroed(0)
     }
 }
 

@@ -159,7 +159,12 @@ impl GraphParts {
             write_le_words(&mut w, order.iter().map(|&r| self.upper_at[r as usize]))?;
             // The upper-layer table stays where the build put each node's lists (by row); its
             // links are node numbers.
-            write_le_words(&mut w, self.upper_words().flat_map(|l| relabel(l, &inv)))?;
+            write_le_words(
+                &mut w,
+                self.upper
+                    .chunks_exact(1 + self.m)
+                    .flat_map(|l| relabel(l, &inv)),
+            )?;
             write_le_words(&mut w, order.iter().copied())?;
             for x in self.book.mins.iter().chain(&self.book.steps) {
                 w.write_all(&x.to_le_bytes())?;
@@ -173,13 +178,6 @@ impl GraphParts {
             Ok(())
         })?;
         Ok(sum.expect("the file was written"))
-    }
-}
-
-impl GraphParts {
-    /// The upper-layer table's lists (count, then ids), in table order.
-    fn upper_words(&self) -> impl Iterator<Item = &[u32]> {
-        self.upper.chunks_exact(1 + self.m)
     }
 }
 
@@ -222,14 +220,12 @@ fn resident(len: usize) -> bool {
         && crate::memory::available_memory().is_some_and(|a| len as u64 <= a / 4)
 }
 
-/// The file's bytes in memory on huge pages; `len` is the size it had when mapped.
-fn read_resident(f: &std::fs::File, len: usize) -> std::io::Result<HugeArray<u8>> {
-    use std::io::{Read, Seek};
+/// The bytes of the file just opened, in memory on huge pages; `len` is its size when opened.
+fn read_resident(mut f: &std::fs::File, len: usize) -> std::io::Result<HugeArray<u8>> {
+    use std::io::Read;
     let mut buf = HugeArray::<u8>::zeroed(len);
-    let mut f = f;
-    f.seek(std::io::SeekFrom::Start(0))?;
     f.read_exact(&mut buf)?;
-    // The file is no longer than when mapped (a longer one fails the size check that follows).
+    // The file is no longer than when opened (a shorter one fails `read_exact`).
     if f.read(&mut [0u8; 1])? != 0 {
         return Err(std::io::Error::other("the file grew while it was read"));
     }
@@ -280,13 +276,13 @@ impl Graph {
             ));
         }
         let f = std::fs::File::open(path).at(path)?;
-        // Safety: the file is opened read-only, and files of a committed generation are never written
-        // again (see `store::layout`).
-        let mapped = unsafe { Mmap::map(&f) }.at(path)?;
-        let map = if read.unwrap_or_else(|| resident(mapped.len())) {
-            Bytes::Resident(read_resident(&f, mapped.len()).at(path)?)
+        let len = f.metadata().at(path)?.len() as usize;
+        let map = if read.unwrap_or_else(|| resident(len)) {
+            Bytes::Resident(read_resident(&f, len).at(path)?)
         } else {
-            Bytes::Mapped(mapped)
+            // Safety: the file is opened read-only, and files of a committed generation are never
+            // written again (see `store::layout`).
+            Bytes::Mapped(unsafe { Mmap::map(&f) }.at(path)?)
         };
         let bad = |msg: String| {
             Error::corrupt(

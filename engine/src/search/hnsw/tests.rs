@@ -665,16 +665,33 @@ fn near_identical_vectors_keep_exact_search_s_order() {
     }
 }
 
+/// The matrix of `n` unit vectors of `dim` in `dir` and its graph, built with `m` and
+/// `ef_construction` (not saved).
+fn built_in(
+    dir: &Path,
+    n: usize,
+    dim: usize,
+    m: usize,
+    ef_construction: usize,
+) -> (NpyMatrix, GraphParts) {
+    let matrix = matrix_in(dir, n, dim);
+    let params = HnswParams { m, ef_construction };
+    let parts = build(&matrix, params, &|_| {}).unwrap();
+    (matrix, parts)
+}
+
+/// Where the row table of a version-2 graph file of `n` nodes starts: after the header, the levels,
+/// layer 0, the upper-layer offsets and the upper-layer table (its length read from the header).
+fn row_table_at(file: &[u8], n: usize, m0: usize) -> usize {
+    let upper_words = u64::from_le_bytes(file[40..48].try_into().unwrap()) as usize;
+    HEADER_LEN + pad4(n) + 4 * n * (1 + m0) + 4 * n + 4 * upper_words
+}
+
 #[test]
 fn nodes_are_stored_breadth_first_and_version_1_files_are_still_read() {
     let (n, dim) = (500, 16);
     let dir = tempfile::tempdir().unwrap();
-    let m = matrix_in(dir.path(), n, dim);
-    let params = HnswParams {
-        m: 8,
-        ef_construction: 64,
-    };
-    let mut parts = build(&m, params, &|_| {}).unwrap();
+    let (m, mut parts) = built_in(dir.path(), n, dim, 8, 64);
     // The file's node order: the entry first, every row once, and not the rows' order.
     assert_eq!(parts.order[0] as usize, parts.entry);
     let mut sorted = parts.order.clone();
@@ -686,9 +703,7 @@ fn nodes_are_stored_breadth_first_and_version_1_files_are_still_read() {
     // order, less its row table.
     parts.order = (0..n as u32).collect();
     let v2 = graph_bytes(&parts, dir.path());
-    let (h, _) = v2.split_at(HEADER_LEN);
-    let upper_words = u64::from_le_bytes(h[40..48].try_into().unwrap()) as usize;
-    let rows_at = HEADER_LEN + pad4(n) + 4 * n * (1 + parts.m0) + 4 * n + 4 * upper_words;
+    let rows_at = row_table_at(&v2, n, parts.m0);
     let mut v1 = v2.clone();
     v1.drain(rows_at..rows_at + 4 * n);
     v1[8..12].copy_from_slice(&1u32.to_le_bytes());
@@ -727,15 +742,9 @@ fn nodes_are_stored_breadth_first_and_version_1_files_are_still_read() {
 fn a_damaged_row_table_is_refused() {
     let (n, dim) = (200, 8);
     let dir = tempfile::tempdir().unwrap();
-    let m = matrix_in(dir.path(), n, dim);
-    let params = HnswParams {
-        m: 4,
-        ef_construction: 32,
-    };
-    let parts = build(&m, params, &|_| {}).unwrap();
+    let (_, parts) = built_in(dir.path(), n, dim, 4, 32);
     let good = graph_bytes(&parts, dir.path());
-    let upper_words = u64::from_le_bytes(good[40..48].try_into().unwrap()) as usize;
-    let rows_at = HEADER_LEN + pad4(n) + 4 * n * (1 + parts.m0) + 4 * n + 4 * upper_words;
+    let rows_at = row_table_at(&good, n, parts.m0);
     let p = dir.path().join(GRAPH_FILE);
     for (what, value) in [
         ("a row taken twice", None),

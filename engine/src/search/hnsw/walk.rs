@@ -25,18 +25,11 @@ use crate::store::npy::NpyMatrix;
 const AHEAD: usize = 6;
 
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
-        visited: HugeArray::zeroed(0),
-        epoch: 0,
-        candidates: BinaryHeap::new(),
-        found: BinaryHeap::new(),
-        batch: Vec::new(),
-        weights: Vec::new(),
-        small_weights: Vec::new(),
-    });
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 /// Per-thread search state, reused across queries.
+#[derive(Default)]
 struct Scratch {
     /// `visited[row] == epoch` marks a row as seen by the current query.
     visited: HugeArray<u16>,
