@@ -68,6 +68,12 @@ def int_keys(d):
     return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in d.items()}
 
 
+def save(figures, path):
+    """Writes one tool's figures to `path` whole (a `.part` file renamed into place)."""
+    json.dump(figures, open(path + ".part", "w"), indent=1, default=str)
+    os.replace(path + ".part", path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -176,8 +182,7 @@ def main():
                     res[tool]["first_pass"] = engine.first_pass
                 else:
                     res[tool].update(search_peer(a, env, tool, paths, folder, efs))
-                json.dump(res[tool], open(saved + ".part", "w"), indent=1, default=str)
-                os.replace(saved + ".part", saved)
+                save(res[tool], saved)
                 continue
             if a.resume and os.path.exists(saved):
                 res[tool] = json.load(open(saved), object_hook=int_keys)
@@ -206,8 +211,7 @@ def main():
                 log(f"  {tool}: {time.perf_counter() - t:.0f} s; exact "
                     + " ".join(f"k={k}:{x['recall']:.3f}/{x['qps']:.1f}" for k, x in res[tool]["exact"].items()))
             # Each tool's figures as soon as it is done: a run stopped later keeps them (--resume).
-            json.dump(res[tool], open(saved + ".part", "w"), indent=1, default=str)
-            os.replace(saved + ".part", saved)
+            save(res[tool], saved)
         rounds.append({t: res[t] for t in tools})
     res = combine(rounds, a.stat)
     text = report(a, info, res, n, dim, nq, blas, removed)

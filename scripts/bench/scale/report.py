@@ -132,14 +132,7 @@ def report(a, info, res, n, dim, nq, blas_lines, env_removed):
     tools = list(graph_tools(res))
     L.append("HNSW search, recall@10 / queries/s per ef:")
     L.append("")
-    L.append("| ef | " + " | ".join(f"{t} R@10 | {t} q/s" for t in tools) + " |")
-    L.append("|---|" + "---|---|" * len(tools))
-    for i, row in enumerate(res[tools[0]]["hnsw"]):
-        cells = []
-        for t in tools:
-            h = res[t]["hnsw"][i]
-            cells += [f"{h['recall']:.4f}", f"{h['qps']:,.0f}"]
-        L.append(f"| {row['ef']} | " + " | ".join(cells) + " |")
+    L.extend(ef_table({t: res[t]["hnsw"] for t in tools}))
     L.append("")
     L.append("| queries/s at recall@10 | " + " | ".join(f"{r:.2f}" for r in (0.90, 0.95, 0.99)) + " |")
     L.append("|---|---|---|---|")
@@ -156,14 +149,7 @@ def report(a, info, res, n, dim, nq, blas_lines, env_removed):
         L.append(f"HNSW search with {threads} thread{'s' if threads > 1 else ''} (the same graphs), "
                  "recall@10 / queries/s per ef:")
         L.append("")
-        L.append("| ef | " + " | ".join(f"{t} R@10 | {t} q/s" for t in tools) + " |")
-        L.append("|---|" + "---|---|" * len(tools))
-        for i, row in enumerate(res[tools[0]]["hnsw_by_threads"][threads]):
-            cells = []
-            for t in tools:
-                h = res[t]["hnsw_by_threads"][threads][i]
-                cells += [f"{h['recall']:.4f}", f"{h['qps']:,.0f}"]
-            L.append(f"| {row['ef']} | " + " | ".join(cells) + " |")
+        L.extend(ef_table({t: res[t]["hnsw_by_threads"][threads] for t in tools}))
     ex = {t: res[t]["exact"] for t in res if "exact" in res[t]}
     if ex:
         L.append("")
@@ -228,6 +214,21 @@ def report(a, info, res, n, dim, nq, blas_lines, env_removed):
     L.append("Engine kernels (`simlm-search --version`): " + engine_kernels(os.path.join(a.bin, "simlm-search")))
     L.extend(blas_lines)
     return "\n".join(L)
+
+
+def ef_table(rows):
+    """The markdown lines of a recall@10 / queries/s table per ef, a pair of columns per tool of `rows`
+    ({tool: [{ef, recall, qps}, ...]}, the same efs in the same order)."""
+    tools = list(rows)
+    lines = ["| ef | " + " | ".join(f"{t} R@10 | {t} q/s" for t in tools) + " |",
+             "|---|" + "---|---|" * len(tools)]
+    for i, row in enumerate(rows[tools[0]]):
+        cells = []
+        for t in tools:
+            h = rows[t][i]
+            cells += [f"{h['recall']:.4f}", f"{h['qps']:,.0f}"]
+        lines.append(f"| {row['ef']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def graph_tools(res):
