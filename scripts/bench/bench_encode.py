@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 
-from scale.common import engine_kernels
+from scale.common import cpu_features, cpu_level, engine_kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MINILM = os.path.join(ROOT, "models/all-MiniLM-L6-v2")
@@ -71,12 +71,9 @@ def make_base(dest):
 
 
 def cpu_has_vnni():
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    """From CPUID, as ONNX Runtime sees it (so under scripts/bench/avx2-only: no)."""
+    f = cpu_features()
+    return "AVX512VNNI" in f or "AVXVNNI" in f
 
 
 def sorted_batches(lengths, batch):
@@ -124,6 +121,7 @@ def main():
     print(f"model {model_dir}: {cfg.num_hidden_layers} layers, {cfg.hidden_size} wide; {a.threads} threads")
     print(f"PyTorch {torch.__version__}: {torch.get_num_threads()} threads, MKL {torch.backends.mkl.is_available()}, "
           f"oneDNN {torch.backends.mkldnn.is_available()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"CPU level (CPUID): {cpu_level()}")
     print(f"engine kernels: {engine_kernels(os.path.join(a.bin, 'simlm-index'))}")
 
     def tokenize_passages(idx, tensors):

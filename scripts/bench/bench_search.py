@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from scale.common import PROBE_QUERIES, engine_kernels, probe_coretype
+from scale.common import PROBE_QUERIES, cpu_level, engine_kernels, probe_coretype
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPEAT = 3  # each setting's speed: the best of this many passes, for every library alike
@@ -66,6 +66,7 @@ def main():
     import numpy as np
 
     search = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(a.bin))), "simlm-search")
+    print(f"CPU level (CPUID): {cpu_level()}")
     print(f"engine kernels: {engine_kernels(search)}")
 
     faiss.omp_set_num_threads(a.threads)

@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 
-from scale.common import engine_kernels
+from scale.common import cpu_level, engine_kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -317,8 +317,7 @@ def main():
     with open("/proc/cpuinfo") as f:
         cpuinfo = f.read().splitlines()
     cpu = next((l.split(":", 1)[1].strip() for l in cpuinfo if l.startswith("model name")), "?")
-    flags = next((l.split(":", 1)[1].split() for l in cpuinfo if l.startswith("flags")), [])
-    level = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "portable"
+    level = cpu_level()
     print(f"# bench_serve: {a.index}, {len(queries)} queries, k 10, {a.threads} threads, loopback, load by "
           f"{a.load}; {cpu} ({level}), {os.cpu_count()} CPUs")
     print(f"# engine kernels: {engine_kernels(search)}\n")

@@ -13,6 +13,23 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+def cpu_features():
+    """The CPU's features as its CPUID answers them to this process (numpy reads them at import), so that a
+    run under scripts/bench/avx2-only sees an AVX2-only CPU where /proc/cpuinfo would still list AVX-512."""
+    import numpy as np
+    core = getattr(np, "_core", None) or np.core
+    return {k for k, v in core._multiarray_umath.__cpu_features__.items() if v}
+
+
+def cpu_level():
+    """"AVX-512", "AVX2" or "portable", from CPUID, with "(AVX-512 hidden by avx2-only)" where it is."""
+    f = cpu_features()
+    level = "AVX-512" if "AVX512F" in f else "AVX2" if "AVX2" in f and "FMA3" in f else "portable"
+    if "avx2_only" in os.environ.get("LD_PRELOAD", ""):
+        level += " (AVX-512 hidden by scripts/bench/avx2-only)"
+    return level
+
+
 def engine_kernels(exe):
     """The kernels the engine runs on this CPU: the `kernels:` line of `EXE --version`."""
     try:
@@ -57,7 +74,13 @@ def npy_shape(path):
 # OpenBLAS kernels faiss's products are probed with: its own pick for the CPU ("auto"), and the AVX2 and
 # AVX-512 kernels by name. On a Zen 4 the faiss-cpu wheel's OpenBLAS 0.3.15 picks "Zen", and a named kernel
 # searched faster.
+# Where CPUID shows no AVX-512 (an AVX2-only CPU, or under scripts/bench/avx2-only) the AVX-512 kernel is
+# left out: OpenBLAS would run it without asking the CPU.
 CORETYPES = ("auto", "Haswell", "SkylakeX")
+
+
+def coretypes():
+    return CORETYPES if "AVX512F" in cpu_features() else tuple(c for c in CORETYPES if c != "SkylakeX")
 PROBE_QUERIES = 500
 
 # One probe: faiss IndexFlatIP over the base (read in blocks), the first PROBE_QUERIES queries at k = 10,
@@ -97,7 +120,7 @@ def probe_coretype(python, base, queries, threads, env, repeat=3, rows=100_000):
     """The OpenBLAS kernel of CORETYPES faiss IndexFlatIP searched fastest with on this CPU, each in its own
     process, and every kernel's queries/s."""
     probe = {}
-    for ct in CORETYPES:
+    for ct in coretypes():
         out = subprocess.run([python, "-c", FLAT_PROBE, base, queries, str(threads), str(repeat), str(rows),
                               str(PROBE_QUERIES)], capture_output=True, text=True, env=with_coretype(env, ct),
                              check=True).stdout

@@ -3,7 +3,7 @@ report (shape check, build, search, exact, targets) and the recall / queries/s p
 import os
 import statistics
 
-from .common import PROBE_QUERIES, engine_kernels
+from .common import PROBE_QUERIES, cpu_level, engine_kernels
 
 
 def at_recall(points, target):
@@ -211,6 +211,7 @@ def report(a, info, res, n, dim, nq, blas_lines, env_removed):
     L.append("")
     L.append("Environment of the children: removed " + (", ".join(env_removed) or "nothing") +
              f"; OMP/OPENBLAS/MKL/RAYON_NUM_THREADS={a.threads}.")
+    L.append(f"CPU level (CPUID): {cpu_level()}.")
     L.append("Engine kernels (`simlm-search --version`): " + engine_kernels(os.path.join(a.bin, "simlm-search")))
     L.extend(blas_lines)
     return "\n".join(L)
