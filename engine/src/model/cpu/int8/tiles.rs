@@ -122,16 +122,33 @@ pub(super) unsafe fn tile_portable(kp: usize, a: &[u8], b: &[i8], out: &Out) {
     out.write(&acc)
 }
 
-/// Four rows by sixteen columns at a time (eight accumulators: AVX2 has sixteen registers), into an
-/// accumulator array, then the scalar epilogue's operations.
+/// Four rows by sixteen columns at a time (eight accumulators: AVX2 has sixteen registers). A whole
+/// tile's sums go from the registers through the scalar epilogue's operations, eight columns at a
+/// time; an edge tile's go into an accumulator array for the scalar epilogue (a whole tile used to
+/// take that path too, and zeroing and re-reading the array was about 3% of an int8 encode).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn tile_avx2(kp: usize, a: &[u8], b: &[i8], out: &Out) {
     use std::arch::x86_64::*;
     let panels = out.cols.div_ceil(NR);
     assert!(a.len() >= MR * kp && b.len() >= panels * kp * NR && kp.is_multiple_of(4));
+    let whole = out.rows == MR && out.cols == NP * NR;
+    // The epilogue's lines of dst and of the residual, asked for now as in `tile_vnni`.
+    for r in 0..out.rows {
+        for p in 0..panels {
+            let i = r * out.stride + p * NR;
+            _mm_prefetch::<_MM_HINT_ET0>(out.dst.add(i) as *const i8);
+            if !out.res.is_null() {
+                _mm_prefetch::<_MM_HINT_T0>(out.res.add(i) as *const i8);
+            }
+        }
+    }
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [[0i32; NP * NR]; MR];
+    let mut acc = if whole {
+        None
+    } else {
+        Some([[0i32; NP * NR]; MR])
+    };
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
     for h in 0..out.rows.div_ceil(4) {
         for p in 0..panels {
@@ -157,40 +174,49 @@ unsafe fn tile_avx2(kp: usize, a: &[u8], b: &[i8], out: &Out) {
                 }
             }
             for r in 0..4 {
-                let row = acc[4 * h + r][p * NR..].as_mut_ptr();
-                _mm256_storeu_si256(row as *mut __m256i, c[2 * r]);
-                _mm256_storeu_si256(row.add(8) as *mut __m256i, c[2 * r + 1]);
+                for half in 0..2 {
+                    let (row, col) = (4 * h + r, p * NR + 8 * half);
+                    match acc.as_mut() {
+                        Some(acc) => _mm256_storeu_si256(
+                            acc[row][col..].as_mut_ptr() as *mut __m256i,
+                            c[2 * r + half],
+                        ),
+                        None => write8_avx2(out, row, col, c[2 * r + half]),
+                    }
+                }
             }
         }
     }
-    if out.rows < MR || out.cols < NP * NR {
-        return out.write(&acc);
+    if let Some(acc) = acc {
+        out.write(&acc);
     }
-    // The whole tile: Out::write's operations, eight columns at a time (no FMA, so the bits match the
-    // scalar epilogue).
-    for (r, acc) in acc.iter().enumerate() {
-        let sa = _mm256_set1_ps(out.sa[r]);
-        let za = _mm256_set1_epi32(out.za[r]);
-        for c in (0..NP * NR).step_by(8) {
-            let sw = _mm256_loadu_ps(out.sw.as_ptr().add(c));
-            let cs = _mm256_loadu_si256(out.cs.as_ptr().add(c) as *const __m256i);
-            let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(
-                _mm256_loadu_si256(acc.as_ptr().add(c) as *const __m256i),
-                _mm256_mullo_epi32(za, cs),
-            ));
-            let i = r * out.stride + c;
-            let bias = _mm256_loadu_ps(out.bias.as_ptr().add(c));
-            let base = if out.res.is_null() {
-                bias
-            } else {
-                _mm256_add_ps(_mm256_loadu_ps(out.res.add(i)), bias)
-            };
-            _mm256_storeu_ps(
-                out.dst.add(i),
-                _mm256_add_ps(base, _mm256_mul_ps(_mm256_mul_ps(sa, sw), v)),
-            );
-        }
-    }
+}
+
+/// `Out::write`'s operations for row `r`, columns `c..c + 8` of a whole tile, from their sums `acc`
+/// (no FMA, so the bits match the scalar epilogue).
+///
+/// Safety: as [`TileFn`]'s `out`; `r < MR`, `c + 8 <= NP * NR`; the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn write8_avx2(out: &Out, r: usize, c: usize, acc: std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    let sa = _mm256_set1_ps(out.sa[r]);
+    let za = _mm256_set1_epi32(out.za[r]);
+    let sw = _mm256_loadu_ps(out.sw.as_ptr().add(c));
+    let cs = _mm256_loadu_si256(out.cs.as_ptr().add(c) as *const __m256i);
+    let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc, _mm256_mullo_epi32(za, cs)));
+    let i = r * out.stride + c;
+    let bias = _mm256_loadu_ps(out.bias.as_ptr().add(c));
+    let base = if out.res.is_null() {
+        bias
+    } else {
+        _mm256_add_ps(_mm256_loadu_ps(out.res.add(i)), bias)
+    };
+    _mm256_storeu_ps(
+        out.dst.add(i),
+        _mm256_add_ps(base, _mm256_mul_ps(_mm256_mul_ps(sa, sw), v)),
+    );
 }
 
 /// `R` rows by `P` panels with one `vpdpbusd` per row, panel and step: sixteen columns' four u8 x i8
