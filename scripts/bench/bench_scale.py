@@ -57,7 +57,7 @@ import time
 from scale.common import ROOT, log, npy_shape
 from scale.generate import prepare_data
 from scale.measure import BLAS_TUNING, child_env, measure
-from scale.peers import FAISS_INFO, Engine, run_faiss_flat, run_peer, search_peer
+from scale.peers import FAISS_INFO, HNSWLIB_INFO, Engine, run_faiss_flat, run_peer, search_peer
 from scale.report import combine, plot, report
 
 FULL_N = 8_841_823
@@ -152,6 +152,9 @@ def main():
     if {"faiss", "faiss-flat", "hnswlib"} & set(tools):
         out, _, _, _, _ = measure([a.python, "-c", FAISS_INFO], env)
         blas = out.strip().splitlines()
+        if "hnswlib" in tools:
+            out, _, _, _, _ = measure([a.python, "-c", HNSWLIB_INFO], env)
+            blas += out.strip().splitlines()
         for line in blas:
             log(line)
     engine = Engine(a, env) if "engine" in tools else None

@@ -106,6 +106,12 @@ for i in sorted(threadpool_info(), key=lambda i: i["filepath"]):
         i["num_threads"], i["filepath"].split("/")[-1]))
 '''
 
+# Which hnswlib the children import (a build of its own for another CPU can come first on PYTHONPATH).
+HNSWLIB_INFO = r'''
+import hnswlib, importlib.metadata
+print("hnswlib", importlib.metadata.version("hnswlib"), "| module:", hnswlib.__file__)
+'''
+
 FAISS_BUILD = CHUNKS + r'''
 import sys, os, time, faiss
 base, out, m, efc, threads, rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
