@@ -31,6 +31,21 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 fuzz_secs="${SIMLM_FUZZ_SECS:-20}"
 unset SIMLM_FUZZ_SECS
 cargo test --workspace --locked "$@"
+# The AVX2 kernels: on a CPU with AVX-512 the run above took the AVX-512 ones, so the engine's tests run
+# again with AVX-512 hidden from CPUID (scripts/bench/avx2-only), on the paths an AVX2-only CPU takes.
+if ! grep -qw avx512f /proc/cpuinfo; then
+  echo "note: this CPU has no AVX-512: the run above took the AVX2 (or portable) kernels; not run again"
+elif ! grep -qw cpuid_fault /proc/cpuinfo; then
+  echo "SKIPPED: the engine's tests on the AVX2 kernels: this CPU or kernel has no CPUID faulting, which"
+  echo "         scripts/bench/avx2-only needs to hide AVX-512 (no cpuid_fault flag in /proc/cpuinfo)"
+else
+  kernels="$(scripts/bench/avx2-only target/debug/simlm-index --version | grep '^kernels:')"
+  case "$kernels" in
+    "kernels: AVX2 + FMA"*) ;;
+    *) echo "test.sh: under scripts/bench/avx2-only the engine still names other kernels: $kernels" >&2; exit 1 ;;
+  esac
+  scripts/bench/avx2-only cargo test -p engine --locked "$@"
+fi
 # The fuzz targets (fuzz/, see docs/fuzzing.md): each one's seeds, then mutated inputs for
 # SIMLM_FUZZ_SECS seconds per target (default 20; 0 skips this step). A failing input is saved under
 # fuzz/artifacts/<target>/ and named in the failure; each target prints how many inputs it ran.

@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <asm/prctl.h>
 #include <cpuid.h>
+#include <dlfcn.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,11 +32,16 @@ static void mask(unsigned leaf, unsigned sub, unsigned *a, unsigned *b, unsigned
     }
 }
 
+/* The program's own SIGSEGV action (a stack-overflow guard, a crash reporter): sigaction() calls for
+ * SIGSEGV are kept here instead of replacing on_segv, which passes it every fault that is not a CPUID. */
+static struct sigaction program = {.sa_handler = SIG_DFL};
+static int (*real_sigaction)(int, const struct sigaction *, struct sigaction *);
+
 static void on_segv(int sig, siginfo_t *si, void *uc) {
-    (void)si;
     greg_t *g = ((ucontext_t *)uc)->uc_mcontext.gregs;
+    /* A faulting CPUID is a general-protection fault: SI_KERNEL, with RIP on the instruction. */
     const unsigned char *ip = (const unsigned char *)g[REG_RIP];
-    if (ip[0] == 0x0f && ip[1] == 0xa2) {
+    if (si->si_code == SI_KERNEL && ip[0] == 0x0f && ip[1] == 0xa2) {
         unsigned leaf = (unsigned)g[REG_RAX], sub = (unsigned)g[REG_RCX], a, b, c, d;
         set_cpuid(1);
         __cpuid_count(leaf, sub, a, b, c, d);
@@ -45,16 +51,44 @@ static void on_segv(int sig, siginfo_t *si, void *uc) {
         g[REG_RIP] += 2;
         return;
     }
-    /* Not a CPUID: a real fault, which the default action now handles when the instruction runs again. */
-    signal(sig, SIG_DFL);
+    if (program.sa_flags & SA_SIGINFO) {
+        program.sa_sigaction(sig, si, uc);
+    } else if (program.sa_handler != SIG_DFL && program.sa_handler != SIG_IGN) {
+        program.sa_handler(sig);
+    } else {
+        /* A real fault and no handler of the program's: the default action, when the instruction runs
+         * again on return. */
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof dfl);
+        dfl.sa_handler = SIG_DFL;
+        real_sigaction(sig, &dfl, NULL);
+    }
 }
 
-__attribute__((constructor)) static void init(void) {
+static int install(int flags, const sigset_t *mask_during) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_segv;
-    sa.sa_flags = SA_SIGINFO;
-    sigaction(SIGSEGV, &sa, NULL);
+    /* The program's flags (SA_ONSTACK above all: a stack-overflow handler runs on its own stack). */
+    sa.sa_flags = (flags & ~(SA_RESETHAND | SA_NODEFER)) | SA_SIGINFO;
+    if (mask_during) sa.sa_mask = *mask_during;
+    return real_sigaction(SIGSEGV, &sa, NULL);
+}
+
+int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+    if (!real_sigaction) real_sigaction = dlsym(RTLD_NEXT, "sigaction");
+    if (sig != SIGSEGV) return real_sigaction(sig, act, old);
+    if (old) *old = program;
+    if (act) {
+        program = *act;
+        return install(act->sa_flags, &act->sa_mask);
+    }
+    return 0;
+}
+
+__attribute__((constructor)) static void init(void) {
+    real_sigaction = dlsym(RTLD_NEXT, "sigaction");
+    install(0, NULL);
     if (set_cpuid(0) != 0) {
         perror("avx2-only: arch_prctl(ARCH_SET_CPUID): this CPU or kernel has no CPUID faulting (no cpuid_fault in /proc/cpuinfo)");
         exit(2);
