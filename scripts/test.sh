@@ -44,6 +44,7 @@ else
     "kernels: AVX2 + FMA"*) ;;
     *) echo "test.sh: under scripts/bench/avx2-only the engine still names other kernels: $kernels" >&2; exit 1 ;;
   esac
+  echo "test.sh: the engine's tests again, on the AVX2 kernels (AVX-512 hidden by scripts/bench/avx2-only)"
   scripts/bench/avx2-only cargo test -p engine --locked "$@"
 fi
 # The fuzz targets (fuzz/, see docs/fuzzing.md): each one's seeds, then mutated inputs for

@@ -86,6 +86,16 @@ int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
     return 0;
 }
 
+/* signal() as glibc's, through the sigaction() above for SIGSEGV (glibc's own calls it internally). */
+sighandler_t signal(int sig, sighandler_t handler) {
+    struct sigaction act, old;
+    memset(&act, 0, sizeof act);
+    act.sa_handler = handler;
+    act.sa_flags = SA_RESTART;
+    if (sigaction(sig, &act, &old) != 0) return SIG_ERR;
+    return old.sa_handler;
+}
+
 __attribute__((constructor)) static void init(void) {
     real_sigaction = dlsym(RTLD_NEXT, "sigaction");
     install(0, NULL);
