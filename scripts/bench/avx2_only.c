@@ -10,6 +10,7 @@
 #include <asm/prctl.h>
 #include <cpuid.h>
 #include <dlfcn.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,7 +101,10 @@ __attribute__((constructor)) static void init(void) {
     real_sigaction = dlsym(RTLD_NEXT, "sigaction");
     install(0, NULL);
     if (set_cpuid(0) != 0) {
-        perror("avx2-only: arch_prctl(ARCH_SET_CPUID): this CPU or kernel has no CPUID faulting (no cpuid_fault in /proc/cpuinfo)");
+        int e = errno;
+        fprintf(stderr, "avx2-only: arch_prctl(ARCH_SET_CPUID): %s: %s\n", strerror(e),
+                e == ENODEV ? "this CPU or kernel has no CPUID faulting (no cpuid_fault in /proc/cpuinfo)"
+                            : "this process may not turn on CPUID faulting (a seccomp policy, say)");
         exit(2);
     }
 }
