@@ -33,36 +33,72 @@ static void mask(unsigned leaf, unsigned sub, unsigned *a, unsigned *b, unsigned
     }
 }
 
-/* The program's own SIGSEGV action (a stack-overflow guard, a crash reporter): sigaction() calls for
- * SIGSEGV are kept here instead of replacing on_segv, which passes it every fault that is not a CPUID. */
+/* The program's own SIGSEGV action (a stack-overflow guard, a crash reporter): sigaction() and the
+ * signal() family for SIGSEGV are kept here instead of replacing on_segv, which passes it every SIGSEGV
+ * that is not a faulting CPUID. on_segv itself runs with SIGSEGV unblocked (SA_NODEFER, and SIGSEGV left
+ * out of every signal mask the program sets), so that a CPUID inside a handler, or in a thread that
+ * blocks signals, is still answered.
+ * Not covered: actions set by raw system calls after start, statically linked programs, children started
+ * with an empty environment, CPUID run before this library's constructor (IFUNC resolvers, and constructors
+ * of the libraries the program links where -z initfirst does not win), alternate signal stacks smaller than
+ * the CPU's signal frame. Each emulated CPUID costs tens of microseconds. */
 static struct sigaction program = {.sa_handler = SIG_DFL};
+static int seen_program;
 static int (*real_sigaction)(int, const struct sigaction *, struct sigaction *);
+static int (*real_sigprocmask)(int, const sigset_t *, sigset_t *);
+static int (*real_pthread_sigmask)(int, const sigset_t *, sigset_t *);
+
+static void resolve(void) {
+    if (!real_sigaction) real_sigaction = dlsym(RTLD_NEXT, "sigaction");
+    if (!real_sigprocmask) real_sigprocmask = dlsym(RTLD_NEXT, "sigprocmask");
+    if (!real_pthread_sigmask) real_pthread_sigmask = dlsym(RTLD_NEXT, "pthread_sigmask");
+}
+
+/* The default action, now: SIGSEGV's default handler restored and unblocked, and the signal raised
+ * again, so a fault or a sent SIGSEGV ends the process as it would without this library. */
+static void die(int sig) {
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    real_sigaction(sig, &dfl, NULL);
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, sig);
+    real_sigprocmask(SIG_UNBLOCK, &s, NULL);
+    raise(sig);
+}
 
 static void on_segv(int sig, siginfo_t *si, void *uc) {
     greg_t *g = ((ucontext_t *)uc)->uc_mcontext.gregs;
     /* A faulting CPUID is a general-protection fault: SI_KERNEL, with RIP on the instruction. */
-    const unsigned char *ip = (const unsigned char *)g[REG_RIP];
-    if (si->si_code == SI_KERNEL && ip[0] == 0x0f && ip[1] == 0xa2) {
-        unsigned leaf = (unsigned)g[REG_RAX], sub = (unsigned)g[REG_RCX], a, b, c, d;
-        set_cpuid(1);
-        __cpuid_count(leaf, sub, a, b, c, d);
-        set_cpuid(0);
-        mask(leaf, sub, &a, &b, &c, &d);
-        g[REG_RAX] = a; g[REG_RBX] = b; g[REG_RCX] = c; g[REG_RDX] = d;
-        g[REG_RIP] += 2;
+    if (si->si_code == SI_KERNEL) {
+        const unsigned char *ip = (const unsigned char *)g[REG_RIP];
+        if (ip[0] == 0x0f && ip[1] == 0xa2) {
+            unsigned leaf = (unsigned)g[REG_RAX], sub = (unsigned)g[REG_RCX], a, b, c, d;
+            set_cpuid(1);
+            __cpuid_count(leaf, sub, a, b, c, d);
+            set_cpuid(0);
+            mask(leaf, sub, &a, &b, &c, &d);
+            g[REG_RAX] = a; g[REG_RBX] = b; g[REG_RCX] = c; g[REG_RDX] = d;
+            g[REG_RIP] += 2;
+            return;
+        }
+    }
+    struct sigaction act = program;
+    int sent = si->si_code <= 0; /* raise(), kill(), sigqueue(): not a fault of the instruction */
+    if (act.sa_handler == SIG_IGN && sent) return;
+    if (act.sa_handler == SIG_DFL || act.sa_handler == SIG_IGN) {
+        die(sig); /* a fault cannot be ignored: the kernel would end the process too */
         return;
     }
-    if (program.sa_flags & SA_SIGINFO) {
-        program.sa_sigaction(sig, si, uc);
-    } else if (program.sa_handler != SIG_DFL && program.sa_handler != SIG_IGN) {
-        program.sa_handler(sig);
+    if (act.sa_flags & SA_RESETHAND) {
+        memset(&program, 0, sizeof program);
+        program.sa_handler = SIG_DFL;
+    }
+    if (act.sa_flags & SA_SIGINFO) {
+        act.sa_sigaction(sig, si, uc);
     } else {
-        /* A real fault and no handler of the program's: the default action, when the instruction runs
-         * again on return. */
-        struct sigaction dfl;
-        memset(&dfl, 0, sizeof dfl);
-        dfl.sa_handler = SIG_DFL;
-        real_sigaction(sig, &dfl, NULL);
+        act.sa_handler(sig);
     }
 }
 
@@ -70,36 +106,88 @@ static int install(int flags, const sigset_t *mask_during) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_segv;
-    /* The program's flags (SA_ONSTACK above all: a stack-overflow handler runs on its own stack). */
-    sa.sa_flags = (flags & ~(SA_RESETHAND | SA_NODEFER)) | SA_SIGINFO;
+    /* The program's flags (SA_ONSTACK above all: a stack-overflow handler runs on its own stack), less
+     * those on_segv applies itself. */
+    sa.sa_flags = (flags & ~SA_RESETHAND) | SA_SIGINFO | SA_NODEFER;
     if (mask_during) sa.sa_mask = *mask_during;
+    sigdelset(&sa.sa_mask, SIGSEGV);
     return real_sigaction(SIGSEGV, &sa, NULL);
 }
 
 int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
-    if (!real_sigaction) real_sigaction = dlsym(RTLD_NEXT, "sigaction");
-    if (sig != SIGSEGV) return real_sigaction(sig, act, old);
+    resolve();
+    if (sig != SIGSEGV) {
+        if (!act) return real_sigaction(sig, act, old);
+        struct sigaction a = *act;
+        sigdelset(&a.sa_mask, SIGSEGV);
+        return real_sigaction(sig, &a, old);
+    }
     if (old) *old = program;
     if (act) {
         program = *act;
+        seen_program = 1;
         return install(act->sa_flags, &act->sa_mask);
     }
     return 0;
 }
 
-/* signal() as glibc's, through the sigaction() above for SIGSEGV (glibc's own calls it internally). */
-sighandler_t signal(int sig, sighandler_t handler) {
+/* Signal masks never hold SIGSEGV, so that CPUID works in every thread. */
+static sigset_t *without_segv(int how, const sigset_t *set, sigset_t *copy) {
+    if (!set || how == SIG_UNBLOCK) return (sigset_t *)set;
+    *copy = *set;
+    sigdelset(copy, SIGSEGV);
+    return copy;
+}
+
+int sigprocmask(int how, const sigset_t *set, sigset_t *old) {
+    resolve();
+    sigset_t copy;
+    return real_sigprocmask(how, without_segv(how, set, &copy), old);
+}
+
+int pthread_sigmask(int how, const sigset_t *set, sigset_t *old) {
+    resolve();
+    sigset_t copy;
+    return real_pthread_sigmask(how, without_segv(how, set, &copy), old);
+}
+
+/* The signal() family, for SIGSEGV through the sigaction() above (glibc's own call an internal one that
+ * no preload sees); for every other signal glibc's own. */
+static sighandler_t set_segv(sighandler_t handler, int flags) {
+    if (handler == SIG_HOLD) return program.sa_handler; /* SIGSEGV is never held (above) */
     struct sigaction act, old;
     memset(&act, 0, sizeof act);
     act.sa_handler = handler;
-    act.sa_flags = SA_RESTART;
-    if (sigaction(sig, &act, &old) != 0) return SIG_ERR;
+    act.sa_flags = flags;
+    if (sigaction(SIGSEGV, &act, &old) != 0) return SIG_ERR;
     return old.sa_handler;
 }
 
+#define FORWARD(name)                                                      \
+    sighandler_t name(int sig, sighandler_t handler) {                     \
+        static sighandler_t (*real)(int, sighandler_t);                    \
+        if (sig == SIGSEGV) return set_segv(handler, name##_FLAGS);       \
+        if (!real) real = (sighandler_t(*)(int, sighandler_t))dlsym(RTLD_NEXT, #name); \
+        return real(sig, handler);                                         \
+    }
+#define signal_FLAGS SA_RESTART
+#define bsd_signal_FLAGS SA_RESTART
+#define sysv_signal_FLAGS (SA_RESETHAND | SA_NODEFER)
+#define sigset_FLAGS 0
+FORWARD(signal)
+FORWARD(bsd_signal)
+FORWARD(sysv_signal)
+FORWARD(sigset)
+
 __attribute__((constructor)) static void init(void) {
-    real_sigaction = dlsym(RTLD_NEXT, "sigaction");
-    install(0, NULL);
+    resolve();
+    /* An action set before this library ran (a linked library's constructor, a raw system call) is
+     * the program's. */
+    if (!seen_program) {
+        struct sigaction cur;
+        if (real_sigaction(SIGSEGV, NULL, &cur) == 0 && cur.sa_sigaction != on_segv) program = cur;
+    }
+    install(program.sa_flags, &program.sa_mask);
     if (set_cpuid(0) != 0) {
         int e = errno;
         fprintf(stderr, "avx2-only: arch_prctl(ARCH_SET_CPUID): %s: %s\n", strerror(e),
