@@ -4,7 +4,7 @@
  *   cc -O2 -o target/peak_loops scripts/bench/peak_loops.c -lpthread && target/peak_loops [THREADS]
  * f32: vfmadd231ps on 8 or 16 lanes (2 FLOP a lane). int8: u8 x i8 products added into i32 lanes, by
  * vpmaddubsw + vpmaddwd + vpaddd on 8 lanes (AVX2: 32 products) and by vpdpbusd on 16 (AVX-512 VNNI:
- * 64 products). The AVX-512 loops run only where CPUID shows AVX-512 (so not under avx2-only). */
+ * 64 products). bf16: vdpbf16ps, pairs of bf16 products added into 16 f32 lanes (2 FLOP a product). The AVX-512 loops run only where CPUID shows AVX-512 (so not under avx2-only). */
 #include <cpuid.h>
 #include <immintrin.h>
 #include <pthread.h>
@@ -78,6 +78,20 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static double int8_vnni(v
     return (double)STEPS * 8 * 64;
 }
 
+__attribute__((target("avx512f,avx512bf16"))) static double bf16_zmm(void) {
+    __m512 a[12];
+    __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80), y = (__m512bh)_mm512_set1_epi32(0x3f803f80);
+    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
+    for (long n = 0; n < STEPS; n++) {
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; i++) a[i] = _mm512_dpbf16_ps(a[i], x, y);
+        KEEPZ(x);
+    }
+    volatile float s = 0;
+    for (int i = 0; i < 12; i++) s += _mm512_reduce_add_ps(a[i]);
+    return (double)STEPS * 12 * 32 * 2;
+}
+
 typedef double (*loop_fn)(void);
 static void *run(void *f) {
     double *work = malloc(sizeof *work);
@@ -94,11 +108,14 @@ int main(int argc, char **argv) {
     unsigned a, b, c, d;
     int avx512 = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 16)) && (b & (1u << 30));
     int vnni = avx512 && (c & (1u << 11));
+    unsigned a1 = 0, b1, c1, d1;
+    int bf16 = avx512 && __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1) && (a1 & (1u << 5));
     struct { const char *name, *unit; loop_fn f; int on; } loops[] = {
         {"f32 FMA, 8 lanes (AVX2)", "GFLOP/s", fma_ymm, 1},
         {"f32 FMA, 16 lanes (AVX-512)", "GFLOP/s", fma_zmm, avx512},
         {"int8 vpmaddubsw+vpmaddwd+vpaddd, 8 lanes (AVX2)", "G products/s", int8_avx2, 1},
         {"int8 vpdpbusd, 16 lanes (AVX-512 VNNI)", "G products/s", int8_vnni, vnni},
+        {"bf16 vdpbf16ps, 32 pairs (AVX512-BF16)", "GFLOP/s", bf16_zmm, bf16},
     };
     for (size_t l = 0; l < sizeof loops / sizeof loops[0]; l++) {
         if (!loops[l].on) {
