@@ -226,15 +226,22 @@ pub fn search_rows(
     queries: &[f32],
     k: usize,
 ) -> Result<Vec<Vec<Hit>>> {
-    search_rows_with(score_tile_kernel(), matrix, start, end, queries, k)
+    let prescan = super::prescan::available(matrix.cols())
+        && k <= super::prescan::MAX_K
+        && !matrix.exceeds_half_of_memory()
+        && std::env::var_os("SIMLM_EXACT_PRESCAN").is_none_or(|v| v != "0");
+    search_rows_with(score_tile_kernel(), prescan, matrix, start, end, queries, k)
 }
 
 /// One worker's top-k lists, one a query, and the lowest damaged row (with its score) it met.
 type WorkerTops = (Vec<TopK>, Option<(usize, f32)>);
 
-/// [`search_rows`] with a given tile kernel (the tests run every one the CPU has).
+/// [`search_rows`] with a given tile kernel (the tests run every one the CPU has), through the bf16
+/// pre-scan ([`super::prescan`]) where `prescan` (the same results; the f32 scan runs where it finds a
+/// score that is not finite, to name the row).
 pub(crate) fn search_rows_with(
     tile: TileFn,
+    prescan: bool,
     matrix: &NpyMatrix,
     start: usize,
     end: usize,
@@ -264,6 +271,12 @@ pub(crate) fn search_rows_with(
     // split would allocate, fill and merge a set per split: nq lists of up to 2k hits each).
     let workers = rayon::current_num_threads().max(1);
     let per = blocks.len().div_ceil(workers).max(1);
+    if prescan && k > 0 {
+        let runs: Vec<&[(usize, usize)]> = blocks.chunks(per).collect();
+        if let Some(parts) = super::prescan::search(matrix, &runs, &queries[..nq * dim], k) {
+            return Ok(super::prescan::merge(parts, nq, k));
+        }
+    }
     let parts: Vec<WorkerTops> = blocks
         .par_chunks(per)
         .map(|run| {
@@ -427,6 +440,75 @@ mod tests {
         }
     }
 
+    /// The bf16 pre-scan returns exact search's hits, scores (bit for bit) and order: near-ties and
+    /// exact ties (a coarse grid, duplicated rows), zero rows, rows far larger than the rest, odd
+    /// widths, k from 1 to past the row count.
+    #[test]
+    fn the_prescan_gives_exact_search_bits() {
+        if !crate::search::prescan::available(64) {
+            eprintln!(
+                "skipped: this CPU has no AVX512-BF16, so exact search has no pre-scan to test"
+            );
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let mut seed = 7u64;
+        let mut rnd = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        let kernel = score_tile_kernel();
+        for (case, (n, nq, dim)) in [
+            (3000, 20, 64),
+            (5000, 7, 33),
+            (700, 13, 384),
+            (40, 3, 5),
+            (300, 4, 1),
+            (129, 5, 2),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut rows: Vec<f32> = (0..n * dim).map(|_| rnd()).collect();
+            for r in 0..n {
+                let row = &mut rows[r * dim..][..dim];
+                match r % 9 {
+                    // A coarse grid: many exact ties.
+                    0 | 1 => row.iter_mut().for_each(|v| *v = (*v * 4.0).round() / 4.0),
+                    // A copy of an earlier row.
+                    2 if r > 20 => {
+                        let src = (r - 17) * dim;
+                        let copy: Vec<f32> = rows[src..src + dim].to_vec();
+                        rows[r * dim..][..dim].copy_from_slice(&copy);
+                    }
+                    3 => row.iter_mut().for_each(|v| *v = 0.0),
+                    4 => row.iter_mut().for_each(|v| *v *= 1e6),
+                    _ => {}
+                }
+            }
+            let mut queries: Vec<f32> = (0..nq * dim).map(|_| rnd()).collect();
+            // One query equal to a grid row, so that its ties are at the top.
+            queries[..dim].copy_from_slice(&rows[9 * dim..10 * dim]);
+            let p = tmp.path().join(format!("p{case}.npy"));
+            crate::store::npy::write_f32(&p, &rows, n, dim).unwrap();
+            let m = NpyMatrix::open(&p).unwrap();
+            for k in [1, 10, 100, n - 1, n + 5] {
+                let want = search_rows_with(kernel, false, &m, 0, n, &queries, k).unwrap();
+                let got = search_rows_with(kernel, true, &m, 0, n, &queries, k).unwrap();
+                assert_eq!(got.len(), want.len());
+                for (q, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let g: Vec<(usize, u32)> =
+                        g.iter().map(|h| (h.row, h.score.to_bits())).collect();
+                    let w: Vec<(usize, u32)> =
+                        w.iter().map(|h| (h.row, h.score.to_bits())).collect();
+                    assert_eq!(g, w, "case {case} (n={n} dim={dim}) k={k} query {q}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_damaged_row_is_an_error_naming_it() {
         let tmp = tempfile::tempdir().unwrap();
@@ -436,13 +518,16 @@ mod tests {
         data[19_999 * 4] = f32::INFINITY;
         crate::store::npy::write_f32(&p, &data, 20_000, 4).unwrap();
         let m = NpyMatrix::open(&p).unwrap();
-        let e = search(&m, &[1.0, 0.0, 0.0, 1.0], 500)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("row 12345") && e.contains("v.npy") && e.contains("verify"),
-            "{e}"
-        );
+        // k 10 goes through the bf16 pre-scan where the CPU has it, k 500 through the f32 scan.
+        for k in [10, 500] {
+            let e = search(&m, &[1.0, 0.0, 0.0, 1.0], k)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("row 12345") && e.contains("v.npy") && e.contains("verify"),
+                "k {k}: {e}"
+            );
+        }
         data[12_345 * 4 + 2] = 0.5;
         data[19_999 * 4] = 0.5;
         crate::store::npy::write_f32(&p, &data, 20_000, 4).unwrap();

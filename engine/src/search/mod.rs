@@ -2,6 +2,7 @@
 
 pub mod exact;
 pub mod hnsw;
+pub(crate) mod prescan;
 
 /// One result: the matrix row and its inner product with the query.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,0 +1,365 @@
+//! Exact search on CPUs with AVX512-BF16: a pre-scan in bfloat16 finds every row that can be among a
+//! query's k best, and only those rows are scored in f32, by exact search's own arithmetic
+//! ([`crate::simd::RowsFn`]), so the hits, their scores and their order are exact search's.
+//!
+//! `vdpbf16ps` takes twice the products a cycle of an f32 FMA. A pre-scan score `s'` (query and row
+//! rounded to bf16, products summed in f32) is within `e = C |q| |x|` of the f32 score `s`:
+//! rounding each factor to bf16 moves a product `q_i x_i` by at most `(2u + u^2) |q_i x_i|` with
+//! `u = 2^-8`; each sum (the pre-scan's, and exact search's chain of FMAs) is within `gamma_n` of
+//! its exact value, `gamma_n = n 2^-24 / (1 - n 2^-24)` over its `n` roundings; `sum |q_i x_i| <= |q|
+//! |x|`; denormals flushed by `vdpbf16ps` add at most `2^-126` an operation. `C` below covers all of it
+//! with room for the rounding of the bound's own arithmetic. So every row whose exact score reaches
+//! the k-th best exact score has `s' + e >= T`, where `T` is the k-th best `s' - e` (a lower bound of
+//! that k-th score): the pre-scan keeps each row whose upper bound reaches the query's running `T`,
+//! and the rows kept are a superset of the k best, ties included.
+
+use super::exact::TopK;
+use super::Hit;
+use crate::simd::{ROWS, TILE_Q, TILE_R};
+use crate::store::npy::NpyMatrix;
+
+/// Widest query the bound below is written for.
+pub(super) const MAX_DIM: usize = 4096;
+
+/// Largest k the pre-scan is used for: the rows within the bound of the k-th score grow with k, and
+/// past about a hundred (300,000 x 384 MiniLM-shaped vectors, AMD EPYC Zen 4) the f32 scan is faster.
+pub(super) const MAX_K: usize = 64;
+
+/// Rows packed at a time (as exact search's f32 packs: 128 rows of bf16 are half the bytes).
+const PACK_ROWS: usize = 128;
+
+/// Whether this CPU runs the pre-scan, and the queries are within its bound.
+pub(super) fn available(dim: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        dim <= MAX_DIM
+            && crate::simd::level() == crate::simd::Level::Avx512
+            && std::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = dim;
+        false
+    }
+}
+
+/// The bound's factor: `e = c(dim) |q| |x| + ABS`. `2u + u^2` with `u = 2^-8`, two `gamma_n` (the
+/// pre-scan's `dim` roundings and exact search's), each times `(1 + u)^2` at most; then 1% more for
+/// the f32 arithmetic of the bound and of `s' +- e`.
+fn bound_factor(dim: usize) -> f32 {
+    let u = 2f64.powi(-8);
+    let n = dim.max(1) as f64 * 2f64.powi(-24);
+    let gamma = n / (1.0 - n);
+    ((2.0 * u + u * u + 2.0 * gamma * (1.0 + u) * (1.0 + u)) * 1.01) as f32
+}
+
+/// Flushed denormals: at most `2^-126` for each of `2 dim` operations, with room.
+fn bound_abs(dim: usize) -> f32 {
+    (4 * dim.max(1)) as f32 * f32::MIN_POSITIVE
+}
+
+/// `x` rounded to the nearest bfloat16 (ties to even); NaN stays NaN.
+fn bf16(x: f32) -> u16 {
+    if x.is_nan() {
+        return 0x7fc0;
+    }
+    let u = x.to_bits();
+    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+
+/// Euclidean norm, rounded up (f64 sum, then a relative 2^-40 more than its error).
+fn norm_up(v: &[f32]) -> f32 {
+    let s: f64 = v.iter().map(|&x| x as f64 * x as f64).sum();
+    let n = s.sqrt() * (1.0 + 2f64.powi(-40) * v.len() as f64);
+    // Rounding to f32 upwards.
+    let f = n as f32;
+    if (f as f64) < n {
+        f32::from_bits(f.to_bits() + 1)
+    } else {
+        f
+    }
+}
+
+/// `nq` queries in panels of [`TILE_Q`], pair-major: `panel[(k / 2) * 2 TILE_Q + 2 i + k % 2]`, the
+/// last panel (and an odd width's last pair) padded with zeros.
+fn pack_queries(queries: &[f32], nq: usize, dim: usize) -> Vec<u16> {
+    let kp = dim.div_ceil(2);
+    let mut out = vec![0u16; nq.div_ceil(TILE_Q) * kp * 2 * TILE_Q];
+    for (q, src) in queries.chunks_exact(dim).take(nq).enumerate() {
+        let panel = &mut out[(q / TILE_Q) * kp * 2 * TILE_Q..][..kp * 2 * TILE_Q];
+        for (k, &v) in src.iter().enumerate() {
+            panel[(k / 2) * 2 * TILE_Q + 2 * (q % TILE_Q) + k % 2] = bf16(v);
+        }
+    }
+    out
+}
+
+/// `n` rows in panels of [`TILE_R`], pair-major (`panel[(k / 2) * 2 TILE_R + 2 r + k % 2]`), from
+/// `out[at..]`, `at` the returned offset that puts them on a 64-byte boundary (each panel's steps are
+/// then whole cache lines); and each row's norm rounded up.
+fn pack_rows(
+    rows: &[f32],
+    n: usize,
+    dim: usize,
+    out: &mut Vec<u16>,
+    norms: &mut Vec<f32>,
+) -> usize {
+    let kp = dim.div_ceil(2);
+    out.clear();
+    out.resize(n.div_ceil(TILE_R) * kp * 2 * TILE_R + 32, 0);
+    let at = out.as_ptr().align_offset(64).min(32);
+    let out = &mut out[at..];
+    norms.clear();
+    norms.resize(n.div_ceil(TILE_R) * TILE_R, 0.0);
+    for (r, src) in rows.chunks_exact(dim).take(n).enumerate() {
+        let panel = &mut out[(r / TILE_R) * kp * 2 * TILE_R..][..kp * 2 * TILE_R];
+        for (k, &v) in src.iter().enumerate() {
+            panel[(k / 2) * 2 * TILE_R + 2 * (r % TILE_R) + k % 2] = bf16(v);
+        }
+        norms[r] = norm_up(src);
+    }
+    at
+}
+
+/// A query's state in one worker: the k best lower bounds (their threshold is `T`), the rows of the
+/// current block whose upper bound reached `T` when they were scanned (with that bound), and the k
+/// best f32 scores of the rows scored so far. At the end of each block its rows whose bound still
+/// reaches `T` are scored in f32, while the block is in cache: `T` only rises, so a row below it then
+/// is below it at the end.
+struct QueryState {
+    lower: TopK,
+    pending: Vec<(f32, u32)>,
+    exact: TopK,
+}
+
+/// What a worker found: for each query the exact top k of its rows, or `None` where a pre-scan score
+/// was not finite (the caller then runs exact search's f32 scan, which reports the row).
+type WorkerResult = Option<Vec<TopK>>;
+
+/// Exact search through the pre-scan; `None` when a pre-scan or f32 score was not finite anywhere
+/// (the caller runs the f32 scan instead, which reports the damaged row as it always has).
+pub(super) fn search(
+    matrix: &NpyMatrix,
+    runs: &[&[(usize, usize)]],
+    queries: &[f32],
+    k: usize,
+) -> Option<Vec<Vec<TopK>>> {
+    use rayon::prelude::*;
+    let dim = matrix.cols();
+    let nq = queries.len() / dim;
+    let packed = pack_queries(queries, nq, dim);
+    let c = bound_factor(dim);
+    let abs = bound_abs(dim);
+    let err: Vec<f32> = queries.chunks_exact(dim).map(|q| c * norm_up(q)).collect();
+    let parts: Vec<WorkerResult> = runs
+        .par_iter()
+        .map(|run| scan_run(matrix, run, &packed, &err, abs, queries, k))
+        .collect();
+    parts.into_iter().collect()
+}
+
+/// One worker's run of blocks.
+fn scan_run(
+    matrix: &NpyMatrix,
+    run: &[(usize, usize)],
+    packed_queries: &[u16],
+    err: &[f32],
+    abs: f32,
+    queries: &[f32],
+    k: usize,
+) -> WorkerResult {
+    let dim = matrix.cols();
+    let kp = dim.div_ceil(2);
+    let nq = err.len();
+    let mut states: Vec<QueryState> = (0..nq)
+        .map(|_| QueryState {
+            lower: TopK::new(k),
+            pending: Vec::new(),
+            exact: TopK::new(k),
+        })
+        .collect();
+    let (mut rows16, mut norms) = (Vec::new(), Vec::new());
+    let mut out = [0f32; TILE_Q * TILE_R];
+    let rows_fn = crate::simd::score_rows_kernel();
+    let q_panels = nq.div_ceil(TILE_Q);
+    for &(a, b) in run {
+        for c0 in (a..b).step_by(PACK_ROWS) {
+            let c1 = (c0 + PACK_ROWS).min(b);
+            let at = pack_rows(
+                &matrix.rows_f32(c0, c1),
+                c1 - c0,
+                dim,
+                &mut rows16,
+                &mut norms,
+            );
+            for qp in 0..q_panels {
+                let q0 = qp * TILE_Q;
+                let live_q = (nq - q0).min(TILE_Q);
+                let panel = &packed_queries[qp * kp * 2 * TILE_Q..][..kp * 2 * TILE_Q];
+                let packed = &rows16[at..at + (c1 - c0).div_ceil(TILE_R) * kp * 2 * TILE_R];
+                for (jp, rows) in packed.chunks_exact(kp * 2 * TILE_R).enumerate() {
+                    let row0 = c0 + jp * TILE_R;
+                    let live_rows = (c1 - row0).min(TILE_R);
+                    let norms: &[f32; TILE_R] = norms[jp * TILE_R..][..TILE_R].try_into().unwrap();
+                    let mut thr = [f32::INFINITY; TILE_Q];
+                    let mut e = [0f32; TILE_Q];
+                    for i in 0..live_q {
+                        thr[i] = states[q0 + i].lower.threshold();
+                        e[i] = err[q0 + i];
+                    }
+                    // Safety: avx512f and avx512bf16 (checked by `available`), and the slices hold
+                    // a whole panel each.
+                    let hits = unsafe { tile(kp, panel, rows, norms, &e, abs, &thr, &mut out) }?;
+                    let row_mask = u16::MAX >> (TILE_R - live_rows);
+                    for (i, st) in states[q0..q0 + live_q].iter_mut().enumerate() {
+                        let mut m = hits[i] & row_mask;
+                        while m != 0 {
+                            let j = m.trailing_zeros() as usize;
+                            m &= m - 1;
+                            let s = out[i * TILE_R + j];
+                            let bound = e[i] * norms[j] + abs;
+                            st.lower.push(row0 + j, s - bound);
+                            st.pending.push((s + bound, (row0 + j) as u32));
+                        }
+                    }
+                }
+            }
+        }
+        // The block's rows that still reach T, scored in f32 where they lie.
+        let block = matrix.rows_f32(a, b);
+        for (q, st) in states.iter_mut().enumerate() {
+            let t = st.lower.threshold();
+            let query = &queries[q * dim..][..dim];
+            let mut picked = [0usize; ROWS];
+            let mut n = 0;
+            let pending = std::mem::take(&mut st.pending);
+            for &(_, r) in pending.iter().filter(|&&(u, _)| u >= t) {
+                picked[n] = r as usize;
+                n += 1;
+                if n == ROWS {
+                    score_into(rows_fn, query, &block, a, dim, &picked[..n], &mut st.exact)?;
+                    n = 0;
+                }
+            }
+            if n > 0 {
+                score_into(rows_fn, query, &block, a, dim, &picked[..n], &mut st.exact)?;
+            }
+            st.pending = pending;
+            st.pending.clear();
+        }
+    }
+    Some(states.into_iter().map(|s| s.exact).collect())
+}
+
+/// Scores `rows` (of the block that starts at row `a`) in f32 and offers them to `top`; `None` for a
+/// score that is not finite.
+fn score_into(
+    rows_fn: crate::simd::RowsFn,
+    query: &[f32],
+    block: &[f32],
+    a: usize,
+    dim: usize,
+    rows: &[usize],
+    top: &mut TopK,
+) -> Option<()> {
+    let mut slices: [&[f32]; ROWS] = [&[]; ROWS];
+    for (s, &r) in slices.iter_mut().zip(rows) {
+        *s = &block[(r - a) * dim..][..dim];
+    }
+    let mut scores = [0f32; ROWS];
+    rows_fn(query, &slices[..rows.len()], &mut scores);
+    for (&r, &s) in rows.iter().zip(&scores) {
+        if !s.is_finite() {
+            return None;
+        }
+        top.push(r, s);
+    }
+    Some(())
+}
+
+/// `out[i * TILE_R + j]`: query i of the panel (pairs of bf16 broadcast) against row j (pairs of
+/// bf16), `vdpbf16ps` over the `kp` pairs; for each query the bits of the rows whose upper bound
+/// `s + (e_i norm_j + abs)` reaches `thr[i]`; `None` when any score is not finite.
+///
+/// Safety: the CPU has AVX-512 F and BF16; `a` holds `kp * 2 * TILE_Q` values, `b` `kp * 2 * TILE_R`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    kp: usize,
+    a: &[u16],
+    b: &[u16],
+    norms: &[f32; TILE_R],
+    e: &[f32; TILE_Q],
+    abs: f32,
+    thr: &[f32; TILE_Q],
+    out: &mut [f32; TILE_Q * TILE_R],
+) -> Option<[u16; TILE_Q]> {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= kp * 2 * TILE_Q && b.len() >= kp * 2 * TILE_R);
+    let mut c = [_mm512_setzero_ps(); TILE_Q];
+    let (mut pa, mut pb) = (a.as_ptr(), b.as_ptr());
+    for _ in 0..kp {
+        let r: __m512bh = std::mem::transmute(_mm512_loadu_si512(pb as *const __m512i));
+        for (i, ci) in c.iter_mut().enumerate() {
+            let q = std::ptr::read_unaligned(pa.add(2 * i) as *const i32);
+            *ci = _mm512_dpbf16_ps(
+                *ci,
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(q)),
+                r,
+            );
+        }
+        pa = pa.add(2 * TILE_Q);
+        pb = pb.add(2 * TILE_R);
+    }
+    let zero = _mm512_setzero_ps();
+    let mut nf = zero;
+    let nx = _mm512_loadu_ps(norms.as_ptr());
+    let abs = _mm512_set1_ps(abs);
+    let mut hits = [0u16; TILE_Q];
+    for (i, &ci) in c.iter().enumerate() {
+        _mm512_storeu_ps(out.as_mut_ptr().add(i * TILE_R), ci);
+        nf = _mm512_add_ps(nf, _mm512_mul_ps(ci, zero));
+        // The scalar code's operations: e * norm, + abs, then + s.
+        let bound = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(e[i]), nx), abs);
+        hits[i] =
+            _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_add_ps(ci, bound), _mm512_set1_ps(thr[i]));
+    }
+    (_mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(nf, zero) == 0).then_some(hits)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    _: usize,
+    _: &[u16],
+    _: &[u16],
+    _: &[f32; TILE_R],
+    _: &[f32; TILE_Q],
+    _: f32,
+    _: &[f32; TILE_Q],
+    _: &mut [f32; TILE_Q * TILE_R],
+) -> Option<[u16; TILE_Q]> {
+    unreachable!("the pre-scan runs only on x86_64 (`available`)")
+}
+
+/// Sorted hits of each query from every worker's tops (as exact search merges them).
+pub(super) fn merge(parts: Vec<Vec<TopK>>, nq: usize, k: usize) -> Vec<Vec<Hit>> {
+    use rayon::prelude::*;
+    let mut lists: Vec<std::vec::IntoIter<TopK>> =
+        parts.into_iter().map(|p| p.into_iter()).collect();
+    let per_query: Vec<Vec<TopK>> = (0..nq)
+        .map(|_| lists.iter_mut().filter_map(Iterator::next).collect())
+        .collect();
+    per_query
+        .into_par_iter()
+        .map(|tops| {
+            let mut tops = tops.into_iter();
+            let mut all = tops.next().unwrap_or_else(|| TopK::new(k));
+            for t in tops {
+                all.merge(t);
+            }
+            all.into_sorted()
+        })
+        .collect()
+}
