@@ -238,7 +238,8 @@ type WorkerTops = (Vec<TopK>, Option<(usize, f32)>);
 
 /// [`search_rows`] with a given tile kernel (the tests run every one the CPU has), through the bf16
 /// pre-scan ([`super::prescan`]) where `prescan` (the same results; the f32 scan runs where it finds a
-/// score that is not finite, to name the row).
+/// score that is not finite, to name the row). The pre-scan scores in f32 with this CPU's re-scoring
+/// kernel, whose bits are those of this CPU's tile kernel: with `prescan`, `tile` must be that one.
 pub(crate) fn search_rows_with(
     tile: TileFn,
     prescan: bool,
@@ -507,6 +508,72 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Inputs at the edges of f32, where the pre-scan's bound alone would not hold: subnormal values
+    /// (read as zero by `vdpbf16ps`) in a row or a query, a bound of 0 x inf, and products that
+    /// overflow in f32 (an error naming the row, as the f32 scan gives).
+    #[test]
+    fn the_prescan_keeps_exact_search_at_the_edges_of_f32() {
+        if !crate::search::prescan::available(64) {
+            eprintln!(
+                "skipped: this CPU has no AVX512-BF16, so exact search has no pre-scan to test"
+            );
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let same = |rows: &[f32], n: usize, dim: usize, q: &[f32], k: usize| {
+            let p = tmp.path().join(format!("e{n}x{dim}.npy"));
+            crate::store::npy::write_f32(&p, rows, n, dim).unwrap();
+            let m = NpyMatrix::open(&p).unwrap();
+            let kernel = score_tile_kernel();
+            let want = search_rows_with(kernel, false, &m, 0, n, q, k);
+            let got = search_rows_with(kernel, true, &m, 0, n, q, k);
+            match (want, got) {
+                (Ok(w), Ok(g)) => {
+                    let bits = |v: &Vec<Vec<Hit>>| -> Vec<Vec<(usize, u32)>> {
+                        v.iter()
+                            .map(|h| h.iter().map(|h| (h.row, h.score.to_bits())).collect())
+                            .collect()
+                    };
+                    assert_eq!(bits(&g), bits(&w), "n={n} dim={dim} q={q:?}");
+                }
+                (Err(w), Err(g)) => assert_eq!(g.to_string(), w.to_string()),
+                (w, g) => panic!(
+                    "n={n} dim={dim}: f32 scan {:?}, pre-scan {:?}",
+                    w.is_ok(),
+                    g.is_ok()
+                ),
+            }
+        };
+        let d = f32::from_bits(0x0050_0000); // subnormal, 1.25 x 2^-127
+                                             // Rows of 2^-126 first (so that the lower bounds' threshold is set), then a subnormal row
+                                             // that scores best.
+        for qv in [1.0f32, 20.0, 1e6] {
+            let mut rows: Vec<f32> = (0..48).flat_map(|_| [f32::MIN_POSITIVE, 0.0]).collect();
+            rows.extend([d, d]);
+            same(&rows, 49, 2, &[qv, qv], 1);
+        }
+        // A query with a subnormal value.
+        let mut rows: Vec<f32> = (0..48).flat_map(|_| [0.0, 40.0]).collect();
+        rows.extend([100.0, 0.0]);
+        same(&rows, 49, 2, &[d, f32::MIN_POSITIVE], 1);
+        // Width 64: a row of subnormals against a large query.
+        let mut rows = Vec::new();
+        for _ in 0..48 {
+            let mut r = vec![0f32; 64];
+            r[0] = 1e-37;
+            rows.extend(r);
+        }
+        rows.extend(vec![d; 64]);
+        same(&rows, 49, 64, &[1000.0; 64], 1);
+        // 0 x inf bounds: a zero query and a row whose norm passes f32's range, and the reverse.
+        same(&[3e38, 3e38, 1.0, 1.0], 2, 2, &[0.0, 0.0], 1);
+        same(&[0.0, 0.0, -1e-30, 0.0], 2, 2, &[3e38, 3e38], 1);
+        // A product that overflows in f32 (the f32 scan's error) but not in bf16.
+        let mut rows = vec![1.0f32; 100];
+        rows.push(-(2f32.powi(64) * 1.0039));
+        same(&rows, 101, 1, &[f32::from_bits(0x5f7f_8000 - 0x100)], 1);
     }
 
     #[test]

@@ -7,8 +7,12 @@
 //! rounding each factor to bf16 moves a product `q_i x_i` by at most `(2u + u^2) |q_i x_i|` with
 //! `u = 2^-8`; each sum (the pre-scan's, and exact search's chain of FMAs) is within `gamma_n` of
 //! its exact value, `gamma_n = n 2^-24 / (1 - n 2^-24)` over its `n` roundings; `sum |q_i x_i| <= |q|
-//! |x|`; denormals flushed by `vdpbf16ps` add at most `2^-126` an operation. `C` below covers all of it
-//! with room for the rounding of the bound's own arithmetic. So every row whose exact score reaches
+//! |x|`; results that `vdpbf16ps` flushes to zero add at most `2^-126` an operation. `C` below covers
+//! all of it with room for the rounding of the bound's own arithmetic. Three cases fall outside it and
+//! get an infinite bound (always kept, so always scored in f32): a query or row with a subnormal value
+//! (`vdpbf16ps` reads it as zero, losing a product the bound does not cover), a bound that is not a
+//! number (`0 x inf`), and one of `2^100` or more (where the f32 sums might overflow, which the f32
+//! scoring then reports as exact search does). So every row whose exact score reaches
 //! the k-th best exact score has `s' + e >= T`, where `T` is the k-th best `s' - e` (a lower bound of
 //! that k-th score): the pre-scan keeps each row whose upper bound reaches the query's running `T`,
 //! and the rows kept are a superset of the k best, ties included.
@@ -67,17 +71,35 @@ fn bf16(x: f32) -> u16 {
     ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
 }
 
-/// Euclidean norm, rounded up (f64 sum, then a relative 2^-40 more than its error).
+/// Euclidean norm, rounded up (f64 sum, then a relative 2^-40 more than its error); infinite for a
+/// vector with a subnormal value (see the module's note).
 fn norm_up(v: &[f32]) -> f32 {
+    if v.iter().any(|x| x.is_subnormal()) {
+        return f32::INFINITY;
+    }
     let s: f64 = v.iter().map(|&x| x as f64 * x as f64).sum();
-    let n = s.sqrt() * (1.0 + 2f64.powi(-40) * v.len() as f64);
-    // Rounding to f32 upwards.
-    let f = n as f32;
-    if (f as f64) < n {
+    up(s.sqrt() * (1.0 + 2f64.powi(-40) * v.len() as f64))
+}
+
+/// `x` rounded up to an f32.
+fn up(x: f64) -> f32 {
+    let f = x as f32;
+    if (f as f64) < x {
         f32::from_bits(f.to_bits() + 1)
     } else {
         f
     }
+}
+
+/// Bounds of `2^100` or more, and those that are not a number, are taken as infinite.
+const BIG: f32 = 1.2676506e30;
+
+/// A row's bound from `e = C |q|` and its norm: `e * norm`, infinite where not below [`BIG`] (or NaN),
+/// plus `abs`; the tile computes the same, lane by lane.
+#[inline]
+fn bound(e: f32, norm: f32, abs: f32) -> f32 {
+    let p = e * norm;
+    (if p < BIG { p } else { f32::INFINITY }) + abs
 }
 
 /// `nq` queries in panels of [`TILE_Q`], pair-major: `panel[(k / 2) * 2 TILE_Q + 2 i + k % 2]`, the
@@ -150,7 +172,10 @@ pub(super) fn search(
     let packed = pack_queries(queries, nq, dim);
     let c = bound_factor(dim);
     let abs = bound_abs(dim);
-    let err: Vec<f32> = queries.chunks_exact(dim).map(|q| c * norm_up(q)).collect();
+    let err: Vec<f32> = queries
+        .chunks_exact(dim)
+        .map(|q| up(c as f64 * norm_up(q) as f64))
+        .collect();
     let parts: Vec<WorkerResult> = runs
         .par_iter()
         .map(|run| scan_run(matrix, run, &packed, &err, abs, queries, k))
@@ -217,7 +242,7 @@ fn scan_run(
                             let j = m.trailing_zeros() as usize;
                             m &= m - 1;
                             let s = out[i * TILE_R + j];
-                            let bound = e[i] * norms[j] + abs;
+                            let bound = bound(e[i], norms[j], abs);
                             st.lower.push(row0 + j, s - bound);
                             st.pending.push((s + bound, (row0 + j) as u32));
                         }
@@ -316,12 +341,15 @@ unsafe fn tile(
     let mut nf = zero;
     let nx = _mm512_loadu_ps(norms.as_ptr());
     let abs = _mm512_set1_ps(abs);
+    let (big, inf) = (_mm512_set1_ps(BIG), _mm512_set1_ps(f32::INFINITY));
     let mut hits = [0u16; TILE_Q];
     for (i, &ci) in c.iter().enumerate() {
         _mm512_storeu_ps(out.as_mut_ptr().add(i * TILE_R), ci);
         nf = _mm512_add_ps(nf, _mm512_mul_ps(ci, zero));
-        // The scalar code's operations: e * norm, + abs, then + s.
-        let bound = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(e[i]), nx), abs);
+        // `bound`'s operations: e * norm, infinite unless below BIG, + abs; then + s.
+        let p = _mm512_mul_ps(_mm512_set1_ps(e[i]), nx);
+        let p = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(p, big), inf, p);
+        let bound = _mm512_add_ps(p, abs);
         hits[i] =
             _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_add_ps(ci, bound), _mm512_set1_ps(thr[i]));
     }
