@@ -275,7 +275,7 @@ pub(crate) fn search_rows_with(
     if prescan && k > 0 {
         let runs: Vec<&[(usize, usize)]> = blocks.chunks(per).collect();
         if let Some(parts) = super::prescan::search(matrix, &runs, &queries[..nq * dim], k) {
-            return Ok(super::prescan::merge(parts, nq, k));
+            return Ok(merge_workers(parts, nq, k));
         }
     }
     let parts: Vec<WorkerTops> = blocks
@@ -291,14 +291,21 @@ pub(crate) fn search_rows_with(
     if let Some((row, score)) = parts.iter().filter_map(|p| p.1).min_by_key(|&(row, _)| row) {
         return Err(super::non_finite(matrix, row, score));
     }
-    // Each query's lists from every worker, merged and sorted on the pool (at k = 1000, a query's
-    // merge and sort of a thousand hits: one thread alone took 4% of a 2,000-query search).
-    let mut lists: Vec<std::vec::IntoIter<TopK>> =
-        parts.into_iter().map(|p| p.0.into_iter()).collect();
+    Ok(merge_workers(
+        parts.into_iter().map(|p| p.0).collect(),
+        nq,
+        k,
+    ))
+}
+
+/// Each query's lists from every worker (`parts[w][q]`), merged and sorted on the pool (at k = 1000,
+/// a query's merge and sort of a thousand hits: one thread alone took 4% of a 2,000-query search).
+fn merge_workers(parts: Vec<Vec<TopK>>, nq: usize, k: usize) -> Vec<Vec<Hit>> {
+    let mut lists: Vec<std::vec::IntoIter<TopK>> = parts.into_iter().map(Vec::into_iter).collect();
     let per_query: Vec<Vec<TopK>> = (0..nq)
         .map(|_| lists.iter_mut().filter_map(Iterator::next).collect())
         .collect();
-    Ok(per_query
+    per_query
         .into_par_iter()
         .map(|tops| {
             let mut tops = tops.into_iter();
@@ -308,7 +315,7 @@ pub(crate) fn search_rows_with(
             }
             all.into_sorted()
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
@@ -441,6 +448,36 @@ mod tests {
         }
     }
 
+    /// Exact search over all of `m` by the f32 scan and by the bf16 pre-scan: the same hits and score
+    /// bits, or the same error (asserted); whether they were hits.
+    fn prescan_agrees(m: &NpyMatrix, queries: &[f32], k: usize, what: &str) -> bool {
+        let kernel = score_tile_kernel();
+        let n = m.rows();
+        let bits = |v: Vec<Vec<Hit>>| -> Vec<Vec<(usize, u32)>> {
+            v.iter()
+                .map(|h| h.iter().map(|h| (h.row, h.score.to_bits())).collect())
+                .collect()
+        };
+        match (
+            search_rows_with(kernel, false, m, 0, n, queries, k),
+            search_rows_with(kernel, true, m, 0, n, queries, k),
+        ) {
+            (Ok(w), Ok(g)) => {
+                assert_eq!(bits(g), bits(w), "{what}");
+                true
+            }
+            (Err(w), Err(g)) => {
+                assert_eq!(g.to_string(), w.to_string(), "{what}");
+                false
+            }
+            (w, g) => panic!(
+                "{what}: f32 scan ok {}, pre-scan ok {}",
+                w.is_ok(),
+                g.is_ok()
+            ),
+        }
+    }
+
     /// The bf16 pre-scan returns exact search's hits, scores (bit for bit) and order: near-ties and
     /// exact ties (a coarse grid, duplicated rows), zero rows, rows far larger than the rest, odd
     /// widths, k from 1 to past the row count.
@@ -460,7 +497,6 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
         };
-        let kernel = score_tile_kernel();
         for (case, (n, nq, dim)) in [
             (3000, 20, 64),
             (5000, 7, 33),
@@ -496,16 +532,8 @@ mod tests {
             crate::store::npy::write_f32(&p, &rows, n, dim).unwrap();
             let m = NpyMatrix::open(&p).unwrap();
             for k in [1, 10, 100, n - 1, n + 5] {
-                let want = search_rows_with(kernel, false, &m, 0, n, &queries, k).unwrap();
-                let got = search_rows_with(kernel, true, &m, 0, n, &queries, k).unwrap();
-                assert_eq!(got.len(), want.len());
-                for (q, (g, w)) in got.iter().zip(&want).enumerate() {
-                    let g: Vec<(usize, u32)> =
-                        g.iter().map(|h| (h.row, h.score.to_bits())).collect();
-                    let w: Vec<(usize, u32)> =
-                        w.iter().map(|h| (h.row, h.score.to_bits())).collect();
-                    assert_eq!(g, w, "case {case} (n={n} dim={dim}) k={k} query {q}");
-                }
+                let what = format!("case {case} (n={n} dim={dim}) k={k}");
+                assert!(prescan_agrees(&m, &queries, k, &what), "{what}: an error");
             }
         }
     }
@@ -525,26 +553,12 @@ mod tests {
         let same = |rows: &[f32], n: usize, dim: usize, q: &[f32], k: usize| {
             let p = tmp.path().join(format!("e{n}x{dim}.npy"));
             crate::store::npy::write_f32(&p, rows, n, dim).unwrap();
-            let m = NpyMatrix::open(&p).unwrap();
-            let kernel = score_tile_kernel();
-            let want = search_rows_with(kernel, false, &m, 0, n, q, k);
-            let got = search_rows_with(kernel, true, &m, 0, n, q, k);
-            match (want, got) {
-                (Ok(w), Ok(g)) => {
-                    let bits = |v: &Vec<Vec<Hit>>| -> Vec<Vec<(usize, u32)>> {
-                        v.iter()
-                            .map(|h| h.iter().map(|h| (h.row, h.score.to_bits())).collect())
-                            .collect()
-                    };
-                    assert_eq!(bits(&g), bits(&w), "n={n} dim={dim} q={q:?}");
-                }
-                (Err(w), Err(g)) => assert_eq!(g.to_string(), w.to_string()),
-                (w, g) => panic!(
-                    "n={n} dim={dim}: f32 scan {:?}, pre-scan {:?}",
-                    w.is_ok(),
-                    g.is_ok()
-                ),
-            }
+            prescan_agrees(
+                &NpyMatrix::open(&p).unwrap(),
+                q,
+                k,
+                &format!("n={n} dim={dim} q={q:?}"),
+            );
         };
         let d = f32::from_bits(0x0050_0000); // subnormal, 1.25 x 2^-127
                                              // Rows of 2^-126 first (so that the lower bounds' threshold is set), then a subnormal row

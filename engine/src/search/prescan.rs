@@ -18,7 +18,6 @@
 //! and the rows kept are a superset of the k best, ties included.
 
 use super::exact::TopK;
-use super::Hit;
 use crate::simd::{ROWS, TILE_Q, TILE_R};
 use crate::store::npy::NpyMatrix;
 
@@ -205,23 +204,22 @@ fn scan_run(
         .collect();
     let (mut rows16, mut norms) = (Vec::new(), Vec::new());
     let mut out = [0f32; TILE_Q * TILE_R];
+    let mut kept = Vec::new();
     let rows_fn = crate::simd::score_rows_kernel();
     let q_panels = nq.div_ceil(TILE_Q);
     for &(a, b) in run {
+        // Read (for an f16 matrix, converted) once: packed 128 rows at a time, then the kept rows
+        // scored from it.
+        let block = matrix.rows_f32(a, b);
         for c0 in (a..b).step_by(PACK_ROWS) {
             let c1 = (c0 + PACK_ROWS).min(b);
-            let at = pack_rows(
-                &matrix.rows_f32(c0, c1),
-                c1 - c0,
-                dim,
-                &mut rows16,
-                &mut norms,
-            );
+            let rows_f32 = &block[(c0 - a) * dim..(c1 - a) * dim];
+            let at = pack_rows(rows_f32, c1 - c0, dim, &mut rows16, &mut norms);
+            let packed = &rows16[at..at + (c1 - c0).div_ceil(TILE_R) * kp * 2 * TILE_R];
             for qp in 0..q_panels {
                 let q0 = qp * TILE_Q;
                 let live_q = (nq - q0).min(TILE_Q);
                 let panel = &packed_queries[qp * kp * 2 * TILE_Q..][..kp * 2 * TILE_Q];
-                let packed = &rows16[at..at + (c1 - c0).div_ceil(TILE_R) * kp * 2 * TILE_R];
                 for (jp, rows) in packed.chunks_exact(kp * 2 * TILE_R).enumerate() {
                     let row0 = c0 + jp * TILE_R;
                     let live_rows = (c1 - row0).min(TILE_R);
@@ -251,26 +249,19 @@ fn scan_run(
             }
         }
         // The block's rows that still reach T, scored in f32 where they lie.
-        let block = matrix.rows_f32(a, b);
         for (q, st) in states.iter_mut().enumerate() {
             let t = st.lower.threshold();
             let query = &queries[q * dim..][..dim];
-            let mut picked = [0usize; ROWS];
-            let mut n = 0;
-            let pending = std::mem::take(&mut st.pending);
-            for &(_, r) in pending.iter().filter(|&&(u, _)| u >= t) {
-                picked[n] = r as usize;
-                n += 1;
-                if n == ROWS {
-                    score_into(rows_fn, query, &block, a, dim, &picked[..n], &mut st.exact)?;
-                    n = 0;
-                }
+            kept.clear();
+            kept.extend(
+                st.pending
+                    .drain(..)
+                    .filter(|&(u, _)| u >= t)
+                    .map(|(_, r)| r as usize),
+            );
+            for group in kept.chunks(ROWS) {
+                score_into(rows_fn, query, &block, a, dim, group, &mut st.exact)?;
             }
-            if n > 0 {
-                score_into(rows_fn, query, &block, a, dim, &picked[..n], &mut st.exact)?;
-            }
-            st.pending = pending;
-            st.pending.clear();
         }
     }
     Some(states.into_iter().map(|s| s.exact).collect())
@@ -369,25 +360,4 @@ unsafe fn tile(
     _: &mut [f32; TILE_Q * TILE_R],
 ) -> Option<[u16; TILE_Q]> {
     unreachable!("the pre-scan runs only on x86_64 (`available`)")
-}
-
-/// Sorted hits of each query from every worker's tops (as exact search merges them).
-pub(super) fn merge(parts: Vec<Vec<TopK>>, nq: usize, k: usize) -> Vec<Vec<Hit>> {
-    use rayon::prelude::*;
-    let mut lists: Vec<std::vec::IntoIter<TopK>> =
-        parts.into_iter().map(|p| p.into_iter()).collect();
-    let per_query: Vec<Vec<TopK>> = (0..nq)
-        .map(|_| lists.iter_mut().filter_map(Iterator::next).collect())
-        .collect();
-    per_query
-        .into_par_iter()
-        .map(|tops| {
-            let mut tops = tops.into_iter();
-            let mut all = tops.next().unwrap_or_else(|| TopK::new(k));
-            for t in tops {
-                all.merge(t);
-            }
-            all.into_sorted()
-        })
-        .collect()
 }
