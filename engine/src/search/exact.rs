@@ -18,8 +18,8 @@ use crate::store::npy::NpyMatrix;
 const BLOCK_ROWS: usize = 2048;
 
 /// Rows packed at a time: 8 panels of 16, 384 KB at width 768, which stay in a 512 KB L2 cache
-/// while every query panel passes over them.
-const PACK_ROWS: usize = 128;
+/// while every query panel passes over them (the bf16 pre-scan packs as many, in half the bytes).
+pub(super) const PACK_ROWS: usize = 128;
 
 /// The k best hits seen so far: candidates at or above a threshold collect in a buffer; when it holds
 /// 2k (at least 32), a selection keeps the best k and raises the threshold to the k-th score. That is

@@ -17,19 +17,16 @@
 //! that k-th score): the pre-scan keeps each row whose upper bound reaches the query's running `T`,
 //! and the rows kept are a superset of the k best, ties included.
 
-use super::exact::TopK;
+use super::exact::{TopK, PACK_ROWS};
 use crate::simd::{ROWS, TILE_Q, TILE_R};
 use crate::store::npy::NpyMatrix;
 
 /// Widest query the bound below is written for.
-pub(super) const MAX_DIM: usize = 4096;
+const MAX_DIM: usize = 4096;
 
 /// Largest k the pre-scan is used for: the rows within the bound of the k-th score grow with k, and
 /// past about a hundred (300,000 x 384 MiniLM-shaped vectors, AMD EPYC Zen 4) the f32 scan is faster.
 pub(super) const MAX_K: usize = 64;
-
-/// Rows packed at a time (as exact search's f32 packs: 128 rows of bf16 are half the bytes).
-const PACK_ROWS: usize = 128;
 
 /// Whether this CPU runs the pre-scan, and the queries are within its bound.
 pub(super) fn available(dim: usize) -> bool {
