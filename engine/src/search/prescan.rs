@@ -179,13 +179,13 @@ unsafe fn pack_panel(
     );
     let exp = _mm512_set1_epi32(0x7f80_0000);
     let man = _mm512_set1_epi32(0x007f_ffff);
-    for r in 0..TILE_R {
+    for (r, norm) in norms.iter_mut().enumerate() {
         let dst = tmp.as_mut_ptr().add(r * stride) as *mut u16;
         if r >= live {
             for c in (0..stride * 2).step_by(16) {
                 _mm256_storeu_si256(dst.add(c) as *mut __m256i, _mm256_setzero_si256());
             }
-            norms[r] = 0.0;
+            *norm = 0.0;
             continue;
         }
         let src = rows.as_ptr().add(r * dim);
@@ -209,7 +209,7 @@ unsafe fn pack_panel(
             let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
             _mm256_storeu_si256(dst.add(c) as *mut __m256i, h);
         }
-        norms[r] = if subnormal != 0 {
+        *norm = if subnormal != 0 {
             f32::INFINITY
         } else {
             let s = _mm512_reduce_add_pd(_mm512_add_pd(lo2, hi2));
