@@ -3,12 +3,16 @@
 //! ([`crate::simd::RowsFn`]), so the hits, their scores and their order are exact search's.
 //!
 //! `vdpbf16ps` takes twice the products a cycle of an f32 FMA. A pre-scan score `s'` (query and row
-//! rounded to bf16, products summed in f32) is within `e = C |q| |x|` of the f32 score `s`:
-//! rounding each factor to bf16 moves a product `q_i x_i` by at most `(2u + u^2) |q_i x_i|` with
-//! `u = 2^-8`; each sum (the pre-scan's, and exact search's chain of FMAs) is within `gamma_n` of
-//! its exact value, `gamma_n = n 2^-24 / (1 - n 2^-24)` over its `n` roundings; `sum |q_i x_i| <= |q|
-//! |x|`; results that `vdpbf16ps` flushes to zero add at most `2^-126` an operation. `C` below covers
-//! all of it with room for the rounding of the bound's own arithmetic. Three cases fall outside it and
+//! rounded to bf16, `q = bq + rq` and `x = bx + rx`, products summed in f32) is within
+//! `e = e1 |x| + e2 |rx| + abs` of the f32 score `s`: `q.x - bq.bx = q.rx + rq.bx`, at most
+//! `|q| |rx| + |rq| |bx|`, and `|bx| <= (1 + u) |x|` with `u = 2^-8`; each sum (the pre-scan's, and
+//! exact search's chain of FMAs) is within `gamma_n` of its exact value, `gamma_n = n 2^-24 / (1 - n
+//! 2^-24)` over its `n` roundings, and `sum |q_i x_i| <= |q| |x|`, `|bq| |bx| <= (1 + u)^2 |q| |x|`;
+//! results that `vdpbf16ps` flushes to zero add at most `2^-126` an operation. So `e1 = gamma_n (2 + 2u
+//! + u^2) |q| + (1 + u) |rq|` and `e2 = |q|`, each with room for the rounding of the bound's own
+//! arithmetic; a row's `|x|` and `|rx|` are computed as it is packed. The residuals' norms are about
+//! 0.42 u of their vectors' (MiniLM-shaped vectors), so `e` is about 2.4 times narrower than the
+//! `(2u + u^2) |q| |x|` that bounds each product's rounding alone. Three cases fall outside it and
 //! get an infinite bound (always kept, so always scored in f32): a query or row with a subnormal value
 //! (`vdpbf16ps` reads it as zero, losing a product the bound does not cover), a bound that is not a
 //! number (`0 x inf`), and one of `2^100` or more (where the f32 sums might overflow, which the f32
@@ -46,14 +50,25 @@ pub(super) fn available(dim: usize) -> bool {
     }
 }
 
-/// The bound's factor: `e = c(dim) |q| |x| + ABS`. `2u + u^2` with `u = 2^-8`, two `gamma_n` (the
-/// pre-scan's `dim` roundings and exact search's), each times `(1 + u)^2` at most; then 1% more for
-/// the f32 arithmetic of the bound and of `s' +- e`.
-fn bound_factor(dim: usize) -> f32 {
+/// A query's factors `[e1, e2]` of the bound `e1 |x| + e2 |rx| + abs` (module note): from its norm
+/// and its residual's, in f64, each 1% more for the f32 arithmetic of `e1 |x| + e2 |rx|` (`s' +- e`
+/// needs none: rounding is monotone, and `s` is an f32), and rounded up. Infinite for a query with a
+/// subnormal value (its norms are).
+fn query_factors(q: &[f32]) -> [f32; 2] {
     let u = 2f64.powi(-8);
-    let n = dim.max(1) as f64 * 2f64.powi(-24);
+    let n = q.len().max(1) as f64 * 2f64.powi(-24);
     let gamma = n / (1.0 - n);
-    ((2.0 * u + u * u + 2.0 * gamma * (1.0 + u) * (1.0 + u)) * 1.01) as f32
+    let residual: Vec<f32> = q.iter().map(|&v| v - widen(bf16(v))).collect();
+    let (nq, nr) = (norm_up(q) as f64, norm_up(&residual) as f64);
+    [
+        up((gamma * (2.0 + 2.0 * u + u * u) * nq + (1.0 + u) * nr) * 1.01),
+        up(nq * 1.01),
+    ]
+}
+
+/// A bfloat16 as the f32 it stands for.
+fn widen(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
 }
 
 /// Flushed denormals: at most `2^-126` for each of `2 dim` operations, with room.
@@ -93,11 +108,11 @@ fn up(x: f64) -> f32 {
 /// Bounds of `2^100` or more, and those that are not a number, are taken as infinite.
 const BIG: f32 = 1.2676506e30;
 
-/// A row's bound from `e = C |q|` and its norm: `e * norm`, infinite where not below [`BIG`] (or NaN),
-/// plus `abs`; the tile computes the same, lane by lane.
+/// A row's bound from its query's factors and its norms (`[|x|, |rx|]`): `e1 |x| + e2 |rx|`, infinite
+/// where not below [`BIG`] (or NaN), plus `abs`; the tile computes the same, lane by lane.
 #[inline]
-fn bound(e: f32, norm: f32, abs: f32) -> f32 {
-    let p = e * norm;
+fn bound(e: [f32; 2], norm: f32, rnorm: f32, abs: f32) -> f32 {
+    let p = e[0] * norm + e[1] * rnorm;
     (if p < BIG { p } else { f32::INFINITY }) + abs
 }
 
@@ -117,14 +132,14 @@ fn pack_queries(queries: &[f32], nq: usize, dim: usize) -> Vec<u16> {
 
 /// `n` rows in panels of [`TILE_R`], pair-major (`panel[(k / 2) * 2 TILE_R + 2 r + k % 2]`), from
 /// `out[at..]`, `at` the returned offset that puts them on a 64-byte boundary (each panel's steps are
-/// then whole cache lines); and each row's norm rounded up. `tmp` holds a panel's rows in bf16 on
-/// their way to the pair-major layout.
+/// then whole cache lines); and each panel's [`Norms`]. `tmp` holds a panel's rows in bf16 on their
+/// way to the pair-major layout.
 fn pack_rows(
     rows: &[f32],
     n: usize,
     dim: usize,
     out: &mut Vec<u16>,
-    norms: &mut Vec<f32>,
+    norms: &mut Vec<Norms>,
     tmp: &mut Vec<u32>,
 ) -> usize {
     let kp = dim.div_ceil(2);
@@ -137,25 +152,28 @@ fn pack_rows(
     }
     let at = out.as_ptr().align_offset(64).min(32);
     norms.clear();
-    norms.resize(n.div_ceil(TILE_R) * TILE_R, 0.0);
+    norms.resize(n.div_ceil(TILE_R), [[0.0; TILE_R]; 2]);
     let stride = dim.div_ceil(16) * 8;
     tmp.clear();
     tmp.resize(TILE_R * stride, 0);
     let panel_len = kp * 2 * TILE_R;
     for (p, src) in rows[..n * dim].chunks(TILE_R * dim).enumerate() {
         let panel = &mut out[at + p * panel_len..][..panel_len];
-        let norms: &mut [f32; TILE_R] = (&mut norms[p * TILE_R..][..TILE_R]).try_into().unwrap();
         // Safety: avx512f and avx512bf16 (checked by `available`); the lengths are asserted there.
-        unsafe { pack_panel(src, dim, stride, tmp, panel, norms) };
+        unsafe { pack_panel(src, dim, stride, tmp, panel, &mut norms[p]) };
     }
     at
 }
 
+/// A panel's rows' norms, `[|x|; TILE_R]` then `[|rx|; TILE_R]` (the residuals `x - bf16(x)`), rounded
+/// up; 0 for the rows past the end.
+type Norms = [[f32; TILE_R]; 2];
+
 /// One panel of up to [`TILE_R`] rows (`rows.len() / dim` of them; the rest of the panel zeros):
 /// each row converted to bf16 (`vcvtneps2bf16`, the same rounding as [`bf16`] for every value but
-/// subnormal ones, whose rows get an infinite norm), its norm as [`norm_up`] computes it (the f64
-/// squares summed in another order, within the same margin), then the pairs gathered into the
-/// pair-major layout. `tmp` is `TILE_R` rows of `stride` pairs.
+/// subnormal ones, whose rows get infinite norms), its and its residual's norms as [`norm_up`]
+/// computes them (the f64 squares summed in another order, within the same margin), then the pairs
+/// gathered into the pair-major layout. `tmp` is `TILE_R` rows of `stride` pairs.
 ///
 /// Safety: the CPU has AVX-512 F and BF16.
 #[cfg(target_arch = "x86_64")]
@@ -166,7 +184,7 @@ unsafe fn pack_panel(
     stride: usize,
     tmp: &mut [u32],
     panel: &mut [u16],
-    norms: &mut [f32; TILE_R],
+    norms: &mut Norms,
 ) {
     use std::arch::x86_64::*;
     let kp = dim.div_ceil(2);
@@ -179,18 +197,20 @@ unsafe fn pack_panel(
     );
     let exp = _mm512_set1_epi32(0x7f80_0000);
     let man = _mm512_set1_epi32(0x007f_ffff);
-    for (r, norm) in norms.iter_mut().enumerate() {
+    let [norm, rnorm] = norms;
+    for r in 0..TILE_R {
         let dst = tmp.as_mut_ptr().add(r * stride) as *mut u16;
         if r >= live {
             for c in (0..stride * 2).step_by(16) {
                 _mm256_storeu_si256(dst.add(c) as *mut __m256i, _mm256_setzero_si256());
             }
-            *norm = 0.0;
+            (norm[r], rnorm[r]) = (0.0, 0.0);
             continue;
         }
         let src = rows.as_ptr().add(r * dim);
         let mut subnormal: __mmask16 = 0;
         let (mut lo2, mut hi2) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+        let (mut rlo2, mut rhi2) = (_mm512_setzero_pd(), _mm512_setzero_pd());
         for c in (0..dim).step_by(16) {
             let m: __mmask16 = if dim - c >= 16 {
                 !0
@@ -208,12 +228,24 @@ unsafe fn pack_panel(
             hi2 = _mm512_fmadd_pd(hi, hi, hi2);
             let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
             _mm256_storeu_si256(dst.add(c) as *mut __m256i, h);
+            // The residual, exact in f32 (NaN for an infinity or NaN).
+            let wide = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+            let res = _mm512_sub_ps(v, wide);
+            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(res));
+            let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                _mm512_castps_pd(res),
+            )));
+            rlo2 = _mm512_fmadd_pd(lo, lo, rlo2);
+            rhi2 = _mm512_fmadd_pd(hi, hi, rhi2);
         }
-        *norm = if subnormal != 0 {
-            f32::INFINITY
-        } else {
+        let norm_of = |lo2: __m512d, hi2: __m512d| {
             let s = _mm512_reduce_add_pd(_mm512_add_pd(lo2, hi2));
             up(s.sqrt() * (1.0 + 2f64.powi(-40) * dim as f64))
+        };
+        (norm[r], rnorm[r]) = if subnormal != 0 {
+            (f32::INFINITY, f32::INFINITY)
+        } else {
+            (norm_of(lo2, hi2), norm_of(rlo2, rhi2))
         };
     }
     let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -227,14 +259,7 @@ unsafe fn pack_panel(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn pack_panel(
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: &mut [u32],
-    _: &mut [u16],
-    _: &mut [f32; TILE_R],
-) {
+unsafe fn pack_panel(_: &[f32], _: usize, _: usize, _: &mut [u32], _: &mut [u16], _: &mut Norms) {
     unreachable!("the pre-scan runs only on x86_64 (`available`)")
 }
 
@@ -265,12 +290,8 @@ pub(super) fn search(
     let dim = matrix.cols();
     let nq = queries.len() / dim;
     let packed = pack_queries(queries, nq, dim);
-    let c = bound_factor(dim);
     let abs = bound_abs(dim);
-    let err: Vec<f32> = queries
-        .chunks_exact(dim)
-        .map(|q| up(c as f64 * norm_up(q) as f64))
-        .collect();
+    let err: Vec<[f32; 2]> = queries.chunks_exact(dim).map(query_factors).collect();
     let parts: Vec<WorkerResult> = runs
         .par_iter()
         .map(|run| scan_run(matrix, run, &packed, &err, abs, queries, k))
@@ -283,7 +304,7 @@ fn scan_run(
     matrix: &NpyMatrix,
     run: &[(usize, usize)],
     packed_queries: &[u16],
-    err: &[f32],
+    err: &[[f32; 2]],
     abs: f32,
     queries: &[f32],
     k: usize,
@@ -319,9 +340,9 @@ fn scan_run(
                 for (jp, rows) in packed.chunks_exact(kp * 2 * TILE_R).enumerate() {
                     let row0 = c0 + jp * TILE_R;
                     let live_rows = (c1 - row0).min(TILE_R);
-                    let norms: &[f32; TILE_R] = norms[jp * TILE_R..][..TILE_R].try_into().unwrap();
+                    let norms = &norms[jp];
                     let mut thr = [f32::INFINITY; TILE_Q];
-                    let mut e = [0f32; TILE_Q];
+                    let mut e = [[0f32; 2]; TILE_Q];
                     for i in 0..live_q {
                         thr[i] = states[q0 + i].lower.threshold();
                         e[i] = err[q0 + i];
@@ -336,7 +357,7 @@ fn scan_run(
                             let j = m.trailing_zeros() as usize;
                             m &= m - 1;
                             let s = out[i * TILE_R + j];
-                            let bound = bound(e[i], norms[j], abs);
+                            let bound = bound(e[i], norms[0][j], norms[1][j], abs);
                             st.lower.push(row0 + j, s - bound);
                             st.pending.push((s + bound, (row0 + j) as u32));
                         }
@@ -401,8 +422,8 @@ unsafe fn tile(
     kp: usize,
     a: &[u16],
     b: &[u16],
-    norms: &[f32; TILE_R],
-    e: &[f32; TILE_Q],
+    norms: &Norms,
+    e: &[[f32; 2]; TILE_Q],
     abs: f32,
     thr: &[f32; TILE_Q],
     out: &mut [f32; TILE_Q * TILE_R],
@@ -443,15 +464,19 @@ unsafe fn tile(
     }
     let zero = _mm512_setzero_ps();
     let mut nf = zero;
-    let nx = _mm512_loadu_ps(norms.as_ptr());
+    let nx = _mm512_loadu_ps(norms[0].as_ptr());
+    let nr = _mm512_loadu_ps(norms[1].as_ptr());
     let abs = _mm512_set1_ps(abs);
     let (big, inf) = (_mm512_set1_ps(BIG), _mm512_set1_ps(f32::INFINITY));
     let mut hits = [0u16; TILE_Q];
     for (i, &ci) in c.iter().enumerate() {
         _mm512_storeu_ps(out.as_mut_ptr().add(i * TILE_R), ci);
         nf = _mm512_add_ps(nf, _mm512_mul_ps(ci, zero));
-        // `bound`'s operations: e * norm, infinite unless below BIG, + abs; then + s.
-        let p = _mm512_mul_ps(_mm512_set1_ps(e[i]), nx);
+        // `bound`'s operations: e1 |x| + e2 |rx|, infinite unless below BIG, + abs; then + s.
+        let p = _mm512_add_ps(
+            _mm512_mul_ps(_mm512_set1_ps(e[i][0]), nx),
+            _mm512_mul_ps(_mm512_set1_ps(e[i][1]), nr),
+        );
         let p = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(p, big), inf, p);
         let bound = _mm512_add_ps(p, abs);
         hits[i] =
@@ -466,8 +491,8 @@ unsafe fn tile(
     _: usize,
     _: &[u16],
     _: &[u16],
-    _: &[f32; TILE_R],
-    _: &[f32; TILE_Q],
+    _: &Norms,
+    _: &[[f32; 2]; TILE_Q],
     _: f32,
     _: &[f32; TILE_Q],
     _: &mut [f32; TILE_Q * TILE_R],
@@ -480,16 +505,18 @@ mod tests {
     use super::*;
 
     /// The layout and norms `pack_rows` writes, one value at a time.
-    fn pack_rows_scalar(rows: &[f32], n: usize, dim: usize) -> (Vec<u16>, Vec<f32>) {
+    fn pack_rows_scalar(rows: &[f32], n: usize, dim: usize) -> (Vec<u16>, Vec<Norms>) {
         let kp = dim.div_ceil(2);
         let mut out = vec![0u16; n.div_ceil(TILE_R) * kp * 2 * TILE_R];
-        let mut norms = vec![0f32; n.div_ceil(TILE_R) * TILE_R];
+        let mut norms = vec![[[0f32; TILE_R]; 2]; n.div_ceil(TILE_R)];
         for (r, src) in rows.chunks_exact(dim).take(n).enumerate() {
             let panel = &mut out[(r / TILE_R) * kp * 2 * TILE_R..][..kp * 2 * TILE_R];
             for (k, &v) in src.iter().enumerate() {
                 panel[(k / 2) * 2 * TILE_R + 2 * (r % TILE_R) + k % 2] = bf16(v);
             }
-            norms[r] = norm_up(src);
+            let residual: Vec<f32> = src.iter().map(|&v| v - widen(bf16(v))).collect();
+            norms[r / TILE_R][0][r % TILE_R] = norm_up(src);
+            norms[r / TILE_R][1][r % TILE_R] = norm_up(&residual);
         }
         (out, norms)
     }
@@ -551,15 +578,27 @@ mod tests {
                         assert_eq!(g, w, "dim {dim} n {n}: value {i} (row {row})");
                     }
                 }
-                for (r, (&g, &w)) in norms.iter().zip(&want_norms).enumerate() {
-                    let same = g.to_bits() == w.to_bits()
-                        || (g.is_finite()
-                            && w.is_finite()
-                            && (g - w).abs() <= 2.0 * w * f32::EPSILON);
-                    assert!(same, "dim {dim} n {n}: row {r}'s norm {g} against {w}");
+                assert_eq!(norms.len(), want_norms.len());
+                for (p, (g, w)) in norms.iter().zip(&want_norms).enumerate() {
+                    for (which, (g, w)) in g.iter().zip(w).enumerate() {
+                        for (j, (&g, &w)) in g.iter().zip(w).enumerate() {
+                            let row = p * TILE_R + j;
+                            let same = g.to_bits() == w.to_bits()
+                                || (g.is_nan() && w.is_nan())
+                                || (g.is_finite()
+                                    && w.is_finite()
+                                    && (g - w).abs() <= 2.0 * w * f32::EPSILON);
+                            // A subnormal row's residual is not compared (its norms are infinite).
+                            assert!(
+                                same || (row == sub_row && which == 1),
+                                "dim {dim} n {n}: row {row}'s norm {which}: {g} against {w}"
+                            );
+                        }
+                    }
                 }
+                let (p, j) = (sub_row / TILE_R, sub_row % TILE_R);
                 assert!(
-                    norms[sub_row].is_infinite(),
+                    norms[p][0][j].is_infinite() && norms[p][1][j].is_infinite(),
                     "dim {dim} n {n}: the subnormal row"
                 );
                 // Packed again into the same buffers (not cleared between calls).
@@ -567,5 +606,111 @@ mod tests {
                 assert_eq!(at2, at);
             }
         }
+    }
+
+    /// Each pre-scan score against the f32 score exact search gives the same pair, for vectors whose
+    /// bf16 residuals all point one way (the widest the rounding goes: each value 0.49 or 0.51 of a
+    /// bf16 step off), at several scales, signs and widths: `|s - s'|` stays within the bound, and
+    /// reaches nine tenths of it on the aligned vectors (so a bound a tenth too narrow fails here).
+    #[test]
+    fn the_bound_holds_where_the_rounding_is_widest() {
+        if !available(64) {
+            eprintln!("skipped: this CPU has no AVX512-BF16, which the pre-scan needs");
+            return;
+        }
+        let mut seed = 11u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        let step = 2f32.powi(-7);
+        let rows_fn = crate::simd::score_rows_kernel();
+        let mut widest = 0f32;
+        for dim in [1, 7, 64, 384, 1000] {
+            // Families: all up (0.49 of a step below the midpoint: rounds down), all down (rounds
+            // up), scaled by powers of two, with random signs shared by a query and its rows, and
+            // plain random values.
+            let family = |f: u32, i: usize, r: u32| -> f32 {
+                let sign = if f >= 2 && (r >> (i % 16)) & 1 == 1 {
+                    -1.0
+                } else {
+                    1.0
+                };
+                let scale = if f >= 3 {
+                    2f32.powi((r % 21) as i32 - 10)
+                } else {
+                    1.0
+                };
+                match f {
+                    0 | 2 | 3 => sign * scale * (1.0 + 0.49 * step),
+                    1 => 1.0 + 1.51 * step,
+                    _ => (r % 20001) as f32 / 10000.0 - 1.0 + (i as f32) * 1e-3,
+                }
+            };
+            let mut rows = Vec::new();
+            let mut queries = Vec::new();
+            let families = 5;
+            for f in 0..families {
+                let r = next();
+                for i in 0..dim {
+                    queries.push(family(f, i, r));
+                }
+                for _ in 0..TILE_R {
+                    let r2 = if f == 4 { next() } else { r };
+                    for i in 0..dim {
+                        rows.push(family(f, i, r2));
+                    }
+                }
+            }
+            let n = rows.len() / dim;
+            let nq = queries.len() / dim;
+            let (mut out16, mut norms, mut tmp) = (Vec::new(), Vec::new(), Vec::new());
+            let at = pack_rows(&rows, n, dim, &mut out16, &mut norms, &mut tmp);
+            let kp = dim.div_ceil(2);
+            let packed_q = pack_queries(&queries, nq, dim);
+            let abs = bound_abs(dim);
+            for qp in 0..nq.div_ceil(TILE_Q) {
+                let panel = &packed_q[qp * kp * 2 * TILE_Q..][..kp * 2 * TILE_Q];
+                let mut e = [[0f32; 2]; TILE_Q];
+                for (i, e) in e.iter_mut().enumerate().take(nq - qp * TILE_Q) {
+                    *e = query_factors(&queries[(qp * TILE_Q + i) * dim..][..dim]);
+                }
+                for p in 0..n.div_ceil(TILE_R) {
+                    let rows16 = &out16[at + p * kp * 2 * TILE_R..][..kp * 2 * TILE_R];
+                    let mut out = [0f32; TILE_Q * TILE_R];
+                    let thr = [f32::NEG_INFINITY; TILE_Q];
+                    // Safety: `available` above; whole panels.
+                    unsafe { tile(kp, panel, rows16, &norms[p], &e, abs, &thr, &mut out) }
+                        .expect("finite scores");
+                    for i in 0..TILE_Q.min(nq - qp * TILE_Q) {
+                        let q = qp * TILE_Q + i;
+                        let slices: Vec<&[f32]> = (0..TILE_R)
+                            .map(|j| &rows[(p * TILE_R + j) * dim..][..dim])
+                            .collect();
+                        let mut exact = [0f32; ROWS];
+                        rows_fn(&queries[q * dim..][..dim], &slices, &mut exact);
+                        for j in 0..TILE_R {
+                            let (s, sp) = (exact[j], out[i * TILE_R + j]);
+                            let b = bound(e[i], norms[p][0][j], norms[p][1][j], abs);
+                            assert!(
+                                sp - b <= s && s <= sp + b,
+                                "dim {dim}: query {q} row {}: f32 {s}, pre-scan {sp}, bound {b}",
+                                p * TILE_R + j
+                            );
+                            // The aligned families, query and row of the same one.
+                            if q == p && q < 2 {
+                                widest = widest.max((s - sp).abs() / b);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            widest > 0.9,
+            "the widest gap reached only {widest} of the bound"
+        );
     }
 }
