@@ -8,9 +8,9 @@
 //! `|q| |rx| + |rq| |bx|`, and `|bx| <= (1 + u) |x|` with `u = 2^-8`; each sum (the pre-scan's, and
 //! exact search's chain of FMAs) is within `gamma_n` of its exact value, `gamma_n = n 2^-24 / (1 - n
 //! 2^-24)` over its `n` roundings, and `sum |q_i x_i| <= |q| |x|`, `|bq| |bx| <= (1 + u)^2 |q| |x|`;
-//! results that `vdpbf16ps` flushes to zero add at most `2^-126` an operation. So `e1 = gamma_n (2 + 2u
-//! + u^2) |q| + (1 + u) |rq|` and `e2 = |q|`, each with room for the rounding of the bound's own
-//! arithmetic; a row's `|x|` and `|rx|` are computed as it is packed. The residuals' norms are about
+//! results that `vdpbf16ps` flushes to zero add at most `2^-126` an operation. So
+//! `e1 = gamma_n (2 + 2u + u^2) |q| + (1 + u) |rq|` and `e2 = |q|`, each with room for the rounding
+//! of the bound's own arithmetic; a row's `|x|` and `|rx|` are computed as it is packed. The residuals' norms are about
 //! 0.42 u of their vectors' (MiniLM-shaped vectors), so `e` is about 2.4 times narrower than the
 //! `(2u + u^2) |q| |x|` that bounds each product's rounding alone. Three cases fall outside it and
 //! get an infinite bound (always kept, so always scored in f32): a query or row with a subnormal value
