@@ -87,6 +87,13 @@ impl TopK {
         self.thr
     }
 
+    /// The k-th best score held (−inf below k hits): [`TopK::threshold`] once the candidates since
+    /// the last selection are selected too.
+    pub(super) fn settled_threshold(&mut self) -> f32 {
+        self.keep_best();
+        self.thr
+    }
+
     pub fn merge(&mut self, other: TopK) {
         for h in other.buf {
             self.push(h.row as usize, h.score);
