@@ -233,8 +233,9 @@ pub fn search_rows(
     queries: &[f32],
     k: usize,
 ) -> Result<Vec<Vec<Hit>>> {
+    let per_worker = end.saturating_sub(start) / rayon::current_num_threads().max(1);
     let prescan = super::prescan::available(matrix.cols())
-        && k <= super::prescan::MAX_K
+        && super::prescan::pays(k, per_worker)
         && !matrix.exceeds_half_of_memory()
         && std::env::var_os("SIMLM_EXACT_PRESCAN").is_none_or(|v| v != "0");
     search_rows_with(score_tile_kernel(), prescan, matrix, start, end, queries, k)

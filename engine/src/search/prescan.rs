@@ -31,10 +31,18 @@ use crate::store::npy::NpyMatrix;
 /// Widest query the bound below is written for.
 const MAX_DIM: usize = 4096;
 
-/// Largest k the pre-scan is used for: the rows kept grow with k (about k ln(n / k) reach a running
-/// threshold), and between k = 1,000 and 3,000 (300,000 x 384 MiniLM-shaped vectors, AMD EPYC Zen 4:
-/// 923 against 810 queries/s at 1,000, 616 against 711 at 3,000) the f32 scan becomes faster.
-pub(super) const MAX_K: usize = 1000;
+/// Whether the pre-scan is faster than the f32 scan for top `k` of `rows` rows a worker. A worker
+/// keeps about `k (1 + ln(rows / k))` rows (those that reach its running threshold), and scores them
+/// again in f32; past about a twentieth of its rows the f32 scan is faster (AMD EPYC Zen 4, 2 threads,
+/// MiniLM-shaped vectors: 300,000 x 384 at k 1,000, 4% kept: 923 against 810 queries/s, at k 3,000,
+/// 10%: 616 against 711; the pool's 28,606 x 384 at k 100, 4%: 7,868 against 7,795, at k 200, 7%:
+/// 6,122 against 6,493). k is at most 1,000, which bounds the lists of kept rows.
+pub(super) fn pays(k: usize, rows: usize) -> bool {
+    k > 0
+        && k <= 1000
+        && k < rows
+        && k as f64 * (1.0 + (rows as f64 / k as f64).ln()) <= rows as f64 / 20.0
+}
 
 /// Whether this CPU runs the pre-scan, and the queries are within its bound.
 pub(super) fn available(dim: usize) -> bool {
@@ -524,6 +532,25 @@ unsafe fn tile(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pre_scan_runs_where_it_was_measured_faster() {
+        // (k, rows a worker): the measured cases in `pays`'s note, and the edges.
+        for (k, rows, want) in [
+            (10, 150_000, true),
+            (1000, 150_000, true),
+            (3000, 150_000, false),
+            (10, 14_303, true),
+            (100, 14_303, true),
+            (200, 14_303, false),
+            (1000, 14_303, false),
+            (0, 150_000, false),
+            (10, 10, false),
+            (1001, 100_000_000, false),
+        ] {
+            assert_eq!(pays(k, rows), want, "k {k}, {rows} rows a worker");
+        }
+    }
 
     /// The layout and norms `pack_rows` writes, one value at a time.
     fn pack_rows_scalar(rows: &[f32], n: usize, dim: usize) -> (Vec<u16>, Vec<Norms>) {
