@@ -393,11 +393,20 @@ fn scan_run(
         let t = st.lower.settled_threshold();
         st.pending.retain(|&(u, _)| u >= t);
     }
+    let mut to = vec![0usize; nq];
     for &(a, b) in run {
+        let mut any = false;
+        for (q, st) in states.iter().enumerate() {
+            to[q] = from[q] + st.pending[from[q]..].partition_point(|&(_, r)| (r as usize) < b);
+            any |= to[q] > from[q];
+        }
+        // A block no query needs is not read (nor, for an f16 matrix, converted) again.
+        if !any {
+            continue;
+        }
         let block = matrix.rows_f32(a, b);
         for (q, st) in states.iter_mut().enumerate() {
-            let start = from[q];
-            let end = start + st.pending[start..].partition_point(|&(_, r)| (r as usize) < b);
+            let (start, end) = (from[q], to[q]);
             from[q] = end;
             if start == end {
                 continue;
