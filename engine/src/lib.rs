@@ -26,7 +26,8 @@ pub fn long_version(version: &str) -> &'static str {
 }
 
 /// The kernels this process runs, in words: the level of exact search, the graph and the element-wise
-/// passes, and the int8 products' (the f32 products are the `gemm` crate's own choice for the CPU).
+/// passes, whether exact search runs the bf16 pre-scan, and the int8 products' (the f32 products are
+/// the `gemm` crate's own choice for the CPU).
 /// The binaries print it with `--version`.
 pub fn kernels() -> String {
     let level = match simd::level() {
@@ -34,8 +35,16 @@ pub fn kernels() -> String {
         simd::Level::Avx2Fma => "AVX2 + FMA",
         simd::Level::Portable => "portable",
     };
+    // Width 1 asks only whether the CPU runs it (it takes widths up to 4,096).
+    let prescan = if !search::prescan::available(1) {
+        "off (no AVX512-BF16)"
+    } else if !search::prescan::enabled() {
+        "off (SIMLM_EXACT_PRESCAN=0)"
+    } else {
+        "AVX512-BF16"
+    };
     format!(
-        "{level} (exact search, graph, element-wise); int8 products: {}; f32 products: the gemm crate's choice for this CPU",
+        "{level} (exact search, graph, element-wise); exact search's bf16 pre-scan: {prescan}; int8 products: {}; f32 products: the gemm crate's choice for this CPU",
         model::cpu::int8::kernel_name()
     )
 }

@@ -237,7 +237,7 @@ pub fn search_rows(
     let prescan = super::prescan::available(matrix.cols())
         && super::prescan::pays(k, per_worker)
         && !matrix.exceeds_half_of_memory()
-        && std::env::var_os("SIMLM_EXACT_PRESCAN").is_none_or(|v| v != "0");
+        && super::prescan::enabled();
     search_rows_with(score_tile_kernel(), prescan, matrix, start, end, queries, k)
 }
 

@@ -44,8 +44,13 @@ pub(super) fn pays(k: usize, rows: usize) -> bool {
         && k as f64 * (1.0 + (rows as f64 / k as f64).ln()) <= rows as f64 / 20.0
 }
 
+/// Whether the environment leaves the pre-scan on (`SIMLM_EXACT_PRESCAN=0` turns it off).
+pub(crate) fn enabled() -> bool {
+    std::env::var_os("SIMLM_EXACT_PRESCAN").is_none_or(|v| v != "0")
+}
+
 /// Whether this CPU runs the pre-scan, and the queries are within its bound.
-pub(super) fn available(dim: usize) -> bool {
+pub(crate) fn available(dim: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         dim <= MAX_DIM
