@@ -15,7 +15,7 @@ use crate::simd::{score_tile_kernel, TileFn, TILE_Q, TILE_R};
 use crate::store::npy::NpyMatrix;
 
 /// Rows per unit of work (a worker takes a run of consecutive blocks).
-const BLOCK_ROWS: usize = 2048;
+pub(super) const BLOCK_ROWS: usize = 2048;
 
 /// Rows packed at a time: 8 panels of 16, 384 KB at width 768, which stay in a 512 KB L2 cache
 /// while every query panel passes over them (the bf16 pre-scan packs as many, in half the bytes).
@@ -544,6 +544,52 @@ mod tests {
                 assert!(prescan_agrees(&m, &queries, k, &what), "{what}: an error");
             }
         }
+    }
+
+    /// Queries for which the pre-scan's bound tells no row apart, so that every row reaches the
+    /// threshold: a zero query, one with a subnormal value (an infinite bound), one whose residual
+    /// is subnormal, and rows all tied. The hits are the f32 scan's, and no worker's list of kept
+    /// rows passes its cap (before the cap, each list held every row: 8 bytes a row and query).
+    #[test]
+    fn the_prescan_keeps_bounded_lists_where_its_bound_tells_no_row_apart() {
+        if !crate::search::prescan::available(64) {
+            eprintln!(
+                "skipped: this CPU has no AVX512-BF16, so exact search has no pre-scan to test"
+            );
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (n, dim) = (40_000, 8);
+        let mut seed = 5u64;
+        let mut rnd = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        let mut rows: Vec<f32> = (0..n * dim).map(|_| rnd()).collect();
+        // A quarter of the rows one vector, near the top for the last query.
+        for r in (0..n).step_by(4) {
+            rows[r * dim..][..dim].copy_from_slice(&[0.5; 8]);
+        }
+        let p = tmp.path().join("ties.npy");
+        crate::store::npy::write_f32(&p, &rows, n, dim).unwrap();
+        let m = NpyMatrix::open(&p).unwrap();
+        let tiny = f32::MIN_POSITIVE * 1.0009766; // normal; its bf16 residual is subnormal
+        let mut queries = vec![0f32; 8]; // zero
+        queries.extend([1e-40, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]); // subnormal
+        queries.extend([tiny, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]);
+        queries.extend([0.5; 8]); // the tied rows best
+        for k in [10, 100] {
+            let what = format!("k={k}");
+            assert!(prescan_agrees(&m, &queries, k, &what), "{what}: an error");
+        }
+        let longest =
+            crate::search::prescan::tests::LONGEST.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            longest <= 1000,
+            "a kept-row list reached {longest} thousandths of its cap"
+        );
     }
 
     /// Inputs at the edges of f32, where the pre-scan's bound alone would not hold: subnormal values

@@ -36,7 +36,8 @@ const MAX_DIM: usize = 4096;
 /// again in f32; past about a twentieth of its rows the f32 scan is faster (AMD EPYC Zen 4, 2 threads,
 /// MiniLM-shaped vectors: 300,000 x 384 at k 1,000, 4% kept: 923 against 810 queries/s, at k 3,000,
 /// 10%: 616 against 711; the pool's 28,606 x 384 at k 100, 4%: 7,868 against 7,795, at k 200, 7%:
-/// 6,122 against 6,493). k is at most 1,000, which bounds the lists of kept rows.
+/// 6,122 against 6,493). k is at most 1,000; a query's list of kept rows holds at most 8 max(k, 128) rows
+/// and a block's (`scan_run`).
 pub(super) fn pays(k: usize, rows: usize) -> bool {
     k > 0
         && k <= 1000
@@ -67,13 +68,14 @@ pub(crate) fn available(dim: usize) -> bool {
 /// A query's factors `[e1, e2]` of the bound `e1 |x| + e2 |rx| + abs` (module note): from its norm
 /// and its residual's, in f64, each 1% more for the f32 arithmetic of `e1 |x| + e2 |rx|` (`s' +- e`
 /// needs none: rounding is monotone, and `s` is an f32), and rounded up. Infinite for a query with a
-/// subnormal value (its norms are).
+/// subnormal value (its norm is); a residual's subnormal values are only small numbers (a normal
+/// value rounds to a normal bf16, which `vdpbf16ps` reads as it is), so its norm has no such rule.
 fn query_factors(q: &[f32]) -> [f32; 2] {
     let u = 2f64.powi(-8);
     let n = q.len().max(1) as f64 * 2f64.powi(-24);
     let gamma = n / (1.0 - n);
     let residual: Vec<f32> = q.iter().map(|&v| v - widen(bf16(v))).collect();
-    let (nq, nr) = (norm_up(q) as f64, norm_up(&residual) as f64);
+    let (nq, nr) = (norm_up(q) as f64, norm_of_up(&residual) as f64);
     [
         up((gamma * (2.0 + 2.0 * u + u * u) * nq + (1.0 + u) * nr) * 1.01),
         up(nq * 1.01),
@@ -105,6 +107,11 @@ fn norm_up(v: &[f32]) -> f32 {
     if v.iter().any(|x| x.is_subnormal()) {
         return f32::INFINITY;
     }
+    norm_of_up(v)
+}
+
+/// Euclidean norm, rounded up, of any vector (subnormal values included).
+fn norm_of_up(v: &[f32]) -> f32 {
     let s: f64 = v.iter().map(|&x| x as f64 * x as f64).sum();
     up(s.sqrt() * (1.0 + 2f64.powi(-40) * v.len() as f64))
 }
@@ -327,11 +334,14 @@ fn scan_run(
     let dim = matrix.cols();
     let kp = dim.div_ceil(2);
     let nq = err.len();
+    // A list is thinned first at `base` rows; it holds at most `cap` between blocks.
+    let base = (2 * k).max(256);
+    let cap = 4 * base;
     let mut states: Vec<QueryState> = (0..nq)
         .map(|_| QueryState {
             lower: TopK::new(k),
             pending: Vec::new(),
-            limit: (2 * k).max(256),
+            limit: base,
             exact: TopK::new(k),
         })
         .collect();
@@ -381,12 +391,26 @@ fn scan_run(
             }
         }
         // Rows whose bound has fallen below T leave a list once it has doubled since it was last
-        // thinned, so that a list holds about the rows that can still be among the k best.
-        for st in states.iter_mut() {
+        // thinned, so that a list holds about the rows that can still be among the k best. Rows the
+        // bound cannot tell apart stay (ties within it, infinite bounds, a zero query): when more
+        // than half of `cap` are left, they are scored in f32 now and leave too, so that a list
+        // never holds more than `cap` rows and a block's.
+        for (q, st) in states.iter_mut().enumerate() {
+            #[cfg(test)]
+            tests::LONGEST.fetch_max(
+                1000 * st.pending.len() / (cap + super::exact::BLOCK_ROWS),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             if st.pending.len() >= st.limit {
                 let t = st.lower.threshold();
                 st.pending.retain(|&(u, _)| u >= t);
-                st.limit = (2 * st.pending.len()).max(st.limit);
+                if st.pending.len() > cap / 2 {
+                    kept.clear();
+                    kept.extend(st.pending.drain(..).map(|(_, r)| r as usize));
+                    let query = &queries[q * dim..][..dim];
+                    score_anywhere(rows_fn, matrix, query, &kept, &mut st.exact)?;
+                }
+                st.limit = (2 * st.pending.len()).max(base);
             }
         }
     }
@@ -425,6 +449,30 @@ fn scan_run(
         }
     }
     Some(states.into_iter().map(|s| s.exact).collect())
+}
+
+/// Scores `rows`, wherever they lie in the matrix, in f32 and offers them to `top`; `None` for a
+/// score that is not finite.
+fn score_anywhere(
+    rows_fn: crate::simd::RowsFn,
+    matrix: &NpyMatrix,
+    query: &[f32],
+    rows: &[usize],
+    top: &mut TopK,
+) -> Option<()> {
+    for group in rows.chunks(ROWS) {
+        let read: Vec<_> = group.iter().map(|&r| matrix.rows_f32(r, r + 1)).collect();
+        let slices: Vec<&[f32]> = read.iter().map(|v| &v[..]).collect();
+        let mut scores = [0f32; ROWS];
+        rows_fn(query, &slices, &mut scores);
+        for (&r, &s) in group.iter().zip(&scores) {
+            if !s.is_finite() {
+                return None;
+            }
+            top.push(r, s);
+        }
+    }
+    Some(())
 }
 
 /// Scores `rows` (of the block that starts at row `a`) in f32 and offers them to `top`; `None` for a
@@ -544,8 +592,13 @@ unsafe fn tile(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// The longest kept-row list met between blocks in any test, in thousandths of what `scan_run`
+    /// lets a list hold (`cap` and a block's rows): at most 1,000.
+    pub(crate) static LONGEST: AtomicUsize = AtomicUsize::new(0);
 
     #[test]
     fn the_pre_scan_runs_where_it_was_measured_faster() {
@@ -577,8 +630,9 @@ mod tests {
                 panel[(k / 2) * 2 * TILE_R + 2 * (r % TILE_R) + k % 2] = bf16(v);
             }
             let residual: Vec<f32> = src.iter().map(|&v| v - widen(bf16(v))).collect();
+            // (a subnormal value's residual differs: the instruction reads the value as zero)
             norms[r / TILE_R][0][r % TILE_R] = norm_up(src);
-            norms[r / TILE_R][1][r % TILE_R] = norm_up(&residual);
+            norms[r / TILE_R][1][r % TILE_R] = norm_of_up(&residual);
         }
         (out, norms)
     }
