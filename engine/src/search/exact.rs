@@ -546,10 +546,10 @@ mod tests {
         }
     }
 
-    /// Queries for which the pre-scan's bound tells no row apart, so that every row reaches the
-    /// threshold: a zero query, one with a subnormal value (an infinite bound), one whose residual
-    /// is subnormal, and rows all tied. The hits are the f32 scan's, and no worker's list of kept
-    /// rows passes its cap (before the cap, each list held every row: 8 bytes a row and query).
+    /// Rows the pre-scan's bound tells no apart (a quarter of the rows tied at the top): the hits
+    /// are the f32 scan's, and no worker's list of kept rows passes its cap (before the cap, each
+    /// list held every row: 8 bytes a row and query). A query whose residual is subnormal keeps a
+    /// finite bound; a zero query, or one with a subnormal value, sends its batch to the f32 scan.
     #[test]
     fn the_prescan_keeps_bounded_lists_where_its_bound_tells_no_row_apart() {
         if !crate::search::prescan::available(64) {
@@ -575,21 +575,42 @@ mod tests {
         let p = tmp.path().join("ties.npy");
         crate::store::npy::write_f32(&p, &rows, n, dim).unwrap();
         let m = NpyMatrix::open(&p).unwrap();
-        let tiny = f32::MIN_POSITIVE * 1.0009766; // normal; its bf16 residual is subnormal
-        let mut queries = vec![0f32; 8]; // zero
-        queries.extend([1e-40, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]); // subnormal
+        // The tied rows best, and a query with a normal value whose bf16 residual is subnormal.
+        let tiny = f32::MIN_POSITIVE * 1.0009766;
+        let mut queries = vec![0.5; 8];
         queries.extend([tiny, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]);
-        queries.extend([0.5; 8]); // the tied rows best
         for k in [10, 100] {
             let what = format!("k={k}");
             assert!(prescan_agrees(&m, &queries, k, &what), "{what}: an error");
         }
+        let blocks: Vec<(usize, usize)> = (0..n)
+            .step_by(BLOCK_ROWS)
+            .map(|a| (a, (a + BLOCK_ROWS).min(n)))
+            .collect();
+        assert!(
+            crate::search::prescan::search(&m, &[&blocks], &queries, 10).is_some(),
+            "the pre-scan did not take the batch"
+        );
         let longest =
             crate::search::prescan::tests::LONGEST.load(std::sync::atomic::Ordering::Relaxed);
         assert!(
             longest <= 1000,
             "a kept-row list reached {longest} thousandths of its cap"
         );
+        // A zero query and one with a subnormal value: infinite or empty bounds send the batch
+        // to the f32 scan.
+        let mut queries = vec![0f32; 8];
+        queries.extend([1e-40, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]);
+        assert!(
+            crate::search::prescan::search(&m, &[&blocks], &queries, 10).is_none(),
+            "the pre-scan took a batch it cannot tell rows apart in"
+        );
+        assert!(prescan_agrees(
+            &m,
+            &queries,
+            10,
+            "zero and subnormal queries"
+        ));
     }
 
     /// Inputs at the edges of f32, where the pre-scan's bound alone would not hold: subnormal values

@@ -301,7 +301,8 @@ struct QueryState {
 type WorkerResult = Option<Vec<TopK>>;
 
 /// Exact search through the pre-scan; `None` when a pre-scan or f32 score was not finite anywhere
-/// (the caller runs the f32 scan instead, which reports the damaged row as it always has).
+/// (the caller runs the f32 scan instead, which reports the damaged row as it always has), or when a
+/// query's bound cannot tell rows apart.
 pub(super) fn search(
     matrix: &NpyMatrix,
     runs: &[&[(usize, usize)]],
@@ -314,6 +315,14 @@ pub(super) fn search(
     let packed = pack_queries(queries, nq, dim);
     let abs = bound_abs(dim);
     let err: Vec<[f32; 2]> = queries.chunks_exact(dim).map(query_factors).collect();
+    // A query whose bound tells no row apart (infinite: a subnormal value, or a norm past 2^100; or
+    // a zero query, every row tied at 0) would keep every row: the f32 scan takes the batch.
+    if err
+        .iter()
+        .any(|e| !(e[0] < BIG && e[1] < BIG) || e[1] == 0.0)
+    {
+        return None;
+    }
     let parts: Vec<WorkerResult> = runs
         .par_iter()
         .map(|run| scan_run(matrix, run, &packed, &err, abs, queries, k))
