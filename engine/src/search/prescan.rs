@@ -19,7 +19,9 @@
 //! scoring then reports as exact search does). So every row whose exact score reaches
 //! the k-th best exact score has `s' + e >= T`, where `T` is the k-th best `s' - e` (a lower bound of
 //! that k-th score): the pre-scan keeps each row whose upper bound reaches the query's running `T`,
-//! and the rows kept are a superset of the k best, ties included.
+//! and the rows kept are a superset of the k best, ties included. A batch with a query whose bound is
+//! infinite, or a zero query (every row tied at 0), goes to the f32 scan instead: such a query would
+//! keep every row.
 
 use super::exact::{TopK, PACK_ROWS};
 use crate::simd::{ROWS, TILE_Q, TILE_R};
