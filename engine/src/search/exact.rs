@@ -491,20 +491,11 @@ mod tests {
     /// widths, k from 1 to past the row count.
     #[test]
     fn the_prescan_gives_exact_search_bits() {
-        if !crate::search::prescan::available(64) {
-            eprintln!(
-                "skipped: this CPU has no AVX512-BF16, so exact search has no pre-scan to test"
-            );
+        if !crate::search::test_support::has_prescan() {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
-        let mut seed = 7u64;
-        let mut rnd = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-        };
+        let mut rnd = crate::search::test_support::centred(7);
         for (case, (n, nq, dim)) in [
             (3000, 20, 64),
             (5000, 7, 33),
@@ -552,21 +543,12 @@ mod tests {
     /// finite bound; a zero query, or one with a subnormal value, sends its batch to the f32 scan.
     #[test]
     fn the_prescan_keeps_bounded_lists_where_its_bound_tells_no_row_apart() {
-        if !crate::search::prescan::available(64) {
-            eprintln!(
-                "skipped: this CPU has no AVX512-BF16, so exact search has no pre-scan to test"
-            );
+        if !crate::search::test_support::has_prescan() {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
         let (n, dim) = (40_000, 8);
-        let mut seed = 5u64;
-        let mut rnd = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-        };
+        let mut rnd = crate::search::test_support::centred(5);
         let mut rows: Vec<f32> = (0..n * dim).map(|_| rnd()).collect();
         // A quarter of the rows one vector, near the top for the last query.
         for r in (0..n).step_by(4) {
@@ -618,10 +600,7 @@ mod tests {
     /// overflow in f32 (an error naming the row, as the f32 scan gives).
     #[test]
     fn the_prescan_keeps_exact_search_at_the_edges_of_f32() {
-        if !crate::search::prescan::available(64) {
-            eprintln!(
-                "skipped: this CPU has no AVX512-BF16, so exact search has no pre-scan to test"
-            );
+        if !crate::search::test_support::has_prescan() {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

@@ -56,3 +56,36 @@ pub fn check_queries(queries: &[f32], dim: usize) -> crate::Result<()> {
     }
     Ok(())
 }
+
+/// What the search tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// A small deterministic source of 31-bit values.
+    pub(crate) fn lcg(seed: u64) -> impl FnMut() -> u32 {
+        let mut s = seed;
+        move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 33) as u32
+        }
+    }
+
+    /// The same values as floats in `[-0.5, 0.5)`.
+    pub(crate) fn centred(seed: u64) -> impl FnMut() -> f32 {
+        let mut next = lcg(seed);
+        move || next() as f32 / (1u64 << 31) as f32 - 0.5
+    }
+
+    /// Whether this CPU runs exact search's bf16 pre-scan; where it does not, says that the test
+    /// calling it is skipped, and why.
+    pub(crate) fn has_prescan() -> bool {
+        let has = super::prescan::available(64);
+        if !has {
+            eprintln!(
+                "skipped: this CPU has no AVX512-BF16, so exact search has no pre-scan to test"
+            );
+        }
+        has
+    }
+}

@@ -114,8 +114,13 @@ fn norm_up(v: &[f32]) -> f32 {
 
 /// Euclidean norm, rounded up, of any vector (subnormal values included).
 fn norm_of_up(v: &[f32]) -> f32 {
-    let s: f64 = v.iter().map(|&x| x as f64 * x as f64).sum();
-    up(s.sqrt() * (1.0 + 2f64.powi(-40) * v.len() as f64))
+    sum_sq_norm_up(v.iter().map(|&x| x as f64 * x as f64).sum(), v.len())
+}
+
+/// The norm of a vector of `len` values from the f64 sum of their squares (in any order), rounded
+/// up: a relative `2^-40 len` more than the sum's rounding error.
+fn sum_sq_norm_up(sum: f64, len: usize) -> f32 {
+    up(sum.sqrt() * (1.0 + 2f64.powi(-40) * len as f64))
 }
 
 /// `x` rounded up to an f32.
@@ -232,8 +237,7 @@ unsafe fn pack_panel(
         }
         let src = rows.as_ptr().add(r * dim);
         let mut subnormal: __mmask16 = 0;
-        let (mut lo2, mut hi2) = (_mm512_setzero_pd(), _mm512_setzero_pd());
-        let (mut rlo2, mut rhi2) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+        let (mut squares, mut rsquares) = ([_mm512_setzero_pd(); 2], [_mm512_setzero_pd(); 2]);
         for c in (0..dim).step_by(16) {
             let m: __mmask16 = if dim - c >= 16 {
                 !0
@@ -243,32 +247,20 @@ unsafe fn pack_panel(
             let v = _mm512_maskz_loadu_ps(m, src.add(c));
             let bits = _mm512_castps_si512(v);
             subnormal |= _mm512_mask_test_epi32_mask(_mm512_testn_epi32_mask(bits, exp), bits, man);
-            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-            let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
-                _mm512_castps_pd(v),
-            )));
-            lo2 = _mm512_fmadd_pd(lo, lo, lo2);
-            hi2 = _mm512_fmadd_pd(hi, hi, hi2);
+            add_squares(v, &mut squares);
             let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
             _mm256_storeu_si256(dst.add(c) as *mut __m256i, h);
             // The residual, exact in f32 (NaN for an infinity or NaN).
             let wide = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
-            let res = _mm512_sub_ps(v, wide);
-            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(res));
-            let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
-                _mm512_castps_pd(res),
-            )));
-            rlo2 = _mm512_fmadd_pd(lo, lo, rlo2);
-            rhi2 = _mm512_fmadd_pd(hi, hi, rhi2);
+            add_squares(_mm512_sub_ps(v, wide), &mut rsquares);
         }
-        let norm_of = |lo2: __m512d, hi2: __m512d| {
-            let s = _mm512_reduce_add_pd(_mm512_add_pd(lo2, hi2));
-            up(s.sqrt() * (1.0 + 2f64.powi(-40) * dim as f64))
+        let norm_of = |[lo, hi]: [__m512d; 2]| {
+            sum_sq_norm_up(_mm512_reduce_add_pd(_mm512_add_pd(lo, hi)), dim)
         };
         (norm[r], rnorm[r]) = if subnormal != 0 {
             (f32::INFINITY, f32::INFINITY)
         } else {
-            (norm_of(lo2, hi2), norm_of(rlo2, rhi2))
+            (norm_of(squares), norm_of(rsquares))
         };
     }
     let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -279,6 +271,20 @@ unsafe fn pack_panel(
         let line = _mm512_i32gather_epi32::<4>(idx, base.add(k) as *const _);
         _mm512_storeu_si512(out.add(k * 2 * TILE_R) as *mut _, line);
     }
+}
+
+/// Adds the squares of `v`'s 16 values, in f64 (exact), to the two 8-lane sums.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn add_squares(v: std::arch::x86_64::__m512, sums: &mut [std::arch::x86_64::__m512d; 2]) {
+    use std::arch::x86_64::*;
+    let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+        _mm512_castps_pd(v),
+    )));
+    sums[0] = _mm512_fmadd_pd(lo, lo, sums[0]);
+    sums[1] = _mm512_fmadd_pd(hi, hi, sums[1]);
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -474,14 +480,7 @@ fn score_anywhere(
     for group in rows.chunks(ROWS) {
         let read: Vec<_> = group.iter().map(|&r| matrix.rows_f32(r, r + 1)).collect();
         let slices: Vec<&[f32]> = read.iter().map(|v| &v[..]).collect();
-        let mut scores = [0f32; ROWS];
-        rows_fn(query, &slices, &mut scores);
-        for (&r, &s) in group.iter().zip(&scores) {
-            if !s.is_finite() {
-                return None;
-            }
-            top.push(r, s);
-        }
+        offer(rows_fn, query, &slices, group, top)?;
     }
     Some(())
 }
@@ -501,8 +500,20 @@ fn score_into(
     for (s, &r) in slices.iter_mut().zip(rows) {
         *s = &block[(r - a) * dim..][..dim];
     }
+    offer(rows_fn, query, &slices[..rows.len()], rows, top)
+}
+
+/// Scores up to [`ROWS`] rows, `slices` their vectors, in f32 and offers them to `top`; `None` for
+/// a score that is not finite.
+fn offer(
+    rows_fn: crate::simd::RowsFn,
+    query: &[f32],
+    slices: &[&[f32]],
+    rows: &[usize],
+    top: &mut TopK,
+) -> Option<()> {
     let mut scores = [0f32; ROWS];
-    rows_fn(query, &slices[..rows.len()], &mut scores);
+    rows_fn(query, slices, &mut scores);
     for (&r, &s) in rows.iter().zip(&scores) {
         if !s.is_finite() {
             return None;
@@ -650,17 +661,10 @@ pub(super) mod tests {
 
     #[test]
     fn packed_rows_are_the_scalar_layout() {
-        if !available(64) {
-            eprintln!("skipped: this CPU has no AVX512-BF16, which the pre-scan's packing needs");
+        if !crate::search::test_support::has_prescan() {
             return;
         }
-        let mut seed = 7u64;
-        let mut next = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) as u32
-        };
+        let mut next = crate::search::test_support::lcg(7);
         // Ordinary values with, now and then, the edges: zeros of both signs, NaN, infinities,
         // f32's largest values (which round to a bf16 infinity), the smallest normal, ties.
         let edges = [
@@ -682,7 +686,7 @@ pub(super) mod tests {
                 let mut rows: Vec<f32> = (0..n * dim)
                     .map(|_| {
                         let x = next();
-                        if x % 97 == 0 {
+                        if x.is_multiple_of(97) {
                             edges[(x / 97) as usize % edges.len()]
                         } else {
                             (x % 20001) as f32 / 10000.0 - 1.0
@@ -741,17 +745,10 @@ pub(super) mod tests {
     /// reaches nine tenths of it on the aligned vectors (so a bound a tenth too narrow fails here).
     #[test]
     fn the_bound_holds_where_the_rounding_is_widest() {
-        if !available(64) {
-            eprintln!("skipped: this CPU has no AVX512-BF16, which the pre-scan needs");
+        if !crate::search::test_support::has_prescan() {
             return;
         }
-        let mut seed = 11u64;
-        let mut next = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) as u32
-        };
+        let mut next = crate::search::test_support::lcg(11);
         let step = 2f32.powi(-7);
         let rows_fn = crate::simd::score_rows_kernel();
         let mut widest = 0f32;
