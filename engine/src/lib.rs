@@ -36,15 +36,13 @@ pub fn kernels() -> String {
         simd::Level::Portable => "portable",
     };
     // Width 1 asks only whether the CPU runs it (it takes widths up to 4,096).
-    let prescan = if !search::prescan::available(1) {
-        "off (no AVX512-BF16)"
-    } else if !search::prescan::enabled() {
-        "off (SIMLM_EXACT_PRESCAN=0)"
-    } else {
-        "AVX512-BF16"
+    let prescan = match search::prescan::kind(1) {
+        None => "off (no AVX512-BF16 nor AVX2)",
+        Some(_) if !search::prescan::enabled() => "off (SIMLM_EXACT_PRESCAN=0)",
+        Some(kind) => kind.name(),
     };
     format!(
-        "{level} (exact search, graph, element-wise); exact search's bf16 pre-scan: {prescan}; int8 products: {}; f32 products: the gemm crate's choice for this CPU",
+        "{level} (exact search, graph, element-wise); exact search's pre-scan: {prescan}; int8 products: {}; f32 products: the gemm crate's choice for this CPU",
         model::cpu::int8::kernel_name()
     )
 }

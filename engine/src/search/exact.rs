@@ -234,23 +234,26 @@ pub fn search_rows(
     k: usize,
 ) -> Result<Vec<Vec<Hit>>> {
     let per_worker = end.saturating_sub(start) / rayon::current_num_threads().max(1);
-    let prescan = super::prescan::available(matrix.cols())
-        && super::prescan::pays(k, per_worker)
-        && !matrix.exceeds_half_of_memory()
-        && super::prescan::enabled();
+    let nq = queries.len() / matrix.cols().max(1);
+    let prescan = super::prescan::kind(matrix.cols()).filter(|&kind| {
+        super::prescan::pays(kind, k, per_worker, nq)
+            && !matrix.exceeds_half_of_memory()
+            && super::prescan::enabled()
+    });
     search_rows_with(score_tile_kernel(), prescan, matrix, start, end, queries, k)
 }
 
 /// One worker's top-k lists, one a query, and the lowest damaged row (with its score) it met.
 type WorkerTops = (Vec<TopK>, Option<(usize, f32)>);
 
-/// [`search_rows`] with a given tile kernel (the tests run every one the CPU has), through the bf16
-/// pre-scan ([`super::prescan`]) where `prescan` (the same results; the f32 scan runs where it finds a
-/// score that is not finite, to name the row). The pre-scan scores in f32 with this CPU's re-scoring
-/// kernel, whose bits are those of this CPU's tile kernel: with `prescan`, `tile` must be that one.
+/// [`search_rows`] with a given tile kernel (the tests run every one the CPU has), through the
+/// pre-scan ([`super::prescan`]) of the kind `prescan` names, which the CPU must run (the same results;
+/// the f32 scan runs where it finds a score that is not finite, to name the row). The pre-scan scores
+/// in f32 with this CPU's re-scoring kernel, whose bits are those of this CPU's tile kernel: with
+/// `prescan`, `tile` must be that one.
 pub(crate) fn search_rows_with(
     tile: TileFn,
-    prescan: bool,
+    prescan: Option<super::prescan::Kind>,
     matrix: &NpyMatrix,
     start: usize,
     end: usize,
@@ -280,9 +283,9 @@ pub(crate) fn search_rows_with(
     // split would allocate, fill and merge a set per split: nq lists of up to 2k hits each).
     let workers = rayon::current_num_threads().max(1);
     let per = blocks.len().div_ceil(workers).max(1);
-    if prescan && k > 0 {
+    if let Some(kind) = prescan.filter(|_| k > 0) {
         let runs: Vec<&[(usize, usize)]> = blocks.chunks(per).collect();
-        if let Some(parts) = super::prescan::search(matrix, &runs, &queries[..nq * dim], k) {
+        if let Some(parts) = super::prescan::search(kind, matrix, &runs, &queries[..nq * dim], k) {
             return Ok(merge_workers(parts, nq, k));
         }
     }
@@ -456,8 +459,8 @@ mod tests {
         }
     }
 
-    /// Exact search over all of `m` by the f32 scan and by the bf16 pre-scan: the same hits and score
-    /// bits, or the same error (asserted); whether they were hits.
+    /// Exact search over all of `m` by the f32 scan and by each pre-scan this CPU runs: the same hits
+    /// and score bits, or the same error (asserted); whether they were hits.
     fn prescan_agrees(m: &NpyMatrix, queries: &[f32], k: usize, what: &str) -> bool {
         let kernel = score_tile_kernel();
         let n = m.rows();
@@ -466,32 +469,28 @@ mod tests {
                 .map(|h| h.iter().map(|h| (h.row, h.score.to_bits())).collect())
                 .collect()
         };
-        match (
-            search_rows_with(kernel, false, m, 0, n, queries, k),
-            search_rows_with(kernel, true, m, 0, n, queries, k),
-        ) {
-            (Ok(w), Ok(g)) => {
-                assert_eq!(bits(g), bits(w), "{what}");
-                true
+        let want = search_rows_with(kernel, None, m, 0, n, queries, k);
+        for kind in crate::search::test_support::prescan_kinds() {
+            let got = search_rows_with(kernel, Some(kind), m, 0, n, queries, k);
+            match (&want, got) {
+                (Ok(w), Ok(g)) => assert_eq!(bits(g), bits(w.clone()), "{what}, {kind:?}"),
+                (Err(w), Err(g)) => assert_eq!(g.to_string(), w.to_string(), "{what}, {kind:?}"),
+                (w, g) => panic!(
+                    "{what}, {kind:?}: f32 scan ok {}, pre-scan ok {}",
+                    w.is_ok(),
+                    g.is_ok()
+                ),
             }
-            (Err(w), Err(g)) => {
-                assert_eq!(g.to_string(), w.to_string(), "{what}");
-                false
-            }
-            (w, g) => panic!(
-                "{what}: f32 scan ok {}, pre-scan ok {}",
-                w.is_ok(),
-                g.is_ok()
-            ),
         }
+        want.is_ok()
     }
 
-    /// The bf16 pre-scan returns exact search's hits, scores (bit for bit) and order: near-ties and
+    /// Each pre-scan returns exact search's hits, scores (bit for bit) and order: near-ties and
     /// exact ties (a coarse grid, duplicated rows), zero rows, rows far larger than the rest, odd
     /// widths, k from 1 to past the row count.
     #[test]
     fn the_prescan_gives_exact_search_bits() {
-        if !crate::search::test_support::has_prescan() {
+        if crate::search::test_support::prescan_kinds().is_empty() {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -543,7 +542,7 @@ mod tests {
     /// finite bound; a zero query, or one with a subnormal value, sends its batch to the f32 scan.
     #[test]
     fn the_prescan_keeps_bounded_lists_where_its_bound_tells_no_row_apart() {
-        if !crate::search::test_support::has_prescan() {
+        if crate::search::test_support::prescan_kinds().is_empty() {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -569,10 +568,12 @@ mod tests {
             .step_by(BLOCK_ROWS)
             .map(|a| (a, (a + BLOCK_ROWS).min(n)))
             .collect();
-        assert!(
-            crate::search::prescan::search(&m, &[&blocks], &queries, 10).is_some(),
-            "the pre-scan did not take the batch"
-        );
+        for kind in crate::search::test_support::prescan_kinds() {
+            assert!(
+                crate::search::prescan::search(kind, &m, &[&blocks], &queries, 10).is_some(),
+                "the {kind:?} pre-scan did not take the batch"
+            );
+        }
         let longest =
             crate::search::prescan::tests::LONGEST.load(std::sync::atomic::Ordering::Relaxed);
         assert!(
@@ -583,10 +584,12 @@ mod tests {
         // to the f32 scan.
         let mut queries = vec![0f32; 8];
         queries.extend([1e-40, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]);
-        assert!(
-            crate::search::prescan::search(&m, &[&blocks], &queries, 10).is_none(),
-            "the pre-scan took a batch it cannot tell rows apart in"
-        );
+        for kind in crate::search::test_support::prescan_kinds() {
+            assert!(
+                crate::search::prescan::search(kind, &m, &[&blocks], &queries, 10).is_none(),
+                "the {kind:?} pre-scan took a batch it cannot tell rows apart in"
+            );
+        }
         assert!(prescan_agrees(
             &m,
             &queries,
@@ -595,12 +598,12 @@ mod tests {
         ));
     }
 
-    /// Inputs at the edges of f32, where the pre-scan's bound alone would not hold: subnormal values
-    /// (read as zero by `vdpbf16ps`) in a row or a query, a bound of 0 x inf, and products that
+    /// Inputs at the edges of f32, where a pre-scan's bound alone would not hold: subnormal values
+    /// (read as zero by `vdpbf16ps`; tiny scales for the int8 codes) in a row or a query, a bound of 0 x inf, and products that
     /// overflow in f32 (an error naming the row, as the f32 scan gives).
     #[test]
     fn the_prescan_keeps_exact_search_at_the_edges_of_f32() {
-        if !crate::search::test_support::has_prescan() {
+        if crate::search::test_support::prescan_kinds().is_empty() {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

@@ -77,13 +77,30 @@ pub(crate) mod test_support {
         move || next() as f32 / (1u64 << 31) as f32 - 0.5
     }
 
-    /// Whether this CPU runs exact search's bf16 pre-scan; where it does not, says that the test
-    /// calling it is skipped, and why.
-    pub(crate) fn has_prescan() -> bool {
-        let has = super::prescan::available(64);
+    /// The pre-scans this CPU runs (`prescan::runs`); where it runs none, says that the test calling
+    /// it is skipped, and why.
+    pub(crate) fn prescan_kinds() -> Vec<super::prescan::Kind> {
+        use super::prescan::{runs, Kind};
+        let kinds: Vec<Kind> = [Kind::Bf16, Kind::Int8]
+            .into_iter()
+            .filter(|&k| runs(k))
+            .collect();
+        if kinds.is_empty() {
+            eprintln!(
+                "skipped: this CPU has neither AVX512-BF16 nor AVX2, so exact search has no pre-scan to test"
+            );
+        }
+        kinds
+    }
+
+    /// Whether this CPU runs the pre-scan of `kind`; where it does not, says that the test calling
+    /// it is skipped, and why.
+    pub(crate) fn has_prescan_of(kind: super::prescan::Kind) -> bool {
+        let has = super::prescan::runs(kind);
         if !has {
             eprintln!(
-                "skipped: this CPU has no AVX512-BF16, so exact search has no pre-scan to test"
+                "skipped: this CPU does not run the {} pre-scan (the test runs where it does)",
+                kind.name()
             );
         }
         has

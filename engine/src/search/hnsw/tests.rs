@@ -597,7 +597,7 @@ fn assert_graph_is_exact(dir: &Path, queries: &[f32], what: &str) -> (usize, usi
     for (level, tile) in crate::simd::tile_kernels() {
         let rows_kernel = crate::simd::rows_kernel_for(level).unwrap();
         let exact =
-            crate::search::exact::search_rows_with(tile, false, &m, 0, n, queries, n).unwrap();
+            crate::search::exact::search_rows_with(tile, None, &m, 0, n, queries, n).unwrap();
         for (q, (query, want)) in queries.chunks(dim).zip(&exact).enumerate() {
             assert_eq!(want.len(), n);
             for k in [10, n] {

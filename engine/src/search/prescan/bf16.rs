@@ -1,6 +1,4 @@
-//! Exact search on CPUs with AVX512-BF16: a pre-scan in bfloat16 finds every row that can be among a
-//! query's k best, and only those rows are scored in f32, by exact search's own arithmetic
-//! ([`crate::simd::RowsFn`]), so the hits, their scores and their order are exact search's.
+//! The pre-scan on CPUs with AVX512-BF16 (the shared scheme: the parent module's note).
 //!
 //! `vdpbf16ps` takes twice the products a cycle of an f32 FMA. A pre-scan score `s'` (query and row
 //! rounded to bf16, `q = bq + rq` and `x = bx + rx`, products summed in f32) is within
@@ -10,60 +8,97 @@
 //! 2^-24)` over its `n` roundings, and `sum |q_i x_i| <= |q| |x|`, `|bq| |bx| <= (1 + u)^2 |q| |x|`;
 //! results that `vdpbf16ps` flushes to zero add at most `2^-126` an operation. So
 //! `e1 = gamma_n (2 + 2u + u^2) |q| + (1 + u) |rq|` and `e2 = |q|`, each with room for the rounding
-//! of the bound's own arithmetic; a row's `|x|` and `|rx|` are computed as it is packed. The residuals' norms are about
-//! 0.42 u of their vectors' (MiniLM-shaped vectors), so `e` is about 2.4 times narrower than the
-//! `(2u + u^2) |q| |x|` that bounds each product's rounding alone. Three cases fall outside it and
-//! get an infinite bound (always kept, so always scored in f32): a query or row with a subnormal value
-//! (`vdpbf16ps` reads it as zero, losing a product the bound does not cover), a bound that is not a
-//! number (`0 x inf`), and one of `2^100` or more (where the f32 sums might overflow, which the f32
-//! scoring then reports as exact search does). So every row whose exact score reaches
-//! the k-th best exact score has `s' + e >= T`, where `T` is the k-th best `s' - e` (a lower bound of
-//! that k-th score): the pre-scan keeps each row whose upper bound reaches the query's running `T`,
-//! and the rows kept are a superset of the k best, ties included. A batch with a query whose bound is
-//! infinite, or a zero query (every row tied at 0), goes to the f32 scan instead: such a query would
-//! keep every row.
+//! of the bound's own arithmetic. The residuals' norms are about 0.42 u of their vectors' (MiniLM-shaped
+//! vectors), so `e` is about 2.4 times narrower than the `(2u + u^2) |q| |x|` that bounds each
+//! product's rounding alone. Three cases fall outside it and get an infinite bound (always kept, so
+//! always scored in f32): a query or row with a subnormal value (`vdpbf16ps` reads it as zero, losing
+//! a product the bound does not cover), a bound that is not a number (`0 x inf`), and one of `2^100`
+//! or more (where the f32 sums might overflow, which the f32 scoring then reports as exact search
+//! does).
 
-use super::exact::{TopK, PACK_ROWS};
-use crate::simd::{ROWS, TILE_Q, TILE_R};
+use super::{bound_abs, gamma, norm_of_up, sum_sq_norm_up, up, Codec, Norms, BIG};
+use crate::simd::{TILE_Q, TILE_R};
 
 // The tile's broadcasts below are written for six queries a panel.
 const _: () = assert!(TILE_Q == 6);
-use crate::store::npy::NpyMatrix;
 
-/// Widest query the bound below is written for.
-const MAX_DIM: usize = 4096;
-
-/// Whether the pre-scan is faster than the f32 scan for top `k` of `rows` rows a worker. A worker
-/// keeps about `k (1 + ln(rows / k))` rows (those that reach its running threshold), and scores them
-/// again in f32; past about a twentieth of its rows the f32 scan is faster (AMD EPYC Zen 4, 2 threads,
-/// MiniLM-shaped vectors: 300,000 x 384 at k 1,000, 4% kept: 923 against 810 queries/s, at k 3,000,
-/// 10%: 616 against 711; the pool's 28,606 x 384 at k 100, 4%: 7,868 against 7,795, at k 200, 7%:
-/// 6,122 against 6,493). k is at most 1,000; a query's list of kept rows holds at most 8 max(k, 128) rows
-/// and a block's (`scan_run`).
-pub(super) fn pays(k: usize, rows: usize) -> bool {
-    k > 0
-        && k <= 1000
-        && k < rows
-        && k as f64 * (1.0 + (rows as f64 / k as f64).ln()) <= rows as f64 / 20.0
+/// The bf16 pre-scan's packed queries and their factors.
+pub(super) struct Bf16 {
+    dim: usize,
+    queries: Vec<u16>,
+    err: Vec<[f32; 2]>,
+    abs: f32,
 }
 
-/// Whether the environment leaves the pre-scan on (`SIMLM_EXACT_PRESCAN=0` turns it off).
-pub(crate) fn enabled() -> bool {
-    std::env::var_os("SIMLM_EXACT_PRESCAN").is_none_or(|v| v != "0")
-}
-
-/// Whether this CPU runs the pre-scan, and the queries are within its bound.
-pub(crate) fn available(dim: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        dim <= MAX_DIM
-            && crate::simd::level() == crate::simd::Level::Avx512
-            && std::is_x86_feature_detected!("avx512bf16")
+impl Bf16 {
+    /// The queries (row-major, width `dim`) packed; `None` where a query's bound cannot tell rows
+    /// apart (a subnormal value, a norm past 2^100, or a zero query).
+    pub(super) fn new(queries: &[f32], dim: usize) -> Option<Self> {
+        let err: Vec<[f32; 2]> = queries.chunks_exact(dim).map(query_factors).collect();
+        err.iter().all(|&e| super::usable(e)).then(|| Bf16 {
+            dim,
+            queries: pack_queries(queries, err.len(), dim),
+            err,
+            abs: bound_abs(dim),
+        })
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = dim;
-        false
+}
+
+/// A worker's packed rows: `data[at..]`, each panel's norms, and the packing's scratch space.
+#[derive(Default)]
+pub(super) struct Rows {
+    data: Vec<u16>,
+    at: usize,
+    norms: Vec<Norms>,
+    tmp: Vec<u32>,
+}
+
+impl Codec for Bf16 {
+    type Rows = Rows;
+
+    fn pack(&self, rows: &[f32], n: usize, buf: &mut Rows) -> bool {
+        buf.at = pack_rows(
+            rows,
+            n,
+            self.dim,
+            &mut buf.data,
+            &mut buf.norms,
+            &mut buf.tmp,
+        );
+        // Values that are not finite give scores that are not (`tile` reports them).
+        true
+    }
+
+    #[inline]
+    fn tile(
+        &self,
+        qp: usize,
+        buf: &Rows,
+        jp: usize,
+        thr: &[f32; TILE_Q],
+        out: &mut [f32; TILE_Q * TILE_R],
+    ) -> Option<[u16; TILE_Q]> {
+        let kp = self.dim.div_ceil(2);
+        let panel = &self.queries[qp * kp * 2 * TILE_Q..][..kp * 2 * TILE_Q];
+        let rows = &buf.data[buf.at + jp * kp * 2 * TILE_R..][..kp * 2 * TILE_R];
+        let mut e = [[0f32; 2]; TILE_Q];
+        for (i, e) in e.iter_mut().enumerate() {
+            *e = self.err.get(qp * TILE_Q + i).copied().unwrap_or_default();
+        }
+        // Safety: avx512f and avx512bf16 (checked by `kind`), and the slices hold a whole panel each.
+        unsafe { tile(kp, panel, rows, &buf.norms[jp], &e, self.abs, thr, out) }
+    }
+
+    fn norms(buf: &Rows, jp: usize) -> &Norms {
+        &buf.norms[jp]
+    }
+
+    fn factors(&self, q: usize) -> [f32; 2] {
+        self.err[q]
+    }
+
+    fn abs(&self) -> f32 {
+        self.abs
     }
 }
 
@@ -74,8 +109,7 @@ pub(crate) fn available(dim: usize) -> bool {
 /// value rounds to a normal bf16, which `vdpbf16ps` reads as it is), so its norm has no such rule.
 fn query_factors(q: &[f32]) -> [f32; 2] {
     let u = 2f64.powi(-8);
-    let n = q.len().max(1) as f64 * 2f64.powi(-24);
-    let gamma = n / (1.0 - n);
+    let gamma = gamma(q.len());
     let residual: Vec<f32> = q.iter().map(|&v| v - widen(bf16(v))).collect();
     let (nq, nr) = (norm_up(q) as f64, norm_of_up(&residual) as f64);
     [
@@ -87,11 +121,6 @@ fn query_factors(q: &[f32]) -> [f32; 2] {
 /// A bfloat16 as the f32 it stands for.
 fn widen(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
-}
-
-/// Flushed denormals: at most `2^-126` for each of `2 dim` operations, with room.
-fn bound_abs(dim: usize) -> f32 {
-    (4 * dim.max(1)) as f32 * f32::MIN_POSITIVE
 }
 
 /// `x` rounded to the nearest bfloat16 (ties to even); NaN stays NaN.
@@ -110,38 +139,6 @@ fn norm_up(v: &[f32]) -> f32 {
         return f32::INFINITY;
     }
     norm_of_up(v)
-}
-
-/// Euclidean norm, rounded up, of any vector (subnormal values included).
-fn norm_of_up(v: &[f32]) -> f32 {
-    sum_sq_norm_up(v.iter().map(|&x| x as f64 * x as f64).sum(), v.len())
-}
-
-/// The norm of a vector of `len` values from the f64 sum of their squares (in any order), rounded
-/// up: a relative `2^-40 len` more than the sum's rounding error.
-fn sum_sq_norm_up(sum: f64, len: usize) -> f32 {
-    up(sum.sqrt() * (1.0 + 2f64.powi(-40) * len as f64))
-}
-
-/// `x` rounded up to an f32.
-fn up(x: f64) -> f32 {
-    let f = x as f32;
-    if (f as f64) < x {
-        f32::from_bits(f.to_bits() + 1)
-    } else {
-        f
-    }
-}
-
-/// Bounds of `2^100` or more, and those that are not a number, are taken as infinite.
-const BIG: f32 = 1.2676506e30;
-
-/// A row's bound from its query's factors and its norms (`[|x|, |rx|]`): `e1 |x| + e2 |rx|`, infinite
-/// where not below [`BIG`] (or NaN), plus `abs`; the tile computes the same, lane by lane.
-#[inline]
-fn bound(e: [f32; 2], norm: f32, rnorm: f32, abs: f32) -> f32 {
-    let p = e[0] * norm + e[1] * rnorm;
-    (if p < BIG { p } else { f32::INFINITY }) + abs
 }
 
 /// `nq` queries in panels of [`TILE_Q`], pair-major: `panel[(k / 2) * 2 TILE_Q + 2 i + k % 2]`, the
@@ -187,15 +184,11 @@ fn pack_rows(
     let panel_len = kp * 2 * TILE_R;
     for (p, src) in rows[..n * dim].chunks(TILE_R * dim).enumerate() {
         let panel = &mut out[at + p * panel_len..][..panel_len];
-        // Safety: avx512f and avx512bf16 (checked by `available`); the lengths are asserted there.
+        // Safety: avx512f and avx512bf16 (checked by `kind`); the lengths are asserted there.
         unsafe { pack_panel(src, dim, stride, tmp, panel, &mut norms[p]) };
     }
     at
 }
-
-/// A panel's rows' norms, `[|x|; TILE_R]` then `[|rx|; TILE_R]` (the residuals `x - bf16(x)`), rounded
-/// up; 0 for the rows past the end.
-type Norms = [[f32; TILE_R]; 2];
 
 /// One panel of up to [`TILE_R`] rows (`rows.len() / dim` of them; the rest of the panel zeros):
 /// each row converted to bf16 (`vcvtneps2bf16`, the same rounding as [`bf16`] for every value but
@@ -289,238 +282,7 @@ unsafe fn add_squares(v: std::arch::x86_64::__m512, sums: &mut [std::arch::x86_6
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn pack_panel(_: &[f32], _: usize, _: usize, _: &mut [u32], _: &mut [u16], _: &mut Norms) {
-    unreachable!("the pre-scan runs only on x86_64 (`available`)")
-}
-
-/// A query's state in one worker: the k best lower bounds (their threshold is `T`), the rows whose
-/// upper bound reached `T` when they were scanned (with that bound, in row order), and the k best
-/// f32 scores of the rows scored in the second pass. `T` only rises, so a row below it at some point
-/// is below it at the end, and may leave the list then.
-struct QueryState {
-    lower: TopK,
-    pending: Vec<(f32, u32)>,
-    /// The length at which `pending` is next thinned.
-    limit: usize,
-    exact: TopK,
-}
-
-/// What a worker found: for each query the exact top k of its rows, or `None` where a pre-scan score
-/// was not finite (the caller then runs exact search's f32 scan, which reports the row).
-type WorkerResult = Option<Vec<TopK>>;
-
-/// Exact search through the pre-scan; `None` when a pre-scan or f32 score was not finite anywhere
-/// (the caller runs the f32 scan instead, which reports the damaged row as it always has), or when a
-/// query's bound cannot tell rows apart.
-pub(super) fn search(
-    matrix: &NpyMatrix,
-    runs: &[&[(usize, usize)]],
-    queries: &[f32],
-    k: usize,
-) -> Option<Vec<Vec<TopK>>> {
-    use rayon::prelude::*;
-    let dim = matrix.cols();
-    let nq = queries.len() / dim;
-    let packed = pack_queries(queries, nq, dim);
-    let abs = bound_abs(dim);
-    let err: Vec<[f32; 2]> = queries.chunks_exact(dim).map(query_factors).collect();
-    // A query whose bound tells no row apart (infinite: a subnormal value, or a norm past 2^100; or
-    // a zero query, every row tied at 0) would keep every row: the f32 scan takes the batch.
-    if err
-        .iter()
-        .any(|e| !(e[0] < BIG && e[1] < BIG) || e[1] == 0.0)
-    {
-        return None;
-    }
-    let parts: Vec<WorkerResult> = runs
-        .par_iter()
-        .map(|run| scan_run(matrix, run, &packed, &err, abs, queries, k))
-        .collect();
-    parts.into_iter().collect()
-}
-
-/// One worker's run of blocks.
-fn scan_run(
-    matrix: &NpyMatrix,
-    run: &[(usize, usize)],
-    packed_queries: &[u16],
-    err: &[[f32; 2]],
-    abs: f32,
-    queries: &[f32],
-    k: usize,
-) -> WorkerResult {
-    let dim = matrix.cols();
-    let kp = dim.div_ceil(2);
-    let nq = err.len();
-    // A list is thinned first at `base` rows; it holds at most `cap` between blocks.
-    let base = (2 * k).max(256);
-    let cap = 4 * base;
-    let mut states: Vec<QueryState> = (0..nq)
-        .map(|_| QueryState {
-            lower: TopK::new(k),
-            pending: Vec::new(),
-            limit: base,
-            exact: TopK::new(k),
-        })
-        .collect();
-    let (mut rows16, mut norms, mut tmp) = (Vec::new(), Vec::new(), Vec::new());
-    let mut out = [0f32; TILE_Q * TILE_R];
-    let mut kept = Vec::new();
-    let rows_fn = crate::simd::score_rows_kernel();
-    let q_panels = nq.div_ceil(TILE_Q);
-    for &(a, b) in run {
-        // Read (for an f16 matrix, converted): packed 128 rows at a time.
-        let block = matrix.rows_f32(a, b);
-        for c0 in (a..b).step_by(PACK_ROWS) {
-            let c1 = (c0 + PACK_ROWS).min(b);
-            let rows_f32 = &block[(c0 - a) * dim..(c1 - a) * dim];
-            let at = pack_rows(rows_f32, c1 - c0, dim, &mut rows16, &mut norms, &mut tmp);
-            let packed = &rows16[at..at + (c1 - c0).div_ceil(TILE_R) * kp * 2 * TILE_R];
-            for qp in 0..q_panels {
-                let q0 = qp * TILE_Q;
-                let live_q = (nq - q0).min(TILE_Q);
-                let panel = &packed_queries[qp * kp * 2 * TILE_Q..][..kp * 2 * TILE_Q];
-                for (jp, rows) in packed.chunks_exact(kp * 2 * TILE_R).enumerate() {
-                    let row0 = c0 + jp * TILE_R;
-                    let live_rows = (c1 - row0).min(TILE_R);
-                    let norms = &norms[jp];
-                    let mut thr = [f32::INFINITY; TILE_Q];
-                    let mut e = [[0f32; 2]; TILE_Q];
-                    for i in 0..live_q {
-                        thr[i] = states[q0 + i].lower.threshold();
-                        e[i] = err[q0 + i];
-                    }
-                    // Safety: avx512f and avx512bf16 (checked by `available`), and the slices hold
-                    // a whole panel each.
-                    let hits = unsafe { tile(kp, panel, rows, norms, &e, abs, &thr, &mut out) }?;
-                    let row_mask = u16::MAX >> (TILE_R - live_rows);
-                    for (i, st) in states[q0..q0 + live_q].iter_mut().enumerate() {
-                        let mut m = hits[i] & row_mask;
-                        while m != 0 {
-                            let j = m.trailing_zeros() as usize;
-                            m &= m - 1;
-                            let s = out[i * TILE_R + j];
-                            let bound = bound(e[i], norms[0][j], norms[1][j], abs);
-                            st.lower.push(row0 + j, s - bound);
-                            st.pending.push((s + bound, (row0 + j) as u32));
-                        }
-                    }
-                }
-            }
-        }
-        // Rows whose bound has fallen below T leave a list once it has doubled since it was last
-        // thinned, so that a list holds about the rows that can still be among the k best. Rows the
-        // bound cannot tell apart stay (ties within it, infinite bounds, a zero query): when more
-        // than half of `cap` are left, they are scored in f32 now and leave too, so that a list
-        // never holds more than `cap` rows and a block's.
-        for (q, st) in states.iter_mut().enumerate() {
-            #[cfg(test)]
-            tests::LONGEST.fetch_max(
-                1000 * st.pending.len() / (cap + super::exact::BLOCK_ROWS),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            if st.pending.len() >= st.limit {
-                let t = st.lower.threshold();
-                st.pending.retain(|&(u, _)| u >= t);
-                if st.pending.len() > cap / 2 {
-                    kept.clear();
-                    kept.extend(st.pending.drain(..).map(|(_, r)| r as usize));
-                    let query = &queries[q * dim..][..dim];
-                    score_anywhere(rows_fn, matrix, query, &kept, &mut st.exact)?;
-                }
-                st.limit = (2 * st.pending.len()).max(base);
-            }
-        }
-    }
-    // The second pass: each query's rows whose bound reaches its final T (far fewer than reached the
-    // running T when they were scanned: about k ln(n / k) rows do), scored in f32 block by block,
-    // each block read once more. The lists are in row order.
-    let mut from = vec![0usize; nq];
-    for st in states.iter_mut() {
-        let t = st.lower.settled_threshold();
-        st.pending.retain(|&(u, _)| u >= t);
-    }
-    let mut to = vec![0usize; nq];
-    for &(a, b) in run {
-        let mut any = false;
-        for (q, st) in states.iter().enumerate() {
-            to[q] = from[q] + st.pending[from[q]..].partition_point(|&(_, r)| (r as usize) < b);
-            any |= to[q] > from[q];
-        }
-        // A block no query needs is not read (nor, for an f16 matrix, converted) again.
-        if !any {
-            continue;
-        }
-        let block = matrix.rows_f32(a, b);
-        for (q, st) in states.iter_mut().enumerate() {
-            let (start, end) = (from[q], to[q]);
-            from[q] = end;
-            if start == end {
-                continue;
-            }
-            kept.clear();
-            kept.extend(st.pending[start..end].iter().map(|&(_, r)| r as usize));
-            let query = &queries[q * dim..][..dim];
-            for group in kept.chunks(ROWS) {
-                score_into(rows_fn, query, &block, a, dim, group, &mut st.exact)?;
-            }
-        }
-    }
-    Some(states.into_iter().map(|s| s.exact).collect())
-}
-
-/// Scores `rows`, wherever they lie in the matrix, in f32 and offers them to `top`; `None` for a
-/// score that is not finite.
-fn score_anywhere(
-    rows_fn: crate::simd::RowsFn,
-    matrix: &NpyMatrix,
-    query: &[f32],
-    rows: &[usize],
-    top: &mut TopK,
-) -> Option<()> {
-    for group in rows.chunks(ROWS) {
-        let read: Vec<_> = group.iter().map(|&r| matrix.rows_f32(r, r + 1)).collect();
-        let slices: Vec<&[f32]> = read.iter().map(|v| &v[..]).collect();
-        offer(rows_fn, query, &slices, group, top)?;
-    }
-    Some(())
-}
-
-/// Scores `rows` (of the block that starts at row `a`) in f32 and offers them to `top`; `None` for a
-/// score that is not finite.
-fn score_into(
-    rows_fn: crate::simd::RowsFn,
-    query: &[f32],
-    block: &[f32],
-    a: usize,
-    dim: usize,
-    rows: &[usize],
-    top: &mut TopK,
-) -> Option<()> {
-    let mut slices: [&[f32]; ROWS] = [&[]; ROWS];
-    for (s, &r) in slices.iter_mut().zip(rows) {
-        *s = &block[(r - a) * dim..][..dim];
-    }
-    offer(rows_fn, query, &slices[..rows.len()], rows, top)
-}
-
-/// Scores up to [`ROWS`] rows, `slices` their vectors, in f32 and offers them to `top`; `None` for
-/// a score that is not finite.
-fn offer(
-    rows_fn: crate::simd::RowsFn,
-    query: &[f32],
-    slices: &[&[f32]],
-    rows: &[usize],
-    top: &mut TopK,
-) -> Option<()> {
-    let mut scores = [0f32; ROWS];
-    rows_fn(query, slices, &mut scores);
-    for (&r, &s) in rows.iter().zip(&scores) {
-        if !s.is_finite() {
-            return None;
-        }
-        top.push(r, s);
-    }
-    Some(())
+    unreachable!("the pre-scan runs only on x86_64 (`kind`)")
 }
 
 /// `out[i * TILE_R + j]`: query i of the panel (pairs of bf16 broadcast) against row j (pairs of
@@ -610,36 +372,14 @@ unsafe fn tile(
     _: &[f32; TILE_Q],
     _: &mut [f32; TILE_Q * TILE_R],
 ) -> Option<[u16; TILE_Q]> {
-    unreachable!("the pre-scan runs only on x86_64 (`available`)")
+    unreachable!("the pre-scan runs only on x86_64 (`kind`)")
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
+    use super::super::bound;
     use super::*;
-    use std::sync::atomic::AtomicUsize;
-
-    /// The longest kept-row list met between blocks in any test, in thousandths of what `scan_run`
-    /// lets a list hold (`cap` and a block's rows): at most 1,000.
-    pub(crate) static LONGEST: AtomicUsize = AtomicUsize::new(0);
-
-    #[test]
-    fn the_pre_scan_runs_where_it_was_measured_faster() {
-        // (k, rows a worker): the measured cases in `pays`'s note, and the edges.
-        for (k, rows, want) in [
-            (10, 150_000, true),
-            (1000, 150_000, true),
-            (3000, 150_000, false),
-            (10, 14_303, true),
-            (100, 14_303, true),
-            (200, 14_303, false),
-            (1000, 14_303, false),
-            (0, 150_000, false),
-            (10, 10, false),
-            (1001, 100_000_000, false),
-        ] {
-            assert_eq!(pays(k, rows), want, "k {k}, {rows} rows a worker");
-        }
-    }
+    use crate::simd::ROWS;
 
     /// The layout and norms `pack_rows` writes, one value at a time.
     fn pack_rows_scalar(rows: &[f32], n: usize, dim: usize) -> (Vec<u16>, Vec<Norms>) {
@@ -661,7 +401,7 @@ pub(super) mod tests {
 
     #[test]
     fn packed_rows_are_the_scalar_layout() {
-        if !crate::search::test_support::has_prescan() {
+        if !crate::search::test_support::has_prescan_of(super::super::Kind::Bf16) {
             return;
         }
         let mut next = crate::search::test_support::lcg(7);
@@ -745,7 +485,7 @@ pub(super) mod tests {
     /// reaches nine tenths of it on the aligned vectors (so a bound a tenth too narrow fails here).
     #[test]
     fn the_bound_holds_where_the_rounding_is_widest() {
-        if !crate::search::test_support::has_prescan() {
+        if !crate::search::test_support::has_prescan_of(super::super::Kind::Bf16) {
             return;
         }
         let mut next = crate::search::test_support::lcg(11);
@@ -805,7 +545,7 @@ pub(super) mod tests {
                     let rows16 = &out16[at + p * kp * 2 * TILE_R..][..kp * 2 * TILE_R];
                     let mut out = [0f32; TILE_Q * TILE_R];
                     let thr = [f32::NEG_INFINITY; TILE_Q];
-                    // Safety: `available` above; whole panels.
+                    // Safety: `has_prescan` above; whole panels.
                     unsafe { tile(kp, panel, rows16, &norms[p], &e, abs, &thr, &mut out) }
                         .expect("finite scores");
                     for i in 0..TILE_Q.min(nq - qp * TILE_Q) {
