@@ -26,7 +26,7 @@ pub fn long_version(version: &str) -> &'static str {
 }
 
 /// The kernels this process runs, in words: the level of exact search, the graph and the element-wise
-/// passes, whether exact search runs the bf16 pre-scan, and the int8 products' (the f32 products are
+/// passes, which pre-scan exact search runs and when, and the int8 products' (the f32 products are
 /// the `gemm` crate's own choice for the CPU).
 /// The binaries print it with `--version`.
 pub fn kernels() -> String {
@@ -36,10 +36,16 @@ pub fn kernels() -> String {
         simd::Level::Portable => "portable",
     };
     // Width 1 asks only whether the CPU runs it (it takes widths up to 4,096).
-    let prescan = match search::prescan::kind(1) {
-        None => "off (no AVX512-BF16 nor AVX2)",
-        Some(_) if !search::prescan::enabled() => "off (SIMLM_EXACT_PRESCAN=0)",
-        Some(kind) => kind.name(),
+    let prescan = match (search::prescan::kind(1), search::prescan::mode()) {
+        (None, _) => "off (no AVX512-BF16 nor AVX2)".to_string(),
+        (Some(_), search::prescan::Mode::Off) => "off (SIMLM_EXACT_PRESCAN=0)".to_string(),
+        (Some(kind), search::prescan::Mode::Force) => {
+            format!(
+                "{}, wherever it runs (SIMLM_EXACT_PRESCAN=force)",
+                kind.name()
+            )
+        }
+        (Some(kind), search::prescan::Mode::Auto) => format!("{}, where it pays", kind.name()),
     };
     format!(
         "{level} (exact search, graph, element-wise); exact search's pre-scan: {prescan}; int8 products: {}; f32 products: the gemm crate's choice for this CPU",

@@ -236,9 +236,12 @@ pub fn search_rows(
     let per_worker = end.saturating_sub(start) / rayon::current_num_threads().max(1);
     let nq = queries.len() / matrix.cols().max(1);
     let prescan = super::prescan::kind(matrix.cols()).filter(|&kind| {
-        super::prescan::pays(kind, k, per_worker, nq)
-            && !matrix.exceeds_half_of_memory()
-            && super::prescan::enabled()
+        !matrix.exceeds_half_of_memory()
+            && match super::prescan::mode() {
+                super::prescan::Mode::Auto => super::prescan::pays(kind, k, per_worker, nq),
+                super::prescan::Mode::Off => false,
+                super::prescan::Mode::Force => true,
+            }
     });
     search_rows_with(score_tile_kernel(), prescan, matrix, start, end, queries, k)
 }

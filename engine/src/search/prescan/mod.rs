@@ -94,9 +94,22 @@ pub(super) fn pays(kind: Kind, k: usize, rows: usize, nq: usize) -> bool {
     }
 }
 
-/// Whether the environment leaves the pre-scan on (`SIMLM_EXACT_PRESCAN=0` turns it off).
-pub(crate) fn enabled() -> bool {
-    std::env::var_os("SIMLM_EXACT_PRESCAN").is_none_or(|v| v != "0")
+/// What `SIMLM_EXACT_PRESCAN` asks of the pre-scan: unset (or any other value), where it pays
+/// ([`pays`]); `0`, never; `force`, wherever the CPU runs one (for measuring where it pays).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Auto,
+    Off,
+    Force,
+}
+
+/// The environment's [`Mode`].
+pub(crate) fn mode() -> Mode {
+    match std::env::var_os("SIMLM_EXACT_PRESCAN") {
+        Some(v) if v == "0" => Mode::Off,
+        Some(v) if v == "force" => Mode::Force,
+        _ => Mode::Auto,
+    }
 }
 
 /// Euclidean norm, rounded up, of any vector (subnormal values included).
