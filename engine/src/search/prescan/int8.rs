@@ -8,13 +8,14 @@
 //! 32 bits: five instructions take the products of 64 pairs, where an f32 FMA takes 8, and the
 //! multiplies (`vpmaddubsw`, `vpmaddwd`), which share the FMA's ports, are three. The tile's integer
 //! sum is exact; less `64 sum cq` it is `I = cq.cx`, and the pre-scan score is `s' = (f32(I) sx) sq`,
-//! three f32 roundings of `bq.bx` (`bq = sq cq`, `bx = sx cx`). (Rows coded in [-127, 127], with one
+//! two f32 roundings of `bq.bx` (`bq = sq cq`, `bx = sx cx`; `f32(I)` is exact, `|I| <= 4096 x 63 x
+//! 63 < 2^24`, and the tile would round it once more were it not). (Rows coded in [-127, 127], with one
 //! `vpmaddwd` a step, gave a bound 1.3 times narrower and a pre-scan 12% slower: pool, k 10.)
 //!
 //! With `rq = q - bq` and `rx = x - bx`, `q.x - bq.bx = bq.rx + rq.x`, at most `|bq| |rx| + |rq| |x|`,
-//! and `|bq| <= |q| + |rq|`; `s'` is within `4 u |bq| |bx|` of `bq.bx` (`u = 2^-24`; three roundings
-//! and room), `|bx| <= |x| + |rx|`; exact search's chain of FMAs is within `gamma_n |q| |x|` of `q.x`;
-//! products rounded below `2^-126` add at most that each. So `e1 = |rq| + gamma_n |q| + 4 u (|q| +
+//! and `|bq| <= |q| + |rq|`; `s'` is within `4 u |bq| |bx|` of `bq.bx` (`u = 2^-24`; at most three
+//! roundings, and room), `|bx| <= |x| + |rx|`; exact search's chain of FMAs is within `gamma_n |q|
+//! |x|` of `q.x`; products rounded below `2^-126` add at most that each. So `e1 = |rq| + gamma_n |q| + 4 u (|q| +
 //! |rq|)`, `e2 = (1 + 4 u)(|q| + |rq|)`, each with 1% room for the bound's own f32 arithmetic; a
 //! row's `|x|` and `|rx|` are computed as it is packed (in f64, rounded up, the residual's values
 //! `x_i - sx cx_i` each within a relative `2^-53` of their own, covered by that room). No value is
