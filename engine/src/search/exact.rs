@@ -472,11 +472,11 @@ mod tests {
                 .map(|h| h.iter().map(|h| (h.row, h.score.to_bits())).collect())
                 .collect()
         };
-        let want = search_rows_with(kernel, None, m, 0, n, queries, k);
+        let want = search_rows_with(kernel, None, m, 0, n, queries, k).map(bits);
         for kind in crate::search::test_support::prescan_kinds() {
             let got = search_rows_with(kernel, Some(kind), m, 0, n, queries, k);
             match (&want, got) {
-                (Ok(w), Ok(g)) => assert_eq!(bits(g), bits(w.clone()), "{what}, {kind:?}"),
+                (Ok(w), Ok(g)) => assert_eq!(&bits(g), w, "{what}, {kind:?}"),
                 (Err(w), Err(g)) => assert_eq!(g.to_string(), w.to_string(), "{what}, {kind:?}"),
                 (w, g) => panic!(
                     "{what}, {kind:?}: f32 scan ok {}, pre-scan ok {}",

@@ -69,10 +69,21 @@ impl Codec for Bf16 {
         true
     }
 
+    /// The panel's index and its queries' factors (zeros past the last query).
+    type Panel = (usize, [[f32; 2]; TILE_Q]);
+
+    fn panel(&self, qp: usize) -> Self::Panel {
+        let mut e = [[0f32; 2]; TILE_Q];
+        for (i, e) in e.iter_mut().enumerate() {
+            *e = self.err.get(qp * TILE_Q + i).copied().unwrap_or_default();
+        }
+        (qp, e)
+    }
+
     #[inline]
     fn tile(
         &self,
-        qp: usize,
+        &(qp, ref e): &Self::Panel,
         buf: &Rows,
         jp: usize,
         thr: &[f32; TILE_Q],
@@ -81,20 +92,16 @@ impl Codec for Bf16 {
         let kp = self.dim.div_ceil(2);
         let panel = &self.queries[qp * kp * 2 * TILE_Q..][..kp * 2 * TILE_Q];
         let rows = &buf.data[buf.at + jp * kp * 2 * TILE_R..][..kp * 2 * TILE_R];
-        let mut e = [[0f32; 2]; TILE_Q];
-        for (i, e) in e.iter_mut().enumerate() {
-            *e = self.err.get(qp * TILE_Q + i).copied().unwrap_or_default();
-        }
         // Safety: avx512f and avx512bf16 (checked by `kind`), and the slices hold a whole panel each.
-        unsafe { tile(kp, panel, rows, &buf.norms[jp], &e, self.abs, thr, out) }
+        unsafe { tile(kp, panel, rows, &buf.norms[jp], e, self.abs, thr, out) }
     }
 
     fn norms(buf: &Rows, jp: usize) -> &Norms {
         &buf.norms[jp]
     }
 
-    fn factors(&self, q: usize) -> [f32; 2] {
-        self.err[q]
+    fn factors(&self) -> &[[f32; 2]] {
+        &self.err
     }
 
     fn abs(&self) -> f32 {

@@ -175,19 +175,13 @@ impl Codec for Int8 {
         true
     }
 
-    #[inline]
-    fn tile(
-        &self,
-        qp: usize,
-        buf: &Rows,
-        jp: usize,
-        thr: &[f32; TILE_Q],
-        out: &mut [f32; TILE_Q * TILE_R],
-    ) -> Option<[u16; TILE_Q]> {
-        let ks = steps(self.dim);
-        let panel = &self.queries[qp * ks * STEP * TILE_Q..][..ks * STEP * TILE_Q];
-        let rows = &buf.data[buf.at + jp * ks * STEP * TILE_R..][..ks * STEP * TILE_R];
-        let mut q = Panel::default();
+    type Panel = Panel;
+
+    fn panel(&self, qp: usize) -> Panel {
+        let mut q = Panel {
+            at: qp,
+            ..Panel::default()
+        };
         for i in 0..TILE_Q {
             if let Some(&e) = self.err.get(qp * TILE_Q + i) {
                 q.err[i] = e;
@@ -195,17 +189,32 @@ impl Codec for Int8 {
                 q.offset[i] = self.offset[qp * TILE_Q + i];
             }
         }
+        q
+    }
+
+    #[inline]
+    fn tile(
+        &self,
+        q: &Panel,
+        buf: &Rows,
+        jp: usize,
+        thr: &[f32; TILE_Q],
+        out: &mut [f32; TILE_Q * TILE_R],
+    ) -> Option<[u16; TILE_Q]> {
+        let ks = steps(self.dim);
+        let panel = &self.queries[q.at * ks * STEP * TILE_Q..][..ks * STEP * TILE_Q];
+        let rows = &buf.data[buf.at + jp * ks * STEP * TILE_R..][..ks * STEP * TILE_R];
         let rows_of = (&buf.scale[jp], &buf.norms[jp]);
         // Safety: AVX2 and FMA (checked by `kind`), and the slices hold a whole panel each.
-        unsafe { tile(ks, panel, rows, rows_of, &q, self.abs, thr, out) }
+        unsafe { tile(ks, panel, rows, rows_of, q, self.abs, thr, out) }
     }
 
     fn norms(buf: &Rows, jp: usize) -> &Norms {
         &buf.norms[jp]
     }
 
-    fn factors(&self, q: usize) -> [f32; 2] {
-        self.err[q]
+    fn factors(&self) -> &[[f32; 2]] {
+        &self.err
     }
 
     fn abs(&self) -> f32 {
@@ -213,9 +222,11 @@ impl Codec for Int8 {
     }
 }
 
-/// A query panel's scales, offsets and factors (zeros for the queries past the end).
+/// A query panel: its index, and its queries' scales, offsets and factors (zeros for the queries
+/// past the end).
 #[derive(Default)]
-struct Panel {
+pub(super) struct Panel {
+    at: usize,
     scale: [f32; TILE_Q],
     offset: [i32; TILE_Q],
     err: [[f32; 2]; TILE_Q],
@@ -286,8 +297,7 @@ unsafe fn pack_row(row: &[f32], words: &mut [u32]) -> Option<(f32, f32, f32)> {
             _mm256_castsi256_si128(bytes),
             _mm256_extracti128_si256::<1>(bytes),
         );
-        let left = dim - c;
-        if left >= 8 || c + 8 <= words.len() * STEP {
+        if c + 8 <= words.len() * STEP {
             // Lanes past the end were loaded as 0: code 0, byte 64.
             _mm_storel_epi64(dst.add(c) as *mut __m128i, eight);
         } else {
@@ -572,7 +582,7 @@ mod tests {
                     let mut out = [0f32; TILE_Q * TILE_R];
                     let thr = [f32::NEG_INFINITY; TILE_Q];
                     codec
-                        .tile(qp, &buf, jp, &thr, &mut out)
+                        .tile(&codec.panel(qp), &buf, jp, &thr, &mut out)
                         .expect("finite scores");
                     for i in 0..TILE_Q.min(nq - qp * TILE_Q) {
                         let q = qp * TILE_Q + i;

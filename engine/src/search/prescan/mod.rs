@@ -53,9 +53,7 @@ pub(crate) fn kind(dim: usize) -> Option<Kind> {
     #[cfg(target_arch = "x86_64")]
     {
         match crate::simd::level() {
-            crate::simd::Level::Avx512 if std::is_x86_feature_detected!("avx512bf16") => {
-                Some(Kind::Bf16)
-            }
+            crate::simd::Level::Avx512 if runs(Kind::Bf16) => Some(Kind::Bf16),
             crate::simd::Level::Avx2Fma => Some(Kind::Int8),
             _ => None,
         }
@@ -167,12 +165,16 @@ trait Codec: Sync {
     /// Packs `n` rows (row-major f32) into `buf`; `false` where a row has a value that is not finite
     /// (the batch then goes to the f32 scan, which reports the row).
     fn pack(&self, rows: &[f32], n: usize, buf: &mut Self::Rows) -> bool;
-    /// Query panel `qp` against row panel `jp` of `buf`: the pre-scan scores in `out` (`out[i *
-    /// TILE_R + j]`), and for each query the bits of the rows whose upper bound `s' + e` reaches
-    /// `thr[i]`; `None` where a score is not finite.
+    /// What a tile needs of query panel `qp` (its queries' factors, and for int8 their scales),
+    /// gathered once for every row panel it meets.
+    type Panel;
+    fn panel(&self, qp: usize) -> Self::Panel;
+    /// A query panel against row panel `jp` of `buf`: the pre-scan scores in `out` (`out[i * TILE_R +
+    /// j]`), and for each query the bits of the rows whose upper bound `s' + e` reaches `thr[i]`;
+    /// `None` where a score is not finite.
     fn tile(
         &self,
-        qp: usize,
+        panel: &Self::Panel,
         buf: &Self::Rows,
         jp: usize,
         thr: &[f32; TILE_Q],
@@ -180,8 +182,8 @@ trait Codec: Sync {
     ) -> Option<[u16; TILE_Q]>;
     /// Row panel `jp`'s norms.
     fn norms(buf: &Self::Rows, jp: usize) -> &Norms;
-    /// Query `q`'s factors `[e1, e2]`.
-    fn factors(&self, q: usize) -> [f32; 2];
+    /// Each query's factors `[e1, e2]`.
+    fn factors(&self) -> &[[f32; 2]];
     /// The bound's absolute term.
     fn abs(&self) -> f32;
 }
@@ -294,7 +296,7 @@ fn scan_run<C: Codec>(
             exact: TopK::new(k),
         })
         .collect();
-    let err: Vec<[f32; 2]> = (0..nq).map(|q| codec.factors(q)).collect();
+    let err = codec.factors();
     let mut buf = C::Rows::default();
     let mut out = [0f32; TILE_Q * TILE_R];
     let mut kept = Vec::new();
@@ -311,6 +313,7 @@ fn scan_run<C: Codec>(
             for qp in 0..q_panels {
                 let q0 = qp * TILE_Q;
                 let live_q = (nq - q0).min(TILE_Q);
+                let panel = codec.panel(qp);
                 for jp in 0..(c1 - c0).div_ceil(TILE_R) {
                     let row0 = c0 + jp * TILE_R;
                     let live_rows = (c1 - row0).min(TILE_R);
@@ -318,7 +321,7 @@ fn scan_run<C: Codec>(
                     for i in 0..live_q {
                         thr[i] = states[q0 + i].lower.threshold();
                     }
-                    let hits = codec.tile(qp, &buf, jp, &thr, &mut out)?;
+                    let hits = codec.tile(&panel, &buf, jp, &thr, &mut out)?;
                     let norms = C::norms(&buf, jp);
                     let row_mask = u16::MAX >> (TILE_R - live_rows);
                     for (i, st) in states[q0..q0 + live_q].iter_mut().enumerate() {
