@@ -103,9 +103,10 @@ impl BertModel {
     }
 
     /// The last hidden state of the first token only, `(batch, 1, hidden)`: what [CLS] pooling reads.
-    /// On the fused f32 CPU path the last layer then computes attention, its output projection and
-    /// the feed-forward block for that one row of each sequence (keys and values still come from
-    /// every token), which saves about three quarters of that layer.
+    /// On the fused CPU path (f32 and int8) the last layer then computes attention, its output
+    /// projection and the feed-forward block for that one row of each sequence, its attention
+    /// straight from the layer's input rows (no row's keys or values projected; see
+    /// `cpu::fused_attention::FirstRowAttention`).
     pub fn forward_cls(
         &self,
         input_ids: &Tensor,
@@ -226,8 +227,9 @@ impl BertModel {
         scale: f64,
         cls_only: bool,
     ) -> Result<Tensor> {
-        use super::cpu::fused_attention::FusedAttention;
+        use super::cpu::fused_attention::{FirstRowAttention, FusedAttention};
         use super::cpu::fused_linear::{FeedForwardInt8, FusedLinear};
+        use super::cpu::tensor::with_f32;
         let lengths: Vec<usize> = attention_mask
             .to_dtype(DType::F32)?
             .sum(1)?
@@ -265,7 +267,6 @@ impl BertModel {
             head_dim: self.config.head_dim(),
             lengths: &lengths,
             scale: scale as f32,
-            first_token_only: false,
         };
         let erf = self.config.hidden_act == Activation::GeluErf;
         let last = self.layers.len().saturating_sub(1);
@@ -288,17 +289,27 @@ impl BertModel {
                     norm: norm.map(|n| (&n.weight, &n.bias, n.eps)),
                 })
             };
-            let qkv = linear(&layer.qkv, None, false, None, &x)?;
             let ctx = if cls_only && li == last {
-                // From here on, only the first row of each sequence.
+                // Attention for the first row of each sequence straight from the layer's input
+                // (no keys and values projected), and from here on, only those rows.
+                let ctx = layer.qkv.with_values(|w| {
+                    with_f32(&layer.qkv.bias, "bias", |bias| {
+                        x.apply_op1_no_bwd(&FirstRowAttention {
+                            starts: &starts,
+                            heads: attention.heads,
+                            head_dim: attention.head_dim,
+                            lengths: &lengths,
+                            scale: attention.scale,
+                            weight: w,
+                            bias,
+                        })
+                    })
+                })?;
                 let first: Vec<u32> = starts[..b].iter().map(|&r| r as u32).collect();
                 x = x.index_select(&Tensor::new(first.as_slice(), x.device())?, 0)?;
-                qkv.apply_op1_no_bwd(&FusedAttention {
-                    first_token_only: true,
-                    ..attention
-                })?
+                ctx
             } else {
-                qkv.apply_op1_no_bwd(&attention)?
+                linear(&layer.qkv, None, false, None, &x)?.apply_op1_no_bwd(&attention)?
             };
             x = linear(
                 &layer.attn_out,

@@ -25,6 +25,24 @@ pub(super) struct Linear {
     pub(super) packed: std::sync::OnceLock<Option<PackedWeight>>,
     /// The weight as 7-bit integers (`--precision int8`): when present, the projection runs on it.
     pub(super) quant: Option<QuantWeight>,
+    /// `quant`'s values as f32, made on first use by the one op of an int8 model that reads the
+    /// weight itself (the last layer's first-row attention, [CLS] pooling).
+    pub(super) dequantized: std::sync::OnceLock<Vec<f32>>,
+}
+
+impl Linear {
+    /// Runs `f` with the weight as `(in, out)` f32 values: the f32 weight, or the int8 weight's
+    /// values (`scale * code`, what its products compute with).
+    pub(super) fn with_values<R>(
+        &self,
+        f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+    ) -> candle_core::Result<R> {
+        match (&self.weight, &self.quant) {
+            (Some(w), _) => super::cpu::tensor::with_f32(w, "weight", f),
+            (None, Some(q)) => f(self.dequantized.get_or_init(|| q.dequantized())),
+            (None, None) => candle_core::bail!("linear layer without a weight"),
+        }
+    }
 }
 
 pub(super) struct LayerNorm {
@@ -237,6 +255,7 @@ impl<'a> Weights<'a> {
                 bias,
                 packed: Default::default(),
                 quant: None,
+                dequantized: Default::default(),
             });
         }
         let mut parts = Vec::with_capacity(prefixes.len());
@@ -267,6 +286,7 @@ impl<'a> Weights<'a> {
                 bias,
                 packed: Default::default(),
                 quant: Some(quant),
+                dequantized: Default::default(),
             });
         }
         let parts: Vec<&[f32]> = parts.iter().map(|p| &p[..]).collect();
@@ -275,6 +295,7 @@ impl<'a> Weights<'a> {
             bias,
             packed: Default::default(),
             quant: None,
+            dequantized: Default::default(),
         })
     }
 

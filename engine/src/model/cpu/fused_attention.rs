@@ -5,7 +5,8 @@
 //! exactly (not down-weighted), so a sequence's result does not depend on its batch; padding rows of
 //! the output are zero. A head runs on the AVX-512 register tiles of
 //! [`super::attention`] where the CPU and the head size allow, else on the general GEMM and the
-//! element-wise softmax. The top of the kernels.
+//! element-wise softmax. [`FirstRowAttention`] is the attention of each sequence's first row alone
+//! ([CLS] pooling's last layer), straight from the layer's input rows. The top of the kernels.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
@@ -13,6 +14,7 @@ use rayon::prelude::*;
 use super::attention;
 use super::elementwise::{score_stride, softmax, softmax_padded};
 use super::linear::gemm_f32;
+use super::parallel::may_split;
 use super::parallel::SharedMut;
 use super::tensor::f32_slice;
 
@@ -26,8 +28,6 @@ pub struct FusedAttention<'a> {
     /// Real tokens of each sequence (the rest is padding).
     pub lengths: &'a [usize],
     pub scale: f32,
-    /// Only the first token's row of each sequence: the output is `(sequences, hidden)`.
-    pub first_token_only: bool,
 }
 
 impl CustomOp1 for FusedAttention<'_> {
@@ -46,9 +46,6 @@ impl CustomOp1 for FusedAttention<'_> {
             || qkv.len() != rows * 3 * h
         {
             candle_core::bail!("fused-attention: shape mismatch");
-        }
-        if self.first_token_only {
-            return Ok((CpuStorage::F32(self.first_rows(qkv)), Shape::from((b, h))));
         }
         // Every value is written once: the real rows by their (sequence, head) tasks, the padding
         // rows (zero) by each sequence's head-0 task.
@@ -149,36 +146,341 @@ impl CustomOp1 for FusedAttention<'_> {
     }
 }
 
-impl FusedAttention<'_> {
-    /// The attention context of each sequence's first token, `(batch, hidden)`: one query row against
-    /// the sequence's real keys, per (sequence, head).
-    fn first_rows(&self, qkv: &[f32]) -> Vec<f32> {
+/// The attention context of each sequence's first row, `(sequences, hidden)`, from the layer's
+/// input rows and its QKV weight: what the last layer needs under [CLS] pooling, without the other
+/// rows' queries, keys and values. Per head, with the first row's query `q`, row `t`'s score is
+/// `q . (x_t W_K + b_K) = x_t . (W_K q) + q . b_K`, where the constant `q . b_K` leaves the softmax
+/// as it is, and the context is `sum_t p_t (x_t W_V + b_V) = (sum_t p_t x_t) W_V + b_V`, the
+/// weights summing to one. A sequence of `n` rows then costs its first row's query, `W_K q` and
+/// `W_V`'s product with the weighted row sum (`3 inp h` products in all) and two passes over its
+/// rows (`2 n inp` products a head), where projecting every row's Q, K and V took `3 n inp h`: for
+/// the 384-wide MiniLM's 12 heads, 4,608 products a row and pass against 442,368.
+pub struct FirstRowAttention<'a> {
+    /// As [`FusedAttention::starts`].
+    pub starts: &'a [usize],
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Real tokens of each sequence (the rest is padding).
+    pub lengths: &'a [usize],
+    pub scale: f32,
+    /// The layer's QKV weight `(in, 3 * hidden)`, row-major: Q, K and V side by side.
+    pub weight: &'a [f32],
+    /// Its bias, `3 * hidden`.
+    pub bias: &'a [f32],
+}
+
+impl CustomOp1 for FirstRowAttention<'_> {
+    fn name(&self) -> &'static str {
+        "first-row-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "first-row attention input")?;
+        let (rows, inp) = l.shape().dims2()?;
         let (nh, hd) = (self.heads, self.head_dim);
         let h = nh * hd;
-        let mut ctx = vec![0f32; self.lengths.len() * h];
-        ctx.par_chunks_mut(h)
-            .enumerate()
-            .for_each_init(Vec::new, |scores, (bi, out)| {
-                let row0 = self.starts[bi];
-                let len = self.lengths[bi].min(self.starts[bi + 1] - row0);
-                let row = |t: usize| &qkv[(row0 + t) * 3 * h..][..3 * h];
-                for head in 0..nh {
-                    let q = &row(0)[head * hd..][..hd];
-                    scores.clear();
-                    scores.extend((0..len).map(|t| {
-                        let k = &row(t)[h + head * hd..][..hd];
-                        q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>()
-                    }));
-                    softmax(scores, self.scale);
-                    let o = &mut out[head * hd..][..hd];
-                    for (t, &p) in scores.iter().enumerate() {
-                        let v = &row(t)[2 * h + head * hd..][..hd];
-                        for (o, v) in o.iter_mut().zip(v) {
-                            *o += p * v;
-                        }
-                    }
+        let b = self.lengths.len();
+        if self.starts.len() != b + 1
+            || self.starts.windows(2).any(|w| w[0] > w[1])
+            || self.starts[b] != rows
+            || self.weight.len() != inp * 3 * h
+            || self.bias.len() != 3 * h
+        {
+            candle_core::bail!("first-row attention: shape mismatch");
+        }
+        let len = |bi: usize| self.lengths[bi].min(self.starts[bi + 1] - self.starts[bi]);
+        let (w, ld) = (self.weight.as_ptr(), 3 * h as isize);
+        // The first rows' queries, (b, h): bias, plus X0 (b x inp) @ W_Q. A sequence without a
+        // real row keeps a zero row here and a zero context below.
+        let mut x0 = vec![0f32; b * inp];
+        let mut q = vec![0f32; b * h];
+        for bi in (0..b).filter(|&bi| len(bi) > 0) {
+            x0[bi * inp..][..inp].copy_from_slice(&x[self.starts[bi] * inp..][..inp]);
+            q[bi * h..][..h].copy_from_slice(&self.bias[..h]);
+        }
+        // Safety (every product below): the pointers and strides stay inside their buffers, by the
+        // shapes checked above: x0 (b x inp), q (b x h), u (b x nh x inp), the weight (inp x 3h).
+        unsafe {
+            gemm_f32(
+                b,
+                h,
+                inp,
+                q.as_mut_ptr(),
+                h as isize,
+                true,
+                x0.as_ptr(),
+                inp as isize,
+                1,
+                w,
+                ld,
+                1,
+                false,
+            );
+        }
+        // u[bi][a] = W_K^a q_a (inp), per head: U_a (b x inp) = Q_a (b x hd) @ W_K^a^T (hd x inp).
+        let mut u = vec![0f32; b * nh * inp];
+        for a in 0..nh {
+            unsafe {
+                gemm_f32(
+                    b,
+                    inp,
+                    hd,
+                    u.as_mut_ptr().add(a * inp),
+                    (nh * inp) as isize,
+                    false,
+                    q.as_ptr().add(a * hd),
+                    h as isize,
+                    1,
+                    w.add(h + a * hd),
+                    1,
+                    ld,
+                    false,
+                );
+            }
+        }
+        // g[bi][a] = sum_t p_t x_t over the sequence's real rows, p the softmax of its scores.
+        let mut g = vec![0f32; b * nh * inp];
+        let sequence = |scratch: &mut (Vec<f32>, Vec<f32>), bi: usize, g: &mut [f32]| {
+            let n = len(bi);
+            if n == 0 {
+                return;
+            }
+            let (scores, p) = scratch;
+            scores.resize(n * nh, 0.0);
+            p.resize(n * nh, 0.0);
+            let xs = x[self.starts[bi] * inp..].as_ptr();
+            // Safety: rows starts[bi]..starts[bi] + n of x (rows x inp), u's block bi, the
+            // scratch buffers (n x nh and nh x n), g's block bi (nh x inp).
+            unsafe {
+                // scores (n x nh) = X (n x inp) @ U_bi^T (inp x nh)
+                gemm_f32(
+                    n,
+                    nh,
+                    inp,
+                    scores.as_mut_ptr(),
+                    nh as isize,
+                    false,
+                    xs,
+                    inp as isize,
+                    1,
+                    u.as_ptr().add(bi * nh * inp),
+                    1,
+                    inp as isize,
+                    false,
+                );
+            }
+            for a in 0..nh {
+                let row = &mut p[a * n..][..n];
+                for (t, v) in row.iter_mut().enumerate() {
+                    *v = scores[t * nh + a];
                 }
-            });
-        ctx
+                softmax(row, self.scale);
+            }
+            unsafe {
+                // g_bi (nh x inp) = P (nh x n) @ X (n x inp)
+                gemm_f32(
+                    nh,
+                    inp,
+                    n,
+                    g.as_mut_ptr(),
+                    inp as isize,
+                    false,
+                    p.as_ptr(),
+                    n as isize,
+                    1,
+                    xs,
+                    inp as isize,
+                    1,
+                    false,
+                );
+            }
+        };
+        if may_split() {
+            g.par_chunks_mut(nh * inp)
+                .enumerate()
+                .for_each_init(Default::default, |scratch, (bi, g)| {
+                    sequence(scratch, bi, g)
+                });
+        } else {
+            let mut scratch = Default::default();
+            for (bi, g) in g.chunks_mut(nh * inp).enumerate() {
+                sequence(&mut scratch, bi, g);
+            }
+        }
+        // ctx (b x h): b_V, plus per head G_a (b x inp) @ W_V^a (inp x hd).
+        let mut ctx = vec![0f32; b * h];
+        for bi in (0..b).filter(|&bi| len(bi) > 0) {
+            ctx[bi * h..][..h].copy_from_slice(&self.bias[2 * h..]);
+        }
+        for a in 0..nh {
+            unsafe {
+                gemm_f32(
+                    b,
+                    hd,
+                    inp,
+                    ctx.as_mut_ptr().add(a * hd),
+                    h as isize,
+                    true,
+                    g.as_ptr().add(a * inp),
+                    (nh * inp) as isize,
+                    1,
+                    w.add(2 * h + a * hd),
+                    ld,
+                    1,
+                    false,
+                );
+            }
+        }
+        Ok((CpuStorage::F32(ctx), Shape::from((b, h))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// Uniform values in [-1, 1) from a fixed seed.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The first row's attention as the layer defines it, in f64: every real row's Q, K and V
+    /// projected, the first row's scores against the real keys, softmax, times V; zero for a
+    /// sequence without a real row.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        x: &[f32],
+        inp: usize,
+        w: &[f32],
+        bias: &[f32],
+        starts: &[usize],
+        lengths: &[usize],
+        heads: usize,
+        hd: usize,
+        scale: f32,
+    ) -> Vec<f64> {
+        let h = heads * hd;
+        let proj = |r: usize, c: usize| -> f64 {
+            bias[c] as f64
+                + (0..inp)
+                    .map(|k| x[r * inp + k] as f64 * w[k * 3 * h + c] as f64)
+                    .sum::<f64>()
+        };
+        let mut out = vec![0f64; lengths.len() * h];
+        for (bi, &n) in lengths.iter().enumerate() {
+            let r0 = starts[bi];
+            for a in 0..heads {
+                let q: Vec<f64> = (0..hd).map(|d| proj(r0, a * hd + d)).collect();
+                let s: Vec<f64> = (0..n)
+                    .map(|t| {
+                        scale as f64
+                            * (0..hd)
+                                .map(|d| q[d] * proj(r0 + t, h + a * hd + d))
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..hd {
+                    out[bi * h + a * hd + d] = (0..n)
+                        .map(|t| e[t] / z * proj(r0 + t, 2 * h + a * hd + d))
+                        .sum();
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn first_row_attention_matches_projecting_every_row() {
+        // (heads, head size, input width, sequence spans, real lengths): packed spans, padded spans
+        // with a sequence that has no real row, a single sequence, and a head size no vector divides.
+        let cases = [
+            (4, 16, 64, &[9, 1, 30, 17][..], &[9, 1, 30, 17][..]),
+            (3, 5, 7, &[6, 6, 6], &[4, 0, 6]),
+            (12, 32, 384, &[23], &[23]),
+            (2, 8, 33, &[40, 40], &[40, 3]),
+        ];
+        for (ci, (heads, hd, inp, spans, lengths)) in cases.into_iter().enumerate() {
+            let (spans, lengths): (&[usize], &[usize]) = (spans, lengths);
+            let h = heads * hd;
+            let starts: Vec<usize> = std::iter::once(0)
+                .chain(spans.iter().scan(0, |at, &n| {
+                    *at += n;
+                    Some(*at)
+                }))
+                .collect();
+            let rows = starts[spans.len()];
+            let x = values(rows * inp, 1 + ci as u64);
+            // Weights of about the size the rows' products stay near one with.
+            let w: Vec<f32> = values(inp * 3 * h, 100 + ci as u64)
+                .into_iter()
+                .map(|v| v * 2.0 / (inp as f32).sqrt())
+                .collect();
+            let bias = values(3 * h, 200 + ci as u64);
+            let scale = 1.0 / (hd as f32).sqrt();
+            let want = reference(&x, inp, &w, &bias, &starts, lengths, heads, hd, scale);
+            let xt = Tensor::from_vec(x.clone(), (rows, inp), &Device::Cpu).unwrap();
+            for split in [false, true] {
+                let got = super::super::parallel::with_splitting(split, || {
+                    xt.apply_op1_no_bwd(&FirstRowAttention {
+                        starts: &starts,
+                        heads,
+                        head_dim: hd,
+                        lengths,
+                        scale,
+                        weight: &w,
+                        bias: &bias,
+                    })
+                })
+                .unwrap();
+                assert_eq!(got.dims(), &[lengths.len(), h]);
+                let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g as f64 - e).abs() <= 2e-5 * (1.0 + e.abs()),
+                        "case {ci}, value {i}: {g} against {e}"
+                    );
+                }
+                // A sequence without a real row: a zero context, as in the layer's attention.
+                for (bi, _) in lengths.iter().enumerate().filter(|(_, &n)| n == 0) {
+                    assert!(got[bi * h..][..h].iter().all(|&v| v == 0.0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn first_row_attention_refuses_mismatched_shapes() {
+        let x = Tensor::zeros((5, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let (w, bias) = (vec![0f32; 8 * 3 * 4], vec![0f32; 3 * 4]);
+        let op = |starts: &[usize], w: &[f32]| {
+            x.apply_op1_no_bwd(&FirstRowAttention {
+                starts,
+                heads: 2,
+                head_dim: 2,
+                lengths: &[2, 3],
+                scale: 1.0,
+                weight: w,
+                bias: &bias,
+            })
+            .map(|_| ())
+        };
+        assert!(op(&[0, 2, 5], &w).is_ok());
+        assert!(op(&[0, 2, 4], &w).is_err(), "spans short of the rows");
+        assert!(op(&[0, 3, 2], &w).is_err(), "spans out of order");
+        assert!(op(&[0, 2, 5], &w[1..]).is_err(), "weight of the wrong size");
     }
 }

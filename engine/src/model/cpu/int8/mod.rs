@@ -131,6 +131,23 @@ impl QuantWeight {
         QuantWeight::from_rows(&rows[..out], inp)
     }
 
+    /// The weight's values as the products see them, `scale[c] * code(k, c)`, as an `(inp, out)`
+    /// row-major f32 matrix (for the one f32 product of an int8 model: the first-row attention).
+    pub fn dequantized(&self) -> Vec<f32> {
+        let mut w = vec![0f32; self.inp * self.out];
+        for (k, row) in w
+            .chunks_exact_mut(self.out.max(1))
+            .enumerate()
+            .take(self.inp)
+        {
+            for (c, v) in row.iter_mut().enumerate() {
+                let panel = &self.panels[(c / NR) * self.kp * NR..];
+                *v = self.scale[c] * panel[(k / 4) * 4 * NR + (c % NR) * 4 + k % 4] as f32;
+            }
+        }
+        w
+    }
+
     pub fn inp(&self) -> usize {
         self.inp
     }
@@ -616,6 +633,34 @@ mod tests {
                     assert_eq!(bits(&got.scale), bits(&want.scale), "{what}: scales");
                     assert_eq!(got.q.len(), rows.div_ceil(MR) * MR * next.kp);
                 });
+            }
+        }
+    }
+
+    /// `dequantized` is each column's code times its scale: every value within half a step of the
+    /// weight and on a whole number of steps (the step being the column's largest weight over 63).
+    #[test]
+    fn dequantized_values_are_the_products_weights() {
+        let mut r = lcg(11);
+        let (inp, out) = (13, 37);
+        let w: Vec<f32> = (0..inp * out).map(|_| r()).collect();
+        let q = QuantWeight::of(&w, inp, out).unwrap();
+        let d = q.dequantized();
+        assert_eq!(d.len(), inp * out);
+        for c in 0..out {
+            let m = (0..inp).fold(0f32, |m, k| m.max(w[k * out + c].abs()));
+            let step = m / W_MAX;
+            for k in 0..inp {
+                let (v, x) = (d[k * out + c], w[k * out + c]);
+                assert!(
+                    (v - x).abs() <= step * 0.5001,
+                    "[{k}, {c}]: {v} against {x}"
+                );
+                let codes = v / step;
+                assert!(
+                    (codes - codes.round()).abs() < 1e-3,
+                    "[{k}, {c}]: {codes} steps"
+                );
             }
         }
     }
