@@ -1,8 +1,8 @@
 //! Exact search's rate on one setting: every query of an `.npy` file against an index folder's
 //! matrix at top `K`, in-process (no start-up, no output), best of `REPS` passes after one to warm
 //! up; prints queries/s. The engine picks the f32 scan or a pre-scan as it would in a search;
-//! `SIMLM_EXACT_PRESCAN=0` keeps the f32 scan and `SIMLM_EXACT_PRESCAN=force` takes the CPU's
-//! pre-scan wherever it runs, so runs side by side compare them.
+//! `SIMLM_EXACT_PRESCAN=0` keeps the f32 scan, `SIMLM_EXACT_PRESCAN=force` takes the CPU's first
+//! pre-scan wherever it runs, and `int8` or `bf16` that one, so runs side by side compare them.
 //! Usage: exact_rate INDEX_DIR QUERIES.npy K [REPS (default 5)]
 
 use std::time::Instant;

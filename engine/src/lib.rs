@@ -35,17 +35,29 @@ pub fn kernels() -> String {
         simd::Level::Avx2Fma => "AVX2 + FMA",
         simd::Level::Portable => "portable",
     };
-    // Width 1 asks only whether the CPU runs it (it takes widths up to 4,096).
-    let prescan = match (search::prescan::kind(1), search::prescan::mode()) {
-        (None, _) => "off (no AVX512-BF16 nor AVX2)".to_string(),
+    // Width 1 asks only which the CPU runs (they take widths up to 4,096).
+    let kinds = search::prescan::kinds(1);
+    let prescan = match (kinds.first(), search::prescan::mode()) {
+        (None, _) => "off (no AVX-512 VNNI or BF16, nor AVX2)".to_string(),
         (Some(_), search::prescan::Mode::Off) => "off (SIMLM_EXACT_PRESCAN=0)".to_string(),
-        (Some(kind), search::prescan::Mode::Force) => {
-            format!(
-                "{}, wherever it runs (SIMLM_EXACT_PRESCAN=force)",
-                kind.name()
-            )
-        }
-        (Some(kind), search::prescan::Mode::Auto) => format!("{}, where it pays", kind.name()),
+        (Some(&first), search::prescan::Mode::Force(want)) => match want {
+            Some(want) if !kinds.contains(&want) => {
+                format!(
+                    "off (SIMLM_EXACT_PRESCAN names {}, which this CPU does not run)",
+                    want.name()
+                )
+            }
+            want => format!(
+                "{}, wherever it runs (SIMLM_EXACT_PRESCAN={})",
+                want.unwrap_or(first).name(),
+                std::env::var("SIMLM_EXACT_PRESCAN").unwrap_or_default()
+            ),
+        },
+        (Some(_), search::prescan::Mode::Auto) => kinds
+            .iter()
+            .map(|k| format!("{}, where it pays", k.name()))
+            .collect::<Vec<_>>()
+            .join("; else "),
     };
     format!(
         "{level} (exact search, graph, element-wise); exact search's pre-scan: {prescan}; int8 products: {}; f32 products: the gemm crate's choice for this CPU",

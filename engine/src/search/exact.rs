@@ -235,14 +235,12 @@ pub fn search_rows(
 ) -> Result<Vec<Vec<Hit>>> {
     let per_worker = end.saturating_sub(start) / rayon::current_num_threads().max(1);
     let nq = queries.len() / matrix.cols().max(1);
-    let prescan = super::prescan::kind(matrix.cols()).filter(|&kind| {
-        !matrix.exceeds_half_of_memory()
-            && match super::prescan::mode() {
-                super::prescan::Mode::Auto => super::prescan::pays(kind, k, per_worker, nq),
-                super::prescan::Mode::Off => false,
-                super::prescan::Mode::Force => true,
-            }
-    });
+    let prescan = if matrix.exceeds_half_of_memory() {
+        None
+    } else {
+        let mode = super::prescan::mode();
+        super::prescan::choose(matrix.cols(), k, per_worker, nq, mode)
+    };
     search_rows_with(score_tile_kernel(), prescan, matrix, start, end, queries, k)
 }
 

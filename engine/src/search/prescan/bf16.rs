@@ -92,7 +92,7 @@ impl Codec for Bf16 {
         let kp = self.dim.div_ceil(2);
         let panel = &self.queries[qp * kp * 2 * TILE_Q..][..kp * 2 * TILE_Q];
         let rows = &buf.data[buf.at + jp * kp * 2 * TILE_R..][..kp * 2 * TILE_R];
-        // Safety: avx512f and avx512bf16 (checked by `kind`), and the slices hold a whole panel each.
+        // Safety: avx512f and avx512bf16 (checked by `runs`, which `kinds` asks), and the slices hold a whole panel each.
         unsafe { tile(kp, panel, rows, &buf.norms[jp], e, self.abs, thr, out) }
     }
 
@@ -191,7 +191,7 @@ fn pack_rows(
     let panel_len = kp * 2 * TILE_R;
     for (p, src) in rows[..n * dim].chunks(TILE_R * dim).enumerate() {
         let panel = &mut out[at + p * panel_len..][..panel_len];
-        // Safety: avx512f and avx512bf16 (checked by `kind`); the lengths are asserted there.
+        // Safety: avx512f and avx512bf16 (checked by `runs`, which `kinds` asks); the lengths are asserted there.
         unsafe { pack_panel(src, dim, stride, tmp, panel, &mut norms[p]) };
     }
     at
@@ -289,7 +289,7 @@ unsafe fn add_squares(v: std::arch::x86_64::__m512, sums: &mut [std::arch::x86_6
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn pack_panel(_: &[f32], _: usize, _: usize, _: &mut [u32], _: &mut [u16], _: &mut Norms) {
-    unreachable!("the pre-scan runs only on x86_64 (`kind`)")
+    unreachable!("the pre-scan runs only on x86_64 (`kinds`)")
 }
 
 /// `out[i * TILE_R + j]`: query i of the panel (pairs of bf16 broadcast) against row j (pairs of
@@ -379,7 +379,7 @@ unsafe fn tile(
     _: &[f32; TILE_Q],
     _: &mut [f32; TILE_Q * TILE_R],
 ) -> Option<[u16; TILE_Q]> {
-    unreachable!("the pre-scan runs only on x86_64 (`kind`)")
+    unreachable!("the pre-scan runs only on x86_64 (`kinds`)")
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
-//! The pre-scan on AVX2 CPUs, in 8-bit integers (the shared scheme: the parent module's note).
+//! The pre-scan in 8-bit integers, on AVX2 CPUs and on AVX-512 CPUs with VNNI (the shared scheme:
+//! the parent module's note). The codes, the integer sums and the f32 arithmetic after them are the
+//! same on both; only the products' instructions differ ([`tile`], [`tile_vnni`]).
 //!
 //! `vpmaddubsw` multiplies 32 pairs of bytes an instruction, an unsigned one by a signed one, and
 //! adds neighbouring products into 16-bit lanes. A row `x` is coded `cx = round(x / sx)` in [-63,
@@ -38,6 +40,8 @@ pub(super) struct Int8 {
     offset: Vec<i32>,
     err: Vec<[f32; 2]>,
     abs: f32,
+    /// Whether the tiles run on AVX-512 VNNI ([`tile_vnni`]) rather than AVX2 ([`tile`]).
+    vnni: bool,
 }
 
 /// Steps of [`STEP`] values in a vector of width `dim`, an even number (the tile takes two at a time).
@@ -91,6 +95,7 @@ impl Int8 {
             offset,
             err,
             abs: bound_abs(dim),
+            vnni: has_vnni(),
         })
     }
 }
@@ -152,7 +157,7 @@ impl Codec for Int8 {
             let live = src.len() / dim;
             for (j, row) in src.chunks_exact(dim).enumerate() {
                 let words = &mut buf.tmp[j * ks..][..ks];
-                // Safety: AVX2 and FMA (checked by `kind`).
+                // Safety: AVX2 and FMA (checked by `runs`, which `kinds` asks).
                 let packed = unsafe { pack_row(row, words) };
                 let Some((s, norm, rnorm)) = packed else {
                     return false;
@@ -205,8 +210,15 @@ impl Codec for Int8 {
         let panel = &self.queries[q.at * ks * STEP * TILE_Q..][..ks * STEP * TILE_Q];
         let rows = &buf.data[buf.at + jp * ks * STEP * TILE_R..][..ks * STEP * TILE_R];
         let rows_of = (&buf.scale[jp], &buf.norms[jp]);
-        // Safety: AVX2 and FMA (checked by `kind`), and the slices hold a whole panel each.
-        unsafe { tile(ks, panel, rows, rows_of, q, self.abs, thr, out) }
+        // Safety: AVX-512 VNNI where `vnni` (checked by `has_vnni`), else AVX2 and FMA (checked by
+        // `runs`, which `kinds` asks); the slices hold a whole panel each.
+        unsafe {
+            if self.vnni {
+                tile_vnni(ks, panel, rows, rows_of, q, self.abs, thr, out)
+            } else {
+                tile(ks, panel, rows, rows_of, q, self.abs, thr, out)
+            }
+        }
     }
 
     fn norms(buf: &Rows, jp: usize) -> &Norms {
@@ -330,7 +342,7 @@ unsafe fn add_squares(v: std::arch::x86_64::__m256, sums: &mut [std::arch::x86_6
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn pack_row(_: &[f32], _: &mut [u32]) -> Option<(f32, f32, f32)> {
-    unreachable!("the pre-scan runs only on x86_64 (`kind`)")
+    unreachable!("the pre-scan runs only on x86_64 (`kinds`)")
 }
 
 /// `out[i * TILE_R + j] = (f32(I) sx_j) sq_i` for query i of the panel (four codes broadcast a
@@ -412,6 +424,103 @@ unsafe fn tile(
     (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(nf, zero)) == 0).then_some(hits)
 }
 
+/// [`tile`] on AVX-512 VNNI: `vpdpbusd` adds each lane's four u8 x i8 products straight into 32
+/// bits, so one instruction takes the products of a step (four values) for all 16 rows of the panel,
+/// against a query's codes broadcast; the integer sums, and then every f32 operation, lane by lane,
+/// are [`tile`]'s, so the scores and the rows kept are the same bits.
+///
+/// Safety: the CPU has AVX-512 F, BW and VNNI; `a` holds `ks * 4 * TILE_Q` codes, `b` `ks * 4 *
+/// TILE_R`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_vnni(
+    ks: usize,
+    a: &[i8],
+    b: &[u8],
+    (scale, norms): (&[f32; TILE_R], &Norms),
+    q: &Panel,
+    abs: f32,
+    thr: &[f32; TILE_Q],
+    out: &mut [f32; TILE_Q * TILE_R],
+) -> Option<[u16; TILE_Q]> {
+    use std::arch::x86_64::*;
+    const _: () = assert!(TILE_R == 16);
+    assert!(a.len() >= ks * STEP * TILE_Q && b.len() >= ks * STEP * TILE_R);
+    // Twelve accumulators: 6 queries x two steps, added at the end (two chains each, so that each
+    // `vpdpbusd` waits on one issued twelve before it, not six).
+    let mut c = [[_mm512_setzero_si512(); 2]; TILE_Q];
+    let (mut pa, mut pb) = (a.as_ptr(), b.as_ptr());
+    for _ in 0..ks / 2 {
+        let r = [
+            _mm512_loadu_si512(pb as *const __m512i),
+            _mm512_loadu_si512(pb.add(64) as *const __m512i),
+        ];
+        for (h, r) in r.iter().enumerate() {
+            for (i, ci) in c.iter_mut().enumerate() {
+                let x = _mm512_set1_epi32(
+                    (pa.add(STEP * (h * TILE_Q + i)) as *const i32).read_unaligned(),
+                );
+                ci[h] = _mm512_dpbusd_epi32(ci[h], *r, x);
+            }
+        }
+        pa = pa.add(2 * STEP * TILE_Q);
+        pb = pb.add(2 * STEP * TILE_R);
+    }
+    let zero = _mm512_setzero_ps();
+    let mut nf = zero;
+    let sx = _mm512_loadu_ps(scale.as_ptr());
+    let nx = _mm512_loadu_ps(norms[0].as_ptr());
+    let nr = _mm512_loadu_ps(norms[1].as_ptr());
+    let abs = _mm512_set1_ps(abs);
+    let (big, inf) = (_mm512_set1_ps(BIG), _mm512_set1_ps(f32::INFINITY));
+    let mut hits = [0u16; TILE_Q];
+    for (i, ci) in c.iter().enumerate() {
+        let (sq, off) = (_mm512_set1_ps(q.scale[i]), _mm512_set1_epi32(q.offset[i]));
+        let (e1, e2) = (_mm512_set1_ps(q.err[i][0]), _mm512_set1_ps(q.err[i][1]));
+        let sum = _mm512_add_epi32(ci[0], ci[1]);
+        let s = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, off));
+        let s = _mm512_mul_ps(_mm512_mul_ps(s, sx), sq);
+        _mm512_storeu_ps(out.as_mut_ptr().add(i * TILE_R), s);
+        nf = _mm512_add_ps(nf, _mm512_mul_ps(s, zero));
+        // `bound`'s operations: e1 |x| + e2 |rx|, infinite unless below BIG, + abs; then + s.
+        let p = _mm512_add_ps(_mm512_mul_ps(e1, nx), _mm512_mul_ps(e2, nr));
+        let p = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(p, big), inf, p);
+        let up = _mm512_add_ps(s, _mm512_add_ps(p, abs));
+        hits[i] = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(up, _mm512_set1_ps(thr[i]));
+    }
+    (_mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(nf, zero) == 0).then_some(hits)
+}
+
+/// Whether the CPU has AVX-512 VNNI (with F and BW), for [`tile_vnni`].
+pub(super) fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_vnni(
+    _: usize,
+    _: &[i8],
+    _: &[u8],
+    _: (&[f32; TILE_R], &Norms),
+    _: &Panel,
+    _: f32,
+    _: &[f32; TILE_Q],
+    _: &mut [f32; TILE_Q * TILE_R],
+) -> Option<[u16; TILE_Q]> {
+    unreachable!("the pre-scan runs only on x86_64 (`kinds`)")
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
@@ -424,7 +533,7 @@ unsafe fn tile(
     _: &[f32; TILE_Q],
     _: &mut [f32; TILE_Q * TILE_R],
 ) -> Option<[u16; TILE_Q]> {
-    unreachable!("the pre-scan runs only on x86_64 (`kind`)")
+    unreachable!("the pre-scan runs only on x86_64 (`kinds`)")
 }
 
 #[cfg(test)]
@@ -435,6 +544,59 @@ mod tests {
 
     fn has_int8() -> bool {
         crate::search::test_support::has_prescan_of(super::super::Kind::Int8)
+    }
+
+    /// The AVX-512 VNNI tile against the AVX2 one, on a CPU with both: the same scores, bit for bit,
+    /// and the same rows kept, over widths with odd steps, extreme codes, thresholds below, at and
+    /// above the scores, and values so large that the scores overflow (both tiles then say `None`).
+    #[test]
+    fn the_vnni_tile_gives_the_avx2_tiles_bits() {
+        if !has_int8() || !has_vnni() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI (the AVX2 tile alone runs here)");
+            return;
+        }
+        let mut next = crate::search::test_support::lcg(29);
+        let mut buf = Rows::default();
+        let mut value = |scale: f32| ((next() % 20001) as f32 / 10000.0 - 1.0) * scale;
+        for dim in [1, 7, 8, 9, 63, 64, 100, 384, 769] {
+            for scale in [1.0, 1e-20, 1e15, 1e20] {
+                let queries: Vec<f32> = (0..TILE_Q * dim).map(|_| value(scale)).collect();
+                let Some(codec) = Int8::new(&queries, dim) else {
+                    continue;
+                };
+                let mut rows: Vec<f32> = (0..TILE_R * dim).map(|_| value(scale)).collect();
+                // A row at the largest codes, one of a single value, and a zero row.
+                rows[..dim].fill(scale);
+                rows[dim] = -scale;
+                rows[2 * dim..3 * dim].fill(0.0);
+                assert!(codec.pack(&rows, TILE_R, &mut buf));
+                let ks = steps(dim);
+                let q = codec.panel(0);
+                let a = &codec.queries[..ks * STEP * TILE_Q];
+                let b = &buf.data[buf.at..][..ks * STEP * TILE_R];
+                let rows_of = (&buf.scale[0], &buf.norms[0]);
+                let mut base = [0f32; TILE_Q * TILE_R];
+                // Thresholds below, at and above a score of each query.
+                let none = [f32::INFINITY; TILE_Q];
+                unsafe { tile(ks, a, b, rows_of, &q, codec.abs, &none, &mut base) };
+                for shift in [-1.0f32, 0.0, 1.0] {
+                    let thr: [f32; TILE_Q] = std::array::from_fn(|i| {
+                        base[i * TILE_R + i % TILE_R] + shift * scale * scale
+                    });
+                    let (mut want, mut got) = ([0f32; TILE_Q * TILE_R], [1f32; TILE_Q * TILE_R]);
+                    let hits_avx2 =
+                        unsafe { tile(ks, a, b, rows_of, &q, codec.abs, &thr, &mut want) };
+                    let hits_vnni =
+                        unsafe { tile_vnni(ks, a, b, rows_of, &q, codec.abs, &thr, &mut got) };
+                    assert_eq!(
+                        hits_vnni, hits_avx2,
+                        "dim {dim} scale {scale} shift {shift}"
+                    );
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "dim {dim} scale {scale}");
+                }
+            }
+        }
     }
 
     /// The packed rows, one value at a time: each code (`round(x / s)` as [`code`] gives it, with

@@ -1,6 +1,6 @@
 //! Exact search through a pre-scan: the matrix is scored in a narrower number format that the CPU
-//! multiplies faster than f32 (bfloat16 on CPUs with AVX512-BF16, [`bf16`]; 8-bit integers on AVX2
-//! CPUs, [`int8`]), each pre-scan score `s'` with a bound `e` of its distance from the f32 score `s`
+//! multiplies faster than f32 (bfloat16 on CPUs with AVX512-BF16, [`bf16`]; 8-bit integers on CPUs
+//! with AVX-512 VNNI or AVX2, [`int8`]), each pre-scan score `s'` with a bound `e` of its distance from the f32 score `s`
 //! that exact search computes for the same pair. Only the rows that can be among a query's k best are
 //! scored in f32, by exact search's own arithmetic ([`crate::simd::RowsFn`]), so the hits, their
 //! scores and their order are exact search's.
@@ -30,7 +30,7 @@ const MAX_DIM: usize = 4096;
 pub(crate) enum Kind {
     /// bfloat16 products (`vdpbf16ps`), on CPUs with AVX-512 F and BF16.
     Bf16,
-    /// 8-bit integer products (`vpmaddubsw`), on AVX2 CPUs.
+    /// 8-bit integer products: `vpdpbusd` on CPUs with AVX-512 VNNI, else `vpmaddubsw` (AVX2).
     Int8,
 }
 
@@ -39,34 +39,59 @@ impl Kind {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Bf16 => "bf16 (AVX512-BF16)",
+            Kind::Int8 if int8::has_vnni() => "int8 (AVX-512 VNNI)",
             Kind::Int8 => "int8 (AVX2)",
         }
     }
 }
 
-/// The pre-scan this CPU runs for queries of width `dim`, if any. AVX-512 CPUs without BF16 have
-/// none: their f32 scan multiplies 16 lanes a step, and no 16-lane integer pre-scan is written.
-pub(crate) fn kind(dim: usize) -> Option<Kind> {
+/// The pre-scans this CPU runs for queries of width `dim`, in the order a search tries them
+/// (the first that [`pays`]): on AVX-512 CPUs, int8 where they have VNNI, then bf16 where they have
+/// BF16; on AVX2 CPUs, int8. AVX-512 CPUs with neither have none: their f32 scan multiplies 16 lanes a
+/// step, and the AVX2 int8 tile was not measured against it.
+pub(crate) fn kinds(dim: usize) -> Vec<Kind> {
     if dim > MAX_DIM {
-        return None;
+        return Vec::new();
     }
     #[cfg(target_arch = "x86_64")]
     {
         match crate::simd::level() {
-            crate::simd::Level::Avx512 if runs(Kind::Bf16) => Some(Kind::Bf16),
-            crate::simd::Level::Avx2Fma => Some(Kind::Int8),
-            _ => None,
+            crate::simd::Level::Avx512 => [Kind::Int8, Kind::Bf16]
+                .into_iter()
+                .filter(|&k| match k {
+                    Kind::Int8 => int8::has_vnni(),
+                    Kind::Bf16 => runs(Kind::Bf16),
+                })
+                .collect(),
+            crate::simd::Level::Avx2Fma => vec![Kind::Int8],
+            _ => Vec::new(),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        None
+        Vec::new()
+    }
+}
+
+/// The pre-scan a search of top `k` over `rows` rows a worker, `nq` queries a batch, runs, as
+/// `mode` asks: the first of [`kinds`] that [`pays`] (`Auto`), the one named (`Force`, if the CPU
+/// runs it; unnamed, the first of `kinds`), or none (`Off`).
+pub(crate) fn choose(dim: usize, k: usize, rows: usize, nq: usize, mode: Mode) -> Option<Kind> {
+    let kinds = kinds(dim);
+    let beside_bf16 = kinds.contains(&Kind::Bf16);
+    let mut kinds = kinds.into_iter();
+    match mode {
+        Mode::Auto => kinds.find(|&kind| pays(kind, k, rows, nq, beside_bf16)),
+        Mode::Off => None,
+        Mode::Force(None) => kinds.next(),
+        Mode::Force(Some(want)) => kinds.find(|&kind| kind == want),
     }
 }
 
 /// Whether the pre-scan of `kind` is faster than the f32 scan for top `k` of `rows` rows a worker,
-/// `nq` queries a batch. A worker keeps the rows that reach its running threshold within the bound,
-/// about `k (1 + ln(rows / k))` where the bound is narrow, and scores them again in f32.
+/// `nq` queries a batch, and for int8 where the CPU runs bf16 too (`beside_bf16`), faster than bf16.
+/// A worker keeps the rows that reach its running threshold within the bound, about
+/// `k (1 + ln(rows / k))` where the bound is narrow, and scores them again in f32.
 ///
 /// bf16: past about a twentieth of a worker's rows the f32 scan is faster (AMD EPYC Zen 4, 2
 /// threads, MiniLM-shaped vectors: 300,000 x 384 at k 1,000, 4% kept: 923 against 810 queries/s, at
@@ -74,38 +99,47 @@ pub(crate) fn kind(dim: usize) -> Option<Kind> {
 /// 7%: 6,122 against 6,493); it pays from one query on (its packing costs what the f32 scan's does).
 ///
 /// int8: its bound is about 6 times as wide, and the rows within it of the threshold grow faster with
-/// k than `k ln(rows / k)`; measured crossovers (the same CPU under `scripts/bench/avx2-only`, 2,000
-/// queries) between k 40 and 70 on the pool (14,303 rows a worker: 9,290 against 8,433, 7,444 against
-/// 8,527 queries/s) and between k 100 and 200 on 300,000 x 384 (962 against 878, 781 against 878),
-/// so k up to `0.3 sqrt(rows)`; and coding the rows costs more than the f32 scan's packing, which a
-/// batch of about 50 queries repays (the pool at k 10: 48 queries 5,162 against 5,363, 64 queries
-/// 6,114 against 5,794).
+/// k than `k ln(rows / k)`; and coding the rows costs more than the f32 scan's (or bf16's) packing,
+/// which only a batch of queries repays. Against the f32 scan (the same CPU under
+/// `scripts/bench/avx2-only`, the AVX2 tile, 2,000 queries): crossovers between k 40 and 70 on the
+/// pool (14,303 rows a worker: 9,290 against 8,433, 7,444 against 8,527 queries/s) and between k 100
+/// and 200 on 300,000 x 384 (962 against 878, 781 against 878), so k up to `0.3 sqrt(rows)`; a batch of
+/// about 50 queries (the pool at k 10: 48 queries 5,162 against 5,363, 64 queries 6,114 against
+/// 5,794). Against bf16 (the VNNI tile, AMD EPYC Zen 4, 2 threads, 2,000 queries): the pool k 10 /
+/// 20 / 30 / 40: 17,106 / 14,291 / 12,215 / 10,221 against 13,886 / 12,987 / 11,869 / 11,400;
+/// 300,000 x 384 k 10 / 50 / 100: 2,309 / 1,642 / 1,099 against 1,541 / 1,328 / 1,357, so k up to
+/// `0.2 sqrt(rows)`; batches at k 10 of 128 / 256 / 512 queries, the pool: 9,502 / 12,429 / 15,452
+/// against 10,425 / 12,261 / 13,232 (300,000 x 384 at 256: 1,394 against 1,150), so 256 queries.
 ///
 /// k is at most 1,000; a query's list of kept rows holds at most 8 max(k, 128) rows and a block's
 /// (`scan_run`).
-pub(super) fn pays(kind: Kind, k: usize, rows: usize, nq: usize) -> bool {
+pub(super) fn pays(kind: Kind, k: usize, rows: usize, nq: usize, beside_bf16: bool) -> bool {
     let (kf, rf) = (k as f64, rows as f64);
     let narrow = k > 0 && k <= 1000 && k < rows && kf * (1.0 + (rf / kf).ln()) <= rf / 20.0;
     match kind {
         Kind::Bf16 => narrow,
+        Kind::Int8 if beside_bf16 => narrow && nq >= 256 && kf <= 0.2 * rf.sqrt(),
         Kind::Int8 => narrow && nq >= 64 && kf <= 0.3 * rf.sqrt(),
     }
 }
 
-/// What `SIMLM_EXACT_PRESCAN` asks of the pre-scan: unset (or any other value), where it pays
-/// ([`pays`]); `0`, never; `force`, wherever the CPU runs one (for measuring where it pays).
+/// What `SIMLM_EXACT_PRESCAN` asks of the pre-scan: unset (or any other value), the first that
+/// pays ([`choose`]); `0`, never; `force`, the CPU's first wherever it runs; `int8` or `bf16`, that
+/// one wherever the CPU runs it (for measuring where each pays).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
     Auto,
     Off,
-    Force,
+    Force(Option<Kind>),
 }
 
 /// The environment's [`Mode`].
 pub(crate) fn mode() -> Mode {
     match std::env::var_os("SIMLM_EXACT_PRESCAN") {
         Some(v) if v == "0" => Mode::Off,
-        Some(v) if v == "force" => Mode::Force,
+        Some(v) if v == "force" => Mode::Force(None),
+        Some(v) if v == "int8" => Mode::Force(Some(Kind::Int8)),
+        Some(v) if v == "bf16" => Mode::Force(Some(Kind::Bf16)),
         _ => Mode::Auto,
     }
 }
@@ -204,8 +238,8 @@ struct QueryState {
 /// was not finite (the caller then runs exact search's f32 scan, which reports the row).
 type WorkerResult = Option<Vec<TopK>>;
 
-/// Whether this CPU runs the pre-scan of `kind` (the one [`kind`] picks, or on an AVX-512 CPU the
-/// int8 one too, which needs only AVX2: the tests run both).
+/// Whether this CPU runs the pre-scan of `kind`: those [`kinds`] lists, and on an AVX-512 CPU
+/// without VNNI the int8 one too, on its AVX2 tile (the tests run every one the CPU runs).
 pub(crate) fn runs(kind: Kind) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -466,7 +500,8 @@ pub(super) mod tests {
     #[test]
     fn the_pre_scan_runs_where_it_was_measured_faster() {
         use Kind::{Bf16, Int8};
-        // (kind, k, rows a worker, queries): the measured cases in `pays`'s note, and the edges.
+        // (kind, k, rows a worker, queries): the measured cases in `pays`'s note, and the edges;
+        // int8 against the f32 scan here, against bf16 below.
         for (kind, k, rows, nq, want) in [
             (Bf16, 10, 150_000, 2000, true),
             (Bf16, 1000, 150_000, 2000, true),
@@ -492,9 +527,31 @@ pub(super) mod tests {
             (Int8, 0, 150_000, 2000, false),
         ] {
             assert_eq!(
-                pays(kind, k, rows, nq),
+                pays(kind, k, rows, nq, false),
                 want,
                 "{kind:?}, k {k}, {rows} rows a worker, {nq} queries"
+            );
+            if kind == Bf16 {
+                assert_eq!(pays(kind, k, rows, nq, true), want, "bf16 does not ask");
+            }
+        }
+        for (k, rows, nq, want) in [
+            (10, 14_303, 2000, true),
+            (20, 14_303, 2000, true),
+            (30, 14_303, 2000, false),
+            (40, 14_303, 2000, false),
+            (10, 150_000, 2000, true),
+            (50, 150_000, 2000, true),
+            (100, 150_000, 2000, false),
+            (10, 14_303, 256, true),
+            (10, 14_303, 128, false),
+            (10, 14_303, 64, false),
+            (0, 150_000, 2000, false),
+        ] {
+            assert_eq!(
+                pays(Int8, k, rows, nq, true),
+                want,
+                "int8 beside bf16, k {k}, {rows} rows a worker, {nq} queries"
             );
         }
     }
