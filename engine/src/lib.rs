@@ -43,7 +43,7 @@ pub fn kernels() -> String {
         (Some(&first), search::prescan::Mode::Force(want)) => match want {
             Some(want) if !kinds.contains(&want) => {
                 format!(
-                    "off (SIMLM_EXACT_PRESCAN names {}, which this CPU does not run)",
+                    "off (SIMLM_EXACT_PRESCAN names {}, which searches on this CPU do not take)",
                     want.name()
                 )
             }

@@ -292,7 +292,8 @@ impl BertModel {
             let ctx = if cls_only && li == last {
                 // Attention for the first row of each sequence straight from the layer's input
                 // (no keys and values projected), and from here on, only those rows.
-                let ctx = layer.qkv.with_values(|w| {
+                let h = attention.heads * attention.head_dim;
+                let ctx = layer.qkv.with_qkv_values(h, |w, keys_t| {
                     with_f32(&layer.qkv.bias, "bias", |bias| {
                         x.apply_op1_no_bwd(&FirstRowAttention {
                             starts: &starts,
@@ -301,6 +302,7 @@ impl BertModel {
                             lengths: &lengths,
                             scale: attention.scale,
                             weight: w,
+                            keys_t,
                             bias,
                         })
                     })

@@ -28,6 +28,9 @@ pub(super) struct Linear {
     /// `quant`'s values as f32, made on first use by the one op of an int8 model that reads the
     /// weight itself (the last layer's first-row attention, [CLS] pooling).
     pub(super) dequantized: std::sync::OnceLock<Vec<f32>>,
+    /// For a fused QKV weight, its K block transposed (`fused_attention::keys_transposed`), made on
+    /// first use by the last layer's first-row attention.
+    pub(super) keys_t: std::sync::OnceLock<Vec<f32>>,
 }
 
 impl Linear {
@@ -42,6 +45,24 @@ impl Linear {
             (None, Some(q)) => f(self.dequantized.get_or_init(|| q.dequantized())),
             (None, None) => candle_core::bail!("linear layer without a weight"),
         }
+    }
+
+    /// Runs `f` with the weight's values (as [`Linear::with_values`]) and, taking it as a fused QKV
+    /// weight `(in, 3 * h)`, its K block transposed to `(h, in)`.
+    pub(super) fn with_qkv_values<R>(
+        &self,
+        h: usize,
+        f: impl FnOnce(&[f32], &[f32]) -> candle_core::Result<R>,
+    ) -> candle_core::Result<R> {
+        self.with_values(|w| {
+            let inp = w.len() / (3 * h).max(1);
+            if self.keys_t.get().is_none() {
+                let _ = self
+                    .keys_t
+                    .set(super::cpu::fused_attention::keys_transposed(w, inp, h));
+            }
+            f(w, self.keys_t.get().expect("set above"))
+        })
     }
 }
 
@@ -256,6 +277,7 @@ impl<'a> Weights<'a> {
                 packed: Default::default(),
                 quant: None,
                 dequantized: Default::default(),
+                keys_t: Default::default(),
             });
         }
         let mut parts = Vec::with_capacity(prefixes.len());
@@ -287,6 +309,7 @@ impl<'a> Weights<'a> {
                 packed: Default::default(),
                 quant: Some(quant),
                 dequantized: Default::default(),
+                keys_t: Default::default(),
             });
         }
         let parts: Vec<&[f32]> = parts.iter().map(|p| &p[..]).collect();
@@ -296,6 +319,7 @@ impl<'a> Weights<'a> {
             packed: Default::default(),
             quant: None,
             dequantized: Default::default(),
+            keys_t: Default::default(),
         })
     }
 

@@ -165,8 +165,30 @@ pub struct FirstRowAttention<'a> {
     pub scale: f32,
     /// The layer's QKV weight `(in, 3 * hidden)`, row-major: Q, K and V side by side.
     pub weight: &'a [f32],
+    /// Its K block transposed, `(hidden, in)` ([`keys_transposed`]).
+    pub keys_t: &'a [f32],
     /// Its bias, `3 * hidden`.
     pub bias: &'a [f32],
+}
+
+/// The K block of a QKV weight `(inp, 3 * h)`, transposed to `(h, inp)`: [`FirstRowAttention`]'s
+/// `W_K q` as a sum of rows.
+pub fn keys_transposed(weight: &[f32], inp: usize, h: usize) -> Vec<f32> {
+    let mut t = vec![0f32; h * inp];
+    for (k, row) in weight.chunks_exact(3 * h).enumerate().take(inp) {
+        for (c, &v) in row[h..2 * h].iter().enumerate() {
+            t[c * inp + k] = v;
+        }
+    }
+    t
+}
+
+/// `dst += a * x`, element by element (a multiply and an add each, in this order whatever the CPU).
+#[inline]
+fn add_scaled(dst: &mut [f32], a: f32, x: &[f32]) {
+    for (d, &x) in dst.iter_mut().zip(x) {
+        *d += a * x;
+    }
 }
 
 impl CustomOp1 for FirstRowAttention<'_> {
@@ -184,58 +206,35 @@ impl CustomOp1 for FirstRowAttention<'_> {
             || self.starts.windows(2).any(|w| w[0] > w[1])
             || self.starts[b] != rows
             || self.weight.len() != inp * 3 * h
+            || self.keys_t.len() != h * inp
             || self.bias.len() != 3 * h
         {
             candle_core::bail!("first-row attention: shape mismatch");
         }
         let len = |bi: usize| self.lengths[bi].min(self.starts[bi + 1] - self.starts[bi]);
-        let (w, ld) = (self.weight.as_ptr(), 3 * h as isize);
-        // The first rows' queries, (b, h): bias, plus X0 (b x inp) @ W_Q. A sequence without a
-        // real row keeps a zero row here and a zero context below.
-        let mut x0 = vec![0f32; b * inp];
+        // Each sequence's query, `W_K q` and context come from loops whose order of operations does
+        // not depend on the other sequences of the batch (a product over the batch's rows could take
+        // other kernels for other row counts), so that a vector does not depend on its batch.
+        // The first rows' queries, (b, h): bias, then x0[k] W_Q[k] for k in order. A sequence
+        // without a real row keeps a zero row here and a zero context below.
+        let w = self.weight;
         let mut q = vec![0f32; b * h];
         for bi in (0..b).filter(|&bi| len(bi) > 0) {
-            x0[bi * inp..][..inp].copy_from_slice(&x[self.starts[bi] * inp..][..inp]);
-            q[bi * h..][..h].copy_from_slice(&self.bias[..h]);
+            let (x0, q) = (&x[self.starts[bi] * inp..][..inp], &mut q[bi * h..][..h]);
+            q.copy_from_slice(&self.bias[..h]);
+            for (k, &xk) in x0.iter().enumerate() {
+                add_scaled(q, xk, &w[k * 3 * h..][..h]);
+            }
         }
-        // Safety (every product below): the pointers and strides stay inside their buffers, by the
-        // shapes checked above: x0 (b x inp), q (b x h), u (b x nh x inp), the weight (inp x 3h).
-        unsafe {
-            gemm_f32(
-                b,
-                h,
-                inp,
-                q.as_mut_ptr(),
-                h as isize,
-                true,
-                x0.as_ptr(),
-                inp as isize,
-                1,
-                w,
-                ld,
-                1,
-                false,
-            );
-        }
-        // u[bi][a] = W_K^a q_a (inp), per head: U_a (b x inp) = Q_a (b x hd) @ W_K^a^T (hd x inp).
+        // u[bi][a] = W_K^a q_a (inp values): q_a[d] times row a hd + d of W_K^T, for d in order.
         let mut u = vec![0f32; b * nh * inp];
-        for a in 0..nh {
-            unsafe {
-                gemm_f32(
-                    b,
-                    inp,
-                    hd,
-                    u.as_mut_ptr().add(a * inp),
-                    (nh * inp) as isize,
-                    false,
-                    q.as_ptr().add(a * hd),
-                    h as isize,
-                    1,
-                    w.add(h + a * hd),
-                    1,
-                    ld,
-                    false,
-                );
+        for bi in (0..b).filter(|&bi| len(bi) > 0) {
+            for a in 0..nh {
+                let u = &mut u[(bi * nh + a) * inp..][..inp];
+                for d in 0..hd {
+                    let c = a * hd + d;
+                    add_scaled(u, q[bi * h + c], &self.keys_t[c * inp..][..inp]);
+                }
             }
         }
         // g[bi][a] = sum_t p_t x_t over the sequence's real rows, p the softmax of its scores.
@@ -307,28 +306,16 @@ impl CustomOp1 for FirstRowAttention<'_> {
                 sequence(&mut scratch, bi, g);
             }
         }
-        // ctx (b x h): b_V, plus per head G_a (b x inp) @ W_V^a (inp x hd).
+        // ctx (b x h): b_V, then for k in order, each head's g_a[k] times its block of W_V's row k.
         let mut ctx = vec![0f32; b * h];
         for bi in (0..b).filter(|&bi| len(bi) > 0) {
-            ctx[bi * h..][..h].copy_from_slice(&self.bias[2 * h..]);
-        }
-        for a in 0..nh {
-            unsafe {
-                gemm_f32(
-                    b,
-                    hd,
-                    inp,
-                    ctx.as_mut_ptr().add(a * hd),
-                    h as isize,
-                    true,
-                    g.as_ptr().add(a * inp),
-                    (nh * inp) as isize,
-                    1,
-                    w.add(2 * h + a * hd),
-                    ld,
-                    1,
-                    false,
-                );
+            let (ctx, g) = (&mut ctx[bi * h..][..h], &g[bi * nh * inp..][..nh * inp]);
+            ctx.copy_from_slice(&self.bias[2 * h..]);
+            for k in 0..inp {
+                let v = &w[k * 3 * h + 2 * h..][..h];
+                for a in 0..nh {
+                    add_scaled(&mut ctx[a * hd..][..hd], g[a * inp + k], &v[a * hd..][..hd]);
+                }
             }
         }
         Ok((CpuStorage::F32(ctx), Shape::from((b, h))))
@@ -442,6 +429,7 @@ mod tests {
                         lengths,
                         scale,
                         weight: &w,
+                        keys_t: &keys_transposed(&w, inp, h),
                         bias: &bias,
                     })
                 })
@@ -458,6 +446,35 @@ mod tests {
                 for (bi, _) in lengths.iter().enumerate().filter(|(_, &n)| n == 0) {
                     assert!(got[bi * h..][..h].iter().all(|&v| v == 0.0));
                 }
+                // Each sequence alone gives the same bits as in its batch.
+                for (bi, &n) in lengths.iter().enumerate() {
+                    let span = starts[bi + 1] - starts[bi];
+                    let rows_of = x[starts[bi] * inp..][..span * inp].to_vec();
+                    let alone = Tensor::from_vec(rows_of, (span, inp), &Device::Cpu).unwrap();
+                    let alone = super::super::parallel::with_splitting(split, || {
+                        alone.apply_op1_no_bwd(&FirstRowAttention {
+                            starts: &[0, span],
+                            heads,
+                            head_dim: hd,
+                            lengths: &[n],
+                            scale,
+                            weight: &w,
+                            keys_t: &keys_transposed(&w, inp, h),
+                            bias: &bias,
+                        })
+                    })
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&alone),
+                        bits(&got[bi * h..][..h]),
+                        "case {ci}, sequence {bi}"
+                    );
+                }
             }
         }
     }
@@ -465,7 +482,7 @@ mod tests {
     #[test]
     fn first_row_attention_refuses_mismatched_shapes() {
         let x = Tensor::zeros((5, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let (w, bias) = (vec![0f32; 8 * 3 * 4], vec![0f32; 3 * 4]);
+        let (w, keys_t, bias) = (vec![0f32; 8 * 3 * 4], vec![0f32; 4 * 8], vec![0f32; 3 * 4]);
         let op = |starts: &[usize], w: &[f32]| {
             x.apply_op1_no_bwd(&FirstRowAttention {
                 starts,
@@ -474,6 +491,7 @@ mod tests {
                 lengths: &[2, 3],
                 scale: 1.0,
                 weight: w,
+                keys_t: &keys_t,
                 bias: &bias,
             })
             .map(|_| ())

@@ -59,7 +59,7 @@ pub(crate) fn kinds(dim: usize) -> Vec<Kind> {
             crate::simd::Level::Avx512 => [Kind::Int8, Kind::Bf16]
                 .into_iter()
                 .filter(|&k| match k {
-                    Kind::Int8 => int8::has_vnni(),
+                    Kind::Int8 => int8::has_vnni() && runs(Kind::Int8),
                     Kind::Bf16 => runs(Kind::Bf16),
                 })
                 .collect(),
