@@ -20,7 +20,7 @@
 //! | f32 projection, up to 64 rows (a query) | `cpu/linear.rs` (`PackedWeight`) | `rows_panel_avx512`, up to 24 rows a pass | `simd::score_tile` 6 x 16, intrinsics | `score_tile`'s 16-lane loop |
 //! | bias, residual, GELU, LayerNorm after a projection | `cpu/fused_linear.rs`, `cpu/elementwise.rs` | generic code compiled for AVX-512 | compiled for AVX2 + FMA | baseline x86-64 |
 //! | attention per (sequence, head) | `cpu/fused_attention.rs` | `cpu/attention.rs`: register tiles and `exp16` (head size a multiple of 16, up to 128) | `gemm` crate products, `softmax_padded` | same as AVX2 |
-//! | attention of the [CLS] row only (last layer, [CLS] pooling), from the layer's input rows | `cpu/fused_attention.rs` (`FirstRowAttention`) | `gemm` crate products, `softmax` | same | same |
+//! | attention of the [CLS] row only (last layer, [CLS] pooling), from the layer's input rows | `cpu/fused_attention.rs` (`FirstRowAttention`) | loops in each sequence's own order (query, `W_K q`, context), `gemm` crate products (scores, weighted row sums), `softmax` | same | same |
 //! | int8: activations quantised per row | `cpu/int8/rows.rs` | `row_range_avx512`, `quantize_into` | `row_range_avx2`, `quantize_into` | `row_range_generic`, `quantize_into` |
 //! | int8: product tiles and epilogue | `cpu/int8/tiles.rs` | `tile_vnni` where the CPU has VNNI, else `tile_avx2` | `tile_avx2` | `tile_portable` |
 //! | int8 projection, int8 feed-forward block | `cpu/fused_linear.rs`, `cpu/int8/mod.rs` | the rows and tiles above, GELU from `elementwise` | same | same |
