@@ -50,7 +50,7 @@ pub fn kernels() -> String {
             want => format!(
                 "{}, wherever it runs (SIMLM_EXACT_PRESCAN={})",
                 want.unwrap_or(first).name(),
-                std::env::var("SIMLM_EXACT_PRESCAN").unwrap_or_default()
+                want.map_or("force", |k| k.setting())
             ),
         },
         (Some(_), search::prescan::Mode::Auto) => kinds

@@ -38,6 +38,21 @@ pub fn level() -> Level {
     })
 }
 
+/// Whether the CPU has AVX-512 VNNI (`vpdpbusd`) with the F and BW instructions beside it: the int8
+/// products' tiles and the int8 pre-scan's.
+pub(crate) fn has_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Defines `fn $name(args)`, which runs the `#[inline(always)]` function `$generic` compiled for
 /// the CPU's [`Level`] (plain arithmetic loops that the compiler vectorises for the wider registers).
 macro_rules! simd_dispatch {

@@ -221,6 +221,22 @@ fn add_map(x: &mut [f32], bias: &[f32], residual: Option<&[f32]>, f: impl Fn(f32
 }
 
 #[inline(always)]
+fn add_scaled_rows_generic(dst: &mut [f32], coefs: &[f32], rows: &[f32], stride: usize) {
+    for (i, &a) in coefs.iter().enumerate() {
+        let row = &rows[i * stride..][..dst.len()];
+        for (d, &x) in dst.iter_mut().zip(row) {
+            *d += a * x;
+        }
+    }
+}
+
+simd_dispatch! {
+    /// `dst += coefs[i] * rows[i * stride..][..dst.len()]` for each `i` in order, each a multiply
+    /// and an add (so the same bits on every level, and for a row whatever else is summed beside it).
+    pub(crate) fn add_scaled_rows = add_scaled_rows_generic(dst: &mut [f32], coefs: &[f32], rows: &[f32], stride: usize)
+}
+
+#[inline(always)]
 fn add_row_generic(x: &mut [f32], bias: &[f32], residual: Option<&[f32]>) {
     add_map(x, bias, residual, |v| v)
 }

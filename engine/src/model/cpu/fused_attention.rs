@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
 
 use super::attention;
-use super::elementwise::{score_stride, softmax, softmax_padded};
+use super::elementwise::{add_scaled_rows, score_stride, softmax, softmax_padded};
 use super::linear::gemm_f32;
 use super::parallel::may_split;
 use super::parallel::SharedMut;
@@ -183,14 +183,6 @@ pub fn keys_transposed(weight: &[f32], inp: usize, h: usize) -> Vec<f32> {
     t
 }
 
-/// `dst += a * x`, element by element (a multiply and an add each, in this order whatever the CPU).
-#[inline]
-fn add_scaled(dst: &mut [f32], a: f32, x: &[f32]) {
-    for (d, &x) in dst.iter_mut().zip(x) {
-        *d += a * x;
-    }
-}
-
 impl CustomOp1 for FirstRowAttention<'_> {
     fn name(&self) -> &'static str {
         "first-row-attention"
@@ -222,19 +214,19 @@ impl CustomOp1 for FirstRowAttention<'_> {
         for bi in (0..b).filter(|&bi| len(bi) > 0) {
             let (x0, q) = (&x[self.starts[bi] * inp..][..inp], &mut q[bi * h..][..h]);
             q.copy_from_slice(&self.bias[..h]);
-            for (k, &xk) in x0.iter().enumerate() {
-                add_scaled(q, xk, &w[k * 3 * h..][..h]);
-            }
+            add_scaled_rows(q, x0, w, 3 * h);
         }
         // u[bi][a] = W_K^a q_a (inp values): q_a[d] times row a hd + d of W_K^T, for d in order.
         let mut u = vec![0f32; b * nh * inp];
         for bi in (0..b).filter(|&bi| len(bi) > 0) {
             for a in 0..nh {
                 let u = &mut u[(bi * nh + a) * inp..][..inp];
-                for d in 0..hd {
-                    let c = a * hd + d;
-                    add_scaled(u, q[bi * h + c], &self.keys_t[c * inp..][..inp]);
-                }
+                add_scaled_rows(
+                    u,
+                    &q[bi * h + a * hd..][..hd],
+                    &self.keys_t[a * hd * inp..],
+                    inp,
+                );
             }
         }
         // g[bi][a] = sum_t p_t x_t over the sequence's real rows, p the softmax of its scores.
@@ -306,16 +298,14 @@ impl CustomOp1 for FirstRowAttention<'_> {
                 sequence(&mut scratch, bi, g);
             }
         }
-        // ctx (b x h): b_V, then for k in order, each head's g_a[k] times its block of W_V's row k.
+        // ctx (b x h): b_V, then per head, for k in order, g_a[k] times its block of W_V's row k.
         let mut ctx = vec![0f32; b * h];
         for bi in (0..b).filter(|&bi| len(bi) > 0) {
             let (ctx, g) = (&mut ctx[bi * h..][..h], &g[bi * nh * inp..][..nh * inp]);
             ctx.copy_from_slice(&self.bias[2 * h..]);
-            for k in 0..inp {
-                let v = &w[k * 3 * h + 2 * h..][..h];
-                for a in 0..nh {
-                    add_scaled(&mut ctx[a * hd..][..hd], g[a * inp + k], &v[a * hd..][..hd]);
-                }
+            for a in 0..nh {
+                let v = &w[2 * h + a * hd..];
+                add_scaled_rows(&mut ctx[a * hd..][..hd], &g[a * inp..][..inp], v, 3 * h);
             }
         }
         Ok((CpuStorage::F32(ctx), Shape::from((b, h))))
@@ -419,23 +409,29 @@ mod tests {
             let bias = values(3 * h, 200 + ci as u64);
             let scale = 1.0 / (hd as f32).sqrt();
             let want = reference(&x, inp, &w, &bias, &starts, lengths, heads, hd, scale);
-            let xt = Tensor::from_vec(x.clone(), (rows, inp), &Device::Cpu).unwrap();
-            for split in [false, true] {
+            let keys_t = keys_transposed(&w, inp, h);
+            // The op over `rows` (spans `starts`, real lengths `lengths`), its `(sequences, h)`
+            // output flattened.
+            let run = |rows: &[f32], starts: &[usize], lengths: &[usize], split: bool| {
+                let xt = Tensor::from_vec(rows.to_vec(), (rows.len() / inp, inp), &Device::Cpu);
                 let got = super::super::parallel::with_splitting(split, || {
-                    xt.apply_op1_no_bwd(&FirstRowAttention {
-                        starts: &starts,
+                    xt.unwrap().apply_op1_no_bwd(&FirstRowAttention {
+                        starts,
                         heads,
                         head_dim: hd,
                         lengths,
                         scale,
                         weight: &w,
-                        keys_t: &keys_transposed(&w, inp, h),
+                        keys_t: &keys_t,
                         bias: &bias,
                     })
                 })
                 .unwrap();
                 assert_eq!(got.dims(), &[lengths.len(), h]);
-                let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            };
+            for split in [false, true] {
+                let got = run(&x, &starts, lengths, split);
                 for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (g as f64 - e).abs() <= 2e-5 * (1.0 + e.abs()),
@@ -449,25 +445,12 @@ mod tests {
                 // Each sequence alone gives the same bits as in its batch.
                 for (bi, &n) in lengths.iter().enumerate() {
                     let span = starts[bi + 1] - starts[bi];
-                    let rows_of = x[starts[bi] * inp..][..span * inp].to_vec();
-                    let alone = Tensor::from_vec(rows_of, (span, inp), &Device::Cpu).unwrap();
-                    let alone = super::super::parallel::with_splitting(split, || {
-                        alone.apply_op1_no_bwd(&FirstRowAttention {
-                            starts: &[0, span],
-                            heads,
-                            head_dim: hd,
-                            lengths: &[n],
-                            scale,
-                            weight: &w,
-                            keys_t: &keys_transposed(&w, inp, h),
-                            bias: &bias,
-                        })
-                    })
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap();
+                    let alone = run(
+                        &x[starts[bi] * inp..][..span * inp],
+                        &[0, span],
+                        &[n],
+                        split,
+                    );
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(
                         bits(&alone),

@@ -25,7 +25,7 @@
 //! that is not finite sends the batch to the f32 scan (which reports it).
 
 use super::{bound_abs, gamma, norm_of_up, sum_sq_norm_up, up, Codec, Norms, BIG};
-use crate::simd::{TILE_Q, TILE_R};
+use crate::simd::{has_avx512_vnni, TILE_Q, TILE_R};
 
 /// Bytes of a step: four values of a query (one 32-bit lane, broadcast) or of a row.
 const STEP: usize = 4;
@@ -41,6 +41,7 @@ pub(super) struct Int8 {
     err: Vec<[f32; 2]>,
     abs: f32,
     /// Whether the tiles run on AVX-512 VNNI ([`tile_vnni`]) rather than AVX2 ([`tile`]).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     vnni: bool,
 }
 
@@ -95,7 +96,7 @@ impl Int8 {
             offset,
             err,
             abs: bound_abs(dim),
-            vnni: has_vnni(),
+            vnni: has_avx512_vnni(),
         })
     }
 }
@@ -210,14 +211,14 @@ impl Codec for Int8 {
         let panel = &self.queries[q.at * ks * STEP * TILE_Q..][..ks * STEP * TILE_Q];
         let rows = &buf.data[buf.at + jp * ks * STEP * TILE_R..][..ks * STEP * TILE_R];
         let rows_of = (&buf.scale[jp], &buf.norms[jp]);
-        // Safety: AVX-512 VNNI where `vnni` (checked by `has_vnni`), else AVX2 and FMA (checked by
+        // Safety: AVX-512 VNNI where `vnni` (checked by `has_avx512_vnni`), else AVX2 and FMA (checked by
         // `runs`, which `kinds` asks); the slices hold a whole panel each.
         unsafe {
+            #[cfg(target_arch = "x86_64")]
             if self.vnni {
-                tile_vnni(ks, panel, rows, rows_of, q, self.abs, thr, out)
-            } else {
-                tile(ks, panel, rows, rows_of, q, self.abs, thr, out)
+                return tile_vnni(ks, panel, rows, rows_of, q, self.abs, thr, out);
             }
+            tile(ks, panel, rows, rows_of, q, self.abs, thr, out)
         }
     }
 
@@ -492,35 +493,6 @@ unsafe fn tile_vnni(
     (_mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(nf, zero) == 0).then_some(hits)
 }
 
-/// Whether the CPU has AVX-512 VNNI (with F and BW), for [`tile_vnni`].
-pub(super) fn has_vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_vnni(
-    _: usize,
-    _: &[i8],
-    _: &[u8],
-    _: (&[f32; TILE_R], &Norms),
-    _: &Panel,
-    _: f32,
-    _: &[f32; TILE_Q],
-    _: &mut [f32; TILE_Q * TILE_R],
-) -> Option<[u16; TILE_Q]> {
-    unreachable!("the pre-scan runs only on x86_64 (`kinds`)")
-}
-
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
@@ -550,8 +522,9 @@ mod tests {
     /// and the same rows kept, over widths with odd steps, extreme codes, thresholds below, at and
     /// above the scores, and values so large that the scores overflow (both tiles then say `None`).
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn the_vnni_tile_gives_the_avx2_tiles_bits() {
-        if !has_int8() || !has_vnni() {
+        if !has_int8() || !has_avx512_vnni() {
             eprintln!("skipped: this CPU has no AVX-512 VNNI (the AVX2 tile alone runs here)");
             return;
         }

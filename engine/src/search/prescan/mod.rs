@@ -39,8 +39,16 @@ impl Kind {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Bf16 => "bf16 (AVX512-BF16)",
-            Kind::Int8 if int8::has_vnni() => "int8 (AVX-512 VNNI)",
+            Kind::Int8 if crate::simd::has_avx512_vnni() => "int8 (AVX-512 VNNI)",
             Kind::Int8 => "int8 (AVX2)",
+        }
+    }
+
+    /// The value of `SIMLM_EXACT_PRESCAN` that forces it ([`mode`]).
+    pub(crate) fn setting(self) -> &'static str {
+        match self {
+            Kind::Bf16 => "bf16",
+            Kind::Int8 => "int8",
         }
     }
 }
@@ -59,7 +67,7 @@ pub(crate) fn kinds(dim: usize) -> Vec<Kind> {
             crate::simd::Level::Avx512 => [Kind::Int8, Kind::Bf16]
                 .into_iter()
                 .filter(|&k| match k {
-                    Kind::Int8 => int8::has_vnni() && runs(Kind::Int8),
+                    Kind::Int8 => crate::simd::has_avx512_vnni() && runs(Kind::Int8),
                     Kind::Bf16 => runs(Kind::Bf16),
                 })
                 .collect(),
@@ -138,9 +146,11 @@ pub(crate) fn mode() -> Mode {
     match std::env::var_os("SIMLM_EXACT_PRESCAN") {
         Some(v) if v == "0" => Mode::Off,
         Some(v) if v == "force" => Mode::Force(None),
-        Some(v) if v == "int8" => Mode::Force(Some(Kind::Int8)),
-        Some(v) if v == "bf16" => Mode::Force(Some(Kind::Bf16)),
-        _ => Mode::Auto,
+        Some(v) => [Kind::Int8, Kind::Bf16]
+            .into_iter()
+            .find(|k| v == k.setting())
+            .map_or(Mode::Auto, |k| Mode::Force(Some(k))),
+        None => Mode::Auto,
     }
 }
 

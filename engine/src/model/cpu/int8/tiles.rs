@@ -2,7 +2,7 @@
 //! (scales, zero points, bias, residual) into f32, on AVX-512 VNNI (`vpdpbusd`), AVX2
 //! (`vpmaddubsw` + `vpmaddwd`) or portable code: all give the same bits.
 
-use crate::simd::{level, Level};
+use crate::simd::{has_avx512_vnni, level, Level};
 
 /// Output columns per weight panel.
 pub(super) const NR: usize = 16;
@@ -75,7 +75,7 @@ pub(super) type TileFn = unsafe fn(usize, &[u8], &[i8], &Out);
 pub(super) fn tile_kernel() -> TileFn {
     match level() {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 if has_vnni() => tile_vnni_checked,
+        Level::Avx512 if has_avx512_vnni() => tile_vnni_checked,
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 | Level::Avx2Fma => tile_avx2_checked,
         _ => tile_portable,
@@ -86,19 +86,11 @@ pub(super) fn tile_kernel() -> TileFn {
 pub(super) fn tile_kernel_name() -> &'static str {
     match level() {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 if has_vnni() => "AVX-512 VNNI",
+        Level::Avx512 if has_avx512_vnni() => "AVX-512 VNNI",
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 | Level::Avx2Fma => "AVX2",
         _ => "portable",
     }
-}
-
-/// Whether the CPU has AVX-512 VNNI (`vpdpbusd`) with the byte/word instructions beside it.
-#[cfg(target_arch = "x86_64")]
-fn has_vnni() -> bool {
-    std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512vnni")
 }
 
 /// Safety: as [`TileFn`]; the CPU must have AVX-512 F, BW and VNNI (checked by [`tile_kernel`]).
@@ -300,7 +292,7 @@ pub(super) fn cpu_kernels() -> Vec<(&'static str, TileFn)> {
         if std::is_x86_feature_detected!("avx2") {
             k.push(("AVX2", tile_avx2_checked));
         }
-        if has_vnni() {
+        if has_avx512_vnni() {
             k.push(("AVX-512 VNNI", tile_vnni_checked));
         }
     }
