@@ -2,8 +2,10 @@
 //! over the sequence's real tokens, a block of query rows at a time, so that a block's scores go from
 //! their product through the softmax into the product with `V` while they are in L1.
 //!
-//! The head's queries and values are copied into contiguous rows (at the QKV rows' stride, a head's
-//! rows fall into a few cache sets) and its keys transposed, 16 x 16 in registers; the two products
+//! The head's values are copied into contiguous rows (at the QKV rows' stride, a head's rows fall into
+//! a few cache sets, and the context reads them all for every block) and its keys transposed, 16 x 16
+//! in registers; the queries are read in place, a block's few rows once. [`prefetch_head`] asks for
+//! the next head's rows while one runs. The two products
 //! run on register tiles of up to 24 accumulators, instead of the general GEMM, which packed both
 //! operands of each product on every call. Every score and every context value is one chain of fused
 //! multiply-adds, in order over the head's dimensions, then over the keys; and the softmax is
@@ -47,9 +49,36 @@ pub struct HeadIo {
 #[derive(Default)]
 pub struct Scratch {
     kt: Vec<f32>,
-    q: Vec<f32>,
     v: Vec<f32>,
     scores: Vec<f32>,
+}
+
+/// Asks for the cache lines of `len` tokens' queries, keys and values of one head (`io`'s `q`, `k`
+/// and `v`, `head_dim` values each) into the L2 cache, without waiting for them: called for the next
+/// (sequence, head) while this one runs, so that its copies and transposes (a few hundred lines at the
+/// QKV rows' stride, otherwise fetched from the shared cache or memory one latency after another) read
+/// from L2. A prefetch never faults, so the addresses need not be valid.
+pub fn prefetch_head(len: usize, head_dim: usize, io: &HeadIo) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let bytes = head_dim * 4;
+        for j in 0..len {
+            for src in [io.q, io.k, io.v] {
+                let row = src.wrapping_add(j * io.stride) as *const i8;
+                // The row's first byte, every 64 after it, and its last (a row need not start a line).
+                let mut b = 0;
+                while b < bytes {
+                    // Safety: a prefetch reads nothing and cannot fault.
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(b)) };
+                    b += 64;
+                }
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(bytes - 1)) };
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (len, head_dim, io);
 }
 
 /// The attention context of `len` tokens of one head of `head_dim` values (see the module's note).
@@ -70,14 +99,13 @@ pub unsafe fn head(len: usize, head_dim: usize, scale: f32, io: HeadIo, scratch:
     // Safety: 16 x 16 blocks of `head_dim x ld` (both multiples of 16), every one written.
     transpose_keys(len, head_dim, ld, io.k, io.stride, scratch.kt.as_mut_ptr());
     scratch.kt.set_len(head_dim * ld);
-    // The queries and values packed row after row: read in place, at the QKV rows' stride, the rows
-    // of a head fall into a few cache sets and evict each other.
-    for (buf, src) in [(&mut scratch.q, io.q), (&mut scratch.v, io.v)] {
-        buf.clear();
-        buf.reserve(len * head_dim);
-        copy_rows(len, head_dim, src, io.stride, buf.as_mut_ptr());
-        buf.set_len(len * head_dim);
-    }
+    // The values packed row after row: read in place, at the QKV rows' stride, the rows of a head
+    // fall into a few cache sets and evict each other while the context runs over all of them. The
+    // queries are read in place: a block reads its own 8 rows once.
+    scratch.v.clear();
+    scratch.v.reserve(len * head_dim);
+    copy_rows(len, head_dim, io.v, io.stride, scratch.v.as_mut_ptr());
+    scratch.v.set_len(len * head_dim);
     if scratch.scores.len() < ROWS * ld {
         scratch.scores.resize(ROWS * ld, 0.0);
     }
@@ -95,7 +123,7 @@ unsafe fn head_avx512(
     scratch: &mut Scratch,
 ) {
     let kt = scratch.kt.as_ptr();
-    let (qp, vp) = (scratch.q.as_ptr(), scratch.v.as_ptr());
+    let vp = scratch.v.as_ptr();
     let scores = scratch.scores.as_mut_ptr();
     let panels = ld / 16;
     for i0 in (0..len).step_by(ROWS) {
@@ -103,7 +131,7 @@ unsafe fn head_avx512(
         // Scores of the block: all its rows against 1 to 3 panels of 16 keys per register tile, the
         // panels split evenly (5 as 3 + 2, not 4 + 1: a tile of few accumulators waits on the FMA
         // latency).
-        let q = qp.add(i0 * head_dim);
+        let q = io.q.add(i0 * io.stride);
         let groups = panels.div_ceil(3);
         let mut p0 = 0;
         for g in 0..groups {
@@ -113,7 +141,7 @@ unsafe fn head_avx512(
             macro_rules! tiles {
                 ($($p:literal: $($r:literal)*;)*) => {
                     match (p, rows) {
-                        $($(($p, $r) => tile::<$r, $p>(head_dim, q, head_dim, kt, ld, out, ld),)*)*
+                        $($(($p, $r) => tile::<$r, $p>(head_dim, q, io.stride, kt, ld, out, ld),)*)*
                         _ => unreachable!(),
                     }
                 };

@@ -71,6 +71,25 @@ impl CustomOp1 for FusedAttention<'_> {
                 let q = qkv[row0 * 3 * h + head * hd..].as_ptr();
                 let k = qkv[row0 * 3 * h + h + head * hd..].as_ptr();
                 let v = qkv[row0 * 3 * h + 2 * h + head * hd..].as_ptr();
+                // The next task's rows (most often this thread's next), asked for while this one runs.
+                if task + 1 < b * nh {
+                    let (bi, head) = ((task + 1) / nh, (task + 1) % nh);
+                    let row0 = self.starts[bi];
+                    let len = self.lengths[bi].min(self.starts[bi + 1] - row0);
+                    let at = |part: usize| {
+                        qkv.as_ptr()
+                            .wrapping_add(row0 * 3 * h + part * h + head * hd)
+                    };
+                    let next = attention::HeadIo {
+                        q: at(0),
+                        k: at(1),
+                        v: at(2),
+                        stride: 3 * h,
+                        out: std::ptr::null_mut(),
+                        out_stride: h,
+                    };
+                    attention::prefetch_head(len, hd, &next);
+                }
                 #[cfg(target_arch = "x86_64")]
                 if tiles {
                     let io = attention::HeadIo {
