@@ -9,26 +9,13 @@ use std::time::Instant;
 use engine::model::cpu::int8::{kernel_name, QuantWeight};
 use engine::model::cpu::parallel::with_splitting;
 
+mod common;
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let number = |i: usize, default: usize| -> usize {
-        args.get(i).map_or(default, |s| {
-            s.parse().unwrap_or_else(|_| {
-                eprintln!(
-                    "int8_rate: {s:?} is not a whole number (usage: int8_rate [ROWS] [REPS])"
-                );
-                std::process::exit(2)
-            })
-        })
-    };
-    let (rows, reps) = (number(1, 1024).max(1), number(2, 20).max(1));
-    let mut seed = 1u64;
-    let mut next = move || {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    };
+    let usage = "int8_rate [ROWS] [REPS]";
+    let rows = common::whole_number(1, 1024, usage).max(1);
+    let reps = common::whole_number(2, 20, usage).max(1);
+    let mut next = common::values();
     println!(
         "int8 kernel: {}; {rows} rows, one thread, best of {reps}",
         kernel_name()

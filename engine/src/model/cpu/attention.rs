@@ -53,19 +53,20 @@ pub struct Scratch {
     scores: Vec<f32>,
 }
 
-/// Asks for the cache lines of `len` tokens' queries, keys and values of one head (`io`'s `q`, `k`
-/// and `v`, `head_dim` values each) into the L2 cache, without waiting for them: called for the next
-/// (sequence, head) while this one runs, so that its copies and transposes (a few hundred lines at the
-/// QKV rows' stride, otherwise fetched from the shared cache or memory one latency after another) read
-/// from L2. A prefetch never faults, so the addresses need not be valid.
-pub fn prefetch_head(len: usize, head_dim: usize, io: &HeadIo) {
+/// Asks for the cache lines of `len` tokens' queries, keys and values of one head (`rows`: where
+/// each begins, as [`HeadIo`]'s `q`, `k` and `v`, one token every `stride` values, `head_dim` values
+/// each) into the L2 cache, without waiting for them: called for the next (sequence, head) while this
+/// one runs, so that its reads (a few hundred lines at the QKV rows' stride, otherwise fetched from
+/// the shared cache or memory one latency after another) come from L2. A prefetch never faults, so
+/// the addresses need not be valid.
+pub fn prefetch_head(len: usize, head_dim: usize, rows: [*const f32; 3], stride: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
         let bytes = head_dim * 4;
         for j in 0..len {
-            for src in [io.q, io.k, io.v] {
-                let row = src.wrapping_add(j * io.stride) as *const i8;
+            for src in rows {
+                let row = src.wrapping_add(j * stride) as *const i8;
                 // The row's first byte, every 64 after it, and its last (a row need not start a line).
                 let mut b = 0;
                 while b < bytes {
@@ -78,7 +79,7 @@ pub fn prefetch_head(len: usize, head_dim: usize, io: &HeadIo) {
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (len, head_dim, io);
+    let _ = (len, head_dim, rows, stride);
 }
 
 /// The attention context of `len` tokens of one head of `head_dim` values (see the module's note).

@@ -52,12 +52,19 @@ impl CustomOp1 for FusedAttention<'_> {
         let mut ctx: Vec<f32> = Vec::with_capacity(rows * h);
         let out = SharedMut(ctx.as_mut_ptr());
         let tiles = attention::supported(hd);
+        // A task's sequence and head: its first row, its span of rows, its real tokens, its head.
+        let place = |task: usize| {
+            let (bi, head) = (task / nh, task % nh);
+            let (row0, span) = (self.starts[bi], self.starts[bi + 1] - self.starts[bi]);
+            (row0, span, self.lengths[bi].min(span), head)
+        };
+        // Where a head's queries, keys and values begin in row `row0` of qkv.
+        let starts_of =
+            |row0: usize, head: usize| [0, 1, 2].map(|part| row0 * 3 * h + part * h + head * hd);
         (0..b * nh).into_par_iter().for_each_init(
             Default::default,
             |(scores, scratch): &mut (Vec<f32>, attention::Scratch), task| {
-                let (bi, head) = (task / nh, task % nh);
-                let (row0, span) = (self.starts[bi], self.starts[bi + 1] - self.starts[bi]);
-                let len = self.lengths[bi].min(span);
+                let (row0, span, len, head) = place(task);
                 if head == 0 {
                     // Safety: rows row0+len..row0+span of ctx (rows x h) are this sequence's
                     // padding, written by no other task.
@@ -68,27 +75,12 @@ impl CustomOp1 for FusedAttention<'_> {
                 if len == 0 {
                     return;
                 }
-                let q = qkv[row0 * 3 * h + head * hd..].as_ptr();
-                let k = qkv[row0 * 3 * h + h + head * hd..].as_ptr();
-                let v = qkv[row0 * 3 * h + 2 * h + head * hd..].as_ptr();
+                let [q, k, v] = starts_of(row0, head).map(|i| qkv[i..].as_ptr());
                 // The next task's rows (most often this thread's next), asked for while this one runs.
                 if task + 1 < b * nh {
-                    let (bi, head) = ((task + 1) / nh, (task + 1) % nh);
-                    let row0 = self.starts[bi];
-                    let len = self.lengths[bi].min(self.starts[bi + 1] - row0);
-                    let at = |part: usize| {
-                        qkv.as_ptr()
-                            .wrapping_add(row0 * 3 * h + part * h + head * hd)
-                    };
-                    let next = attention::HeadIo {
-                        q: at(0),
-                        k: at(1),
-                        v: at(2),
-                        stride: 3 * h,
-                        out: std::ptr::null_mut(),
-                        out_stride: h,
-                    };
-                    attention::prefetch_head(len, hd, &next);
+                    let (row0, _, len, head) = place(task + 1);
+                    let rows = starts_of(row0, head).map(|i| qkv.as_ptr().wrapping_add(i));
+                    attention::prefetch_head(len, hd, rows, 3 * h);
                 }
                 #[cfg(target_arch = "x86_64")]
                 if tiles {
